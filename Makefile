@@ -1,0 +1,38 @@
+# pgcdc: one PGXS build for pgcdc.so (the output plugin in decoder/ and the
+# SQL-callable code in extension/), plus the consumer program in consumer/.
+
+EXTENSION   = pgcdc
+# pgcdc.control is the one source of the version; META.json is checked against it.
+EXTVERSION := $(shell sed -n "s/^default_version[[:space:]]*=[[:space:]]*'\([^']*\)'.*/\1/p" pgcdc.control)
+
+MODULE_big  = pgcdc
+OBJS       := $(patsubst %.c,%.o,$(sort $(wildcard decoder/*.c extension/*.c)))
+DATA       := $(sort $(wildcard extension/pgcdc--*.sql))
+PGFILEDESC  = "pgcdc - change data capture for PostgreSQL"
+PG_CPPFLAGS = -I$(CURDIR)/include -DPGCDC_VERSION='"$(EXTVERSION)"'
+
+# Every suite runs against a temporary instance it starts itself.
+REGRESS        := $(basename $(notdir $(sort $(wildcard sql/*.sql))))
+REGRESS_OPTS    = --temp-config=test/pgcdc.conf --temp-instance=./tmp_check_regress
+ISOLATION      := $(basename $(notdir $(sort $(wildcard specs/*.spec))))
+ISOLATION_OPTS  = --temp-config=test/pgcdc.conf --temp-instance=./tmp_check_iso
+ifneq ($(wildcard t/*.pl),)
+TAP_TESTS = 1
+endif
+
+EXTRA_CLEAN = tmp_check_regress tmp_check_iso output_iso
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+# The consumer has its own PGXS Makefile (PROGRAM); build it alongside.
+ifneq ($(wildcard consumer/Makefile),)
+all: consumer-all
+install: consumer-install
+uninstall: consumer-uninstall
+clean: consumer-clean
+consumer-%:
+	$(MAKE) -C consumer PG_CONFIG=$(PG_CONFIG) $*
+.PHONY: consumer-all consumer-install consumer-uninstall consumer-clean
+endif
