@@ -13,9 +13,9 @@ PG_CPPFLAGS = -I$(CURDIR)/include -DPGCDC_VERSION='"$(EXTVERSION)"'
 
 # Every suite runs against a temporary instance it starts itself.
 REGRESS        := $(basename $(notdir $(sort $(wildcard sql/*.sql))))
-REGRESS_OPTS    = --temp-config=test/pgcdc.conf --temp-instance=./tmp_check_regress
+REGRESS_OPTS    = --temp-config=test/pgcdc.conf --temp-instance=./tmp_check_regress --encoding=UTF8 --no-locale
 ISOLATION      := $(basename $(notdir $(sort $(wildcard specs/*.spec))))
-ISOLATION_OPTS  = --temp-config=test/pgcdc.conf --temp-instance=./tmp_check_iso
+ISOLATION_OPTS  = --temp-config=test/pgcdc.conf --temp-instance=./tmp_check_iso --encoding=UTF8 --no-locale
 ifneq ($(wildcard t/*.pl),)
 TAP_TESTS = 1
 endif

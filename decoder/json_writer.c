@@ -1,0 +1,388 @@
+/*
+ * json_writer.c
+ *		JSON text for change events.
+ *
+ * Everything appends straight into the output StringInfo: no intermediate
+ * buffers, no per-value allocations for numbers, text or names.  Values are
+ * encoded by a kind chosen once per column (see json_value_kind), so the hot
+ * path is a switch, not a catalog lookup.
+ */
+#include "postgres.h"
+
+#include <math.h>
+
+#include "catalog/pg_type.h"
+#include "common/shortest_dec.h"
+#include "mb/pg_wchar.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+
+#include "json_writer.h"
+
+/*
+ * In a UTF-8 database text goes out as it is.  Otherwise it is converted to
+ * UTF-8 and every non-ASCII character is written as a \u escape, so that the
+ * output is valid UTF-8 JSON and also valid text in the database encoding.
+ */
+static bool utf8_database = true;
+
+static const char hexdigits[] = "0123456789ABCDEF";
+
+void
+json_writer_init(void)
+{
+	utf8_database = (GetDatabaseEncoding() == PG_UTF8);
+}
+
+PgcdcValueKind
+json_value_kind(Oid typid)
+{
+	switch (getBaseType(typid))
+	{
+		case INT2OID:
+			return PGCDC_VAL_INT2;
+		case INT4OID:
+			return PGCDC_VAL_INT4;
+		case INT8OID:
+			return PGCDC_VAL_INT8;
+		case OIDOID:
+			return PGCDC_VAL_OID;
+		case FLOAT4OID:
+			return PGCDC_VAL_FLOAT4;
+		case FLOAT8OID:
+			return PGCDC_VAL_FLOAT8;
+		case NUMERICOID:
+			return PGCDC_VAL_NUMERIC;
+		case BOOLOID:
+			return PGCDC_VAL_BOOL;
+		case JSONOID:
+			return PGCDC_VAL_JSON;
+		case JSONBOID:
+			return PGCDC_VAL_JSONB;
+		case TEXTOID:
+		case VARCHAROID:
+		case BPCHAROID:
+			return PGCDC_VAL_TEXT;
+		default:
+			return PGCDC_VAL_OTHER;
+	}
+}
+
+static void
+append_escape(StringInfo out, unsigned char c)
+{
+	switch (c)
+	{
+		case '"':
+			appendBinaryStringInfo(out, "\\\"", 2);
+			break;
+		case '\\':
+			appendBinaryStringInfo(out, "\\\\", 2);
+			break;
+		case '\b':
+			appendBinaryStringInfo(out, "\\b", 2);
+			break;
+		case '\f':
+			appendBinaryStringInfo(out, "\\f", 2);
+			break;
+		case '\n':
+			appendBinaryStringInfo(out, "\\n", 2);
+			break;
+		case '\r':
+			appendBinaryStringInfo(out, "\\r", 2);
+			break;
+		case '\t':
+			appendBinaryStringInfo(out, "\\t", 2);
+			break;
+		default:
+			{
+				char		buf[6] = {'\\', 'u', '0', '0',
+				hexdigits[c >> 4], hexdigits[c & 15]};
+
+				appendBinaryStringInfo(out, buf, 6);
+			}
+	}
+}
+
+static void
+append_u_escape(StringInfo out, pg_wchar cp)
+{
+	char		buf[6] = {'\\', 'u',
+		hexdigits[(cp >> 12) & 15], hexdigits[(cp >> 8) & 15],
+	hexdigits[(cp >> 4) & 15], hexdigits[cp & 15]};
+
+	appendBinaryStringInfo(out, buf, 6);
+}
+
+/* Non-UTF-8 database: convert, then escape everything outside ASCII. */
+static void
+append_string_ascii(StringInfo out, const char *s, int len)
+{
+	const unsigned char *p;
+	const unsigned char *end;
+	char	   *utf8 = pg_server_to_any(s, len, PG_UTF8);
+
+	if (utf8 != s)
+		len = strlen(utf8);
+	p = (const unsigned char *) utf8;
+	end = p + len;
+	appendStringInfoCharMacro(out, '"');
+	while (p < end)
+	{
+		unsigned char c = *p;
+		int			l;
+
+		if (c < 0x80)
+		{
+			if (c < 0x20 || c == '"' || c == '\\')
+				append_escape(out, c);
+			else
+				appendStringInfoCharMacro(out, (char) c);
+			p++;
+			continue;
+		}
+		l = pg_utf_mblen(p);
+		if (p + l <= end && pg_utf8_islegal(p, l))
+		{
+			pg_wchar	cp = utf8_to_unicode(p);
+
+			if (cp > 0xFFFF)
+			{
+				cp -= 0x10000;
+				append_u_escape(out, 0xD800 + (cp >> 10));
+				append_u_escape(out, 0xDC00 + (cp & 0x3FF));
+			}
+			else
+				append_u_escape(out, cp);
+			p += l;
+		}
+		else
+		{
+			/* SQL_ASCII data that is not UTF-8: keep the byte, as Latin-1 */
+			append_u_escape(out, c);
+			p++;
+		}
+	}
+	appendStringInfoCharMacro(out, '"');
+}
+
+/* A JSON string (RFC 8259): quotes, backslashes and controls escaped. */
+void
+json_append_string(StringInfo out, const char *s, int len)
+{
+	const char *start = s;
+	const char *end = s + len;
+	const char *p;
+
+	if (!utf8_database)
+	{
+		append_string_ascii(out, s, len);
+		return;
+	}
+
+	appendStringInfoCharMacro(out, '"');
+	for (p = s; p < end; p++)
+	{
+		unsigned char c = (unsigned char) *p;
+
+		if (likely(c >= 0x20 && c != '"' && c != '\\'))
+			continue;
+		if (p > start)
+			appendBinaryStringInfo(out, start, p - start);
+		append_escape(out, c);
+		start = p + 1;
+	}
+	if (end > start)
+		appendBinaryStringInfo(out, start, end - start);
+	appendStringInfoCharMacro(out, '"');
+}
+
+void
+json_append_cstring(StringInfo out, const char *s)
+{
+	json_append_string(out, s, strlen(s));
+}
+
+static int
+format_hex32(char *buf, uint32 v)
+{
+	char		tmp[8];
+	int			n = 0;
+	int			i;
+
+	do
+	{
+		tmp[n++] = hexdigits[v & 15];
+		v >>= 4;
+	} while (v != 0);
+	for (i = 0; i < n; i++)
+		buf[i] = tmp[n - 1 - i];
+	return n;
+}
+
+/* An LSN as a JSON string in the server's X/X notation. */
+void
+json_append_lsn(StringInfo out, XLogRecPtr lsn)
+{
+	char		buf[20];
+	int			n = 0;
+
+	buf[n++] = '"';
+	n += format_hex32(buf + n, (uint32) (lsn >> 32));
+	buf[n++] = '/';
+	n += format_hex32(buf + n, (uint32) lsn);
+	buf[n++] = '"';
+	appendBinaryStringInfo(out, buf, n);
+}
+
+void
+json_append_uint64(StringInfo out, uint64 v)
+{
+	char		buf[MAXINT8LEN + 1];
+	int			n = pg_ulltoa_n(v, buf);
+
+	appendBinaryStringInfo(out, buf, n);
+}
+
+static inline void
+append_number(StringInfo out, const char *digits, int len, bool quoted)
+{
+	if (quoted)
+		appendStringInfoCharMacro(out, '"');
+	appendBinaryStringInfo(out, digits, len);
+	if (quoted)
+		appendStringInfoCharMacro(out, '"');
+}
+
+/* NaN and the infinities are not JSON numbers: they go out as strings. */
+static bool
+append_special_float(StringInfo out, double v)
+{
+	if (isnan(v))
+		appendBinaryStringInfo(out, "\"NaN\"", 5);
+	else if (isinf(v))
+	{
+		if (v > 0)
+			appendBinaryStringInfo(out, "\"Infinity\"", 10);
+		else
+			appendBinaryStringInfo(out, "\"-Infinity\"", 11);
+	}
+	else
+		return false;
+	return true;
+}
+
+/*
+ * Embed json text as it is, but with raw line breaks (insignificant
+ * whitespace: inside JSON strings they are always escaped) turned into
+ * spaces, so that every event stays on one line.
+ */
+static void
+append_json_text(StringInfo out, const char *s, int len)
+{
+	int			start = out->len;
+	int			i;
+
+	if (!utf8_database)
+	{
+		s = pg_server_to_any(s, len, PG_UTF8);
+		len = strlen(s);
+	}
+	appendBinaryStringInfo(out, s, len);
+	for (i = start; i < out->len; i++)
+	{
+		if (out->data[i] == '\n' || out->data[i] == '\r')
+			out->data[i] = ' ';
+	}
+}
+
+/*
+ * Append one non-null column value encoded as SPEC.md section 1 says.
+ * Output functions run with the settings pinned at startup (ISO dates, UTC,
+ * shortest-exact floats, hex bytea), so text forms do not depend on the
+ * session.
+ */
+void
+json_append_value(StringInfo out, Datum value, PgcdcValueKind kind,
+				  FmgrInfo *output, bool numeric_as_string)
+{
+	char		buf[64];
+	int			n;
+	char	   *s;
+
+	switch (kind)
+	{
+		case PGCDC_VAL_INT2:
+			n = pg_ltoa(DatumGetInt16(value), buf);
+			append_number(out, buf, n, numeric_as_string);
+			break;
+		case PGCDC_VAL_INT4:
+			n = pg_ltoa(DatumGetInt32(value), buf);
+			append_number(out, buf, n, numeric_as_string);
+			break;
+		case PGCDC_VAL_INT8:
+			n = pg_lltoa(DatumGetInt64(value), buf);
+			append_number(out, buf, n, numeric_as_string);
+			break;
+		case PGCDC_VAL_OID:
+			n = pg_ultoa_n(DatumGetObjectId(value), buf);
+			append_number(out, buf, n, numeric_as_string);
+			break;
+		case PGCDC_VAL_FLOAT4:
+			{
+				float4		f = DatumGetFloat4(value);
+
+				if (append_special_float(out, f))
+					break;
+				n = float_to_shortest_decimal_bufn(f, buf);
+				append_number(out, buf, n, numeric_as_string);
+				break;
+			}
+		case PGCDC_VAL_FLOAT8:
+			{
+				float8		f = DatumGetFloat8(value);
+
+				if (append_special_float(out, f))
+					break;
+				n = double_to_shortest_decimal_bufn(f, buf);
+				append_number(out, buf, n, numeric_as_string);
+				break;
+			}
+		case PGCDC_VAL_NUMERIC:
+			s = OutputFunctionCall(output, value);
+			/* NaN, Infinity and -Infinity are strings in JSON */
+			if (isdigit((unsigned char) s[0]) ||
+				(s[0] == '-' && isdigit((unsigned char) s[1])))
+				append_number(out, s, strlen(s), numeric_as_string);
+			else
+				json_append_cstring(out, s);
+			break;
+		case PGCDC_VAL_BOOL:
+			if (DatumGetBool(value))
+				appendBinaryStringInfo(out, "true", 4);
+			else
+				appendBinaryStringInfo(out, "false", 5);
+			break;
+		case PGCDC_VAL_JSON:
+			{
+				text	   *t = DatumGetTextPP(value);
+
+				append_json_text(out, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+				break;
+			}
+		case PGCDC_VAL_JSONB:
+			s = OutputFunctionCall(output, value);
+			append_json_text(out, s, strlen(s));
+			break;
+		case PGCDC_VAL_TEXT:
+			{
+				text	   *t = DatumGetTextPP(value);
+
+				json_append_string(out, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+				break;
+			}
+		case PGCDC_VAL_OTHER:
+			json_append_cstring(out, OutputFunctionCall(output, value));
+			break;
+	}
+}

@@ -1,0 +1,40 @@
+/*
+ * json_writer.h
+ *		Appending JSON text for change events: strings, numbers, LSNs and
+ *		column values encoded by type.
+ */
+#ifndef PGCDC_JSON_WRITER_H
+#define PGCDC_JSON_WRITER_H
+
+#include "postgres.h"
+#include "access/xlogdefs.h"
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+
+/* How a column's values are written; decided once per column, by base type. */
+typedef enum PgcdcValueKind
+{
+	PGCDC_VAL_INT2,
+	PGCDC_VAL_INT4,
+	PGCDC_VAL_INT8,
+	PGCDC_VAL_OID,
+	PGCDC_VAL_FLOAT4,
+	PGCDC_VAL_FLOAT8,
+	PGCDC_VAL_NUMERIC,
+	PGCDC_VAL_BOOL,
+	PGCDC_VAL_JSON,
+	PGCDC_VAL_JSONB,
+	PGCDC_VAL_TEXT,				/* text, varchar, bpchar: no output call */
+	PGCDC_VAL_OTHER				/* the type's output function, as a string */
+} PgcdcValueKind;
+
+extern void json_writer_init(void);
+extern PgcdcValueKind json_value_kind(Oid typid);
+extern void json_append_string(StringInfo out, const char *s, int len);
+extern void json_append_cstring(StringInfo out, const char *s);
+extern void json_append_lsn(StringInfo out, XLogRecPtr lsn);
+extern void json_append_uint64(StringInfo out, uint64 v);
+extern void json_append_value(StringInfo out, Datum value, PgcdcValueKind kind,
+							  FmgrInfo *output, bool numeric_as_string);
+
+#endif							/* PGCDC_JSON_WRITER_H */
