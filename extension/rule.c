@@ -1,0 +1,80 @@
+/*
+ * rule.c
+ *		Syntax check for the boolean expressions of pgcdc.rule.
+ *
+ * A rule's check_expr is pasted into the SQL that evaluates it, so it must be
+ * exactly one scalar expression: no second statement smuggled in after a
+ * semicolon, no FROM/WHERE/ORDER BY tail, no subquery.  The raw parser tells
+ * us that without executing anything; type checking against the table's
+ * columns happens in SQL (pgcdc._check_rule) when the table is known.
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "nodes/nodeFuncs.h"
+#include "nodes/parsenodes.h"
+#include "parser/parser.h"
+#include "utils/builtins.h"
+
+PG_FUNCTION_INFO_V1(pgcdc_parse_rule_expr);
+
+static bool
+contains_sublink(Node *node, void *context)
+{
+	if (node == NULL)
+		return false;
+	if (IsA(node, SubLink))
+		return true;
+	return raw_expression_tree_walker(node, contains_sublink, context);
+}
+
+/*
+ * pgcdc._parse_rule_expr(expr text) RETURNS void
+ *
+ * Errors with SQLSTATE 42601 unless expr is a single expression.
+ */
+Datum
+pgcdc_parse_rule_expr(PG_FUNCTION_ARGS)
+{
+	char	   *expr;
+	char	   *sql;
+	List	   *stmts;
+	SelectStmt *select;
+	ResTarget  *target;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("check_expr must not be null")));
+	expr = text_to_cstring(PG_GETARG_TEXT_PP(0));
+
+	/* The newline ends a trailing "--" comment before our closing paren. */
+	sql = psprintf("SELECT (%s\n)", expr);
+	stmts = raw_parser(sql, RAW_PARSE_DEFAULT);
+
+	if (list_length(stmts) != 1 ||
+		!IsA(linitial_node(RawStmt, stmts)->stmt, SelectStmt))
+		goto bad;
+	select = (SelectStmt *) linitial_node(RawStmt, stmts)->stmt;
+	if (select->op != SETOP_NONE || select->fromClause != NIL ||
+		select->whereClause != NULL || select->groupClause != NIL ||
+		select->havingClause != NULL || select->windowClause != NIL ||
+		select->sortClause != NIL || select->limitCount != NULL ||
+		select->limitOffset != NULL || select->lockingClause != NIL ||
+		select->withClause != NULL || select->intoClause != NULL ||
+		select->distinctClause != NIL || select->valuesLists != NIL ||
+		list_length(select->targetList) != 1)
+		goto bad;
+	target = linitial_node(ResTarget, select->targetList);
+	if (target->name != NULL || contains_sublink(target->val, NULL))
+		goto bad;
+
+	PG_RETURN_VOID();
+
+bad:
+	ereport(ERROR,
+			(errcode(ERRCODE_SYNTAX_ERROR),
+			 errmsg("check_expr is not a single expression: %s", expr),
+			 errhint("A rule is one boolean expression over the row's columns, such as amount >= 0, without subqueries.")));
+	PG_RETURN_VOID();			/* keep compiler quiet */
+}
