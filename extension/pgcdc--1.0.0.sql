@@ -640,6 +640,12 @@ CREATE FUNCTION pgcdc._parse_rule_expr(check_expr text)
 RETURNS void LANGUAGE c STRICT
 AS 'MODULE_PATHNAME', 'pgcdc_parse_rule_expr';
 
+-- A rule expression as an operand; the newline ends a trailing -- comment.
+CREATE FUNCTION pgcdc._paren(check_expr text)
+RETURNS text LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT '(' || check_expr || E'\n)' $$;
+
 CREATE FUNCTION pgcdc._check_rule(check_expr text, rel regclass)
 RETURNS void LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -650,7 +656,8 @@ BEGIN
 	END IF;
 	PERFORM pgcdc._parse_rule_expr(check_expr);
 	IF rel IS NOT NULL THEN
-		EXECUTE format('SELECT CASE WHEN (%s) THEN 1 END FROM %s LIMIT 0', check_expr, rel);
+		EXECUTE format('SELECT CASE WHEN %s THEN 1 END FROM %s LIMIT 0',
+					   pgcdc._paren(check_expr), rel);
 	END IF;
 END
 $$;
@@ -857,8 +864,9 @@ BEGIN
 		RAISE EXCEPTION 'key % is not unique in % %', bad.k, what, rel
 			USING ERRCODE = '23505', DETAIL = format('%s rows have this key.', bad.n);
 	ELSIF bad.n IS NOT NULL THEN
-		RAISE EXCEPTION 'key % in % % contains null', bad.k, what, rel
-			USING ERRCODE = '23502';
+		RAISE EXCEPTION 'null key in % %', what, rel
+			USING ERRCODE = '23502',
+				  DETAIL = format('Key columns: %s.', array_to_string(cols, ', '));
 	END IF;
 END
 $$;
@@ -918,6 +926,7 @@ AS $$
 DECLARE
 	data_cols text[];
 	tracked text[];
+	untracked text[];
 	snap text;
 	close_to text;
 	changed text;
@@ -936,6 +945,8 @@ BEGIN
 	END IF;
 	data_cols := pgcdc._shared_columns(target, snapshot);
 	tracked := pgcdc._tracked(target, snapshot, key_columns, track_columns, data_cols);
+	untracked := ARRAY(SELECT c FROM unnest(data_cols) c
+						WHERE c <> ALL (key_columns) AND c <> ALL (tracked));
 
 	-- Serialise writers of this target (readers are not blocked); every
 	-- statement below runs after the lock, so it sees the other's commit.
@@ -970,6 +981,11 @@ WITH closed_live AS (
 	 WHERE t._is_current AND t._is_deleted
 	   AND EXISTS (SELECT 1 FROM %2$s s WHERE %6$s)
 	RETURNING t.*
+), touched AS (
+	-- no tracked change: untracked columns update the current version
+	UPDATE %1$s t SET %14$s
+	  FROM %2$s s
+	 WHERE t._is_current AND NOT t._is_deleted AND %6$s AND %15$s
 ), closed AS (
 	SELECT * FROM closed_live UNION ALL SELECT * FROM closed_dead
 ), todo AS (
@@ -1006,7 +1022,13 @@ SELECT (SELECT count(*) FROM todo WHERE is_new OR c_deleted),
 		pgcdc._list(data_cols), pgcdc._list(data_cols, 's'),
 		pgcdc._key_join('h', 's', target, key_columns),
 		pgcdc._hash_expr(tracked, 's'),
-		pgcdc._list(data_cols, 'c'));
+		pgcdc._list(data_cols, 'c'),
+		(SELECT string_agg(format('%I = s.%I', c, c), ', ') FROM unnest(untracked) c),
+		format('%s AND NOT (%s)', pgcdc._same_expr(tracked, 's', 't'),
+			   pgcdc._same_expr(untracked, 's', 't')));
+	IF cardinality(untracked) = 0 THEN
+		sql := regexp_replace(sql, '\), touched AS \(.*?\), closed AS \(', '), closed AS (');
+	END IF;
 	EXECUTE sql INTO inserted, updated, deleted, unchanged USING valid_at, hard_deletes = 'new_record';
 	RETURN NEXT;
 END
@@ -1170,10 +1192,12 @@ BEGIN
 
 	EXECUTE format($f$
 		SELECT pgcdc_op, pgcdc_seq::text AS seq, ROW(%s)::text AS k,
-			   pgcdc_seq IS NULL OR pg_catalog.array_position(pgcdc_seq, NULL) IS NOT NULL AS null_seq
+			   pgcdc_seq IS NULL OR pg_catalog.array_position(pgcdc_seq, NULL) IS NOT NULL AS null_seq,
+			   pgcdc_vf IS NULL AS null_vf
 		  FROM pg_temp._pgcdc_stage
 		 WHERE pgcdc_op IS NULL OR pgcdc_op NOT IN ('I', 'U', 'D', 'T')
 			OR pgcdc_seq IS NULL OR pg_catalog.array_position(pgcdc_seq, NULL) IS NOT NULL
+			OR pgcdc_vf IS NULL
 			OR (pgcdc_op <> 'T' AND (%s))
 		 LIMIT 1$f$,
 		keys, (SELECT string_agg(format('%I IS NULL', k), ' OR ') FROM unnest(key_columns) k))
@@ -1185,6 +1209,8 @@ BEGIN
 			USING ERRCODE = '22023', HINT = 'Ops are I, U, D and T.';
 	ELSIF bad.null_seq THEN
 		RAISE EXCEPTION 'null sequence_by value in changes %', changes USING ERRCODE = '22004';
+	ELSIF bad.null_vf THEN
+		RAISE EXCEPTION 'null valid_from value in changes %', changes USING ERRCODE = '22004';
 	ELSIF bad.k IS NOT NULL THEN
 		RAISE EXCEPTION 'null key % in changes %', bad.k, changes USING ERRCODE = '23502';
 	END IF;
@@ -1577,3 +1603,455 @@ BEGIN
 	RETURN NEXT;
 END
 $$;
+
+/* ------------------------------------------------------------------------
+ * 5. Mirror apply
+ *
+ * The target row equals the source row after the last event for its key.
+ * An event applies only when it is newer than the row's (_source_lsn,
+ * _source_seq), so replays and quarantine replays never move a row back in
+ * time; a row without a position (loaded by a snapshot copy) is older than
+ * any event.  Delete removes the row, or with soft_delete sets _is_deleted.
+ * Truncate empties the target (rows written by events after it stay).
+ * ------------------------------------------------------------------------ */
+
+CREATE FUNCTION pgcdc._check_mirror(target regclass, soft_delete boolean)
+RETURNS void LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	missing record;
+BEGIN
+	PERFORM pgcdc._check_table(target, 'target');
+	SELECT m.attname, m.atttype INTO missing
+	  FROM (VALUES ('_source_lsn', 'pg_lsn'), ('_source_seq', 'integer'),
+				   ('_synced_at', 'timestamp with time zone'),
+				   ('_is_deleted', CASE WHEN soft_delete THEN 'boolean' END)) m(attname, atttype)
+	 WHERE m.atttype IS NOT NULL
+	   AND NOT EXISTS (SELECT 1 FROM pgcdc._columns(target) c
+						WHERE c.attname = m.attname AND c.atttype = m.atttype)
+	 LIMIT 1;
+	IF FOUND THEN
+		RAISE EXCEPTION 'table % is not a mirror target', target
+			USING ERRCODE = '42809',
+				  DETAIL = format('Column %I of type %s is missing.', missing.attname, missing.atttype),
+				  HINT = 'Add the mirror system columns _source_lsn pg_lsn, _source_seq integer, '
+						 '_synced_at timestamptz, and _is_deleted boolean for soft delete.';
+	END IF;
+END
+$$;
+
+CREATE FUNCTION pgcdc.apply_mirror(target regclass, changes regclass, key_columns text[],
+								   soft_delete boolean DEFAULT false,
+								   op_column text DEFAULT 'op')
+RETURNS TABLE (inserted bigint, updated bigint, deleted bigint, skipped bigint)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	st record;
+	vals text[];
+	keys text;
+	last_t numeric[];
+	tr record;
+	total bigint;
+	n bigint;
+	-- the event is newer than the row
+	newer text := $f$(t._source_lsn IS NULL
+		OR ROW(t._source_lsn, coalesce(t._source_seq, 0))
+		   OPERATOR(pg_catalog.<) ROW(m.pgcdc_lsn, m.pgcdc_lseq))$f$;
+BEGIN
+	IF soft_delete IS NULL THEN
+		RAISE EXCEPTION 'soft_delete must not be null' USING ERRCODE = '22004';
+	END IF;
+	PERFORM pgcdc._check_mirror(target, soft_delete);
+	PERFORM pgcdc._check_table(changes, 'changes');
+	IF NOT pgcdc._has_column(changes, '_source_lsn', 'pg_lsn')
+	   OR NOT pgcdc._has_column(changes, '_source_seq', 'int4') THEN
+		RAISE EXCEPTION 'changes % lacks _source_lsn pg_lsn or _source_seq integer', changes
+			USING ERRCODE = '42703';
+	END IF;
+	st := pgcdc._stage(target, changes, key_columns, '_source_lsn,_source_seq', op_column, NULL);
+	vals := ARRAY(SELECT c FROM unnest(st.data_cols) c WHERE c <> ALL (key_columns));
+	keys := pgcdc._list(key_columns);
+	inserted := 0; updated := 0; deleted := 0;
+
+	-- the last truncate empties what is older than it
+	SELECT s.pgcdc_seq, s.pgcdc_lsn, s.pgcdc_lseq INTO tr FROM pg_temp._pgcdc_stage s
+	 WHERE s.pgcdc_op = 'T' ORDER BY s.pgcdc_seq DESC LIMIT 1;
+	last_t := tr.pgcdc_seq;
+	IF last_t IS NOT NULL THEN
+		EXECUTE format(CASE WHEN soft_delete
+			THEN 'UPDATE %s t SET _is_deleted = true, _source_lsn = $2, _source_seq = $3, '
+				 '_synced_at = pg_catalog.now() WHERE %s'
+			ELSE 'DELETE FROM %s t WHERE %s' END,
+			target, $f$(t._source_lsn IS NULL OR
+				ARRAY[t._source_lsn OPERATOR(pg_catalog.-) '0/0'::pg_lsn,
+					  coalesce(t._source_seq, 0)]::numeric[] < $1)$f$)
+		USING last_t, tr.pgcdc_lsn, tr.pgcdc_lseq;
+		GET DIAGNOSTICS n = ROW_COUNT;
+		deleted := deleted + n;
+	END IF;
+
+	-- each key's last event after that
+	PERFORM pgcdc._drop_temp('_pgcdc_m');
+	EXECUTE format($f$
+		CREATE TEMP TABLE _pgcdc_m ON COMMIT DROP AS
+		SELECT DISTINCT ON (%1$s) s.* FROM pg_temp._pgcdc_stage s
+		 WHERE s.pgcdc_op <> 'T' AND ($1 IS NULL OR s.pgcdc_seq > $1)
+		 ORDER BY %1$s, s.pgcdc_seq DESC$f$, keys)
+	USING last_t;
+
+	IF soft_delete THEN
+		EXECUTE format($f$
+			UPDATE %s t SET _is_deleted = true, _source_lsn = m.pgcdc_lsn,
+				   _source_seq = m.pgcdc_lseq, _synced_at = pg_catalog.now()
+			  FROM pg_temp._pgcdc_m m
+			 WHERE m.pgcdc_op = 'D' AND %s AND %s$f$,
+			target, pgcdc._key_join('t', 'm', target, key_columns), newer);
+	ELSE
+		EXECUTE format($f$
+			DELETE FROM %s t USING pg_temp._pgcdc_m m
+			 WHERE m.pgcdc_op = 'D' AND %s AND %s$f$,
+			target, pgcdc._key_join('t', 'm', target, key_columns), newer);
+	END IF;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	deleted := deleted + n;
+	skipped := -n;
+
+	EXECUTE format($f$
+		UPDATE %s t SET %s _source_lsn = m.pgcdc_lsn, _source_seq = m.pgcdc_lseq,
+			   _synced_at = pg_catalog.now() %s
+		  FROM pg_temp._pgcdc_m m
+		 WHERE m.pgcdc_op IN ('I', 'U') AND %s AND %s$f$,
+		target,
+		(SELECT coalesce(string_agg(
+			CASE WHEN c = ANY (st.toast_cols)
+				 THEN format('%I = CASE WHEN %L = ANY (m.pgcdc_ut) THEN t.%I ELSE m.%I END, ',
+							 c, c, c, c)
+				 ELSE format('%I = m.%I, ', c, c) END, ''), '') FROM unnest(vals) c),
+		CASE WHEN soft_delete THEN ', _is_deleted = false' ELSE '' END,
+		pgcdc._key_join('t', 'm', target, key_columns), newer);
+	GET DIAGNOSTICS updated = ROW_COUNT;
+
+	EXECUTE format($f$
+		INSERT INTO %s (%s, _source_lsn, _source_seq, _synced_at)
+		SELECT %s, m.pgcdc_lsn, m.pgcdc_lseq, pg_catalog.now()
+		  FROM pg_temp._pgcdc_m m
+		 WHERE m.pgcdc_op IN ('I', 'U')
+		   AND NOT EXISTS (SELECT 1 FROM %s t WHERE %s)$f$,
+		target, pgcdc._list(st.data_cols), pgcdc._list(st.data_cols, 'm'),
+		target, pgcdc._key_join('t', 'm', target, key_columns));
+	GET DIAGNOSTICS inserted = ROW_COUNT;
+
+	-- skipped: a key's last event that was not newer than the row (or
+	-- deleted a row that is not there)
+	SELECT count(*) INTO total FROM pg_temp._pgcdc_m;
+	skipped := skipped + total - inserted - updated;
+	RETURN NEXT;
+END
+$$;
+
+/* ------------------------------------------------------------------------
+ * 6. Rules and quarantine
+ *
+ * A quarantined event is kept in the decoder's event format (SPEC section
+ * 1: op, commit_lsn, seq, ts, schema, table, key, new, old,
+ * unchanged_toast), so that quarantine_replay can stage it again exactly as
+ * the consumer would.
+ * ------------------------------------------------------------------------ */
+
+CREATE FUNCTION pgcdc.quarantine_event(pipeline text, source_table text, target text,
+									   event jsonb, error_code text, error_message text,
+									   error_detail text DEFAULT NULL)
+RETURNS bigint LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	result bigint;
+BEGIN
+	IF event IS NULL OR jsonb_typeof(event) <> 'object' THEN
+		RAISE EXCEPTION 'event must be a JSON object' USING ERRCODE = '22023';
+	END IF;
+	IF error_code IS NULL OR error_code !~ '^[0-9A-Z]{5}$' THEN
+		RAISE EXCEPTION 'error_code must be a SQLSTATE, not %', coalesce(error_code, 'null')
+			USING ERRCODE = '22023';
+	END IF;
+	INSERT INTO pgcdc.quarantine (pipeline, source_table, target, commit_lsn, seq, op, event,
+								  error_code, error_message, error_detail)
+	VALUES (pipeline,
+			coalesce(source_table, format('%I.%I', event->>'schema', event->>'table')),
+			target, (event->>'commit_lsn')::pg_lsn, (event->>'seq')::integer, event->>'op',
+			event, error_code, coalesce(error_message, ''), error_detail)
+	RETURNING id INTO result;
+	RETURN result;
+END
+$$;
+
+-- The staged change row (as jsonb) in the decoder's event format.
+CREATE FUNCTION pgcdc._event_of(r jsonb, op_column text, source_table text)
+RETURNS jsonb LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT jsonb_strip_nulls(jsonb_build_object(
+		'op', r->op_column,
+		'commit_lsn', r->'_source_lsn',
+		'seq', r->'_source_seq',
+		'ts', r->'_commit_ts',
+		'schema', (parse_ident(source_table))[1],
+		'table', (parse_ident(source_table))[2],
+		'unchanged_toast', r->'unchanged_toast'))
+		|| jsonb_build_object('new', r - ARRAY[op_column, '_source_lsn', '_source_seq',
+												'_commit_ts', 'unchanged_toast', '_old_key'])
+$$;
+
+/*
+ * pgcdc.apply_rules: move the I/U rows of a staging table that fail one of
+ * the rules of (pipeline, source_table) into the quarantine, SQLSTATE 23514;
+ * returns how many.  A rule passes when its expression is true or null, as
+ * a CHECK constraint does.
+ */
+CREATE FUNCTION pgcdc._apply_rules(caller_schema text, pipeline text, source_table text,
+								   changes regclass, target text, op_column text)
+RETURNS bigint LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	src text;
+	tgt text;
+	r pgcdc.rule;
+	n bigint;
+	total bigint := 0;
+BEGIN
+	PERFORM pgcdc._pipeline_must_exist(pipeline);
+	src := pgcdc._qualify(source_table, caller_schema, 'source_table');
+	tgt := CASE WHEN target IS NULL THEN NULL
+				ELSE pgcdc._qualify(target, caller_schema, 'target') END;
+	PERFORM pgcdc._check_table(changes, 'changes');
+	IF op_column IS NULL OR NOT EXISTS (SELECT 1 FROM pgcdc._columns(changes) c
+										 WHERE c.attname = op_column) THEN
+		RAISE EXCEPTION 'op column "%" does not exist in %', op_column, changes
+			USING ERRCODE = '42703';
+	END IF;
+	FOR r IN SELECT * FROM pgcdc.rule x
+			  WHERE x.pipeline = _apply_rules.pipeline AND x.source_table = src
+			  ORDER BY x.name LOOP
+		EXECUTE format($f$
+			WITH bad AS (
+				DELETE FROM %1$s c WHERE c.%2$I IN ('I', 'U') AND NOT coalesce(%3$s, true)
+				RETURNING pg_catalog.to_jsonb(c) AS row
+			)
+			INSERT INTO pgcdc.quarantine (pipeline, source_table, target, commit_lsn, seq, op,
+										  event, error_code, error_message, error_detail)
+			SELECT $1, $2, $3, (b.row->>'_source_lsn')::pg_lsn, (b.row->>'_source_seq')::integer,
+				   b.row->>%4$L, pgcdc._event_of(b.row, %4$L, $2), '23514',
+				   pg_catalog.format('row violates rule "%%s" of %%s', $4, $2),
+				   pg_catalog.format('Failing check: %%s.', $5)
+			  FROM bad b$f$,
+			changes, op_column, pgcdc._paren(r.check_expr), op_column)
+		USING pipeline, src, tgt, r.name, r.check_expr;
+		GET DIAGNOSTICS n = ROW_COUNT;
+		total := total + n;
+	END LOOP;
+	RETURN total;
+END
+$$;
+
+CREATE FUNCTION pgcdc.apply_rules(pipeline text, source_table text, changes regclass,
+								  target text DEFAULT NULL, op_column text DEFAULT 'op')
+RETURNS bigint LANGUAGE sql
+AS $$
+	SELECT pgcdc._apply_rules(pg_catalog.current_schema(), $1, $2, $3, $4, $5)
+$$;
+
+-- Stage one quarantined event into pg_temp._pgcdc_q, shaped like the
+-- consumer's staging table for target, and check the rules again.
+CREATE FUNCTION pgcdc._stage_event(q pgcdc.quarantine, target regclass)
+RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r pgcdc.rule;
+	bad boolean;
+	cols text[] := ARRAY(SELECT c.attname FROM pgcdc._columns(target) c
+						  WHERE c.attname NOT IN (SELECT attname FROM pgcdc._scd2_system_columns())
+							AND c.attname NOT IN ('_synced_at', '_is_deleted'));
+BEGIN
+	PERFORM pgcdc._drop_temp('_pgcdc_q');
+	EXECUTE format($f$
+		CREATE TEMP TABLE _pgcdc_q ON COMMIT DROP AS
+		SELECT $1->>'op' AS op, ($1->>'commit_lsn')::pg_lsn AS _source_lsn,
+			   ($1->>'seq')::integer AS _source_seq, ($1->>'ts')::timestamptz AS _commit_ts,
+			   %s,
+			   ARRAY(SELECT pg_catalog.jsonb_array_elements_text(
+						 coalesce($1->'unchanged_toast', '[]'))) AS unchanged_toast,
+			   CASE WHEN $1->>'op' = 'U' THEN $1->'key' END AS _old_key
+		  FROM pg_catalog.jsonb_populate_record(NULL::%s,
+				   coalesce($1->'new', $1->'old', $1->'key', '{}')) r$f$,
+		pgcdc._list(cols, 'r'), target)
+	USING q.event;
+	FOR r IN SELECT * FROM pgcdc.rule x
+			  WHERE x.pipeline = q.pipeline AND x.source_table = q.source_table
+			  ORDER BY x.name LOOP
+		EXECUTE format('SELECT NOT coalesce(%s, true) FROM pg_temp._pgcdc_q c '
+					   'WHERE c.op IN (''I'', ''U'')', pgcdc._paren(r.check_expr)) INTO bad;
+		IF bad THEN
+			RAISE EXCEPTION 'row violates rule "%" of %', r.name, q.source_table
+				USING ERRCODE = '23514', DETAIL = format('Failing check: %s.', r.check_expr);
+		END IF;
+	END LOOP;
+END
+$$;
+
+-- Apply one quarantined event to every target its table maps name.
+CREATE FUNCTION pgcdc._replay_one(q pgcdc.quarantine)
+RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	m pgcdc.table_map;
+	keys text[];
+	found_map boolean := false;
+BEGIN
+	FOR m IN SELECT * FROM pgcdc.table_map x
+			  WHERE x.pipeline = q.pipeline AND x.source_table = q.source_table
+				AND (q.target IS NULL OR x.target = q.target) LOOP
+		found_map := true;
+		IF to_regclass(m.target) IS NULL THEN
+			RAISE EXCEPTION 'target % of quarantined event % does not exist', m.target, q.id
+				USING ERRCODE = '42P01';
+		END IF;
+		IF m.mode = 'append' THEN
+			EXECUTE format($f$
+				INSERT INTO %s (_op, _source_lsn, _source_seq, _xid, _commit_ts, _key, _new, _old,
+								_received_at)
+				SELECT $1->>'op', ($1->>'commit_lsn')::pg_lsn, ($1->>'seq')::integer,
+					   ($1->>'xid')::bigint, ($1->>'ts')::timestamptz, $1->'key', $1->'new',
+					   $1->'old', pg_catalog.now()
+				 WHERE NOT EXISTS (SELECT 1 FROM %s t
+									WHERE t._source_lsn = ($1->>'commit_lsn')::pg_lsn
+									  AND t._source_seq = ($1->>'seq')::integer)$f$,
+				m.target, m.target)
+			USING q.event;
+			CONTINUE;
+		END IF;
+		PERFORM pgcdc._stage_event(q, m.target::regclass);
+		keys := coalesce(m.key_columns,
+						 ARRAY(SELECT jsonb_object_keys(q.event->'key')));
+		IF cardinality(keys) = 0 THEN
+			RAISE EXCEPTION 'no key columns for % in pipeline "%"', m.target, q.pipeline
+				USING ERRCODE = '22023', HINT = 'Set key_columns in the table map.';
+		END IF;
+		IF m.mode = 'mirror' THEN
+			PERFORM pgcdc.apply_mirror(m.target::regclass, 'pg_temp._pgcdc_q', keys,
+									   m.soft_delete);
+		ELSE
+			PERFORM pgcdc.scd2_apply_changes(m.target::regclass, 'pg_temp._pgcdc_q', keys,
+											 '_source_lsn,_source_seq', 'op', m.track_columns,
+											 '_commit_ts');
+		END IF;
+	END LOOP;
+	IF NOT found_map THEN
+		RAISE EXCEPTION 'pipeline "%" has no table map for % of quarantined event %',
+			q.pipeline, coalesce(q.target, q.source_table), q.id USING ERRCODE = '42704';
+	END IF;
+END
+$$;
+
+CREATE FUNCTION pgcdc._quarantine_row(id bigint)
+RETURNS pgcdc.quarantine LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	q pgcdc.quarantine;
+BEGIN
+	SELECT * INTO q FROM pgcdc.quarantine x WHERE x.id = _quarantine_row.id FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'quarantined event % does not exist', id USING ERRCODE = '42704';
+	ELSIF q.status <> 'open' THEN
+		RAISE EXCEPTION 'quarantined event % is already %', id, q.status USING ERRCODE = '55000';
+	END IF;
+	RETURN q;
+END
+$$;
+
+/*
+ * Re-apply open quarantined events (one, or those of a pipeline, or all) in
+ * source order, each in its own subtransaction through the same guarded
+ * apply as the consumer: an event older than what the target holds changes
+ * nothing.  A failure records the new error and counts an attempt.
+ */
+CREATE FUNCTION pgcdc.quarantine_replay(id bigint DEFAULT NULL, pipeline text DEFAULT NULL)
+RETURNS TABLE (applied bigint, failed bigint)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	q pgcdc.quarantine;
+	code text;
+	msg text;
+	detail text;
+BEGIN
+	applied := 0; failed := 0;
+	IF id IS NOT NULL THEN
+		q := pgcdc._quarantine_row(id);
+		IF pipeline IS NOT NULL AND q.pipeline IS DISTINCT FROM pipeline THEN
+			RAISE EXCEPTION 'quarantined event % is not from pipeline "%"', id, pipeline
+				USING ERRCODE = '22023';
+		END IF;
+	ELSIF pipeline IS NOT NULL THEN
+		PERFORM pgcdc._pipeline_must_exist(pipeline);
+	END IF;
+	FOR q IN SELECT * FROM pgcdc.quarantine x
+			  WHERE x.status = 'open'
+				AND (quarantine_replay.id IS NULL OR x.id = quarantine_replay.id)
+				AND (quarantine_replay.pipeline IS NULL OR x.pipeline = quarantine_replay.pipeline)
+			  ORDER BY x.commit_lsn, x.seq, x.id
+			  FOR UPDATE LOOP
+		BEGIN
+			PERFORM pgcdc._replay_one(q);
+			UPDATE pgcdc.quarantine x
+			   SET status = 'replayed', resolved_at = now(), attempts = x.attempts + 1
+			 WHERE x.id = q.id;
+			applied := applied + 1;
+		EXCEPTION WHEN OTHERS THEN
+			GET STACKED DIAGNOSTICS code = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
+									detail = PG_EXCEPTION_DETAIL;
+			UPDATE pgcdc.quarantine x
+			   SET attempts = x.attempts + 1, error_code = code, error_message = msg,
+				   error_detail = nullif(detail, '')
+			 WHERE x.id = q.id;
+			failed := failed + 1;
+		END;
+	END LOOP;
+	RETURN NEXT;
+END
+$$;
+
+CREATE FUNCTION pgcdc.quarantine_discard(id bigint, note text)
+RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF id IS NULL THEN
+		RAISE EXCEPTION 'id must not be null' USING ERRCODE = '22004';
+	END IF;
+	PERFORM pgcdc._quarantine_row(id);
+	UPDATE pgcdc.quarantine x
+	   SET status = 'discarded', resolved_at = now(), note = quarantine_discard.note
+	 WHERE x.id = quarantine_discard.id;
+END
+$$;
+
+/* ------------------------------------------------------------------------
+ * 7. Privileges
+ *
+ * The control tables belong to the extension's owner and are not writable
+ * by PUBLIC (nor readable: slot names, options and quarantined rows are
+ * not everyone's business).  Functions run with the caller's rights
+ * (SECURITY INVOKER), so a caller needs the privileges on the control
+ * tables and targets that the function touches; README lists them.
+ * ------------------------------------------------------------------------ */
+
+REVOKE ALL ON pgcdc.pipeline, pgcdc.table_map, pgcdc.checkpoint, pgcdc.batch,
+	pgcdc.quarantine, pgcdc.rule, pgcdc.status FROM PUBLIC;

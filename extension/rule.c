@@ -15,6 +15,7 @@
 #include "nodes/parsenodes.h"
 #include "parser/parser.h"
 #include "utils/builtins.h"
+#include "utils/memutils.h"
 
 PG_FUNCTION_INFO_V1(pgcdc_parse_rule_expr);
 
@@ -41,6 +42,7 @@ pgcdc_parse_rule_expr(PG_FUNCTION_ARGS)
 	List	   *stmts;
 	SelectStmt *select;
 	ResTarget  *target;
+	MemoryContext oldcontext = CurrentMemoryContext;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -50,7 +52,29 @@ pgcdc_parse_rule_expr(PG_FUNCTION_ARGS)
 
 	/* The newline ends a trailing "--" comment before our closing paren. */
 	sql = psprintf("SELECT (%s\n)", expr);
-	stmts = raw_parser(sql, RAW_PARSE_DEFAULT);
+
+	/*
+	 * A syntax error's position would point into our wrapper, not into the
+	 * caller's query: report it as a bad rule instead, with the parser's
+	 * message as detail.
+	 */
+	PG_TRY();
+	{
+		stmts = raw_parser(sql, RAW_PARSE_DEFAULT);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcontext);
+		edata = CopyErrorData();
+		FlushErrorState();
+		ereport(ERROR,
+				(errcode(ERRCODE_SYNTAX_ERROR),
+				 errmsg("check_expr is not a valid expression: %s", expr),
+				 errdetail("%s", edata->message)));
+	}
+	PG_END_TRY();
 
 	if (list_length(stmts) != 1 ||
 		!IsA(linitial_node(RawStmt, stmts)->stmt, SelectStmt))
