@@ -1212,7 +1212,9 @@ BEGIN
 	ELSIF bad.null_vf THEN
 		RAISE EXCEPTION 'null valid_from value in changes %', changes USING ERRCODE = '22004';
 	ELSIF bad.k IS NOT NULL THEN
-		RAISE EXCEPTION 'null key % in changes %', bad.k, changes USING ERRCODE = '23502';
+		RAISE EXCEPTION 'null key in changes %', changes
+			USING ERRCODE = '23502',
+				  DETAIL = format('Key columns: %s.', array_to_string(key_columns, ', '));
 	END IF;
 
 	-- unchanged TOAST: carry the key's latest earlier value in the batch
@@ -1282,14 +1284,16 @@ BEGIN
 		  LEFT JOIN LATERAL (
 				SELECT t._version AS pgcdc_l_version, t._valid_from AS pgcdc_l_from,
 					   t._valid_to AS pgcdc_l_to, t._is_current AS pgcdc_l_cur,
-					   t._is_deleted AS pgcdc_l_del, t._row_hash AS pgcdc_l_hash,
+					   t._is_deleted AS pgcdc_l_del, %5$s AS pgcdc_l_hash,
 					   t._last_sequence AS pgcdc_l_last %2$s
 				  FROM %3$s t WHERE %4$s
 				 ORDER BY t._valid_from DESC LIMIT 1) l ON true$f$,
 		pgcdc._list(key_columns, 's'),
 		(SELECT coalesce(string_agg(format(', t.%I AS %I', c, 'pgcdc_l_' || c), ''), '')
 		   FROM unnest(toast_cols) c),
-		target, pgcdc._key_join('t', 'k', target, key_columns))
+		target, pgcdc._key_join('t', 'k', target, key_columns),
+		-- recomputed, not _row_hash: track_columns may differ from the last call
+		pgcdc._hash_expr(tracked, 't'))
 	USING lo, hi;
 
 	EXECUTE format($f$
@@ -1468,12 +1472,12 @@ DECLARE
 	counts bigint[] := '{0,0,0}';
 	find text := format($f$
 		SELECT t.ctid, t._sequence, t._last_sequence, t._valid_from, t._valid_to,
-			   t._is_current, t._row_hash
+			   t._is_current, %s AS row_hash
 		  FROM %s t, pg_temp._pgcdc_stage s
 		 WHERE s.pgcdc_rn = $1 AND %s
 		   AND coalesce(t._sequence, '{}') %%s s.pgcdc_seq
 		 ORDER BY coalesce(t._sequence, '{}') %%s, t._valid_from %%s LIMIT 1$f$,
-		target, pgcdc._key_join('t', 's', target, key_columns));
+		pgcdc._hash_expr(tracked, 't'), target, pgcdc._key_join('t', 's', target, key_columns));
 	-- the late row's values, unchanged TOAST taken from version $2
 	resolved text := format($f$
 		SELECT %s %s, %s AS h
@@ -1533,7 +1537,7 @@ BEGIN
 			counts[3] := counts[3] + 1;
 		ELSE
 			EXECUTE format('SELECT h FROM (%s) r', resolved) INTO h USING s.pgcdc_rn, a.ctid;
-			CONTINUE WHEN h IS NOT DISTINCT FROM a._row_hash;
+			CONTINUE WHEN h IS NOT DISTINCT FROM a.row_hash;
 			t := greatest(s.pgcdc_vf, a._valid_from);
 			CONTINUE WHEN t >= a._valid_to;
 			IF t = a._valid_from THEN
