@@ -1,0 +1,158 @@
+-- pgcdc extension: apply_mirror, the (_source_lsn, _source_seq) guard, rules,
+-- quarantine, replay and discard
+CREATE EXTENSION pgcdc;
+SET timezone = 'UTC';
+SET datestyle = 'ISO, YMD';
+\set SHOW_CONTEXT never
+
+-- a mirror target: the source's columns plus the mirror system columns
+CREATE TABLE orders (id int PRIMARY KEY, status text, amount numeric, doc text,
+					 _source_lsn pg_lsn, _source_seq int, _synced_at timestamptz);
+-- the staging table the consumer COPYs into
+CREATE TABLE staging (op text, _source_lsn pg_lsn, _source_seq int, _commit_ts timestamptz,
+					  id int, status text, amount numeric, doc text,
+					  unchanged_toast text[], _old_key jsonb);
+CREATE VIEW m AS SELECT id, status, amount, left(doc, 5) AS doc, length(doc) AS doc_len,
+						_source_lsn, _source_seq, _synced_at IS NOT NULL AS synced FROM orders;
+
+INSERT INTO staging (op, _source_lsn, _source_seq, id, status, amount, doc) VALUES
+	('I', '0/100', 1, 1, 'new', 10, repeat('a', 3000)),
+	('I', '0/100', 2, 2, 'new', 20, 'b'),
+	('U', '0/200', 1, 1, 'paid', 10, NULL),
+	('I', '0/200', 2, 3, 'new', 30, 'c'),
+	('D', '0/300', 1, 3, NULL, NULL, NULL);
+UPDATE staging SET unchanged_toast = '{doc}' WHERE op = 'U';
+SELECT * FROM pgcdc.apply_mirror('orders', 'staging', '{id}');
+SELECT * FROM m ORDER BY id;
+
+-- older events never move a row back in time; newer ones apply
+TRUNCATE staging;
+INSERT INTO staging (op, _source_lsn, _source_seq, id, status, amount, doc) VALUES
+	('U', '0/100', 1, 1, 'stale', 0, 'x'),			-- older than the row
+	('U', '0/200', 1, 1, 'replayed', 0, 'x'),		-- the row's own position
+	('U', '0/1F0', 9, 2, 'older', 0, 'x'),			-- same LSN order, older
+	('U', '0/400', 1, 2, 'shipped', 20, 'b');		-- newer
+SELECT * FROM pgcdc.apply_mirror('orders', 'staging', '{id}');
+SELECT * FROM m ORDER BY id;
+
+-- a key change (a U whose _old_key differs) deletes the old key's row and
+-- writes the new key's
+TRUNCATE staging;
+INSERT INTO staging (op, _source_lsn, _source_seq, id, status, amount, doc, _old_key) VALUES
+	('U', '0/500', 1, 20, 'shipped', 20, 'b', '{"id": 2}');
+SELECT * FROM pgcdc.apply_mirror('orders', 'staging', '{id}');
+SELECT * FROM m ORDER BY id;
+
+-- truncate empties the target; events after it in the batch stay
+TRUNCATE staging;
+INSERT INTO staging (op, _source_lsn, _source_seq, id, status, amount, doc) VALUES
+	('T', '0/600', 1, NULL, NULL, NULL, NULL),
+	('I', '0/600', 2, 5, 'new', 50, 'e');
+SELECT * FROM pgcdc.apply_mirror('orders', 'staging', '{id}');
+SELECT * FROM m ORDER BY id;
+
+-- soft delete: the row stays, flagged, and keeps its position
+CREATE TABLE orders_soft (id int PRIMARY KEY, status text, amount numeric, doc text,
+						  _source_lsn pg_lsn, _source_seq int, _synced_at timestamptz,
+						  _is_deleted boolean NOT NULL DEFAULT false);
+TRUNCATE staging;
+INSERT INTO staging (op, _source_lsn, _source_seq, id, status, amount, doc) VALUES
+	('I', '0/100', 1, 1, 'new', 10, 'a'),
+	('I', '0/100', 2, 2, 'new', 20, 'b');
+SELECT * FROM pgcdc.apply_mirror('orders_soft', 'staging', '{id}', soft_delete => true);
+TRUNCATE staging;
+INSERT INTO staging (op, _source_lsn, _source_seq, id, status, amount, doc) VALUES
+	('D', '0/200', 1, 1, NULL, NULL, NULL);
+SELECT * FROM pgcdc.apply_mirror('orders_soft', 'staging', '{id}', soft_delete => true);
+SELECT id, status, _source_lsn, _source_seq, _is_deleted FROM orders_soft ORDER BY id;
+-- an older update does not resurrect it; a truncate flags every row; a
+-- newer insert brings it back
+TRUNCATE staging;
+INSERT INTO staging (op, _source_lsn, _source_seq, id, status, amount, doc) VALUES
+	('U', '0/150', 1, 1, 'zombie', 10, 'a');
+SELECT * FROM pgcdc.apply_mirror('orders_soft', 'staging', '{id}', soft_delete => true);
+TRUNCATE staging;
+INSERT INTO staging (op, _source_lsn, _source_seq, id, status, amount, doc) VALUES
+	('T', '0/250', 1, NULL, NULL, NULL, NULL);
+SELECT * FROM pgcdc.apply_mirror('orders_soft', 'staging', '{id}', soft_delete => true);
+SELECT id, status, _source_lsn, _source_seq, _is_deleted FROM orders_soft ORDER BY id;
+TRUNCATE staging;
+INSERT INTO staging (op, _source_lsn, _source_seq, id, status, amount, doc) VALUES
+	('I', '0/300', 1, 1, 'back', 10, 'a');
+SELECT * FROM pgcdc.apply_mirror('orders_soft', 'staging', '{id}', soft_delete => true);
+SELECT id, status, _source_lsn, _source_seq, _is_deleted FROM orders_soft ORDER BY id;
+
+-- errors
+SELECT * FROM pgcdc.apply_mirror('orders', 'staging', '{id}', soft_delete => true);
+SELECT * FROM pgcdc.apply_mirror('staging', 'staging', '{id}');
+SELECT * FROM pgcdc.apply_mirror('orders', 'm', '{id}');
+SELECT * FROM pgcdc.apply_mirror('orders', 'staging', '{nosuch}');
+SELECT * FROM pgcdc.apply_mirror('orders', 'staging', '{id}', NULL);
+SELECT * FROM pgcdc.apply_mirror('orders', 'staging', '{id}', op_column => 'kind');
+CREATE TABLE bare (op text, id int, status text);
+SELECT * FROM pgcdc.apply_mirror('orders', 'bare', '{id}');
+
+-- rules send failing rows to the quarantine instead of the target
+SELECT name FROM pgcdc.create_pipeline('shop');
+SELECT mode FROM pgcdc.add_table('shop', 'public.orders', 'public.orders', key_columns => '{id}');
+SELECT name FROM pgcdc.add_rule('shop', 'public.orders', 'amount_positive', 'amount > 0');
+SELECT name FROM pgcdc.add_rule('shop', 'public.orders', 'known_status',
+	'status IN (''new'', ''paid'', ''shipped'') -- the order life cycle');
+TRUNCATE staging;
+INSERT INTO staging (op, _source_lsn, _source_seq, _commit_ts, id, status, amount, doc) VALUES
+	('I', '0/700', 1, '2024-01-01', 6, 'new', 60, 'f'),
+	('I', '0/700', 2, '2024-01-01', 7, 'new', -1, 'g'),
+	('I', '0/700', 3, '2024-01-01', 8, 'lost', 80, 'h'),
+	('U', '0/800', 1, '2024-01-02', 5, 'paid', -50, 'e'),
+	('D', '0/800', 2, '2024-01-02', 6, NULL, NULL, NULL);
+SELECT pgcdc.apply_rules('shop', 'public.orders', 'staging', 'public.orders');
+SELECT op, id FROM staging ORDER BY _source_lsn, _source_seq;
+SELECT * FROM pgcdc.apply_mirror('orders', 'staging', '{id}');
+SELECT * FROM m ORDER BY id;
+SELECT id, pipeline, source_table, target, commit_lsn, seq, op, event, error_code, error_message,
+	   error_detail, attempts, status
+  FROM pgcdc.quarantine ORDER BY id;
+
+-- the consumer records other failures the same way
+SELECT pgcdc.quarantine_event('shop', 'public.orders', 'public.orders',
+	'{"op": "U", "commit_lsn": "0/550", "seq": 1, "ts": "2023-12-31 00:00:00+00", "schema": "public",
+	  "table": "orders", "key": {"id": 5}, "new": {"id": 5, "status": "new", "amount": 49, "doc": "old"}}',
+	'40P01', 'deadlock detected', 'Process 1 waits for ShareLock.');
+SELECT pgcdc.quarantine_event('shop', 'public.orders', 'public.orders', '[]', '23505', 'x');
+SELECT pgcdc.quarantine_event('shop', 'public.orders', 'public.orders', '{}', 'oops', 'x');
+
+-- replay: the rule failures fail again (errors refreshed, attempts
+-- counted); the deadlock victim applies, but it is older than the row
+-- (0/550 < 0/600), so the row does not go back in time
+SELECT * FROM pgcdc.quarantine_replay(pipeline => 'shop');
+SELECT * FROM m WHERE id = 5;
+SELECT id, error_code, error_message, attempts, status FROM pgcdc.quarantine ORDER BY id;
+-- fix the cause of one; replay it alone
+SELECT pgcdc.drop_rule('shop', 'public.orders', 'known_status');
+SELECT * FROM pgcdc.quarantine_replay(3);
+SELECT * FROM m ORDER BY id;
+-- discard the rest with a note
+SELECT pgcdc.quarantine_discard(1, 'negative amount, fixed at the source');
+SELECT pgcdc.quarantine_discard(2, 'negative amount, fixed at the source');
+SELECT id, attempts, status, resolved_at IS NOT NULL AS resolved, note
+  FROM pgcdc.quarantine ORDER BY id;
+SELECT * FROM pgcdc.quarantine_replay();
+-- errors
+SELECT pgcdc.quarantine_discard(1, 'again');
+SELECT pgcdc.quarantine_discard(99, 'none');
+SELECT pgcdc.quarantine_discard(NULL, 'none');
+SELECT * FROM pgcdc.quarantine_replay(4);
+SELECT * FROM pgcdc.quarantine_replay(99);
+SELECT * FROM pgcdc.quarantine_replay(pipeline => 'nope');
+SELECT pgcdc.apply_rules('nope', 'public.orders', 'staging');
+SELECT pgcdc.apply_rules('shop', 'public.orders', 'staging', op_column => 'kind');
+-- an event whose table map is gone fails, and stays open
+SELECT pgcdc.quarantine_event('shop', 'public.gone', NULL,
+	'{"op": "I", "commit_lsn": "0/900", "seq": 1, "new": {"id": 1}}', '42P01', 'relation does not exist');
+SELECT * FROM pgcdc.quarantine_replay(5);
+SELECT id, error_code, error_message, attempts, status FROM pgcdc.quarantine WHERE id = 5;
+SELECT * FROM pgcdc.quarantine_replay(5, 'other');
+
+DROP EXTENSION pgcdc;
+DROP VIEW m;
+DROP TABLE orders, orders_soft, staging, bare;
