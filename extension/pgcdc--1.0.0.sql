@@ -2059,3 +2059,6 @@ $$;
 
 REVOKE ALL ON pgcdc.pipeline, pgcdc.table_map, pgcdc.checkpoint, pgcdc.batch,
 	pgcdc.quarantine, pgcdc.rule, pgcdc.status FROM PUBLIC;
+-- The SCD2 and mirror functions work on the caller's own tables with the
+-- caller's rights: anyone may call them.
+GRANT USAGE ON SCHEMA pgcdc TO PUBLIC;
