@@ -32,7 +32,7 @@ all: consumer-all
 install: consumer-install
 uninstall: consumer-uninstall
 clean: consumer-clean
-consumer-%:
-	$(MAKE) -C consumer PG_CONFIG=$(PG_CONFIG) $*
+consumer-all consumer-install consumer-uninstall consumer-clean:
+	$(MAKE) -C consumer PG_CONFIG=$(PG_CONFIG) $(patsubst consumer-%,%,$@)
 .PHONY: consumer-all consumer-install consumer-uninstall consumer-clean
 endif

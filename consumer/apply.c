@@ -1,0 +1,630 @@
+/*
+ * apply.c
+ *		Batches: whole source transactions applied in one target transaction
+ *		together with the checkpoint that covers them.
+ *
+ *		Events are streamed into a temporary table with COPY as they arrive
+ *		(the consumer keeps no events in memory, so a huge source transaction
+ *		costs no client memory).  At flush, per table map, the map's events
+ *		become typed change rows (jsonb_populate_record on the server) and
+ *		one set-based call applies them: pgcdc.apply_mirror,
+ *		pgcdc.scd2_apply_changes, or an INSERT for append targets.  Rules
+ *		(pgcdc.apply_rules) run first.  If the batch fails, it is retried
+ *		map by map and then event by event inside savepoints, and only the
+ *		events that still fail go to pgcdc.quarantine with their SQLSTATE.
+ */
+#include "postgres_fe.h"
+
+#include "consumer.h"
+
+struct Batch
+{
+	PGconn	   *conn;
+	Pipeline   *p;
+	bool		open;			/* target transaction + COPY in progress */
+	bool		skipping;		/* current source transaction is at/before the checkpoint */
+	bool		tables_ready;	/* session temp tables created */
+	long		events;
+	long		xacts;
+	long		per_op[4];		/* I U D T */
+	long	   *per_map;		/* events per table map in this batch */
+	Lsn			first_lsn;
+	Lsn			last_commit_lsn;
+	Lsn			last_end_lsn;
+	char		last_ts[64];
+	int64_t		started_us;
+	PQExpBuffer line;
+};
+
+Batch *
+batch_new(PGconn *target, Pipeline *p)
+{
+	Batch	   *b = pg_malloc0(sizeof(Batch));
+
+	b->conn = target;
+	b->p = p;
+	b->per_map = pg_malloc0(sizeof(long) * p->nmaps);
+	b->line = createPQExpBuffer();
+	return b;
+}
+
+void
+batch_free(Batch *b)
+{
+	if (b == NULL)
+		return;
+	destroyPQExpBuffer(b->line);
+	free(b->per_map);
+	free(b);
+}
+
+long
+batch_events(Batch *b)
+{
+	return b->events;
+}
+
+bool
+batch_open(Batch *b)
+{
+	return b->open;
+}
+
+int64_t
+batch_started_us(Batch *b)
+{
+	return b->started_us;
+}
+
+static void
+reset_counts(Batch *b)
+{
+	b->events = b->xacts = 0;
+	memset(b->per_op, 0, sizeof(b->per_op));
+	memset(b->per_map, 0, sizeof(long) * b->p->nmaps);
+	b->first_lsn = b->last_commit_lsn = b->last_end_lsn = InvalidLsn;
+	b->last_ts[0] = '\0';
+}
+
+/* The session's staging tables: events, and one change table per map. */
+static bool
+create_session_tables(Batch *b)
+{
+	PQExpBuffer sql = createPQExpBuffer();
+	bool		ok;
+	int			i;
+
+	appendPQExpBufferStr(sql,
+						 "CREATE TEMP TABLE IF NOT EXISTS pgcdc_events "
+						 "(ord bigint GENERATED ALWAYS AS IDENTITY, ev jsonb NOT NULL) ON COMMIT DELETE ROWS;");
+	for (i = 0; i < b->p->nmaps; i++)
+	{
+		TableMap   *m = &b->p->maps[i];
+
+		if (strcmp(m->mode, "append") == 0)
+			continue;
+		appendPQExpBuffer(sql,
+						  "DROP TABLE IF EXISTS pg_temp.pgcdc_changes_%d; "
+						  "CREATE TEMP TABLE pgcdc_changes_%d (%s, op text, _source_lsn pg_catalog.pg_lsn, "
+						  "_source_seq integer, _commit_ts timestamptz, unchanged_toast text[], _old_key jsonb) "
+						  "ON COMMIT DELETE ROWS;",
+						  i, i, m->data_types);
+	}
+	ok = exec_cmd(b->conn, sql->data);
+	destroyPQExpBuffer(sql);
+	b->tables_ready = ok;
+	return ok;
+}
+
+static bool
+start_copy(Batch *b)
+{
+	PGresult   *res;
+
+	if (!b->tables_ready && !create_session_tables(b))
+		return false;
+	if (!exec_cmd(b->conn, "BEGIN"))
+		return false;
+	/* CSV with separators that JSON text never contains: no escaping needed */
+	res = PQexec(b->conn, "COPY pg_temp.pgcdc_events (ev) FROM STDIN "
+				 "(FORMAT csv, DELIMITER E'\\x1f', QUOTE E'\\x1e')");
+	if (PQresultStatus(res) != PGRES_COPY_IN)
+	{
+		log_msg(LOG_ERROR, "could not stage events in the target: %s", conn_error(b->conn));
+		PQclear(res);
+		return false;
+	}
+	PQclear(res);
+	b->open = true;
+	b->started_us = now_us();
+	reset_counts(b);
+	return true;
+}
+
+bool
+batch_begin_xact(Batch *b, const EventInfo *begin)
+{
+	b->skipping = b->p->has_checkpoint && begin->commit_lsn <= b->p->ckpt_commit_lsn;
+	if (b->skipping)
+	{
+		stats.skipped++;
+		return true;
+	}
+	if (!b->open && !start_copy(b))
+		return false;
+	if (b->first_lsn == InvalidLsn)
+		b->first_lsn = begin->commit_lsn;
+	return true;
+}
+
+static int
+map_of(Batch *b, const EventInfo *ev)
+{
+	int			i;
+
+	if (ev->schema == NULL || ev->table == NULL)
+		return -1;
+	for (i = 0; i < b->p->nmaps; i++)
+	{
+		if (strcmp(b->p->maps[i].source_schema, ev->schema) == 0 &&
+			strcmp(b->p->maps[i].source_name, ev->table) == 0)
+			return i;
+	}
+	return -1;
+}
+
+bool
+batch_add_event(Batch *b, const EventInfo *ev, const char *json, size_t len)
+{
+	int			i;
+	bool		found = false;
+
+	if (b->skipping || !b->open || ev->op == 'M')
+		return true;
+	/* one source table may feed several targets */
+	for (i = 0; i < b->p->nmaps; i++)
+	{
+		if (map_of(b, ev) < 0)
+			break;
+		if (strcmp(b->p->maps[i].source_schema, ev->schema) == 0 &&
+			strcmp(b->p->maps[i].source_name, ev->table) == 0)
+		{
+			b->per_map[i]++;
+			found = true;
+		}
+	}
+	if (!found)
+		return true;
+	resetPQExpBuffer(b->line);
+	appendBinaryPQExpBuffer(b->line, json, len);
+	appendPQExpBufferChar(b->line, '\n');
+	if (PQputCopyData(b->conn, b->line->data, b->line->len) != 1)
+	{
+		log_msg(LOG_ERROR, "could not stage events in the target: %s", conn_error(b->conn));
+		return false;
+	}
+	b->events++;
+	stats.events++;
+	switch (ev->op)
+	{
+		case 'I':
+			b->per_op[0]++;
+			break;
+		case 'U':
+			b->per_op[1]++;
+			break;
+		case 'D':
+			b->per_op[2]++;
+			break;
+		case 'T':
+			b->per_op[3]++;
+			break;
+	}
+	return true;
+}
+
+bool
+batch_end_xact(Batch *b, const EventInfo *commit)
+{
+	if (b->skipping || !b->open)
+	{
+		b->skipping = false;
+		return true;
+	}
+	b->xacts++;
+	b->last_commit_lsn = commit->commit_lsn;
+	b->last_end_lsn = commit->end_lsn;
+	snprintf(b->last_ts, sizeof(b->last_ts), "%s", commit->ts ? commit->ts : "");
+	return true;
+}
+
+/*
+ * The change rows of map i: typed by the target's columns, the old key of
+ * key-changing updates, unchanged TOAST columns named.  "filter" narrows
+ * the events (to one event when isolating a failure).
+ */
+static bool
+stage_changes(Batch *b, int i, const char *filter)
+{
+	TableMap   *m = &b->p->maps[i];
+	PQExpBuffer sql = createPQExpBuffer();
+	const char *params[2] = {m->source_schema, m->source_name};
+	PGresult   *res;
+
+	appendPQExpBuffer(sql,
+					  "INSERT INTO pg_temp.pgcdc_changes_%d (%s, op, _source_lsn, _source_seq, _commit_ts, "
+					  "  unchanged_toast, _old_key) "
+					  "SELECT %s, e.ev->>'op', (e.ev->>'commit_lsn')::pg_catalog.pg_lsn, (e.ev->>'seq')::integer, "
+					  "  (e.ev->>'ts')::timestamptz, "
+					  "  CASE WHEN e.ev ? 'unchanged_toast' THEN ARRAY(SELECT pg_catalog.jsonb_array_elements_text("
+					  "    e.ev->'unchanged_toast')) END, "
+					  "  CASE WHEN e.ev->>'op' = 'U' THEN e.ev->'old' END "
+					  "FROM pg_temp.pgcdc_events e "
+					  "CROSS JOIN LATERAL pg_catalog.jsonb_populate_record(NULL::pg_temp.pgcdc_changes_%d, "
+					  "  CASE e.ev->>'op' WHEN 'D' THEN coalesce(e.ev->'old', e.ev->'key') "
+					  "                   WHEN 'T' THEN '{}' ELSE e.ev->'new' END) r "
+					  "WHERE e.ev->>'schema' = $1 AND e.ev->>'table' = $2 %s "
+					  "ORDER BY e.ord",
+					  i, m->data_columns, m->row_columns, i, filter ? filter : "");
+	res = exec_ok(b->conn, sql->data, 2, params);
+	destroyPQExpBuffer(sql);
+	PQclear(res);
+	return res != NULL;
+}
+
+/* Apply map i's staged changes (or append its events) with one call. */
+static bool
+apply_map(Batch *b, int i, const char *filter, long *quarantined)
+{
+	TableMap   *m = &b->p->maps[i];
+	PQExpBuffer sql = createPQExpBuffer();
+	PGresult   *res;
+	bool		ok;
+
+	if (strcmp(m->mode, "append") == 0)
+	{
+		const char *params[2] = {m->source_schema, m->source_name};
+
+		appendPQExpBuffer(sql,
+						  "INSERT INTO %s (_op, _source_lsn, _source_seq, _xid, _commit_ts, _key, _new, _old, _received_at) "
+						  "SELECT e.ev->>'op', (e.ev->>'commit_lsn')::pg_catalog.pg_lsn, (e.ev->>'seq')::integer, "
+						  "  (e.ev->>'xid')::bigint, (e.ev->>'ts')::timestamptz, e.ev->'key', e.ev->'new', e.ev->'old', "
+						  "  pg_catalog.now() "
+						  "FROM pg_temp.pgcdc_events e WHERE e.ev->>'schema' = $1 AND e.ev->>'table' = $2 %s "
+						  "ORDER BY e.ord ON CONFLICT DO NOTHING",
+						  m->target, filter ? filter : "");
+		res = exec_ok(b->conn, sql->data, 2, params);
+		destroyPQExpBuffer(sql);
+		PQclear(res);
+		return res != NULL;
+	}
+
+	if (!stage_changes(b, i, filter))
+	{
+		destroyPQExpBuffer(sql);
+		return false;
+	}
+
+	/* rules move failing rows to the quarantine before anything is applied */
+	{
+		const char *params[3] = {b->p->name, m->source_table, m->target};
+
+		appendPQExpBuffer(sql, "SELECT pgcdc.apply_rules($1, $2, 'pg_temp.pgcdc_changes_%d', $3, 'op')", i);
+		res = exec_ok(b->conn, sql->data, 3, params);
+		if (res == NULL)
+		{
+			destroyPQExpBuffer(sql);
+			return false;
+		}
+		*quarantined += atol(PQgetvalue(res, 0, 0));
+		PQclear(res);
+	}
+
+	resetPQExpBuffer(sql);
+	if (strcmp(m->mode, "mirror") == 0)
+	{
+		const char *params[3] = {m->target, m->key_columns, m->soft_delete ? "true" : "false"};
+
+		appendPQExpBuffer(sql, "SELECT * FROM pgcdc.apply_mirror($1::pg_catalog.regclass, "
+						  "'pg_temp.pgcdc_changes_%d', $2::text[], $3::boolean, 'op')", i);
+		res = exec_ok(b->conn, sql->data, 3, params);
+	}
+	else
+	{
+		const char *params[3] = {m->target, m->key_columns, m->track_columns};
+
+		appendPQExpBuffer(sql, "SELECT * FROM pgcdc.scd2_apply_changes($1::pg_catalog.regclass, "
+						  "'pg_temp.pgcdc_changes_%d', $2::text[], '_source_lsn,_source_seq', 'op', "
+						  "$3::text[], '_commit_ts')", i);
+		res = exec_ok(b->conn, sql->data, 3, params);
+	}
+	ok = res != NULL;
+	PQclear(res);
+	if (ok)
+	{
+		resetPQExpBuffer(sql);
+		appendPQExpBuffer(sql, "TRUNCATE pg_temp.pgcdc_changes_%d", i);
+		ok = exec_cmd(b->conn, sql->data);
+	}
+	destroyPQExpBuffer(sql);
+	return ok;
+}
+
+static bool
+savepoint(Batch *b, const char *verb, const char *name)
+{
+	char		sql[64];
+
+	snprintf(sql, sizeof(sql), "%s %s", verb, name);
+	return exec_cmd(b->conn, sql);
+}
+
+/* Record one failing event in the quarantine with the error it raised. */
+static bool
+quarantine_event(Batch *b, int i, const char *ord, const char *code,
+				 const char *message, const char *detail)
+{
+	TableMap   *m = &b->p->maps[i];
+	const char *params[7] = {b->p->name, m->source_table, m->target, ord, code, message, detail};
+	PGresult   *res = exec_ok(b->conn,
+							  "SELECT pgcdc.quarantine_event($1, $2, $3, e.ev, $5, $6, $7) "
+							  "FROM pg_temp.pgcdc_events e WHERE e.ord = $4::bigint",
+							  7, params);
+
+	PQclear(res);
+	return res != NULL;
+}
+
+/*
+ * Map i failed as a whole: apply its events one by one, each in a
+ * savepoint; an event that fails is quarantined with its error.
+ */
+static bool
+isolate_map(Batch *b, int i, long *quarantined)
+{
+	TableMap   *m = &b->p->maps[i];
+	const char *params[2] = {m->source_schema, m->source_name};
+	PGresult   *ords = exec_ok(b->conn,
+							   "SELECT ord FROM pg_temp.pgcdc_events e "
+							   "WHERE e.ev->>'schema' = $1 AND e.ev->>'table' = $2 ORDER BY ord",
+							   2, params);
+	int			n;
+
+	if (ords == NULL)
+		return false;
+	for (n = 0; n < PQntuples(ords); n++)
+	{
+		const char *ord = PQgetvalue(ords, n, 0);
+		char		filter[64];
+		bool		ok;
+
+		snprintf(filter, sizeof(filter), "AND e.ord = %s", ord);
+		if (!savepoint(b, "SAVEPOINT", "pgcdc_event"))
+			break;
+		quiet_sql_errors = true;
+		ok = apply_map(b, i, filter, quarantined);
+		quiet_sql_errors = false;
+		if (ok)
+		{
+			if (!savepoint(b, "RELEASE SAVEPOINT", "pgcdc_event"))
+				break;
+			continue;
+		}
+		/* the error is replaced by the rollback: keep it */
+		{
+			SqlError	e = last_sql_error;
+
+			if (!savepoint(b, "ROLLBACK TO SAVEPOINT", "pgcdc_event") ||
+				!quarantine_event(b, i, ord, e.code, e.message, e.detail[0] ? e.detail : NULL))
+				break;
+			log_msg(LOG_INFO, "quarantined event %s of %s for %s: %s (SQLSTATE %s)",
+					ord, m->source_table, m->target, e.message, e.code);
+			(*quarantined)++;
+		}
+	}
+	n = n == PQntuples(ords);
+	PQclear(ords);
+	return n;
+}
+
+/* The checkpoint and the batch log, in the batch's transaction. */
+static bool
+record_batch(Batch *b, long quarantined, int64_t started_us)
+{
+	char		first[32],
+				commit[32],
+				end[32],
+				src[32],
+				n_x[24],
+				n_ev[24],
+				n_q[24],
+				started[32],
+				ops[4][24];
+	const char *params[13];
+	PGresult   *res;
+	bool		ok;
+
+	format_lsn(b->first_lsn, first);
+	format_lsn(b->last_commit_lsn, commit);
+	format_lsn(b->last_end_lsn, end);
+	format_lsn(stats.source_lsn > b->last_end_lsn ? stats.source_lsn : b->last_end_lsn, src);
+	snprintf(n_x, sizeof(n_x), "%ld", b->xacts);
+	snprintf(n_ev, sizeof(n_ev), "%ld", b->events);
+	snprintf(n_q, sizeof(n_q), "%ld", quarantined);
+	snprintf(started, sizeof(started), "%.6f", started_us / 1e6);
+	for (int i = 0; i < 4; i++)
+		snprintf(ops[i], sizeof(ops[i]), "%ld", b->per_op[i]);
+
+	params[0] = b->p->name;
+	params[1] = commit;
+	params[2] = end;
+	params[3] = b->last_ts[0] ? b->last_ts : NULL;
+	params[4] = src;
+	params[5] = n_x;
+	params[6] = n_ev;
+	params[7] = n_q;
+	/* only ever forward: anything else means another writer */
+	res = exec_ok(b->conn,
+				  "INSERT INTO pgcdc.checkpoint AS c (pipeline, commit_lsn, end_lsn, commit_ts, applied_at, "
+				  "  source_lsn, source_seen_at, transactions, events, batches, quarantined) "
+				  "VALUES ($1, $2, $3, $4, pg_catalog.now(), $5, pg_catalog.now(), $6, $7, 1, $8) "
+				  "ON CONFLICT (pipeline) DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn, "
+				  "  end_lsn = EXCLUDED.end_lsn, commit_ts = EXCLUDED.commit_ts, applied_at = EXCLUDED.applied_at, "
+				  "  source_lsn = EXCLUDED.source_lsn, source_seen_at = EXCLUDED.source_seen_at, "
+				  "  transactions = c.transactions + EXCLUDED.transactions, events = c.events + EXCLUDED.events, "
+				  "  batches = c.batches + 1, quarantined = c.quarantined + EXCLUDED.quarantined "
+				  "WHERE c.commit_lsn IS NULL OR c.commit_lsn < EXCLUDED.commit_lsn "
+				  "RETURNING extract(epoch FROM pg_catalog.clock_timestamp() - c.commit_ts)",
+				  8, params);
+	if (res == NULL)
+		return false;
+	if (PQntuples(res) != 1)
+	{
+		log_msg(LOG_ERROR, "the checkpoint of pipeline \"%s\" is already at or past %s", b->p->name, commit);
+		log_hint("Another writer moved it; only one consumer may run a pipeline.");
+		PQclear(res);
+		return false;
+	}
+	if (!PQgetisnull(res, 0, 0))
+		stats.lag_seconds = atof(PQgetvalue(res, 0, 0));
+	PQclear(res);
+
+	params[1] = first;
+	params[2] = commit;
+	params[3] = started;
+	params[4] = n_x;
+	params[5] = ops[0];
+	params[6] = ops[1];
+	params[7] = ops[2];
+	params[8] = ops[3];
+	params[9] = n_ev;
+	params[10] = n_q;
+	params[11] = quarantined > 0 ? "partial" : "ok";
+	res = exec_ok(b->conn,
+				  "INSERT INTO pgcdc.batch (pipeline, first_lsn, last_lsn, started_at, finished_at, duration_ms, "
+				  "  transactions, inserts, updates, deletes, truncates, applied, skipped, quarantined, status) "
+				  "VALUES ($1, $2, $3, pg_catalog.to_timestamp($4::float8), pg_catalog.clock_timestamp(), "
+				  "  extract(epoch FROM pg_catalog.clock_timestamp() - pg_catalog.to_timestamp($4::float8)) * 1000, "
+				  "  $5, $6, $7, $8, $9, $10::bigint - $11::bigint, 0, $11, $12)",
+				  12, params);
+	ok = res != NULL;
+	PQclear(res);
+	return ok;
+}
+
+static bool
+end_copy(Batch *b)
+{
+	PGresult   *res;
+	bool		ok;
+
+	if (PQputCopyEnd(b->conn, NULL) != 1)
+	{
+		log_msg(LOG_ERROR, "could not stage events in the target: %s", conn_error(b->conn));
+		return false;
+	}
+	res = PQgetResult(b->conn);
+	ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+	if (!ok)
+		log_msg(LOG_ERROR, "could not stage events in the target: %s", conn_error(b->conn));
+	PQclear(res);
+	while ((res = PQgetResult(b->conn)) != NULL)
+		PQclear(res);
+	return ok;
+}
+
+/*
+ * Apply the batch and commit it with its checkpoint.  On success *applied
+ * is the end LSN of its last transaction: what the source may forget.
+ */
+bool
+batch_flush(Batch *b, Lsn *applied)
+{
+	long		quarantined = 0;
+	bool		ok = true;
+	int64_t		t0 = now_us();
+	int			i;
+
+	if (!b->open)
+		return true;
+	if (!end_copy(b))
+		return false;
+
+	if (b->events > 0)
+	{
+		if (!savepoint(b, "SAVEPOINT", "pgcdc_batch"))
+			return false;
+		for (i = 0; i < b->p->nmaps && ok; i++)
+			if (b->per_map[i] > 0)
+				ok = apply_map(b, i, NULL, &quarantined);
+		if (!ok)
+		{
+			log_msg(LOG_INFO, "batch of %ld events failed (SQLSTATE %s: %s); isolating the failing events",
+					b->events, last_sql_error.code, last_sql_error.message);
+			if (!savepoint(b, "ROLLBACK TO SAVEPOINT", "pgcdc_batch"))
+				return false;
+			quarantined = 0;
+			for (i = 0; i < b->p->nmaps; i++)
+			{
+				if (b->per_map[i] == 0)
+					continue;
+				if (!savepoint(b, "SAVEPOINT", "pgcdc_map"))
+					return false;
+				quiet_sql_errors = true;
+				ok = apply_map(b, i, NULL, &quarantined);
+				quiet_sql_errors = false;
+				if (ok)
+				{
+					if (!savepoint(b, "RELEASE SAVEPOINT", "pgcdc_map"))
+						return false;
+					continue;
+				}
+				if (!savepoint(b, "ROLLBACK TO SAVEPOINT", "pgcdc_map") ||
+					!isolate_map(b, i, &quarantined))
+					return false;
+			}
+		}
+	}
+
+	if (!record_batch(b, quarantined, t0) || !exec_cmd(b->conn, "COMMIT"))
+		return false;
+
+	b->open = false;
+	b->p->ckpt_commit_lsn = b->last_commit_lsn;
+	b->p->ckpt_end_lsn = b->last_end_lsn;
+	b->p->has_checkpoint = true;
+	*applied = b->last_end_lsn;
+	stats.transactions += b->xacts;
+	stats.batches++;
+	stats.quarantined += quarantined;
+	if (opts.verbose > 0)
+	{
+		char		lb[32];
+
+		log_msg(LOG_DEBUG, "batch: %ld transactions, %ld events, %ld quarantined, up to %s in %.1f ms",
+				b->xacts, b->events, quarantined, format_lsn(b->last_end_lsn, lb),
+				(now_us() - t0) / 1000.0);
+	}
+	return true;
+}
+
+/* Throw the open batch away: its transactions come again from the slot. */
+void
+batch_abort(Batch *b)
+{
+	PGresult   *res;
+
+	if (b == NULL || !b->open)
+		return;
+	b->open = false;
+	if (PQstatus(b->conn) != CONNECTION_OK)
+		return;
+	if (PQtransactionStatus(b->conn) == PQTRANS_ACTIVE)
+	{
+		PQputCopyEnd(b->conn, "batch abandoned");
+		while ((res = PQgetResult(b->conn)) != NULL)
+			PQclear(res);
+	}
+	res = PQexec(b->conn, "ROLLBACK");
+	PQclear(res);
+}

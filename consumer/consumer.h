@@ -1,0 +1,188 @@
+/*
+ * consumer.h
+ *		pgcdc_consumer: shared types and the interfaces between its parts.
+ *
+ *	pgcdc_consumer.c  options, signals, the retry loop, one cleanup path
+ *	stream.c          replication connection: slot, START_REPLICATION, feedback
+ *	event.c           the few top-level fields of a pgcdc event it needs
+ *	target.c          the target: pipeline, table maps, lock, checkpoint, DDL
+ *	apply.c           batches: staging, set-based apply, quarantine, checkpoint
+ *	snapshot.c        the initial copy, consistent with the slot
+ *	metrics.c         Prometheus text metrics over HTTP
+ *	log.c             logging
+ */
+#ifndef PGCDC_CONSUMER_H
+#define PGCDC_CONSUMER_H
+
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "libpq-fe.h"
+#include "pqexpbuffer.h"
+
+typedef uint64_t Lsn;
+
+#define InvalidLsn ((Lsn) 0)
+
+/* Exit statuses (SPEC section 3). */
+#define EXIT_DONE	0
+#define EXIT_ERROR	1
+#define EXIT_USAGE	2
+
+typedef enum SnapshotMode
+{
+	SNAPSHOT_INITIAL,
+	SNAPSHOT_NEVER
+} SnapshotMode;
+
+typedef struct ConsumerOptions
+{
+	const char *source;
+	const char *target;
+	const char *pipeline;
+	SnapshotMode snapshot;
+	int			snapshot_jobs;
+	long		batch_size;		/* events */
+	int			batch_ms;
+	int			status_interval;	/* seconds */
+	int			heartbeat;		/* seconds, 0 = off */
+	bool		exit_when_caught_up;
+	int			metrics_port;	/* 0 = off */
+	int			max_backoff;	/* seconds */
+	int			verbose;
+} ConsumerOptions;
+
+/* One row of pgcdc.table_map, with what the consumer derives from it. */
+typedef struct TableMap
+{
+	char	   *source_table;	/* canonical "schema"."table" */
+	char	   *source_schema;
+	char	   *source_name;
+	char	   *target;			/* canonical quoted name */
+	char	   *mode;			/* mirror | scd2 | append */
+	char	   *key_columns;	/* text[] literal, or NULL: the source's identity */
+	char	   *track_columns;	/* text[] literal or NULL */
+	char	   *ignore_columns; /* text[] literal or NULL */
+	bool		soft_delete;
+	char	   *data_columns;	/* SQL list of quoted data columns */
+	char	   *row_columns;	/* the same, qualified with r. */
+	char	   *data_types;		/* SQL list: quoted column and its target type */
+} TableMap;
+
+typedef struct Pipeline
+{
+	char	   *name;
+	char	   *slot_name;
+	bool		paused;
+	char	   *decoder_options;	/* extra decoder options from pipeline.options */
+	int			nmaps;
+	TableMap   *maps;
+	/* the checkpoint: the last source transaction applied */
+	Lsn			ckpt_commit_lsn;
+	Lsn			ckpt_end_lsn;
+	bool		has_checkpoint;
+} Pipeline;
+
+/* An event's fields the consumer routes and orders by. */
+typedef struct EventInfo
+{
+	char		op;
+	Lsn			commit_lsn;
+	Lsn			end_lsn;		/* C only */
+	long		seq;
+	const char *schema;			/* into a scratch buffer; NULL if absent */
+	const char *table;
+	const char *prefix;			/* M only */
+	const char *ts;				/* commit timestamp; NULL if null */
+} EventInfo;
+
+/* Counters shown by metrics and logs. */
+typedef struct Stats
+{
+	uint64_t	events;
+	uint64_t	transactions;
+	uint64_t	batches;
+	uint64_t	quarantined;
+	uint64_t	skipped;		/* at or before the checkpoint */
+	uint64_t	reconnects;
+	Lsn			received_lsn;
+	Lsn			applied_lsn;
+	Lsn			source_lsn;		/* source WAL position as last seen */
+	double		lag_seconds;
+	int64_t		last_commit_ts_us;	/* unix microseconds of the last applied commit */
+} Stats;
+
+extern ConsumerOptions opts;
+extern Stats stats;
+extern volatile sig_atomic_t stop_requested;
+
+/* log.c */
+#define LOG_ERROR	0
+#define LOG_INFO	1
+#define LOG_DEBUG	2
+extern void log_msg(int level, const char *fmt,...) pg_attribute_printf(2, 3);
+extern void log_hint(const char *fmt,...) pg_attribute_printf(1, 2);
+extern char *conn_error(PGconn *conn);
+extern const char *conn_describe(PGconn *conn);
+extern char *format_lsn(Lsn lsn, char *buf);
+extern bool parse_lsn(const char *s, Lsn *lsn);
+extern int64_t now_us(void);
+
+/* event.c */
+extern bool event_parse(const char *json, size_t len, EventInfo *ev, char *scratch, size_t scratchlen);
+
+/* target.c */
+typedef struct SqlError
+{
+	char		code[6];
+	char		message[1024];
+	char		detail[1024];
+} SqlError;
+extern SqlError last_sql_error;	/* of the last statement that failed */
+extern bool quiet_sql_errors;	/* failures expected: log them at DEBUG */
+
+extern PGconn *target_connect(const char *conninfo);
+extern bool target_lock_pipeline(PGconn *conn, const char *pipeline);
+extern bool target_load_pipeline(PGconn *conn, PGconn *source, Pipeline *p);
+extern bool target_prepare_tables(PGconn *conn, PGconn *source, Pipeline *p);
+extern void pipeline_free(Pipeline *p);
+extern PGresult *exec_ok(PGconn *conn, const char *sql, int nparams, const char *const *params);
+extern bool exec_cmd(PGconn *conn, const char *sql);
+
+/* stream.c */
+typedef struct Stream Stream;
+extern bool source_check(PGconn *source, Pipeline *p, bool *slot_exists);
+extern Stream *stream_open(const char *conninfo);
+extern bool stream_create_slot(Stream *s, const char *slot, bool export_snapshot,
+							   Lsn *consistent_point, char **snapshot_name);
+extern bool stream_drop_slot(PGconn *source, const char *slot);
+extern bool stream_start(Stream *s, Pipeline *p, Lsn start);
+extern int	stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p);
+extern void stream_close(Stream *s);
+
+/* apply.c */
+typedef struct Batch Batch;
+extern Batch *batch_new(PGconn *target, Pipeline *p);
+extern bool batch_begin_xact(Batch *b, const EventInfo *begin);
+extern bool batch_add_event(Batch *b, const EventInfo *ev, const char *json, size_t len);
+extern bool batch_end_xact(Batch *b, const EventInfo *commit);
+extern long batch_events(Batch *b);
+extern bool batch_open(Batch *b);
+extern int64_t batch_started_us(Batch *b);
+extern bool batch_flush(Batch *b, Lsn *applied_end_lsn);
+extern void batch_abort(Batch *b);
+extern void batch_free(Batch *b);
+
+/* snapshot.c */
+extern bool snapshot_run(const char *source_conninfo, PGconn *target, Pipeline *p,
+						 const char *snapshot_name, Lsn consistent_point);
+
+/* metrics.c */
+extern bool metrics_listen(int port);
+extern void metrics_poll(void);
+extern int	metrics_fd(void);
+extern void metrics_close(void);
+
+#endif							/* PGCDC_CONSUMER_H */

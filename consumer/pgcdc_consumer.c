@@ -1,0 +1,332 @@
+/*
+ * pgcdc_consumer.c
+ *		Apply a pgcdc pipeline's change stream to its targets exactly once.
+ *
+ *		The shape follows pg_recvlogical: getopt_long and usage(), signal
+ *		handlers that only set a flag, and one cleanup path.  Around the
+ *		stream sits a retry loop with exponential backoff; errors that a
+ *		retry cannot fix (no pipeline, a lost slot, wrong server settings,
+ *		another consumer on the pipeline) end the program with status 1.
+ */
+#include "postgres_fe.h"
+
+#include <getopt.h>
+#include <time.h>
+
+#include "consumer.h"
+
+#define RUN_RETRY	(-1)
+#define RUN_PAUSED	(-2)
+
+ConsumerOptions opts = {
+	.snapshot = SNAPSHOT_INITIAL,
+	.snapshot_jobs = 2,
+	.batch_size = 10000,
+	.batch_ms = 200,
+	.status_interval = 10,
+	.heartbeat = 0,
+	.max_backoff = 60,
+};
+Stats		stats;
+volatile sig_atomic_t stop_requested = 0;
+
+static void
+usage(void)
+{
+	printf("pgcdc_consumer applies a pgcdc pipeline's changes to its targets, exactly once.\n\n"
+		   "Usage:\n"
+		   "  pgcdc_consumer --source CONNINFO --target CONNINFO --pipeline NAME [OPTION]...\n\n"
+		   "Options:\n"
+		   "      --source=CONNINFO      source database (libpq connection string)\n"
+		   "      --target=CONNINFO      target database with CREATE EXTENSION pgcdc\n"
+		   "      --pipeline=NAME        row of pgcdc.pipeline in the target\n"
+		   "      --snapshot=initial|never  copy existing rows of a new slot first (default: initial)\n"
+		   "      --snapshot-jobs=N      tables copied at once by the snapshot (default: 2)\n"
+		   "      --batch-size=N         events per target transaction, whole source transactions (default: 10000)\n"
+		   "      --batch-ms=MS          longest wait before a batch is applied (default: 200)\n"
+		   "      --status-interval=S    feedback to the source at least this often (default: 10)\n"
+		   "      --heartbeat=S          when nothing is captured for S seconds, emit a message on the\n"
+		   "                             source so the slot advances (default: 0, off)\n"
+		   "      --exit-when-caught-up  exit 0 once everything committed before the start is applied\n"
+		   "      --metrics-port=PORT    Prometheus metrics on http://127.0.0.1:PORT/metrics\n"
+		   "      --max-backoff=S        longest wait between reconnection attempts (default: 60)\n"
+		   "  -v, --verbose              more output (per batch)\n"
+		   "  -V, --version              print the version and exit\n"
+		   "  -?, --help                 show this help and exit\n\n"
+		   "Exit status: 0 done, 1 error, 2 bad usage.\n");
+}
+
+static void
+handle_stop(int sig)
+{
+	stop_requested = 1;
+}
+
+static long
+parse_int_option(const char *name, const char *arg, long min, long max)
+{
+	char	   *end;
+	long		v;
+
+	errno = 0;
+	v = strtol(arg, &end, 10);
+	if (errno != 0 || *end != '\0' || end == arg || v < min || v > max)
+	{
+		fprintf(stderr, "pgcdc_consumer: invalid value \"%s\" for --%s: must be an integer from %ld to %ld\n",
+				arg, name, min, max);
+		fprintf(stderr, "Try \"pgcdc_consumer --help\" for more information.\n");
+		exit(EXIT_USAGE);
+	}
+	return v;
+}
+
+/* A failure is worth a retry when a connection broke, else it is final. */
+static int
+classify(PGconn *a, PGconn *b)
+{
+	if ((a && PQstatus(a) == CONNECTION_BAD) || (b && PQstatus(b) == CONNECTION_BAD))
+		return RUN_RETRY;
+	return EXIT_ERROR;
+}
+
+static int
+run_once(void)
+{
+	PGconn	   *target = NULL;
+	PGconn	   *source = NULL;
+	Stream	   *stream = NULL;
+	Pipeline	p = {.name = (char *) opts.pipeline};
+	bool		slot_exists = false;
+	int			rc = RUN_RETRY;
+
+	if ((target = target_connect(opts.target)) == NULL)
+		goto done;
+	if (!target_lock_pipeline(target, opts.pipeline))
+	{
+		rc = classify(target, NULL);
+		goto done;
+	}
+	if ((source = target_connect(opts.source)) == NULL)
+		goto done;
+	log_msg(LOG_INFO, "pipeline \"%s\": source %s, target %s", opts.pipeline,
+			conn_describe(source), conn_describe(target));
+
+	if (!target_load_pipeline(target, source, &p))
+	{
+		rc = classify(target, source);
+		goto done;
+	}
+	if (p.paused)
+	{
+		log_msg(LOG_INFO, "pipeline \"%s\" is paused; waiting (pgcdc.resume_pipeline resumes it)", p.name);
+		rc = opts.exit_when_caught_up ? EXIT_DONE : RUN_PAUSED;
+		goto done;
+	}
+	if (!source_check(source, &p, &slot_exists) || !target_prepare_tables(target, source, &p))
+	{
+		rc = classify(target, source);
+		goto done;
+	}
+	if ((stream = stream_open(opts.source)) == NULL)
+		goto done;
+
+	/*
+	 * A slot whose changes never reached the target (no checkpoint) is ours
+	 * to recreate: an interrupted snapshot starts over.
+	 */
+	if (slot_exists && !p.has_checkpoint && opts.snapshot == SNAPSHOT_INITIAL)
+	{
+		log_msg(LOG_INFO, "slot \"%s\" has no checkpoint in the target: taking the snapshot again",
+				p.slot_name);
+		if (!stream_drop_slot(source, p.slot_name))
+		{
+			rc = classify(target, source);
+			goto done;
+		}
+		slot_exists = false;
+	}
+	if (!slot_exists)
+	{
+		Lsn			consistent = InvalidLsn;
+		char	   *snapshot_name = NULL;
+		bool		ok;
+
+		if (!stream_create_slot(stream, p.slot_name, opts.snapshot == SNAPSHOT_INITIAL,
+								&consistent, &snapshot_name))
+		{
+			rc = classify(target, PQstatus(source) == CONNECTION_BAD ? source : NULL);
+			goto done;
+		}
+		ok = opts.snapshot != SNAPSHOT_INITIAL ||
+			snapshot_run(opts.source, target, &p, snapshot_name, consistent);
+		free(snapshot_name);
+		if (!ok)
+			goto done;
+	}
+
+	if (!stream_start(stream, &p, p.has_checkpoint ? p.ckpt_end_lsn : InvalidLsn))
+	{
+		rc = RUN_RETRY;
+		goto done;
+	}
+	rc = stream_run(stream, target, source, &p);
+
+done:
+	stream_close(stream);
+	PQfinish(source);
+	PQfinish(target);
+	pipeline_free(&p);
+	return rc;
+}
+
+/* Sleep, but wake for a stop request and keep answering metrics. */
+static void
+pause_seconds(int seconds)
+{
+	for (int i = 0; i < seconds * 10 && !stop_requested; i++)
+	{
+		struct timespec ts = {0, 100 * 1000 * 1000};
+
+		metrics_poll();
+		nanosleep(&ts, NULL);
+	}
+}
+
+int
+main(int argc, char **argv)
+{
+	static struct option long_options[] = {
+		{"source", required_argument, NULL, 's'},
+		{"target", required_argument, NULL, 't'},
+		{"pipeline", required_argument, NULL, 'p'},
+		{"snapshot", required_argument, NULL, 1},
+		{"snapshot-jobs", required_argument, NULL, 2},
+		{"batch-size", required_argument, NULL, 3},
+		{"batch-ms", required_argument, NULL, 4},
+		{"status-interval", required_argument, NULL, 5},
+		{"heartbeat", required_argument, NULL, 6},
+		{"exit-when-caught-up", no_argument, NULL, 7},
+		{"metrics-port", required_argument, NULL, 8},
+		{"max-backoff", required_argument, NULL, 9},
+		{"verbose", no_argument, NULL, 'v'},
+		{"version", no_argument, NULL, 'V'},
+		{"help", no_argument, NULL, '?'},
+		{NULL, 0, NULL, 0}
+	};
+	int			c;
+	int			rc;
+	int			delay = 1;
+
+	if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-?") == 0))
+	{
+		usage();
+		exit(EXIT_DONE);
+	}
+	while ((c = getopt_long(argc, argv, "vV?", long_options, NULL)) != -1)
+	{
+		switch (c)
+		{
+			case 's':
+				opts.source = optarg;
+				break;
+			case 't':
+				opts.target = optarg;
+				break;
+			case 'p':
+				opts.pipeline = optarg;
+				break;
+			case 1:
+				if (strcmp(optarg, "initial") == 0)
+					opts.snapshot = SNAPSHOT_INITIAL;
+				else if (strcmp(optarg, "never") == 0)
+					opts.snapshot = SNAPSHOT_NEVER;
+				else
+				{
+					fprintf(stderr, "pgcdc_consumer: invalid value \"%s\" for --snapshot: use initial or never\n", optarg);
+					exit(EXIT_USAGE);
+				}
+				break;
+			case 2:
+				opts.snapshot_jobs = parse_int_option("snapshot-jobs", optarg, 1, 64);
+				break;
+			case 3:
+				opts.batch_size = parse_int_option("batch-size", optarg, 1, 100000000);
+				break;
+			case 4:
+				opts.batch_ms = parse_int_option("batch-ms", optarg, 0, 3600000);
+				break;
+			case 5:
+				opts.status_interval = parse_int_option("status-interval", optarg, 1, 3600);
+				break;
+			case 6:
+				opts.heartbeat = parse_int_option("heartbeat", optarg, 0, 86400);
+				break;
+			case 7:
+				opts.exit_when_caught_up = true;
+				break;
+			case 8:
+				opts.metrics_port = parse_int_option("metrics-port", optarg, 1, 65535);
+				break;
+			case 9:
+				opts.max_backoff = parse_int_option("max-backoff", optarg, 1, 3600);
+				break;
+			case 'v':
+				opts.verbose++;
+				break;
+			case 'V':
+				printf("pgcdc_consumer (pgcdc) %s\n", PGCDC_VERSION);
+				exit(EXIT_DONE);
+			default:
+				fprintf(stderr, "Try \"pgcdc_consumer --help\" for more information.\n");
+				exit(EXIT_USAGE);
+		}
+	}
+	if (optind < argc)
+	{
+		fprintf(stderr, "pgcdc_consumer: too many command-line arguments (first is \"%s\")\n", argv[optind]);
+		fprintf(stderr, "Try \"pgcdc_consumer --help\" for more information.\n");
+		exit(EXIT_USAGE);
+	}
+	if (opts.source == NULL || opts.target == NULL || opts.pipeline == NULL)
+	{
+		fprintf(stderr, "pgcdc_consumer: --source, --target and --pipeline are required\n");
+		fprintf(stderr, "Try \"pgcdc_consumer --help\" for more information.\n");
+		exit(EXIT_USAGE);
+	}
+
+	pqsignal(SIGINT, handle_stop);
+	pqsignal(SIGTERM, handle_stop);
+	pqsignal(SIGPIPE, SIG_IGN);
+	if (opts.metrics_port > 0 && !metrics_listen(opts.metrics_port))
+		exit(EXIT_ERROR);
+
+	for (;;)
+	{
+		int64_t		started = now_us();
+
+		rc = run_once();
+		if (rc == EXIT_DONE || rc == EXIT_ERROR)
+			break;
+		if (stop_requested)
+		{
+			rc = EXIT_DONE;
+			break;
+		}
+		if (rc == RUN_PAUSED)
+		{
+			pause_seconds(5);
+			continue;
+		}
+		/* a connection that worked for a while starts the backoff over */
+		if (now_us() - started > 60 * INT64CONST(1000000))
+			delay = 1;
+		log_msg(LOG_INFO, "retrying in %d s", delay);
+		stats.reconnects++;
+		pause_seconds(delay);
+		delay = Min(delay * 2, opts.max_backoff);
+	}
+	if (stop_requested)
+		log_msg(LOG_INFO, "stopped");
+	metrics_close();
+	return rc;
+}

@@ -1,0 +1,309 @@
+/*
+ * snapshot.c
+ *		The initial copy of a new pipeline, consistent with its slot.
+ *
+ *		The slot is created with an exported snapshot; each table map is
+ *		copied by a child process that imports that snapshot on its own
+ *		source connection (up to --snapshot-jobs at once), streams the rows
+ *		with COPY into a staging table in the target, and applies them as
+ *		inserts at the slot's consistent point (so the stream's first change
+ *		is newer than every copied row), in one target transaction per
+ *		table.  The parent writes the checkpoint at the consistent point
+ *		only when every table is done; until then a restart drops the slot
+ *		and starts the snapshot over.
+ */
+#include "postgres_fe.h"
+
+#include <sys/wait.h>
+
+#include "consumer.h"
+
+static volatile sig_atomic_t child_stop = 0;
+
+static void
+child_sigterm(int sig)
+{
+	child_stop = 1;
+}
+
+static bool
+copy_rows(PGconn *src, PGconn *dst, TableMap *m, long *rows)
+{
+	PQExpBuffer sql = createPQExpBuffer();
+	PGresult   *res;
+	char	   *buf;
+	int			r;
+	int64_t		last_log = now_us();
+	bool		ok = true;
+
+	appendPQExpBuffer(sql, "COPY (SELECT %s FROM %s) TO STDOUT", m->data_columns, m->source_table);
+	res = PQexec(src, sql->data);
+	if (PQresultStatus(res) != PGRES_COPY_OUT)
+	{
+		log_msg(LOG_ERROR, "could not read %s: %s", m->source_table, conn_error(src));
+		PQclear(res);
+		destroyPQExpBuffer(sql);
+		return false;
+	}
+	PQclear(res);
+	resetPQExpBuffer(sql);
+	appendPQExpBuffer(sql, "COPY pg_temp.pgcdc_snapshot (%s) FROM STDIN", m->data_columns);
+	res = PQexec(dst, sql->data);
+	destroyPQExpBuffer(sql);
+	if (PQresultStatus(res) != PGRES_COPY_IN)
+	{
+		log_msg(LOG_ERROR, "could not load %s: %s", m->target, conn_error(dst));
+		PQclear(res);
+		return false;
+	}
+	PQclear(res);
+
+	while ((r = PQgetCopyData(src, &buf, 0)) > 0)
+	{
+		if (PQputCopyData(dst, buf, r) != 1)
+		{
+			ok = false;
+			PQfreemem(buf);
+			break;
+		}
+		PQfreemem(buf);
+		(*rows)++;
+		if (child_stop)
+		{
+			ok = false;
+			break;
+		}
+		if ((*rows & 0x3FFF) == 0 && now_us() - last_log > 5000000)
+		{
+			log_msg(LOG_INFO, "snapshot of %s: %ld rows copied", m->source_table, *rows);
+			last_log = now_us();
+		}
+	}
+	if (PQputCopyEnd(dst, ok ? NULL : "snapshot interrupted") != 1)
+		ok = false;
+	res = PQgetResult(dst);
+	if (PQresultStatus(res) != PGRES_COMMAND_OK)
+	{
+		log_msg(LOG_ERROR, "could not load %s: %s", m->target, conn_error(dst));
+		ok = false;
+	}
+	PQclear(res);
+	while ((res = PQgetResult(src)) != NULL)
+		PQclear(res);
+	return ok;
+}
+
+/* Copy one table map in a child process; returns the exit status. */
+static int
+snapshot_table(const char *source_conninfo, const char *target_conninfo, Pipeline *p, int i,
+			   const char *snapshot_name, Lsn lsn, const char *snapshot_ts)
+{
+	TableMap   *m = &p->maps[i];
+	PGconn	   *src = target_connect(source_conninfo);
+	PGconn	   *dst = src ? target_connect(target_conninfo) : NULL;
+	PQExpBuffer sql = createPQExpBuffer();
+	char		lb[32];
+	long		rows = 0;
+	bool		is_append = strcmp(m->mode, "append") == 0;
+	PGresult   *res;
+	bool		ok;
+
+	if (dst == NULL)
+		return EXIT_ERROR;
+	format_lsn(lsn, lb);
+	ok = exec_cmd(src, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
+	if (ok)
+	{
+		char	   *lit = PQescapeLiteral(src, snapshot_name, strlen(snapshot_name));
+
+		appendPQExpBuffer(sql, "SET TRANSACTION SNAPSHOT %s", lit);
+		PQfreemem(lit);
+		ok = exec_cmd(src, sql->data);
+	}
+
+	/* the target starts empty: from here on it equals the source */
+	resetPQExpBuffer(sql);
+	appendPQExpBuffer(sql, "BEGIN; TRUNCATE %s; CREATE TEMP TABLE pgcdc_snapshot (%s) ON COMMIT DROP",
+					  m->target, is_append ? "_row jsonb" : m->data_types);
+	ok = ok && exec_cmd(dst, sql->data);
+	if (ok)
+	{
+		TableMap	rows_of = *m;
+
+		/* append keeps each row whole, as jsonb, for one 'R' (read) event each */
+		if (is_append)
+		{
+			rows_of.data_columns = "_row";
+			rows_of.source_table = psprintf("(SELECT pg_catalog.to_jsonb(t) AS _row FROM %s t) s",
+											m->source_table);
+		}
+		ok = copy_rows(src, dst, &rows_of, &rows);
+	}
+
+	resetPQExpBuffer(sql);
+	if (ok && is_append)
+	{
+		const char *params[2] = {lb, snapshot_ts};
+
+		appendPQExpBuffer(sql,
+						  "INSERT INTO %s (_op, _source_lsn, _source_seq, _commit_ts, _new, _received_at) "
+						  "SELECT 'R', $1::pg_catalog.pg_lsn, pg_catalog.row_number() OVER (), $2::timestamptz, "
+						  "_row, pg_catalog.now() FROM pg_temp.pgcdc_snapshot",
+						  m->target);
+		res = exec_ok(dst, sql->data, 2, params);
+		ok = res != NULL;
+		PQclear(res);
+	}
+	else if (ok)
+	{
+		const char *params[4] = {m->target, m->key_columns,
+			strcmp(m->mode, "mirror") == 0 ? (m->soft_delete ? "true" : "false") : m->track_columns,
+		NULL};
+
+		appendPQExpBuffer(sql,
+						  "CREATE TEMP TABLE pgcdc_snapshot_changes ON COMMIT DROP AS "
+						  "SELECT %s, 'I'::text AS op, '%s'::pg_catalog.pg_lsn AS _source_lsn, 0 AS _source_seq, "
+						  "'%s'::timestamptz AS _commit_ts FROM pg_temp.pgcdc_snapshot",
+						  m->data_columns, lb, snapshot_ts);
+		ok = exec_cmd(dst, sql->data);
+		res = !ok ? NULL : strcmp(m->mode, "mirror") == 0 ?
+			exec_ok(dst, "SELECT pgcdc.apply_mirror($1::pg_catalog.regclass, "
+					"'pg_temp.pgcdc_snapshot_changes', $2::text[], $3::boolean, 'op')", 3, params) :
+			exec_ok(dst, "SELECT pgcdc.scd2_apply_changes($1::pg_catalog.regclass, "
+					"'pg_temp.pgcdc_snapshot_changes', $2::text[], '_source_lsn,_source_seq', 'op', "
+					"$3::text[], '_commit_ts')", 3, params);
+		ok = res != NULL;
+		PQclear(res);
+	}
+	ok = ok && exec_cmd(dst, "COMMIT");
+	if (ok)
+		log_msg(LOG_INFO, "snapshot of %s into %s: %ld rows", m->source_table, m->target, rows);
+	else
+		log_msg(LOG_ERROR, "snapshot of %s into %s failed", m->source_table, m->target);
+	destroyPQExpBuffer(sql);
+	PQfinish(src);
+	PQfinish(dst);
+	return ok ? EXIT_DONE : EXIT_ERROR;
+}
+
+bool
+snapshot_run(const char *source_conninfo, PGconn *target, Pipeline *p,
+			 const char *snapshot_name, Lsn consistent_point)
+{
+	pid_t	   *pids = pg_malloc0(sizeof(pid_t) * p->nmaps);
+	int			next = 0,
+				running = 0,
+				failed = 0;
+	char		lb[32];
+	char	   *ts;
+	PGresult   *res;
+	const char *target_conninfo;
+	PQExpBuffer tconn = createPQExpBuffer();
+	PQconninfoOption *o = PQconninfo(target);
+
+	/* the children connect to the target with the parent's parameters */
+	for (PQconninfoOption *c = o; c && c->keyword; c++)
+	{
+		if (c->val && *c->val && strcmp(c->keyword, "replication") != 0)
+		{
+			appendPQExpBuffer(tconn, "%s='", c->keyword);
+			for (const char *v = c->val; *v; v++)
+			{
+				if (*v == '\'' || *v == '\\')
+					appendPQExpBufferChar(tconn, '\\');
+				appendPQExpBufferChar(tconn, *v);
+			}
+			appendPQExpBufferStr(tconn, "' ");
+		}
+	}
+	PQconninfoFree(o);
+	target_conninfo = tconn->data;
+
+	res = exec_ok(target, "SELECT pg_catalog.now()::text", 0, NULL);
+	if (res == NULL)
+		return false;
+	ts = pg_strdup(PQgetvalue(res, 0, 0));
+	PQclear(res);
+	log_msg(LOG_INFO, "initial snapshot of %d tables at %s, %d at a time",
+			p->nmaps, format_lsn(consistent_point, lb), opts.snapshot_jobs);
+
+	fflush(NULL);
+	while (next < p->nmaps || running > 0)
+	{
+		int			status;
+		pid_t		pid;
+
+		while (next < p->nmaps && running < opts.snapshot_jobs && failed == 0 && !stop_requested)
+		{
+			pid = fork();
+			if (pid < 0)
+			{
+				log_msg(LOG_ERROR, "could not fork: %m");
+				failed++;
+				break;
+			}
+			if (pid == 0)
+			{
+				signal(SIGTERM, child_sigterm);
+				signal(SIGINT, child_sigterm);
+				_exit(snapshot_table(source_conninfo, target_conninfo, p, next, snapshot_name,
+									 consistent_point, ts));
+			}
+			pids[next++] = pid;
+			running++;
+		}
+		if (running == 0)
+			break;
+		pid = waitpid(-1, &status, 0);
+		if (pid < 0)
+		{
+			if (errno == EINTR)
+			{
+				if (stop_requested)
+					for (int i = 0; i < next; i++)
+						if (pids[i] > 0)
+							kill(pids[i], SIGTERM);
+				continue;
+			}
+			break;
+		}
+		for (int i = 0; i < next; i++)
+			if (pids[i] == pid)
+				pids[i] = 0;
+		running--;
+		if (!WIFEXITED(status) || WEXITSTATUS(status) != EXIT_DONE)
+		{
+			failed++;
+			for (int i = 0; i < next; i++)
+				if (pids[i] > 0)
+					kill(pids[i], SIGTERM);
+		}
+	}
+	free(pids);
+	destroyPQExpBuffer(tconn);
+	if (failed > 0 || stop_requested || next < p->nmaps)
+	{
+		free(ts);
+		return false;
+	}
+
+	/* every table is in: the stream starts at the consistent point */
+	{
+		const char *params[3] = {p->name, lb, ts};
+
+		res = exec_ok(target,
+					  "INSERT INTO pgcdc.checkpoint AS c (pipeline, commit_lsn, end_lsn, commit_ts, applied_at) "
+					  "VALUES ($1, $2, $2, $3, pg_catalog.now()) "
+					  "ON CONFLICT (pipeline) DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn, "
+					  "end_lsn = EXCLUDED.end_lsn, commit_ts = EXCLUDED.commit_ts, applied_at = EXCLUDED.applied_at",
+					  3, params);
+	}
+	free(ts);
+	if (res == NULL)
+		return false;
+	PQclear(res);
+	p->has_checkpoint = true;
+	p->ckpt_commit_lsn = p->ckpt_end_lsn = consistent_point;
+	log_msg(LOG_INFO, "initial snapshot done at %s", lb);
+	return true;
+}

@@ -1,0 +1,543 @@
+/*
+ * stream.c
+ *		The replication side, as pg_recvlogical does it: the slot, the
+ *		server settings it needs, START_REPLICATION with the decoder options
+ *		built from the table maps, the CopyBoth loop with keepalives and
+ *		standby status updates, heartbeats and batching by size and time.
+ *
+ *		The source is told a position is flushed only after the target
+ *		committed the batch that contains it.
+ */
+#include "postgres_fe.h"
+
+#include <sys/select.h>
+
+#include "consumer.h"
+
+struct Stream
+{
+	PGconn	   *conn;
+	Lsn			received;		/* end of the last complete transaction received */
+	Lsn			flushed;		/* applied and committed in the target */
+	int64_t		last_status_us;
+	int64_t		last_event_us;
+	bool		in_xact;
+};
+
+/* Microseconds between the Unix and the PostgreSQL epoch (2000-01-01). */
+#define PG_EPOCH_OFFSET_US INT64CONST(946684800000000)
+
+static void
+put_u64(char *buf, uint64_t v)
+{
+	for (int i = 7; i >= 0; i--)
+	{
+		buf[i] = (char) (v & 0xFF);
+		v >>= 8;
+	}
+}
+
+static uint64_t
+get_u64(const char *buf)
+{
+	uint64_t	v = 0;
+
+	for (int i = 0; i < 8; i++)
+		v = (v << 8) | (unsigned char) buf[i];
+	return v;
+}
+
+/*
+ * Check the server settings and the slot before anything else, so a wrong
+ * setup is one clear line instead of a retry loop.
+ */
+bool
+source_check(PGconn *source, Pipeline *p, bool *slot_exists)
+{
+	const char *params[1] = {p->slot_name};
+	PGresult   *res;
+	bool		ok = true;
+
+	res = exec_ok(source, "SELECT pg_catalog.current_setting('wal_level'), "
+				  "pg_catalog.current_setting('output_plugin_libraries', true), "
+				  "pg_catalog.current_database()", 0, NULL);
+	if (res == NULL)
+		return false;
+	if (strcmp(PQgetvalue(res, 0, 0), "logical") != 0)
+	{
+		log_msg(LOG_ERROR, "source server has wal_level = %s, logical decoding needs logical",
+				PQgetvalue(res, 0, 0));
+		log_hint("Set wal_level = logical in the source's postgresql.conf and restart it.");
+		ok = false;
+	}
+	else if (!PQgetisnull(res, 0, 1) && !strstr(PQgetvalue(res, 0, 1), "pgcdc"))
+	{
+		log_msg(LOG_ERROR, "source server does not allow pgcdc as an output plugin "
+				"(output_plugin_libraries = '%s')", PQgetvalue(res, 0, 1));
+		log_hint("Add pgcdc: output_plugin_libraries = 'pgoutput, test_decoding, pgcdc', then reload.");
+		ok = false;
+	}
+	PQclear(res);
+	if (!ok)
+		return false;
+
+	res = exec_ok(source, "SELECT plugin, database = pg_catalog.current_database(), "
+				  "coalesce(wal_status, ''), active, active_pid "
+				  "FROM pg_catalog.pg_replication_slots WHERE slot_name = $1", 1, params);
+	if (res == NULL)
+		return false;
+	*slot_exists = PQntuples(res) == 1;
+	if (*slot_exists)
+	{
+		if (strcmp(PQgetvalue(res, 0, 0), "pgcdc") != 0 || strcmp(PQgetvalue(res, 0, 1), "t") != 0)
+		{
+			log_msg(LOG_ERROR, "replication slot \"%s\" exists but is not a pgcdc slot of this database",
+					p->slot_name);
+			log_hint("Give the pipeline another slot_name, or drop that slot.");
+			ok = false;
+		}
+		else if (strcmp(PQgetvalue(res, 0, 2), "lost") == 0)
+		{
+			log_msg(LOG_ERROR, "replication slot \"%s\" was invalidated: the source removed WAL it still needed",
+					p->slot_name);
+			log_hint("Changes were lost. Drop the slot and the pipeline's checkpoint and take a new snapshot "
+					 "(pgcdc_consumer --snapshot initial), and raise max_slot_wal_keep_size.");
+			ok = false;
+		}
+	}
+	else if (p->has_checkpoint)
+	{
+		char		b[32];
+
+		log_msg(LOG_ERROR, "replication slot \"%s\" of pipeline \"%s\" does not exist, "
+				"but the target has applied changes up to %s",
+				p->slot_name, p->name, format_lsn(p->ckpt_end_lsn, b));
+		log_hint("Changes after the checkpoint cannot be recovered from a new slot. Delete the pipeline's "
+				 "row in pgcdc.checkpoint to start over with a new snapshot.");
+		ok = false;
+	}
+	PQclear(res);
+	return ok;
+}
+
+Stream *
+stream_open(const char *conninfo)
+{
+	const char *keys[] = {"dbname", "replication", "fallback_application_name", NULL};
+	const char *vals[] = {conninfo, "database", "pgcdc_consumer", NULL};
+	Stream	   *s = pg_malloc0(sizeof(Stream));
+
+	s->conn = PQconnectdbParams(keys, vals, 1);
+	if (PQstatus(s->conn) != CONNECTION_OK)
+	{
+		log_msg(LOG_ERROR, "could not open a replication connection to the source: %s",
+				conn_error(s->conn));
+		stream_close(s);
+		return NULL;
+	}
+	return s;
+}
+
+void
+stream_close(Stream *s)
+{
+	if (s == NULL)
+		return;
+	PQfinish(s->conn);
+	free(s);
+}
+
+bool
+stream_create_slot(Stream *s, const char *slot, bool export_snapshot,
+				   Lsn *consistent_point, char **snapshot_name)
+{
+	PQExpBuffer sql = createPQExpBuffer();
+	char	   *ident = PQescapeIdentifier(s->conn, slot, strlen(slot));
+	PGresult   *res;
+	bool		ok;
+
+	appendPQExpBuffer(sql, "CREATE_REPLICATION_SLOT %s LOGICAL pgcdc (SNAPSHOT '%s')",
+					  ident, export_snapshot ? "export" : "nothing");
+	res = PQexec(s->conn, sql->data);
+	ok = PQresultStatus(res) == PGRES_TUPLES_OK;
+	if (!ok)
+		log_msg(LOG_ERROR, "could not create replication slot \"%s\": %s", slot, conn_error(s->conn));
+	else
+	{
+		parse_lsn(PQgetvalue(res, 0, 1), consistent_point);
+		*snapshot_name = PQgetisnull(res, 0, 2) ? NULL : pg_strdup(PQgetvalue(res, 0, 2));
+		log_msg(LOG_INFO, "created replication slot \"%s\" at %s", slot, PQgetvalue(res, 0, 1));
+	}
+	PQclear(res);
+	PQfreemem(ident);
+	destroyPQExpBuffer(sql);
+	return ok;
+}
+
+bool
+stream_drop_slot(PGconn *source, const char *slot)
+{
+	const char *params[1] = {slot};
+	PGresult   *res = exec_ok(source, "SELECT pg_catalog.pg_drop_replication_slot($1)", 1, params);
+
+	PQclear(res);
+	return res != NULL;
+}
+
+/* Escape for a decoder table pattern: \ . , * are literal with a backslash. */
+static void
+append_pattern_part(PQExpBuffer buf, const char *s)
+{
+	for (; *s; s++)
+	{
+		if (*s == '\\' || *s == '.' || *s == ',' || *s == '*')
+			appendPQExpBufferChar(buf, '\\');
+		appendPQExpBufferChar(buf, *s);
+	}
+}
+
+static void
+append_literal(PQExpBuffer buf, const char *s)
+{
+	appendPQExpBufferChar(buf, '\'');
+	for (; *s; s++)
+	{
+		if (*s == '\'')
+			appendPQExpBufferChar(buf, '\'');
+		appendPQExpBufferChar(buf, *s);
+	}
+	appendPQExpBufferChar(buf, '\'');
+}
+
+bool
+stream_start(Stream *s, Pipeline *p, Lsn start)
+{
+	PQExpBuffer tables = createPQExpBuffer();
+	PQExpBuffer sql = createPQExpBuffer();
+	char	   *ident = PQescapeIdentifier(s->conn, p->slot_name, strlen(p->slot_name));
+	char		b[32];
+	PGresult   *res;
+	bool		ok;
+	int			i;
+
+	for (i = 0; i < p->nmaps; i++)
+	{
+		if (i > 0)
+			appendPQExpBufferChar(tables, ',');
+		append_pattern_part(tables, p->maps[i].source_schema);
+		appendPQExpBufferChar(tables, '.');
+		append_pattern_part(tables, p->maps[i].source_name);
+	}
+	appendPQExpBuffer(sql, "START_REPLICATION SLOT %s LOGICAL %s (\"tables\" ", ident, format_lsn(start, b));
+	append_literal(sql, tables->data);
+	/* heartbeats and the caught-up marker are messages with our prefix */
+	appendPQExpBufferStr(sql, ", \"message-prefixes\" 'pgcdc'");
+	if (p->decoder_options && *p->decoder_options)
+		appendPQExpBuffer(sql, ", %s", p->decoder_options);
+	appendPQExpBufferChar(sql, ')');
+	log_msg(LOG_DEBUG, "%s", sql->data);
+
+	res = PQexec(s->conn, sql->data);
+	ok = PQresultStatus(res) == PGRES_COPY_BOTH;
+	if (!ok)
+		log_msg(LOG_ERROR, "could not start replication from slot \"%s\": %s", p->slot_name,
+				conn_error(s->conn));
+	else
+		log_msg(LOG_INFO, "streaming from slot \"%s\" at %s (%d tables)", p->slot_name,
+				format_lsn(start, b), p->nmaps);
+	PQclear(res);
+	PQfreemem(ident);
+	destroyPQExpBuffer(tables);
+	destroyPQExpBuffer(sql);
+	s->received = s->flushed = start;
+	s->last_event_us = now_us();
+	return ok;
+}
+
+/* Standby status update: written = received, flushed = applied in the target. */
+static bool
+send_feedback(Stream *s, bool reply_requested)
+{
+	char		msg[34];
+	int64_t		now = now_us();
+
+	msg[0] = 'r';
+	put_u64(msg + 1, s->received > s->flushed ? s->received : s->flushed);
+	put_u64(msg + 9, s->flushed);
+	put_u64(msg + 17, s->flushed);
+	put_u64(msg + 25, (uint64_t) (now - PG_EPOCH_OFFSET_US));
+	msg[33] = reply_requested ? 1 : 0;
+	s->last_status_us = now;
+	if (PQputCopyData(s->conn, msg, sizeof(msg)) <= 0 || PQflush(s->conn) != 0)
+	{
+		log_msg(LOG_ERROR, "could not send feedback to the source: %s", conn_error(s->conn));
+		return false;
+	}
+	return true;
+}
+
+/* Commit the open batch in the target, then tell the source. */
+static bool
+flush_batch(Stream *s, Batch *b)
+{
+	Lsn			applied = InvalidLsn;
+
+	if (!batch_open(b))
+		return true;
+	if (!batch_flush(b, &applied))
+		return false;
+	if (applied > s->flushed)
+		s->flushed = applied;
+	stats.applied_lsn = s->flushed;
+	return send_feedback(s, false);
+}
+
+/* pg_logical_emit_message on the source; returns the message's LSN. */
+static bool
+emit_marker(PGconn *source, const char *pipeline, const char *kind, Lsn *lsn)
+{
+	const char *params[2] = {kind, pipeline};
+	PGresult   *res = exec_ok(source,
+							  "SELECT pg_catalog.pg_logical_emit_message(true, 'pgcdc', "
+							  "pg_catalog.json_build_object('kind', $1::text, 'pipeline', $2::text)::text), "
+							  "pg_catalog.pg_current_wal_lsn()", 2, params);
+
+	if (res == NULL)
+		return false;
+	parse_lsn(PQgetvalue(res, 0, 0), lsn);
+	parse_lsn(PQgetvalue(res, 0, 1), &stats.source_lsn);
+	PQclear(res);
+	return true;
+}
+
+static void
+refresh_source_lsn(PGconn *source)
+{
+	PGresult   *res = exec_ok(source, "SELECT pg_catalog.pg_current_wal_lsn()", 0, NULL);
+
+	if (res != NULL)
+		parse_lsn(PQgetvalue(res, 0, 0), &stats.source_lsn);
+	PQclear(res);
+}
+
+static void
+log_progress(Stream *s)
+{
+	char		b1[32],
+				b2[32];
+	Lsn			lag = stats.source_lsn > s->flushed ? stats.source_lsn - s->flushed : 0;
+
+	log_msg(LOG_INFO, "applied %llu events in %llu transactions (%llu batches, %llu quarantined) "
+			"up to %s; source at %s, lag %llu bytes, %.1f s",
+			(unsigned long long) stats.events, (unsigned long long) stats.transactions,
+			(unsigned long long) stats.batches, (unsigned long long) stats.quarantined,
+			format_lsn(s->flushed, b1), format_lsn(stats.source_lsn, b2),
+			(unsigned long long) lag, stats.lag_seconds);
+}
+
+/*
+ * The loop.  Returns EXIT_DONE when asked to stop (or caught up with
+ * --exit-when-caught-up), or -1 when something failed that a reconnect may
+ * fix.
+ */
+int
+stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
+{
+	Batch	   *b = batch_new(target, p);
+	char		scratch[1024];
+	Lsn			caught_up_at = InvalidLsn;
+	int64_t		last_progress_us = now_us();
+	int64_t		last_lsn_poll_us = 0;
+	int			result = -1;
+
+	if (b == NULL)
+		return -1;
+	if (opts.exit_when_caught_up &&
+		!emit_marker(source, p->name, "caught-up", &caught_up_at))
+		goto done;
+
+	for (;;)
+	{
+		char	   *buf = NULL;
+		int			r;
+		int64_t		now = now_us();
+
+		if (stop_requested)
+		{
+			/* a transaction still arriving is dropped: it comes again next time */
+			if (s->in_xact)
+				batch_abort(b);
+			else if (!flush_batch(s, b))
+				goto done;
+			send_feedback(s, false);
+			result = EXIT_DONE;
+			goto done;
+		}
+
+		/* whole source transactions, up to batch-size events or batch-ms */
+		if (batch_open(b) && !s->in_xact &&
+			(batch_events(b) >= opts.batch_size ||
+			 now - batch_started_us(b) >= (int64_t) opts.batch_ms * 1000))
+		{
+			if (!flush_batch(s, b))
+				goto done;
+		}
+
+		if (caught_up_at != InvalidLsn && p->ckpt_commit_lsn >= caught_up_at && !batch_open(b))
+		{
+			char		lb[32];
+
+			log_msg(LOG_INFO, "caught up with the source at %s", format_lsn(s->flushed, lb));
+			send_feedback(s, false);
+			log_progress(s);
+			result = EXIT_DONE;
+			goto done;
+		}
+
+		if (now - s->last_status_us >= (int64_t) opts.status_interval * 1000000 &&
+			!send_feedback(s, false))
+			goto done;
+
+		if (now - last_lsn_poll_us >= 1000000)
+		{
+			refresh_source_lsn(source);
+			if (stats.source_lsn <= s->flushed)
+				stats.lag_seconds = 0;
+			last_lsn_poll_us = now;
+		}
+
+		if (opts.heartbeat > 0 && !s->in_xact &&
+			now - s->last_event_us >= (int64_t) opts.heartbeat * 1000000)
+		{
+			Lsn			hb;
+
+			if (!emit_marker(source, p->name, "heartbeat", &hb))
+				goto done;
+			log_msg(LOG_DEBUG, "heartbeat emitted on the source");
+			s->last_event_us = now;
+		}
+
+		if (now - last_progress_us >= 10 * 1000000)
+		{
+			log_progress(s);
+			last_progress_us = now;
+		}
+
+		r = PQgetCopyData(s->conn, &buf, 1);
+		if (r == 0)
+		{
+			fd_set		fds;
+			struct timeval tv;
+			int64_t		wait_us = 1000000;
+			int			sock = PQsocket(s->conn);
+			int			mfd = metrics_fd();
+			int			maxfd = sock;
+
+			if (batch_open(b) && !s->in_xact)
+			{
+				int64_t		left = batch_started_us(b) + (int64_t) opts.batch_ms * 1000 - now;
+
+				if (left < wait_us)
+					wait_us = left > 0 ? left : 0;
+			}
+			FD_ZERO(&fds);
+			FD_SET(sock, &fds);
+			if (mfd >= 0)
+			{
+				FD_SET(mfd, &fds);
+				if (mfd > maxfd)
+					maxfd = mfd;
+			}
+			tv.tv_sec = wait_us / 1000000;
+			tv.tv_usec = wait_us % 1000000;
+			if (select(maxfd + 1, &fds, NULL, NULL, &tv) < 0 && errno != EINTR)
+			{
+				log_msg(LOG_ERROR, "select() failed: %m");
+				goto done;
+			}
+			if (mfd >= 0 && FD_ISSET(mfd, &fds))
+				metrics_poll();
+			if (FD_ISSET(sock, &fds) && PQconsumeInput(s->conn) == 0)
+			{
+				log_msg(LOG_ERROR, "lost the replication connection: %s", conn_error(s->conn));
+				goto done;
+			}
+			continue;
+		}
+		if (r == -1)
+		{
+			PGresult   *res = PQgetResult(s->conn);
+
+			log_msg(LOG_ERROR, "the source ended replication: %s",
+					PQresultStatus(res) == PGRES_COMMAND_OK ? "end of stream" : conn_error(s->conn));
+			PQclear(res);
+			goto done;
+		}
+		if (r < 0)
+		{
+			log_msg(LOG_ERROR, "could not read from the replication stream: %s", conn_error(s->conn));
+			goto done;
+		}
+
+		if (buf[0] == 'k' && r >= 18)
+		{
+			Lsn			wal_end = get_u64(buf + 1);
+
+			if (wal_end > stats.received_lsn && !s->in_xact && !batch_open(b))
+				stats.received_lsn = wal_end;
+			if (buf[17] && !send_feedback(s, false))
+			{
+				PQfreemem(buf);
+				goto done;
+			}
+		}
+		else if (buf[0] == 'w' && r > 25)
+		{
+			EventInfo	ev;
+			const char *json = buf + 25;
+			size_t		len = r - 25;
+			bool		ok = true;
+
+			if (!event_parse(json, len, &ev, scratch, sizeof(scratch)))
+			{
+				log_msg(LOG_ERROR, "could not parse an event from the source: %.200s", json);
+				PQfreemem(buf);
+				goto done;
+			}
+			switch (ev.op)
+			{
+				case 'B':
+					s->in_xact = true;
+					ok = batch_begin_xact(b, &ev);
+					break;
+				case 'C':
+					s->in_xact = false;
+					ok = batch_end_xact(b, &ev);
+					if (ev.end_lsn > s->received)
+						s->received = ev.end_lsn;
+					stats.received_lsn = s->received;
+					break;
+				case 'M':
+					if (ev.commit_lsn == InvalidLsn)
+						break;	/* non-transactional: nothing to apply */
+					/* fall through */
+				default:
+					s->last_event_us = now;
+					ok = batch_add_event(b, &ev, json, len);
+					break;
+			}
+			if (!ok)
+			{
+				PQfreemem(buf);
+				goto done;
+			}
+		}
+		PQfreemem(buf);
+	}
+
+done:
+	if (result != EXIT_DONE)
+		batch_abort(b);
+	batch_free(b);
+	return result;
+}

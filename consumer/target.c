@@ -1,0 +1,465 @@
+/*
+ * target.c
+ *		The target database: the pipeline and its table maps, the one-consumer
+ *		lock, the checkpoint, and target tables created or completed from the
+ *		source tables' definitions.
+ */
+#include "postgres_fe.h"
+
+#include "consumer.h"
+
+SqlError	last_sql_error;
+bool		quiet_sql_errors = false;
+
+static void
+copy_field(char *dst, size_t len, const char *src)
+{
+	snprintf(dst, len, "%s", src ? src : "");
+}
+
+/* Run a statement; NULL (with the error logged and kept) unless it succeeded. */
+PGresult *
+exec_ok(PGconn *conn, const char *sql, int nparams, const char *const *params)
+{
+	/* without parameters, the simple protocol: several statements may be sent */
+	PGresult   *res = nparams == 0 ? PQexec(conn, sql) :
+		PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+	ExecStatusType st = PQresultStatus(res);
+
+	if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
+		return res;
+	copy_field(last_sql_error.code, sizeof(last_sql_error.code),
+			   PQresultErrorField(res, PG_DIAG_SQLSTATE));
+	if (last_sql_error.code[0] == '\0')
+		strcpy(last_sql_error.code, "08006");	/* no server error: the connection broke */
+	copy_field(last_sql_error.message, sizeof(last_sql_error.message),
+			   PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
+	if (last_sql_error.message[0] == '\0')
+		copy_field(last_sql_error.message, sizeof(last_sql_error.message), conn_error(conn));
+	copy_field(last_sql_error.detail, sizeof(last_sql_error.detail),
+			   PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL));
+	log_msg(quiet_sql_errors ? LOG_DEBUG : LOG_ERROR, "%s", conn_error(conn));
+	PQclear(res);
+	return NULL;
+}
+
+bool
+exec_cmd(PGconn *conn, const char *sql)
+{
+	PGresult   *res = exec_ok(conn, sql, 0, NULL);
+
+	PQclear(res);
+	return res != NULL;
+}
+
+static char *
+get_str(PGresult *res, int row, int col)
+{
+	return PQgetisnull(res, row, col) ? NULL : pg_strdup(PQgetvalue(res, row, col));
+}
+
+/* Server notices (DROP ... IF EXISTS and the like) belong in the debug log. */
+static void
+notice_to_log(void *arg, const char *message)
+{
+	size_t		n = strlen(message);
+
+	log_msg(LOG_DEBUG, "server: %.*s", (int) (n > 0 && message[n - 1] == '\n' ? n - 1 : n), message);
+}
+
+PGconn *
+target_connect(const char *conninfo)
+{
+	const char *keys[] = {"dbname", "fallback_application_name", NULL};
+	const char *vals[] = {conninfo, "pgcdc_consumer", NULL};
+	PGconn	   *conn = PQconnectdbParams(keys, vals, 1);
+
+	if (PQstatus(conn) != CONNECTION_OK)
+	{
+		log_msg(LOG_ERROR, "could not connect: %s", conn_error(conn));
+		PQfinish(conn);
+		return NULL;
+	}
+	PQsetNoticeProcessor(conn, notice_to_log, NULL);
+	/* Our SQL names its schemas; an empty search_path keeps it that way. */
+	if (!exec_cmd(conn, "SELECT pg_catalog.set_config('search_path', '', false)"))
+	{
+		PQfinish(conn);
+		return NULL;
+	}
+	return conn;
+}
+
+/*
+ * One consumer per pipeline: a session advisory lock in the target, held
+ * while the consumer's target session lives (a killed consumer's session
+ * ends with it, and the lock with the session).
+ */
+bool
+target_lock_pipeline(PGconn *conn, const char *pipeline)
+{
+	const char *params[1] = {pipeline};
+	PGresult   *res = exec_ok(conn,
+							  "SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtext('pgcdc_consumer'), "
+							  "pg_catalog.hashtext($1)), "
+							  "(SELECT string_agg(l.pid::text, ', ') FROM pg_catalog.pg_locks l "
+							  " WHERE l.locktype = 'advisory' AND l.granted "
+							  "   AND l.classid = pg_catalog.hashtext('pgcdc_consumer')::oid "
+							  "   AND l.objid = pg_catalog.hashtext($1)::oid)",
+							  1, params);
+	bool		ok;
+
+	if (res == NULL)
+		return false;
+	ok = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+	if (!ok)
+	{
+		log_msg(LOG_ERROR, "pipeline \"%s\" is already being run by another pgcdc_consumer "
+				"(target backend pid %s)", pipeline, PQgetvalue(res, 0, 1));
+		log_hint("Only one consumer may run a pipeline at a time; stop the other one first.");
+	}
+	PQclear(res);
+	return ok;
+}
+
+/* The source's key for a table without key_columns: its replica identity. */
+static char *
+source_identity(PGconn *source, const char *table)
+{
+	const char *params[1] = {table};
+	PGresult   *res = exec_ok(source,
+							  "SELECT pg_catalog.array_agg(a.attname ORDER BY k.ord)::text "
+							  "FROM pg_catalog.pg_index i "
+							  "JOIN pg_catalog.pg_class c ON c.oid = i.indrelid "
+							  "CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY k(attnum, ord) "
+							  "JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+							  "WHERE i.indrelid = $1::pg_catalog.regclass "
+							  "  AND ((c.relreplident = 'i' AND i.indisreplident) "
+							  "       OR (c.relreplident IN ('d', 'f') AND i.indisprimary)) "
+							  "  AND k.ord <= i.indnkeyatts",
+							  1, params);
+	char	   *result = NULL;
+
+	if (res != NULL && !PQgetisnull(res, 0, 0))
+		result = pg_strdup(PQgetvalue(res, 0, 0));
+	PQclear(res);
+	return result;
+}
+
+bool
+target_load_pipeline(PGconn *conn, PGconn *source, Pipeline *p)
+{
+	const char *params[1] = {p->name};
+	PGresult   *res;
+	int			i;
+
+	res = exec_ok(conn,
+				  "SELECT slot_name, paused, "
+				  "       (SELECT pg_catalog.string_agg(pg_catalog.format('%I %L', key, value), ', ') "
+				  "          FROM pg_catalog.jsonb_each_text(options) "
+				  "         WHERE key = ANY ('{include-types,numeric-as-string,origin,exclude-tables,actions}')) "
+				  "FROM pgcdc.pipeline WHERE name = $1", 1, params);
+	if (res == NULL)
+	{
+		log_hint("Is the pgcdc extension installed in the target database (CREATE EXTENSION pgcdc)?");
+		return false;
+	}
+	if (PQntuples(res) == 0)
+	{
+		log_msg(LOG_ERROR, "pipeline \"%s\" does not exist in the target", p->name);
+		log_hint("Create it with SELECT pgcdc.create_pipeline('%s') and add tables with pgcdc.add_table.", p->name);
+		PQclear(res);
+		return false;
+	}
+	p->slot_name = get_str(res, 0, 0);
+	p->paused = strcmp(PQgetvalue(res, 0, 1), "t") == 0;
+	p->decoder_options = get_str(res, 0, 2);
+	PQclear(res);
+
+	res = exec_ok(conn,
+				  "SELECT source_table, source_schema, source_name, target, mode, "
+				  "       key_columns::text, track_columns::text, ignore_columns::text, soft_delete "
+				  "FROM pgcdc.table_map WHERE pipeline = $1 ORDER BY source_table, target",
+				  1, params);
+	if (res == NULL)
+		return false;
+	if (PQntuples(res) == 0)
+	{
+		log_msg(LOG_ERROR, "pipeline \"%s\" has no tables", p->name);
+		log_hint("Add one with SELECT pgcdc.add_table('%s', 'schema.table').", p->name);
+		PQclear(res);
+		return false;
+	}
+	p->nmaps = PQntuples(res);
+	p->maps = pg_malloc0(sizeof(TableMap) * p->nmaps);
+	for (i = 0; i < p->nmaps; i++)
+	{
+		TableMap   *m = &p->maps[i];
+
+		m->source_table = get_str(res, i, 0);
+		m->source_schema = get_str(res, i, 1);
+		m->source_name = get_str(res, i, 2);
+		m->target = get_str(res, i, 3);
+		m->mode = get_str(res, i, 4);
+		m->key_columns = get_str(res, i, 5);
+		m->track_columns = get_str(res, i, 6);
+		m->ignore_columns = get_str(res, i, 7);
+		m->soft_delete = strcmp(PQgetvalue(res, i, 8), "t") == 0;
+	}
+	PQclear(res);
+
+	for (i = 0; i < p->nmaps; i++)
+	{
+		TableMap   *m = &p->maps[i];
+
+		if (m->key_columns == NULL && strcmp(m->mode, "append") != 0)
+		{
+			m->key_columns = source_identity(source, m->source_table);
+			if (m->key_columns == NULL)
+			{
+				log_msg(LOG_ERROR, "source table %s has no primary key or replica identity index",
+						m->source_table);
+				log_hint("Give the table map key_columns, e.g. pgcdc.add_table('%s', '%s', key_columns => '{id}').",
+						 p->name, m->source_table);
+				return false;
+			}
+		}
+	}
+
+	res = exec_ok(conn, "SELECT commit_lsn, end_lsn FROM pgcdc.checkpoint "
+				  "WHERE pipeline = $1 AND commit_lsn IS NOT NULL", 1, params);
+	if (res == NULL)
+		return false;
+	p->has_checkpoint = PQntuples(res) == 1;
+	if (p->has_checkpoint)
+	{
+		parse_lsn(PQgetvalue(res, 0, 0), &p->ckpt_commit_lsn);
+		parse_lsn(PQgetvalue(res, 0, 1), &p->ckpt_end_lsn);
+	}
+	PQclear(res);
+	return true;
+}
+
+/* CREATE TABLE for a target that does not exist, shaped like its source. */
+static bool
+create_target(PGconn *conn, PGconn *source, Pipeline *p, TableMap *m)
+{
+	const char *params[2] = {m->source_table, m->ignore_columns};
+	PGresult   *res;
+	PQExpBuffer cols = createPQExpBuffer();
+	PQExpBuffer sql = createPQExpBuffer();
+	bool		ok;
+
+	res = exec_ok(source,
+				  "SELECT pg_catalog.string_agg(pg_catalog.format('%I %s%s', a.attname, "
+				  "         pg_catalog.format_type(a.atttypid, a.atttypmod), "
+				  "         CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END), ', ' ORDER BY a.attnum) "
+				  "FROM pg_catalog.pg_attribute a "
+				  "WHERE a.attrelid = $1::pg_catalog.regclass AND a.attnum > 0 AND NOT a.attisdropped "
+				  "  AND a.attname <> ALL (coalesce($2::text[], '{}'))",
+				  2, params);
+	if (res == NULL)
+		return false;
+	appendPQExpBufferStr(cols, PQgetvalue(res, 0, 0));
+	PQclear(res);
+
+	if (strcmp(m->mode, "mirror") == 0)
+	{
+		const char *kp[1] = {m->key_columns};
+
+		res = exec_ok(conn, "SELECT pg_catalog.string_agg(pg_catalog.quote_ident(k), ', ') "
+					  "FROM pg_catalog.unnest($1::text[]) k", 1, kp);
+		if (res == NULL)
+			return false;
+		appendPQExpBuffer(sql, "CREATE TABLE %s (%s, _source_lsn pg_catalog.pg_lsn, _source_seq integer, "
+						  "_synced_at timestamptz%s, PRIMARY KEY (%s))",
+						  m->target, cols->data,
+						  m->soft_delete ? ", _is_deleted boolean NOT NULL DEFAULT false" : "",
+						  PQgetvalue(res, 0, 0));
+		PQclear(res);
+		ok = exec_cmd(conn, sql->data);
+	}
+	else if (strcmp(m->mode, "scd2") == 0)
+	{
+		/* the extension builds history tables: give it the source's shape */
+		const char *hp[2] = {m->target, m->key_columns};
+
+		appendPQExpBuffer(sql, "CREATE TEMP TABLE pgcdc_shape (%s)", cols->data);
+		ok = exec_cmd(conn, "DROP TABLE IF EXISTS pg_temp.pgcdc_shape") &&
+			exec_cmd(conn, sql->data);
+		if (ok)
+		{
+			res = exec_ok(conn, "SELECT pgcdc.create_history_table('pg_temp.pgcdc_shape', $1, $2::text[])",
+						  2, hp);
+			ok = res != NULL;
+			PQclear(res);
+		}
+		ok = ok && exec_cmd(conn, "DROP TABLE pg_temp.pgcdc_shape");
+	}
+	else
+	{
+		appendPQExpBuffer(sql, "CREATE TABLE %s (_op text NOT NULL, _source_lsn pg_catalog.pg_lsn NOT NULL, "
+						  "_source_seq integer NOT NULL, _xid bigint, _commit_ts timestamptz, "
+						  "_key jsonb, _new jsonb, _old jsonb, "
+						  "_received_at timestamptz NOT NULL DEFAULT pg_catalog.now(), "
+						  "PRIMARY KEY (_source_lsn, _source_seq))", m->target);
+		ok = exec_cmd(conn, sql->data);
+	}
+	if (ok)
+		log_msg(LOG_INFO, "created %s target %s from source table %s", m->mode, m->target, m->source_table);
+	else
+		log_hint("The consumer creates missing targets from the source's definition; "
+				 "it needs CREATE on the target schema and the column types must exist in the target.");
+	destroyPQExpBuffer(cols);
+	destroyPQExpBuffer(sql);
+	return ok;
+}
+
+/* An existing mirror or append target gets the system columns it lacks. */
+static bool
+complete_target(PGconn *conn, TableMap *m)
+{
+	PQExpBuffer sql = createPQExpBuffer();
+	bool		ok = true;
+
+	if (strcmp(m->mode, "mirror") == 0)
+		appendPQExpBuffer(sql, "ALTER TABLE %s ADD COLUMN IF NOT EXISTS _source_lsn pg_catalog.pg_lsn, "
+						  "ADD COLUMN IF NOT EXISTS _source_seq integer, "
+						  "ADD COLUMN IF NOT EXISTS _synced_at timestamptz%s",
+						  m->target,
+						  m->soft_delete ? ", ADD COLUMN IF NOT EXISTS _is_deleted boolean NOT NULL DEFAULT false" : "");
+	else if (strcmp(m->mode, "append") == 0)
+		appendPQExpBuffer(sql, "ALTER TABLE %s ADD COLUMN IF NOT EXISTS _op text, "
+						  "ADD COLUMN IF NOT EXISTS _source_lsn pg_catalog.pg_lsn, "
+						  "ADD COLUMN IF NOT EXISTS _source_seq integer, ADD COLUMN IF NOT EXISTS _xid bigint, "
+						  "ADD COLUMN IF NOT EXISTS _commit_ts timestamptz, ADD COLUMN IF NOT EXISTS _key jsonb, "
+						  "ADD COLUMN IF NOT EXISTS _new jsonb, ADD COLUMN IF NOT EXISTS _old jsonb, "
+						  "ADD COLUMN IF NOT EXISTS _received_at timestamptz DEFAULT pg_catalog.now()",
+						  m->target);
+	if (sql->len > 0)
+	{
+		/* ADD COLUMN IF NOT EXISTS takes a lock even when nothing is added */
+		const char *params[1] = {m->target};
+		PGresult   *res = exec_ok(conn,
+								  "SELECT count(*) FROM pg_catalog.pg_attribute "
+								  "WHERE attrelid = $1::pg_catalog.regclass AND NOT attisdropped "
+								  "  AND attname IN ('_source_lsn', '_source_seq', '_synced_at', '_is_deleted', '_op')",
+								  1, params);
+
+		ok = res != NULL;
+		if (ok && atoi(PQgetvalue(res, 0, 0)) < (strcmp(m->mode, "mirror") == 0 ? 3 + m->soft_delete : 3))
+			ok = exec_cmd(conn, sql->data);
+		PQclear(res);
+	}
+	destroyPQExpBuffer(sql);
+	return ok;
+}
+
+/*
+ * Make every target usable: create missing ones, complete existing ones,
+ * and work out the data columns the events fill (the target's columns that
+ * the source has too, less ignore_columns and system columns).
+ */
+bool
+target_prepare_tables(PGconn *conn, PGconn *source, Pipeline *p)
+{
+	int			i;
+
+	for (i = 0; i < p->nmaps; i++)
+	{
+		TableMap   *m = &p->maps[i];
+		const char *tp[1] = {m->target};
+		PGresult   *res;
+		PQExpBuffer srccols = createPQExpBuffer();
+		const char *cp[3];
+
+		res = exec_ok(conn, "SELECT pg_catalog.to_regclass($1) IS NOT NULL", 1, tp);
+		if (res == NULL)
+			return false;
+		if (strcmp(PQgetvalue(res, 0, 0), "t") != 0)
+		{
+			PQclear(res);
+			if (!create_target(conn, source, p, m))
+				return false;
+		}
+		else
+		{
+			PQclear(res);
+			if (!complete_target(conn, m))
+				return false;
+		}
+
+		/* the source's column names, as a text[] literal */
+		{
+			const char *sp[1] = {m->source_table};
+
+			res = exec_ok(source, "SELECT pg_catalog.array_agg(attname::text)::text FROM pg_catalog.pg_attribute "
+						  "WHERE attrelid = $1::pg_catalog.regclass AND attnum > 0 AND NOT attisdropped",
+						  1, sp);
+			if (res == NULL)
+				return false;
+			appendPQExpBufferStr(srccols, PQgetvalue(res, 0, 0));
+			PQclear(res);
+		}
+		cp[0] = m->target;
+		cp[1] = srccols->data;
+		cp[2] = m->ignore_columns;
+		res = exec_ok(conn,
+					  "SELECT pg_catalog.string_agg(pg_catalog.quote_ident(attname), ', ' ORDER BY attnum), "
+					  "       pg_catalog.string_agg(pg_catalog.format('%I %s', attname, "
+					  "           pg_catalog.format_type(atttypid, atttypmod)), ', ' ORDER BY attnum), "
+					  "       pg_catalog.string_agg('r.' || pg_catalog.quote_ident(attname), ', ' ORDER BY attnum) "
+					  "FROM pg_catalog.pg_attribute "
+					  "WHERE attrelid = $1::pg_catalog.regclass AND attnum > 0 AND NOT attisdropped "
+					  "  AND attname = ANY ($2::text[]) AND attname <> ALL (coalesce($3::text[], '{}')) "
+					  "  AND attname NOT IN ('_source_lsn', '_source_seq', '_synced_at', '_is_deleted', "
+					  "      '_valid_from', '_valid_to', '_is_current', '_version', '_row_hash', "
+					  "      '_sequence', '_last_sequence')",
+					  3, cp);
+		destroyPQExpBuffer(srccols);
+		if (res == NULL)
+			return false;
+		if (PQgetisnull(res, 0, 0) && strcmp(m->mode, "append") != 0)
+		{
+			log_msg(LOG_ERROR, "target %s has no column in common with source table %s",
+					m->target, m->source_table);
+			PQclear(res);
+			return false;
+		}
+		m->data_columns = get_str(res, 0, 0);
+		m->data_types = get_str(res, 0, 1);
+		m->row_columns = get_str(res, 0, 2);
+		PQclear(res);
+	}
+	return true;
+}
+
+void
+pipeline_free(Pipeline *p)
+{
+	int			i;
+
+	for (i = 0; i < p->nmaps; i++)
+	{
+		TableMap   *m = &p->maps[i];
+
+		free(m->source_table);
+		free(m->source_schema);
+		free(m->source_name);
+		free(m->target);
+		free(m->mode);
+		free(m->key_columns);
+		free(m->track_columns);
+		free(m->ignore_columns);
+		free(m->data_columns);
+		free(m->data_types);
+		free(m->row_columns);
+	}
+	free(p->maps);
+	free(p->slot_name);
+	free(p->decoder_options);
+	p->maps = NULL;
+	p->nmaps = 0;
+	p->slot_name = NULL;
+	p->decoder_options = NULL;
+}
