@@ -16,6 +16,7 @@
 #include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
+#include "utils/uuid.h"
 
 #include "json_writer.h"
 
@@ -27,6 +28,7 @@
 static bool utf8_database = true;
 
 static const char hexdigits[] = "0123456789ABCDEF";
+static const char hexdigits_lower[] = "0123456789abcdef";
 
 void
 json_writer_init(void)
@@ -63,6 +65,8 @@ json_value_kind(Oid typid)
 		case VARCHAROID:
 		case BPCHAROID:
 			return PGCDC_VAL_TEXT;
+		case UUIDOID:
+			return PGCDC_VAL_UUID;
 		default:
 			return PGCDC_VAL_OTHER;
 	}
@@ -166,13 +170,28 @@ append_string_ascii(StringInfo out, const char *s, int len)
 	appendStringInfoCharMacro(out, '"');
 }
 
+/*
+ * Does any byte of the 8 need escaping (< 0x20, '"' or '\\')?  The classic
+ * "has a zero byte" bit trick, applied to x, x ^ '"' and x ^ '\\'.
+ */
+static inline bool
+word_needs_escape(uint64 x)
+{
+	const uint64 ones = UINT64CONST(0x0101010101010101);
+	const uint64 highs = UINT64CONST(0x8080808080808080);
+	uint64		q = x ^ (ones * '"');
+	uint64		b = x ^ (ones * '\\');
+
+	return ((((x - ones * 0x20) & ~x) | ((q - ones) & ~q) | ((b - ones) & ~b)) & highs) != 0;
+}
+
 /* A JSON string (RFC 8259): quotes, backslashes and controls escaped. */
 void
 json_append_string(StringInfo out, const char *s, int len)
 {
 	const char *start = s;
 	const char *end = s + len;
-	const char *p;
+	const char *p = s;
 
 	if (!utf8_database)
 	{
@@ -181,7 +200,17 @@ json_append_string(StringInfo out, const char *s, int len)
 	}
 
 	appendStringInfoCharMacro(out, '"');
-	for (p = s; p < end; p++)
+	/* most text needs no escapes: skip clean 8-byte words */
+	while (end - p >= 8)
+	{
+		uint64		w;
+
+		memcpy(&w, p, 8);
+		if (word_needs_escape(w))
+			break;
+		p += 8;
+	}
+	for (; p < end; p++)
 	{
 		unsigned char c = (unsigned char) *p;
 
@@ -259,13 +288,13 @@ static bool
 append_special_float(StringInfo out, double v)
 {
 	if (isnan(v))
-		appendBinaryStringInfo(out, "\"NaN\"", 5);
+		json_append_literal(out, "\"NaN\"");
 	else if (isinf(v))
 	{
 		if (v > 0)
-			appendBinaryStringInfo(out, "\"Infinity\"", 10);
+			json_append_literal(out, "\"Infinity\"");
 		else
-			appendBinaryStringInfo(out, "\"-Infinity\"", 11);
+			json_append_literal(out, "\"-Infinity\"");
 	}
 	else
 		return false;
@@ -359,9 +388,9 @@ json_append_value(StringInfo out, Datum value, PgcdcValueKind kind,
 			break;
 		case PGCDC_VAL_BOOL:
 			if (DatumGetBool(value))
-				appendBinaryStringInfo(out, "true", 4);
+				json_append_literal(out, "true");
 			else
-				appendBinaryStringInfo(out, "false", 5);
+				json_append_literal(out, "false");
 			break;
 		case PGCDC_VAL_JSON:
 			{
@@ -379,6 +408,24 @@ json_append_value(StringInfo out, Datum value, PgcdcValueKind kind,
 				text	   *t = DatumGetTextPP(value);
 
 				json_append_string(out, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+				break;
+			}
+		case PGCDC_VAL_UUID:
+			{
+				/* what uuid_out prints, without its palloc */
+				const unsigned char *u = DatumGetUUIDP(value)->data;
+
+				n = 0;
+				buf[n++] = '"';
+				for (int i = 0; i < UUID_LEN; i++)
+				{
+					if (i == 4 || i == 6 || i == 8 || i == 10)
+						buf[n++] = '-';
+					buf[n++] = hexdigits_lower[u[i] >> 4];
+					buf[n++] = hexdigits_lower[u[i] & 15];
+				}
+				buf[n++] = '"';
+				appendBinaryStringInfo(out, buf, n);
 				break;
 			}
 		case PGCDC_VAL_OTHER:

@@ -25,8 +25,13 @@ typedef enum PgcdcValueKind
 	PGCDC_VAL_JSON,
 	PGCDC_VAL_JSONB,
 	PGCDC_VAL_TEXT,				/* text, varchar, bpchar: no output call */
+	PGCDC_VAL_UUID,				/* formatted here: no output call */
 	PGCDC_VAL_OTHER				/* the type's output function, as a string */
 } PgcdcValueKind;
+
+/* Append a string literal without a strlen() on the hot path. */
+#define json_append_literal(out, lit) \
+	appendBinaryStringInfo((out), (lit), sizeof(lit) - 1)
 
 extern void json_writer_init(void);
 extern PgcdcValueKind json_value_kind(Oid typid);

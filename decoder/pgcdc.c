@@ -131,7 +131,7 @@ start_event(LogicalDecodingContext *ctx, PgcdcData *data, char op)
 	head[7] = op;
 	OutputPluginPrepareWrite(ctx, true);
 	appendBinaryStringInfo(ctx->out, head, 9);
-	appendStringInfoChar(ctx->out, ',');
+	appendStringInfoCharMacro(ctx->out, ',');
 	appendBinaryStringInfo(ctx->out, data->xact_ids.data, data->xact_ids.len);
 }
 
@@ -139,9 +139,9 @@ static void
 write_begin(LogicalDecodingContext *ctx, PgcdcData *data)
 {
 	start_event(ctx, data, 'B');
-	appendStringInfoChar(ctx->out, ',');
+	appendStringInfoCharMacro(ctx->out, ',');
 	appendBinaryStringInfo(ctx->out, data->xact_ts.data, data->xact_ts.len);
-	appendStringInfoChar(ctx->out, '}');
+	appendStringInfoCharMacro(ctx->out, '}');
 	OutputPluginWrite(ctx, true);
 	data->begin_sent = true;
 }
@@ -176,13 +176,13 @@ pgcdc_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr comm
 	if (!data->begin_sent)
 		return;
 	start_event(ctx, data, 'C');
-	appendStringInfoChar(ctx->out, ',');
+	appendStringInfoCharMacro(ctx->out, ',');
 	appendBinaryStringInfo(ctx->out, data->xact_ts.data, data->xact_ts.len);
-	appendStringInfoString(ctx->out, ",\"end_lsn\":");
+	json_append_literal(ctx->out, ",\"end_lsn\":");
 	json_append_lsn(ctx->out, txn->end_lsn);
-	appendStringInfoString(ctx->out, ",\"changes\":");
+	json_append_literal(ctx->out, ",\"changes\":");
 	json_append_uint64(ctx->out, data->seq);
-	appendStringInfoChar(ctx->out, '}');
+	appendStringInfoCharMacro(ctx->out, '}');
 	OutputPluginWrite(ctx, true);
 }
 
@@ -193,11 +193,11 @@ start_change_event(LogicalDecodingContext *ctx, PgcdcData *data, char op, XLogRe
 	if (data->opts.include_transaction && !data->begin_sent)
 		write_begin(ctx, data);
 	start_event(ctx, data, op);
-	appendStringInfoString(ctx->out, ",\"seq\":");
+	json_append_literal(ctx->out, ",\"seq\":");
 	json_append_uint64(ctx->out, ++data->seq);
-	appendStringInfoString(ctx->out, ",\"lsn\":");
+	json_append_literal(ctx->out, ",\"lsn\":");
 	json_append_lsn(ctx->out, lsn);
-	appendStringInfoChar(ctx->out, ',');
+	appendStringInfoCharMacro(ctx->out, ',');
 	appendBinaryStringInfo(ctx->out, data->xact_ts.data, data->xact_ts.len);
 }
 
@@ -230,7 +230,7 @@ write_row(StringInfo out, const char *name, PgcdcRelEntry *entry,
 	int			i;
 
 	appendStringInfoString(out, name);
-	appendStringInfoChar(out, '{');
+	appendStringInfoCharMacro(out, '{');
 	for (i = 0; i < entry->natts; i++)
 	{
 		PgcdcColumn *col = &entry->cols[i];
@@ -238,11 +238,11 @@ write_row(StringInfo out, const char *name, PgcdcRelEntry *entry,
 		if (col->json_name == NULL || is_unchanged_toast(col, values[i], nulls[i]))
 			continue;
 		if (!first)
-			appendStringInfoChar(out, ',');
+			appendStringInfoCharMacro(out, ',');
 		first = false;
 		write_column(out, col, values[i], nulls[i], nas);
 	}
-	appendStringInfoChar(out, '}');
+	appendStringInfoCharMacro(out, '}');
 }
 
 /* Append ,"name":{...} with the key columns, in index order. */
@@ -253,16 +253,16 @@ write_key(StringInfo out, const char *name, PgcdcRelEntry *entry,
 	int			i;
 
 	appendStringInfoString(out, name);
-	appendStringInfoChar(out, '{');
+	appendStringInfoCharMacro(out, '{');
 	for (i = 0; i < entry->nkeys; i++)
 	{
 		int			k = entry->keys[i];
 
 		if (i > 0)
-			appendStringInfoChar(out, ',');
+			appendStringInfoCharMacro(out, ',');
 		write_column(out, &entry->cols[k], values[k], nulls[k], nas);
 	}
-	appendStringInfoChar(out, '}');
+	appendStringInfoCharMacro(out, '}');
 }
 
 static void
@@ -283,7 +283,7 @@ write_unchanged_toast(StringInfo out, PgcdcRelEntry *entry, Datum *values, bool 
 		appendBinaryStringInfo(out, col->json_name, col->json_name_len - 1);
 	}
 	if (!first)
-		appendStringInfoChar(out, ']');
+		appendStringInfoCharMacro(out, ']');
 }
 
 static void
@@ -330,7 +330,7 @@ pgcdc_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 
 	start_change_event(ctx, data, op, change->lsn);
 	out = ctx->out;
-	appendStringInfoChar(out, ',');
+	appendStringInfoCharMacro(out, ',');
 	appendBinaryStringInfo(out, entry->header, entry->header_len);
 
 	if (newtuple != NULL)
@@ -340,7 +340,7 @@ pgcdc_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 
 	/* key: the old key when the change logged one, else from the new row */
 	if (entry->nkeys == 0 || (oldtuple == NULL && newtuple == NULL))
-		appendStringInfoString(out, ",\"key\":null");
+		json_append_literal(out, ",\"key\":null");
 	else if (oldtuple != NULL)
 		write_key(out, ",\"key\":", entry, entry->old_values, entry->old_nulls, nas);
 	else
@@ -363,7 +363,7 @@ pgcdc_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 
 	if (entry->types != NULL)
 		appendBinaryStringInfo(out, entry->types, entry->types_len);
-	appendStringInfoChar(out, '}');
+	appendStringInfoCharMacro(out, '}');
 	OutputPluginWrite(ctx, true);
 
 	MemoryContextSwitchTo(oldcxt);
@@ -385,12 +385,16 @@ pgcdc_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 		if ((entry->actions & PGCDC_ACTION_TRUNCATE) == 0)
 			continue;
 		start_change_event(ctx, data, 'T', change->lsn);
-		appendStringInfoChar(ctx->out, ',');
+		appendStringInfoCharMacro(ctx->out, ',');
 		appendBinaryStringInfo(ctx->out, entry->header, entry->header_len);
-		appendStringInfoString(ctx->out, change->data.truncate.cascade ?
-							   ",\"cascade\":true" : ",\"cascade\":false");
-		appendStringInfoString(ctx->out, change->data.truncate.restart_seqs ?
-							   ",\"restart_identity\":true}" : ",\"restart_identity\":false}");
+		if (change->data.truncate.cascade)
+							   json_append_literal(ctx->out, ",\"cascade\":true");
+							   else
+							   json_append_literal(ctx->out, ",\"cascade\":false");
+		if (change->data.truncate.restart_seqs)
+							   json_append_literal(ctx->out, ",\"restart_identity\":true}");
+							   else
+							   json_append_literal(ctx->out, ",\"restart_identity\":false}");
 		OutputPluginWrite(ctx, true);
 	}
 
@@ -432,20 +436,20 @@ pgcdc_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	{
 		/* Not part of a transaction: no xid, commit, seq or commit time. */
 		OutputPluginPrepareWrite(ctx, true);
-		appendStringInfoString(ctx->out, "{\"op\":\"M\",\"xid\":null,\"lsn\":");
+		json_append_literal(ctx->out, "{\"op\":\"M\",\"xid\":null,\"lsn\":");
 		json_append_lsn(ctx->out, lsn);
-		appendStringInfoString(ctx->out, ",\"ts\":null");
+		json_append_literal(ctx->out, ",\"ts\":null");
 	}
 	out = ctx->out;
 	appendStringInfoString(out, transactional ? ",\"transactional\":true" :
 						   ",\"transactional\":false");
-	appendStringInfoString(out, ",\"prefix\":");
+	json_append_literal(out, ",\"prefix\":");
 	json_append_cstring(out, prefix);
 
 	/* Text in the database encoding goes out as a string, else base64. */
 	if (memchr(message, '\0', sz) == NULL && pg_verifymbstr(message, sz, true))
 	{
-		appendStringInfoString(out, ",\"content\":");
+		json_append_literal(out, ",\"content\":");
 		json_append_string(out, message, sz);
 	}
 	else
@@ -454,11 +458,11 @@ pgcdc_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 		char	   *enc = palloc(enclen + 1);
 		int			n = pg_b64_encode(message, sz, enc, enclen);
 
-		appendStringInfoString(out, ",\"content_base64\":\"");
+		json_append_literal(out, ",\"content_base64\":\"");
 		appendBinaryStringInfo(out, enc, n);
-		appendStringInfoChar(out, '"');
+		appendStringInfoCharMacro(out, '"');
 	}
-	appendStringInfoChar(out, '}');
+	appendStringInfoCharMacro(out, '}');
 	OutputPluginWrite(ctx, true);
 
 	MemoryContextSwitchTo(oldcxt);

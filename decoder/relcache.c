@@ -275,7 +275,7 @@ build_entry(PgcdcRelEntry *entry, Relation rel)
 			continue;
 		initStringInfo(&buf);
 		json_append_cstring(&buf, NameStr(att->attname));
-		appendStringInfoChar(&buf, ':');
+		appendStringInfoCharMacro(&buf, ':');
 		col->json_name = json_fragment(&buf, &col->json_name_len);
 		col->kind = json_value_kind(att->atttypid);
 		col->varlena = (att->attlen == -1);
@@ -306,14 +306,14 @@ build_entry(PgcdcRelEntry *entry, Relation rel)
 			if (att->attisdropped)
 				continue;
 			if (!first)
-				appendStringInfoChar(&buf, ',');
+				appendStringInfoCharMacro(&buf, ',');
 			first = false;
 			appendBinaryStringInfo(&buf, entry->cols[i].json_name,
 								   entry->cols[i].json_name_len);
 			json_append_cstring(&buf, format_type_with_typemod(att->atttypid,
 															   att->atttypmod));
 		}
-		appendStringInfoChar(&buf, '}');
+		appendStringInfoCharMacro(&buf, '}');
 		entry->types = json_fragment(&buf, &entry->types_len);
 	}
 

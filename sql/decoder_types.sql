@@ -121,6 +121,17 @@ INSERT INTO rt (id, js) VALUES (10, E'{"a":\n  [1,\r\n 2]}');
 SELECT substring(data FROM '"js":[^}]*}') AS js
 FROM pg_logical_slot_get_changes('rt_slot', NULL, NULL, 'include-transaction', 'false');
 
+-- escapes anywhere in a string: before, inside and after the 8-byte words
+-- that the writer skips when they need no escape
+INSERT INTO rt (id, tx)
+SELECT 100 + row_number() OVER (), repeat('a', i) || c || repeat('b', 17 - i) || c
+FROM generate_series(0, 17) i, unnest(ARRAY['"', '\', E'\n', E'\x01', E'\x1f', 'é', '€']) c;
+SELECT count(*) AS strings,
+       count(*) FILTER (WHERE (jsonb_populate_record(NULL::rt, e->'new')).tx = r.tx) AS same
+FROM (SELECT data::jsonb AS e
+      FROM pg_logical_slot_get_changes('rt_slot', NULL, NULL, 'include-transaction', 'false')) s
+JOIN rt r ON r.id = (e->'key'->>'id')::int;
+
 -- the one thing that cannot round-trip: a jsonb or json value that is JSON
 -- null and an SQL NULL both come out as null
 INSERT INTO rt (id, jb) VALUES (11, 'null'), (12, NULL);
