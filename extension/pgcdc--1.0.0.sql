@@ -289,6 +289,24 @@ BEGIN
 END
 $$;
 
+-- Internal column names in the generated SQL start with pgcdc_; user
+-- columns must not, or they would be shadowed.
+CREATE FUNCTION pgcdc._check_reserved(cols text[])
+RETURNS text[] LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	bad text;
+BEGIN
+	SELECT c INTO bad FROM unnest(cols) c WHERE c LIKE 'pgcdc\_%' LIMIT 1;
+	IF bad IS NOT NULL THEN
+		RAISE EXCEPTION 'column name "%" is reserved: names starting with pgcdc_ are pgcdc''s', bad
+			USING ERRCODE = '42939';
+	END IF;
+	RETURN cols;
+END
+$$;
+
 -- Columns every SCD2 history table has (besides the source's columns).
 CREATE FUNCTION pgcdc._scd2_system_columns()
 RETURNS TABLE (attname text, atttype text) LANGUAGE sql IMMUTABLE
@@ -922,14 +940,15 @@ CREATE FUNCTION pgcdc.scd2_merge(target regclass, snapshot regclass, key_columns
 RETURNS TABLE (inserted bigint, updated bigint, deleted bigint, unchanged bigint)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+-- The statements are big plans of cheap expressions over hash joins: JIT
+-- compiling them (about 0.6 s for a 1M-row merge) costs more than it saves.
+SET jit = off
 AS $$
 DECLARE
 	data_cols text[];
 	tracked text[];
 	untracked text[];
-	snap text;
-	close_to text;
-	changed text;
+	k1 text;
 	sql text;
 BEGIN
 	PERFORM pgcdc._check_scd2(target);
@@ -943,93 +962,93 @@ BEGIN
 		RAISE EXCEPTION 'unknown hard_deletes "%"', hard_deletes
 			USING ERRCODE = '22023', HINT = 'Use ignore, invalidate or new_record.';
 	END IF;
-	data_cols := pgcdc._shared_columns(target, snapshot);
+	data_cols := pgcdc._check_reserved(pgcdc._shared_columns(target, snapshot));
 	tracked := pgcdc._tracked(target, snapshot, key_columns, track_columns, data_cols);
 	untracked := ARRAY(SELECT c FROM unnest(data_cols) c
 						WHERE c <> ALL (key_columns) AND c <> ALL (tracked));
+	k1 := quote_ident(key_columns[1]);
 
 	-- Serialise writers of this target (readers are not blocked); every
-	-- statement below runs after the lock, so it sees the other's commit.
+	-- statement below runs after the lock, so it sees the other's commit,
+	-- and the row positions (ctid) read by the diff stay valid.
 	EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', target);
+	-- keys are then unique and not null: a missing side of the join is null
 	PERFORM pgcdc._check_unique_key(snapshot, key_columns, 'snapshot');
 
-	snap := format('(SELECT %s FROM %s s)', pgcdc._cast_list(target, snapshot, data_cols, 's'),
-				   snapshot);
-	-- A version must not end where (or before) it starts.
-	close_to := format($f$CASE WHEN t._valid_from < $1 THEN $1 ELSE pgcdc._fail('22023',
-		pg_catalog.format('valid_at %%s is not later than the current version of key %%s in %%s',
-						  $1, ROW(%s)::text, %L),
-		NULL, 'Versions never have zero or negative length; pass a later valid_at.') END$f$,
-		pgcdc._list(key_columns, 't'), target::text);
-	changed := CASE hard_deletes
-		WHEN 'ignore' THEN format('EXISTS (SELECT 1 FROM %s s WHERE %s AND NOT (%s))', snap,
-								  pgcdc._key_join('s', 't', target, key_columns),
-								  pgcdc._same_expr(tracked, 's', 't'))
-		ELSE format('NOT EXISTS (SELECT 1 FROM %s s WHERE %s AND %s)', snap,
-					pgcdc._key_join('s', 't', target, key_columns),
-					pgcdc._same_expr(tracked, 's', 't')) END;
-
+	/*
+	 * One full join of the current versions with the snapshot finds every
+	 * key to act on (pgcdc_kind): new, changed, back (after a new_record
+	 * delete), gone, touched (untracked columns only); the rest of the
+	 * statement works on that small set by row position.
+	 */
 	sql := format($f$
-WITH closed_live AS (
-	-- current versions that changed (or, unless ignore, vanished)
-	UPDATE %1$s t SET _valid_to = %4$s, _is_current = false
-	 WHERE t._is_current AND NOT t._is_deleted AND %5$s
-	RETURNING t.*
-), closed_dead AS (
-	-- "deleted" records (new_record) whose key is back
-	UPDATE %1$s t SET _valid_to = %4$s, _is_current = false
-	 WHERE t._is_current AND t._is_deleted
-	   AND EXISTS (SELECT 1 FROM %2$s s WHERE %6$s)
-	RETURNING t.*
+WITH diff AS MATERIALIZED (
+	SELECT s.*, t.pgcdc_tid, t._version AS pgcdc_version,
+		   CASE WHEN t.pgcdc_tid IS NULL THEN 'new'
+				WHEN s.%4$s IS NULL THEN 'gone'
+				WHEN t._is_deleted THEN 'back'
+				WHEN NOT (%5$s) THEN 'changed'
+				ELSE 'touched' END AS pgcdc_kind
+	  FROM (SELECT c.ctid AS pgcdc_tid, c.* FROM %1$s c WHERE c._is_current) t
+	  FULL JOIN (SELECT %2$s FROM %3$s s) s ON %6$s
+	 WHERE t.pgcdc_tid IS NULL
+		OR (s.%4$s IS NULL AND NOT t._is_deleted AND $2 <> 'ignore')
+		OR (s.%4$s IS NOT NULL AND (t._is_deleted OR NOT (%5$s) OR NOT (%7$s)))
+), closed AS (
+	-- a version must not end where (or before) it starts
+	UPDATE %1$s t
+	   SET _valid_to = CASE WHEN t._valid_from < $1 THEN $1 ELSE pgcdc._fail('22023',
+			   pg_catalog.format('valid_at %%s is not later than the current version of key %%s in %%s',
+								 $1, ROW(%8$s)::text, %9$L),
+			   NULL, 'Versions never have zero or negative length; pass a later valid_at.') END,
+		   _is_current = false
+	 -- by row position: a TID scan, not a join with the whole target
+	 WHERE t.ctid = ANY (ARRAY(SELECT d.pgcdc_tid FROM diff d
+								WHERE d.pgcdc_kind IN ('gone', 'back', 'changed')))
+	RETURNING 1
 ), touched AS (
 	-- no tracked change: untracked columns update the current version
-	UPDATE %1$s t SET %14$s
-	  FROM %2$s s
-	 WHERE t._is_current AND NOT t._is_deleted AND %6$s AND %15$s
-), closed AS (
-	SELECT * FROM closed_live UNION ALL SELECT * FROM closed_dead
-), todo AS (
-	SELECT s.*, c._version AS c_version, c._is_deleted AS c_deleted,
-		   cur._valid_from IS NULL AS is_new
-	  FROM %2$s s
-	  LEFT JOIN %1$s cur ON %7$s AND cur._is_current
-	  LEFT JOIN closed c ON %8$s
-	 WHERE cur._valid_from IS NULL OR c._valid_from IS NOT NULL
+	UPDATE %1$s t SET %10$s
+	  FROM diff d
+	 WHERE t.ctid = d.pgcdc_tid AND d.pgcdc_kind = 'touched'
 ), ins AS (
-	INSERT INTO %1$s (%9$s, _valid_from, _valid_to, _is_current, _is_deleted, _version, _row_hash)
-	SELECT %10$s, $1, 'infinity', true, false,
-		   coalesce(s.c_version, (SELECT max(h._version) FROM %1$s h WHERE %11$s), 0) + 1,
-		   %12$s
-	  FROM todo s
-), gone AS (
-	SELECT c.* FROM closed c
-	 WHERE NOT c._is_deleted AND NOT EXISTS (SELECT 1 FROM todo s WHERE %8$s)
+	INSERT INTO %1$s (%11$s, _valid_from, _valid_to, _is_current, _is_deleted, _version, _row_hash)
+	SELECT %12$s, $1, 'infinity', true, false,
+		   coalesce(d.pgcdc_version, (SELECT max(h._version) FROM %1$s h WHERE %13$s), 0) + 1,
+		   %14$s
+	  FROM diff d
+	 -- after closed: the unique index on current rows checks as rows go in
+	 WHERE d.pgcdc_kind IN ('new', 'back', 'changed') AND (SELECT count(*) FROM closed) >= 0
 ), dead AS (
-	INSERT INTO %1$s (%9$s, _valid_from, _valid_to, _is_current, _is_deleted, _version, _row_hash)
-	SELECT %13$s, $1, 'infinity', true, true, c._version + 1, c._row_hash
-	  FROM gone c WHERE $2
+	INSERT INTO %1$s (%11$s, _valid_from, _valid_to, _is_current, _is_deleted, _version, _row_hash)
+	SELECT %15$s, $1, 'infinity', true, true, h._version + 1, h._row_hash
+	  FROM diff d JOIN %1$s h ON h.ctid = d.pgcdc_tid
+	 WHERE $2 = 'new_record' AND d.pgcdc_kind = 'gone' AND (SELECT count(*) FROM closed) >= 0
 )
-SELECT (SELECT count(*) FROM todo WHERE is_new OR c_deleted),
-	   (SELECT count(*) FROM todo WHERE NOT is_new AND NOT c_deleted),
-	   (SELECT count(*) FROM gone),
+SELECT count(*) FILTER (WHERE pgcdc_kind IN ('new', 'back')),
+	   count(*) FILTER (WHERE pgcdc_kind = 'changed'),
+	   count(*) FILTER (WHERE pgcdc_kind = 'gone'),
 	   (SELECT count(*) FROM %3$s)
-	   - (SELECT count(*) FROM todo)$f$,
-		target, snap, snapshot, close_to,
-		changed,
-		pgcdc._key_join('s', 't', target, key_columns),
-		pgcdc._key_join('cur', 's', target, key_columns),
-		pgcdc._key_join('c', 's', target, key_columns),
-		pgcdc._list(data_cols), pgcdc._list(data_cols, 's'),
-		pgcdc._key_join('h', 's', target, key_columns),
-		pgcdc._hash_expr(tracked, 's'),
-		pgcdc._list(data_cols, 'c'),
-		(SELECT string_agg(format('%I = s.%I', c, c), ', ') FROM unnest(untracked) c),
-		format('%s AND NOT (%s)', pgcdc._same_expr(tracked, 's', 't'),
-			   pgcdc._same_expr(untracked, 's', 't')));
+	   - count(*) FILTER (WHERE pgcdc_kind IN ('new', 'back', 'changed'))
+  FROM diff$f$,
+		target,
+		pgcdc._cast_list(target, snapshot, data_cols, 's'),
+		snapshot,
+		k1,
+		pgcdc._same_expr(tracked, 's', 't'),
+		pgcdc._key_join('t', 's', target, key_columns),
+		pgcdc._same_expr(untracked, 's', 't'),
+		pgcdc._list(key_columns, 't'), target::text,
+		coalesce((SELECT string_agg(format('%I = d.%I', c, c), ', ') FROM unnest(untracked) c),
+				 '_is_current = t._is_current'),
+		pgcdc._list(data_cols), pgcdc._list(data_cols, 'd'),
+		pgcdc._key_join('h', 'd', target, key_columns),
+		pgcdc._hash_expr(tracked, 'd'),
+		pgcdc._list(data_cols, 'h'));
 	IF cardinality(untracked) = 0 THEN
-		sql := regexp_replace(sql, '\), touched AS \(.*?\), closed AS \(', '), closed AS (');
+		sql := regexp_replace(sql, '\), touched AS \(.*?\), ins AS \(', '), ins AS (');
 	END IF;
-	EXECUTE sql INTO inserted, updated, deleted, unchanged USING valid_at, hard_deletes = 'new_record';
+	EXECUTE sql INTO inserted, updated, deleted, unchanged USING valid_at, hard_deletes;
 	RETURN NEXT;
 END
 $$;
@@ -1138,10 +1157,7 @@ BEGIN
 		vf := format('c.%I::timestamptz', valid_from_column);
 	END IF;
 
-	data_cols := pgcdc._shared_columns(target, changes);
-	IF EXISTS (SELECT 1 FROM unnest(data_cols) c WHERE c LIKE 'pgcdc\_%') THEN
-		RAISE EXCEPTION 'column names starting with pgcdc_ are reserved' USING ERRCODE = '42939';
-	END IF;
+	data_cols := pgcdc._check_reserved(pgcdc._shared_columns(target, changes));
 	cols := pgcdc._cast_list(target, changes, data_cols, 'c');
 	keys := pgcdc._list(key_columns);
 
@@ -1570,6 +1586,7 @@ CREATE FUNCTION pgcdc.scd2_apply_changes(target regclass, changes regclass,
 RETURNS TABLE (inserted bigint, updated bigint, deleted bigint, unchanged bigint)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off			-- as scd2_merge
 AS $$
 DECLARE
 	st record;
