@@ -94,9 +94,20 @@ create_session_tables(Batch *b)
 	bool		ok;
 	int			i;
 
-	appendPQExpBufferStr(sql,
-						 "CREATE TEMP TABLE IF NOT EXISTS pgcdc_events "
-						 "(ord bigint GENERATED ALWAYS AS IDENTITY, ev jsonb NOT NULL) ON COMMIT DELETE ROWS;");
+	/*
+	 * jsonb normalizes json values (key order, duplicates, whitespace): a
+	 * json column is filled from the event's text, kept in "raw".
+	 */
+	appendPQExpBufferStr(sql, "DROP TABLE IF EXISTS pg_temp.pgcdc_events; ");
+	if (b->p->raw_events)
+		appendPQExpBufferStr(sql,
+							 "CREATE TEMP TABLE pgcdc_events (ord bigint GENERATED ALWAYS AS IDENTITY, "
+							 "raw json NOT NULL, ev jsonb GENERATED ALWAYS AS (raw::jsonb) STORED) "
+							 "ON COMMIT DELETE ROWS;");
+	else
+		appendPQExpBufferStr(sql,
+							 "CREATE TEMP TABLE pgcdc_events (ord bigint GENERATED ALWAYS AS IDENTITY, "
+							 "ev jsonb NOT NULL) ON COMMIT DELETE ROWS;");
 	for (i = 0; i < b->p->nmaps; i++)
 	{
 		TableMap   *m = &b->p->maps[i];
@@ -126,8 +137,9 @@ start_copy(Batch *b)
 	if (!exec_cmd(b->conn, "BEGIN"))
 		return false;
 	/* CSV with separators that JSON text never contains: no escaping needed */
-	res = PQexec(b->conn, "COPY pg_temp.pgcdc_events (ev) FROM STDIN "
-				 "(FORMAT csv, DELIMITER E'\\x1f', QUOTE E'\\x1e')");
+	res = PQexec(b->conn, b->p->raw_events ?
+				 "COPY pg_temp.pgcdc_events (raw) FROM STDIN (FORMAT csv, DELIMITER E'\\x1f', QUOTE E'\\x1e')" :
+				 "COPY pg_temp.pgcdc_events (ev) FROM STDIN (FORMAT csv, DELIMITER E'\\x1f', QUOTE E'\\x1e')");
 	if (PQresultStatus(res) != PGRES_COPY_IN)
 	{
 		log_msg(LOG_ERROR, "could not stage events in the target: %s", conn_error(b->conn));
@@ -249,6 +261,8 @@ stage_changes(Batch *b, int i, const char *filter)
 	TableMap   *m = &b->p->maps[i];
 	PQExpBuffer sql = createPQExpBuffer();
 	const char *params[2] = {m->source_schema, m->source_name};
+	const char *json = m->has_json ? "json" : "jsonb";
+	const char *row = m->has_json ? "raw" : "ev";
 	PGresult   *res;
 
 	appendPQExpBuffer(sql,
@@ -260,12 +274,13 @@ stage_changes(Batch *b, int i, const char *filter)
 					  "    e.ev->'unchanged_toast')) END, "
 					  "  CASE WHEN e.ev->>'op' = 'U' THEN e.ev->'old' END "
 					  "FROM pg_temp.pgcdc_events e "
-					  "CROSS JOIN LATERAL pg_catalog.jsonb_populate_record(NULL::pg_temp.pgcdc_changes_%d, "
-					  "  CASE e.ev->>'op' WHEN 'D' THEN coalesce(e.ev->'old', e.ev->'key') "
-					  "                   WHEN 'T' THEN '{}' ELSE e.ev->'new' END) r "
+					  "CROSS JOIN LATERAL pg_catalog.%s_populate_record(NULL::pg_temp.pgcdc_changes_%d, "
+					  "  CASE e.ev->>'op' WHEN 'D' THEN coalesce(e.%s->'old', e.%s->'key') "
+					  "                   WHEN 'T' THEN '{}'::%s ELSE e.%s->'new' END) r "
 					  "WHERE e.ev->>'schema' = $1 AND e.ev->>'table' = $2 %s "
 					  "ORDER BY e.ord",
-					  i, m->data_columns, m->row_columns, i, filter ? filter : "");
+					  i, m->data_columns, m->row_columns, json, i, row, row, json, row,
+					  filter ? filter : "");
 	res = exec_ok(b->conn, sql->data, 2, params);
 	destroyPQExpBuffer(sql);
 	PQclear(res);

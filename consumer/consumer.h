@@ -69,6 +69,7 @@ typedef struct TableMap
 	char	   *data_columns;	/* SQL list of quoted data columns */
 	char	   *row_columns;	/* the same, qualified with r. */
 	char	   *data_types;		/* SQL list: quoted column and its target type */
+	bool		has_json;		/* a json column: its text must not pass through jsonb */
 } TableMap;
 
 typedef struct Pipeline
@@ -77,6 +78,7 @@ typedef struct Pipeline
 	char	   *slot_name;
 	bool		paused;
 	char	   *decoder_options;	/* extra decoder options from pipeline.options */
+	bool		raw_events;		/* some map has json columns: keep event text too */
 	int			nmaps;
 	TableMap   *maps;
 	/* the checkpoint: the last source transaction applied */

@@ -408,7 +408,9 @@ target_prepare_tables(PGconn *conn, PGconn *source, Pipeline *p)
 					  "SELECT pg_catalog.string_agg(pg_catalog.quote_ident(attname), ', ' ORDER BY attnum), "
 					  "       pg_catalog.string_agg(pg_catalog.format('%I %s', attname, "
 					  "           pg_catalog.format_type(atttypid, atttypmod)), ', ' ORDER BY attnum), "
-					  "       pg_catalog.string_agg('r.' || pg_catalog.quote_ident(attname), ', ' ORDER BY attnum) "
+					  "       pg_catalog.string_agg('r.' || pg_catalog.quote_ident(attname), ', ' ORDER BY attnum), "
+					  "       coalesce(pg_catalog.bool_or(atttypid IN ('pg_catalog.json'::pg_catalog.regtype, "
+					  "           'pg_catalog._json'::pg_catalog.regtype)), false) "
 					  "FROM pg_catalog.pg_attribute "
 					  "WHERE attrelid = $1::pg_catalog.regclass AND attnum > 0 AND NOT attisdropped "
 					  "  AND attname = ANY ($2::text[]) AND attname <> ALL (coalesce($3::text[], '{}')) "
@@ -429,6 +431,8 @@ target_prepare_tables(PGconn *conn, PGconn *source, Pipeline *p)
 		m->data_columns = get_str(res, 0, 0);
 		m->data_types = get_str(res, 0, 1);
 		m->row_columns = get_str(res, 0, 2);
+		m->has_json = strcmp(PQgetvalue(res, 0, 3), "t") == 0 && strcmp(m->mode, "append") != 0;
+		p->raw_events |= m->has_json;
 		PQclear(res);
 	}
 	return true;

@@ -1,0 +1,144 @@
+# pgcdc_consumer end to end: a snapshot, then inserts, updates, deletes,
+# key updates, truncates, TOAST (unchanged and changed), NULLs and many
+# types, into a mirror, an scd2 history and an append log; once between
+# two clusters and once with one database as both source and target.
+use strict;
+use warnings;
+use lib 't';
+use ConsumerTest;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $cols = 'id, code, qty, amount, big, f8, f4, flag, d, ts, tstz, iv, b, j, js, uid, arr, tags, ip, doc';
+
+my $schema = q{
+CREATE TABLE orders (
+  id int PRIMARY KEY, code varchar(20), qty int, amount numeric(12,2), big bigint, f8 float8,
+  f4 real, flag bool, d date, ts timestamp, tstz timestamptz, iv interval, b bytea, j jsonb,
+  js json, uid uuid, arr int[], tags text[], ip inet, doc text);
+ALTER TABLE orders ALTER doc SET STORAGE EXTERNAL;
+CREATE FUNCTION big_doc(seed int) RETURNS text LANGUAGE sql
+  AS $$ SELECT string_agg(md5((seed * 10000 + g)::text), '') FROM generate_series(1, 3000) g $$;
+};
+
+# Three rows the snapshot copies.
+my $before = q{
+INSERT INTO orders VALUES
+ (1, 'a', 1, 10.50, 9007199254740993, 0.1, 1.5, true, '2026-01-01', '2026-01-01 10:00', '2026-01-01 10:00+02',
+  '1 day 02:03:04', '\x00ff', '{"k": [1, 2, {"x": null}]}', '{"b":2,  "a":1}', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+  '{1,2,3}', '{"x y", NULL, "q\"uote"}', '10.0.0.1/8', big_doc(1)),
+ (2, 'b', 2, -0.01, NULL, 'NaN', '-Infinity', false, 'infinity', NULL, '-infinity', '-1 mon', '\x', 'null',
+  '[]', NULL, '{}', '{}', '::1', 'short'),
+ (3, E'tab\tnl\n', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+  NULL, NULL);
+};
+
+# Streamed changes, each statement its own source transaction unless
+# grouped in BEGIN/COMMIT.
+my $after = q{
+INSERT INTO orders VALUES (4, E'\u00e9\u20ac"\\\\', 4, 99999999.99, -1, 1e300, 3.4e38, true, '0001-01-01 BC',
+  '2026-06-30 23:59:59.999999', '2026-06-30 23:59:59.999999+00', '100 years', '\xdeadbeef', '{"e": "\u00e9"}',
+  '{"nested": {"deep": [true, false]}}', '00000000-0000-0000-0000-000000000000', '{-1,0,NULL}', '{a,b}',
+  '192.168.1.0/24', big_doc(4));
+UPDATE orders SET qty = 11 WHERE id = 1;
+UPDATE orders SET doc = big_doc(11) WHERE id = 1;
+UPDATE orders SET qty = NULL, amount = NULL, j = NULL WHERE id = 4;
+UPDATE orders SET qty = 12, code = 'a2' WHERE id = 1;
+DELETE FROM orders WHERE id = 2;
+UPDATE orders SET id = 20, qty = 20 WHERE id = 3;
+BEGIN;
+INSERT INTO orders (id, code, qty) VALUES (5, 'five', 5);
+UPDATE orders SET qty = 6 WHERE id = 5;
+UPDATE orders SET qty = 7 WHERE id = 5;
+COMMIT;
+UPDATE orders SET qty = 8 WHERE id = 5;
+BEGIN;
+INSERT INTO orders (id, code, qty) VALUES (6, 'six', 6);
+DELETE FROM orders WHERE id = 6;
+COMMIT;
+TRUNCATE orders;
+INSERT INTO orders (id, code, qty, doc, js, j) VALUES (1, 'again', 100, big_doc(100), '{"b":2,  "a":1, "a":3}', '{"n": 1.50}'),
+ (7, 'seven', 7, NULL, '[1,  2]', '"s"');
+UPDATE orders SET qty = 101 WHERE id = 1;
+UPDATE orders SET id = 2 WHERE id = 7;
+};
+
+sub scenario
+{
+	my ($src, $dst, $pipeline, $label) = @_;
+	my $log = "$PostgreSQL::Test::Utils::log_path/consumer_$pipeline.log";
+
+	$src->safe_psql('postgres', $schema . audit_sql('orders') . $before);
+	$dst->safe_psql('postgres', qq{
+SELECT pgcdc.create_pipeline('$pipeline');
+SELECT pgcdc.add_table('$pipeline', 'public.orders', 'public.orders_mirror', 'mirror');
+SELECT pgcdc.add_table('$pipeline', 'public.orders', 'public.orders_hist', 'scd2');
+SELECT pgcdc.add_table('$pipeline', 'public.orders', 'public.orders_log', 'append');
+});
+	my $cmd = consumer_cmd($src, $dst, $pipeline, '--exit-when-caught-up', '--batch-size', 3, '-v');
+
+	my ($rc, $err) = run_consumer($cmd, $log);
+	is($rc, 0, "$label: snapshot run exits 0") or diag($err);
+	like($err, qr/initial snapshot done/, "$label: the snapshot is logged");
+	same_rows($src, 'orders', $dst, 'orders_mirror', $cols, 'id', "$label: mirror equals source after the snapshot");
+	my $mark = $src->safe_psql('postgres', 'SELECT max(id) FROM orders_audit');
+
+	$src->safe_psql('postgres', $after);
+	($rc, $err) = run_consumer($cmd, $log);
+	is($rc, 0, "$label: streaming run exits 0") or diag($err);
+	like($err, qr/caught up with the source/, "$label: it says it caught up");
+
+	same_rows($src, 'orders', $dst, 'orders_mirror', $cols, 'id', "$label: mirror equals source");
+	same_rows($src, 'orders', $dst, 'orders_hist WHERE _is_current', $cols, 'id',
+		"$label: current scd2 versions equal source");
+	scd2_check($dst, 'orders_hist', 'id', "$label: scd2 intervals");
+	versions_check($src, 'orders', $dst, 'orders_hist', "$label: one scd2 version per change per key");
+	is( $dst->safe_psql('postgres',
+			"SELECT string_agg(coalesce(qty::text, 'null'), ',' ORDER BY _version) FROM orders_hist WHERE id = 1"),
+		'1,11,11,12,100,101',
+		"$label: key 1's versions in source order (TOAST change is a version)");
+	is( $dst->safe_psql('postgres',
+			"SELECT string_agg(qty::text, ',' ORDER BY _version) FROM orders_hist WHERE id = 5"),
+		'7,8', "$label: changes in one source transaction collapse into one version");
+	is($dst->safe_psql('postgres', 'SELECT count(*) FROM orders_hist WHERE id = 6'),
+		'0', "$label: a row inserted and deleted in one transaction leaves no version");
+	is( $dst->safe_psql('postgres',
+			"SELECT count(*) FROM orders_hist WHERE id = 1 AND doc IS NULL"),
+		'0', "$label: unchanged TOAST is carried into new versions, never NULL");
+	is( $dst->safe_psql('postgres',
+			"SELECT count(*) FILTER (WHERE _is_current) || '/' || count(*) FROM orders_hist WHERE id IN (3, 20)"),
+		'0/2', "$label: the key update closed key 3 and the truncate closed key 20");
+
+	my $events = $src->safe_psql('postgres', "SELECT count(*) FROM orders_audit WHERE id > $mark");
+	append_check($dst, 'orders_log', $events, "$label: append has one row per event");
+	is( $dst->safe_psql('postgres',
+			"SELECT string_agg(_op, '' ORDER BY _source_lsn, _source_seq) FROM orders_log WHERE _op <> 'R'"),
+		$src->safe_psql('postgres', "SELECT string_agg(op, '' ORDER BY id) FROM orders_audit WHERE id > $mark"),
+		"$label: append events in source order");
+	is($dst->safe_psql('postgres', "SELECT count(*) FROM orders_log WHERE _op = 'R'"),
+		'3', "$label: the snapshot's rows are 'R' events in the append log");
+	is( $dst->safe_psql('postgres',
+			"SELECT _new->>'doc' = (SELECT doc FROM orders_mirror WHERE id = 1) FROM orders_log "
+			  . "WHERE _op = 'I' AND (_new->>'id')::int = 1"),
+		't', "$label: the append log keeps whole new rows");
+
+	# Nothing new: a third run applies nothing and skips nothing twice.
+	my $batches = $dst->safe_psql('postgres', 'SELECT count(*) FROM pgcdc.batch');
+	($rc, $err) = run_consumer($cmd, $log);
+	is($rc, 0, "$label: an idle run exits 0") or diag($err);
+	same_rows($src, 'orders', $dst, 'orders_mirror', $cols, 'id', "$label: still equal after an idle run");
+	append_check($dst, 'orders_log', $events, "$label: an idle run appends nothing");
+	cmp_ok($dst->safe_psql('postgres', 'SELECT count(*) FROM pgcdc.batch'), '<=', $batches + 1,
+		"$label: an idle run applies at most its own marker");
+}
+
+my $a = new_node('source', no_extension => 1);
+my $b = new_node('target');
+scenario($a, $b, 'two', 'two clusters');
+
+my $c = new_node('both');
+scenario($c, $c, 'one', 'one database');
+
+$_->stop for ($a, $b, $c);
+done_testing();

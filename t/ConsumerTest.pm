@@ -1,0 +1,231 @@
+# Helpers shared by the t/02*_consumer_*.pl tests: clusters set up for
+# pgcdc, pgcdc_consumer runs (to completion, or in the background to be
+# killed), and comparisons of targets with their sources.
+package ConsumerTest;
+
+use strict;
+use warnings;
+use Exporter 'import';
+use IPC::Run;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(usleep);
+
+our @EXPORT = qw(new_node consumer_cmd run_consumer start_consumer stop_consumer
+  kill9_consumer slurp_log same_rows scd2_check append_check wait_for_row
+  audit_sql versions_check);
+
+# A cluster that can be a source and a target: logical WAL, the plugin
+# whitelist, the extension installed in "postgres".
+sub new_node
+{
+	my ($name, %args) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init(allows_streaming => 'logical');
+	$node->append_conf('postgresql.conf', qq{
+output_plugin_libraries = 'pgoutput, test_decoding, pgcdc'
+max_replication_slots = 10
+max_wal_senders = 10
+shared_buffers = 32MB
+autovacuum = off
+fsync = off
+log_min_messages = warning
+} . ($args{conf} // ''));
+	$node->start;
+	$node->safe_psql('postgres', 'CREATE EXTENSION pgcdc') unless $args{no_extension};
+	return $node;
+}
+
+my $binary;
+
+sub consumer_cmd
+{
+	my ($source, $target, $pipeline, @extra) = @_;
+	$binary //= -x '/usr/lib/postgresql/15/bin/pgcdc_consumer'
+	  ? '/usr/lib/postgresql/15/bin/pgcdc_consumer'
+	  : $source->installed_command('pgcdc_consumer');
+	return [
+		$binary,
+		'--source' => ref $source ? $source->connstr('postgres') : $source,
+		'--target' => ref $target ? $target->connstr('postgres') : $target,
+		'--pipeline' => $pipeline,
+		'--max-backoff' => 2,
+		@extra
+	];
+}
+
+# Run to completion (normally with --exit-when-caught-up); the consumer's
+# stderr goes to $log as well.  Returns (exit status, stderr of this run).
+sub run_consumer
+{
+	my ($cmd, $log, $timeout) = @_;
+	my ($out, $err) = ('', '');
+	my $t = IPC::Run::timeout($timeout // 90);
+	my $h = IPC::Run::start($cmd, '>', \$out, '2>', \$err, $t);
+	eval { $h->finish; };
+	if ($@)
+	{
+		$h->kill_kill;
+		$err .= "\n(test: timed out: $@)\n";
+	}
+	append_log($log, $err);
+	return (($h->full_result(0) // -1) >> 8, $err);
+}
+
+sub append_log
+{
+	my ($log, $text) = @_;
+	open my $fh, '>>', $log or die "$log: $!";
+	print $fh $text;
+	close $fh;
+}
+
+# In the background, its stderr appended to $log.
+sub start_consumer
+{
+	my ($cmd, $log) = @_;
+	return IPC::Run::start($cmd, '>>', $log, '2>>', $log);
+}
+
+# SIGTERM and wait: the clean shutdown.  Returns the exit status.
+sub stop_consumer
+{
+	my ($h) = @_;
+	$h->signal('TERM');
+	$h->finish;
+	return $h->full_result(0) >> 8;
+}
+
+# SIGKILL: no chance to clean up anything.
+sub kill9_consumer
+{
+	my ($h) = @_;
+	$h->signal('KILL');
+	eval { $h->finish; };
+	return $h->full_result(0);
+}
+
+sub slurp_log
+{
+	my ($log) = @_;
+	return -f $log ? slurp_file($log) : '';
+}
+
+# md5 and count of a query's rows in text form, ordered by the given columns.
+sub digest
+{
+	my ($node, $cols, $from, $order) = @_;
+	return $node->safe_psql('postgres',
+		"SELECT count(*) || ' ' || coalesce(md5(string_agg(t::text, '|' ORDER BY $order)), '-') "
+		  . "FROM (SELECT $cols FROM $from) t");
+}
+
+# A few rows, long values cut short, for diagnostics.
+sub sample
+{
+	my ($node, $cols, $from, $order) = @_;
+	return $node->safe_psql('postgres',
+		"SELECT left(t::text, 150) FROM (SELECT $cols FROM $from ORDER BY $order LIMIT 20) t");
+}
+
+# Rows of the source table equal the target's (columns $cols).
+sub same_rows
+{
+	my ($src, $stable, $dst, $dfrom, $cols, $order, $name) = @_;
+	my $a = digest($src, $cols, $stable, $order);
+	my $b = digest($dst, $cols, $dfrom, $order);
+	is($b, $a, $name) or diag(
+		"source:\n" . sample($src, $cols, $stable, $order) . "\ntarget:\n" . sample($dst, $cols, $dfrom, $order));
+}
+
+# SCD2 history invariants: versions 1..n per key without gaps, intervals
+# half-open and non-overlapping, contiguous unless a delete closed one, at
+# most one current row, the current row last and open-ended.
+sub scd2_check
+{
+	my ($node, $hist, $key, $name) = @_;
+	my $bad = $node->safe_psql('postgres', qq{
+WITH v AS (
+  SELECT $key AS k, _version, _valid_from, _valid_to, _is_current,
+         lead(_valid_from) OVER w AS next_from, lead(_version) OVER w AS next_version,
+         row_number() OVER w AS rn, count(*) OVER (PARTITION BY $key) AS n
+  FROM $hist WINDOW w AS (PARTITION BY $key ORDER BY _version))
+SELECT count(*) FILTER (WHERE _version <> rn) || ' misnumbered, '
+    || count(*) FILTER (WHERE _valid_to <= _valid_from) || ' empty, '
+    || count(*) FILTER (WHERE next_from < _valid_to) || ' overlapping, '
+    || count(*) FILTER (WHERE _is_current AND (rn <> n OR _valid_to <> 'infinity')) || ' bad current, '
+    || count(*) FILTER (WHERE NOT _is_current AND _valid_to = 'infinity') || ' open non-current'
+FROM v});
+	is($bad, '0 misnumbered, 0 empty, 0 overlapping, 0 bad current, 0 open non-current', $name);
+}
+
+# An append target holds each source event once: no duplicate positions.
+sub append_check
+{
+	my ($node, $target, $expected, $name) = @_;
+	my $got = $node->safe_psql('postgres',
+		"SELECT count(*) || ' events, ' || count(DISTINCT (_source_lsn, _source_seq)) || ' distinct' "
+		  . "FROM $target WHERE _op <> 'R'");
+	is($got, "$expected events, $expected distinct", $name);
+}
+
+# Wait until a query on the node returns 't'.
+sub wait_for_row
+{
+	my ($node, $query, $seconds) = @_;
+	for (1 .. ($seconds // 60) * 10)
+	{
+		return 1 if $node->safe_psql('postgres', $query) eq 't';
+		usleep(100_000);
+	}
+	return 0;
+}
+
+# A source-side audit of every row change of $table (key column "id"), by
+# a trigger: what the targets must end up with, independent of the consumer.
+sub audit_sql
+{
+	my ($table) = @_;
+	return qq{
+CREATE TABLE ${table}_audit (id bigserial PRIMARY KEY, txid bigint NOT NULL DEFAULT txid_current(),
+  op text NOT NULL, old_key int, new_key int);
+CREATE FUNCTION ${table}_audit() RETURNS trigger LANGUAGE plpgsql AS \$\$
+BEGIN
+  IF TG_OP = 'INSERT' THEN INSERT INTO ${table}_audit (op, new_key) VALUES ('I', NEW.id);
+  ELSIF TG_OP = 'UPDATE' THEN INSERT INTO ${table}_audit (op, old_key, new_key) VALUES ('U', OLD.id, NEW.id);
+  ELSIF TG_OP = 'DELETE' THEN INSERT INTO ${table}_audit (op, old_key) VALUES ('D', OLD.id);
+  ELSE INSERT INTO ${table}_audit (op) VALUES ('T');
+  END IF;
+  RETURN NULL;
+END \$\$;
+CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON $table
+  FOR EACH ROW EXECUTE FUNCTION ${table}_audit();
+CREATE TRIGGER audit_truncate AFTER TRUNCATE ON $table
+  FOR EACH STATEMENT EXECUTE FUNCTION ${table}_audit();
+};
+}
+
+# Versions per key in the history equal what the audit says: per key and
+# source transaction, the last change opens a version when it leaves a row
+# with that key (insert, update, key update to it), none when it removes
+# one.  (Every update of the workloads changes a tracked column.)
+sub versions_check
+{
+	my ($src, $table, $dst, $hist, $name) = @_;
+	my $want = $src->safe_psql('postgres', qq{
+WITH c AS (
+  SELECT a.id, a.txid, k.key, k.opens
+  FROM ${table}_audit a
+  CROSS JOIN LATERAL (VALUES (a.new_key, true), (a.old_key, false)) k(key, opens)
+  WHERE k.key IS NOT NULL AND NOT (NOT k.opens AND k.key IS NOT DISTINCT FROM a.new_key)),
+last AS (SELECT DISTINCT ON (key, txid) key, opens FROM c ORDER BY key, txid, id DESC)
+SELECT coalesce(string_agg(key || ':' || n, ' ' ORDER BY key), '')
+FROM (SELECT key, count(*) n FROM last WHERE opens GROUP BY key) x});
+	my $got = $dst->safe_psql('postgres',
+		"SELECT coalesce(string_agg(id || ':' || n, ' ' ORDER BY id), '') "
+		  . "FROM (SELECT id, count(*) n FROM $hist GROUP BY id) x");
+	is($got, $want, $name);
+}
+
+1;
