@@ -15,6 +15,9 @@
 #include "postgres_fe.h"
 
 #include <sys/wait.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
 
 #include "consumer.h"
 
@@ -246,6 +249,12 @@ snapshot_run(const char *source_conninfo, PGconn *target, Pipeline *p,
 			{
 				signal(SIGTERM, child_sigterm);
 				signal(SIGINT, child_sigterm);
+#ifdef __linux__
+				/* a parent killed with -9 must not leave copies running */
+				prctl(PR_SET_PDEATHSIG, SIGTERM);
+#endif
+				if (getppid() == 1)
+					_exit(EXIT_ERROR);
 				_exit(snapshot_table(source_conninfo, target_conninfo, p, next, snapshot_name,
 									 consistent_point, ts));
 			}

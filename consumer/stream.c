@@ -327,10 +327,11 @@ log_progress(Stream *s)
 				b2[32];
 	Lsn			lag = stats.source_lsn > s->flushed ? stats.source_lsn - s->flushed : 0;
 
-	log_msg(LOG_INFO, "applied %llu events in %llu transactions (%llu batches, %llu quarantined) "
-			"up to %s; source at %s, lag %llu bytes, %.1f s",
+	log_msg(LOG_INFO, "applied %llu events in %llu transactions (%llu batches, %llu quarantined, "
+			"%llu transactions skipped as already applied) up to %s; source at %s, lag %llu bytes, %.1f s",
 			(unsigned long long) stats.events, (unsigned long long) stats.transactions,
 			(unsigned long long) stats.batches, (unsigned long long) stats.quarantined,
+			(unsigned long long) stats.skipped,
 			format_lsn(s->flushed, b1), format_lsn(stats.source_lsn, b2),
 			(unsigned long long) lag, stats.lag_seconds);
 }

@@ -6,6 +6,8 @@
  */
 #include "postgres_fe.h"
 
+#include <time.h>
+
 #include "consumer.h"
 
 SqlError	last_sql_error;
@@ -87,31 +89,55 @@ target_connect(const char *conninfo)
 		PQfinish(conn);
 		return NULL;
 	}
+
+	/*
+	 * If this process dies (kill -9), the server ends our session within a
+	 * second even mid-statement, releasing the pipeline lock for a restart.
+	 */
+	if (PQserverVersion(conn) >= 140000 &&
+		!exec_cmd(conn, "SELECT pg_catalog.set_config('client_connection_check_interval', '1s', false)"))
+	{
+		PQfinish(conn);
+		return NULL;
+	}
 	return conn;
 }
 
 /*
  * One consumer per pipeline: a session advisory lock in the target, held
  * while the consumer's target session lives (a killed consumer's session
- * ends with it, and the lock with the session).
+ * ends with it, and the lock with the session).  The server notices a
+ * killed client only after a moment, so a restart waits a little for the
+ * lock before it concludes that another consumer runs.
  */
+#define LOCK_WAIT_SECONDS 5
+
 bool
 target_lock_pipeline(PGconn *conn, const char *pipeline)
 {
 	const char *params[1] = {pipeline};
-	PGresult   *res = exec_ok(conn,
-							  "SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtext('pgcdc_consumer'), "
-							  "pg_catalog.hashtext($1)), "
-							  "(SELECT string_agg(l.pid::text, ', ') FROM pg_catalog.pg_locks l "
-							  " WHERE l.locktype = 'advisory' AND l.granted "
-							  "   AND l.classid = pg_catalog.hashtext('pgcdc_consumer')::oid "
-							  "   AND l.objid = pg_catalog.hashtext($1)::oid)",
-							  1, params);
-	bool		ok;
+	PGresult   *res = NULL;
+	bool		ok = false;
 
-	if (res == NULL)
-		return false;
-	ok = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+	for (int i = 0; i <= LOCK_WAIT_SECONDS * 5 && !ok && !stop_requested; i++)
+	{
+		struct timespec ts = {0, 200 * 1000 * 1000};
+
+		if (i > 0)
+			nanosleep(&ts, NULL);
+		PQclear(res);
+		res = exec_ok(conn,
+					  "SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtext('pgcdc_consumer'), "
+					  "pg_catalog.hashtext($1)), "
+					  "(SELECT string_agg(l.pid::text, ', ') FROM pg_catalog.pg_locks l "
+					  " WHERE l.locktype = 'advisory' AND l.granted "
+					  "   AND l.classid = pg_catalog.hashtext('pgcdc_consumer')::oid "
+					  "   AND l.objid = pg_catalog.hashtext($1)::oid)",
+					  1, params);
+		if (res == NULL)
+			return false;
+		ok = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+	}
 	if (!ok)
 	{
 		log_msg(LOG_ERROR, "pipeline \"%s\" is already being run by another pgcdc_consumer "
