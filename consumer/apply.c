@@ -365,6 +365,22 @@ apply_map(Batch *b, int i, const char *filter, long *quarantined)
 	return ok;
 }
 
+/*
+ * Errors that say nothing about the events: a lost connection, a deadlock
+ * or serialization failure, no resources, a cancel or shutdown, a lock
+ * timeout.  The batch is retried whole later; quarantining would be wrong.
+ */
+static bool
+error_is_transient(const SqlError *e)
+{
+	static const char *const classes[] = {"08", "40", "53", "57", "58"};
+
+	for (int i = 0; i < lengthof(classes); i++)
+		if (strncmp(e->code, classes[i], 2) == 0)
+			return true;
+	return strcmp(e->code, "55P03") == 0;
+}
+
 static bool
 savepoint(Batch *b, const char *verb, const char *name)
 {
@@ -429,6 +445,12 @@ isolate_map(Batch *b, int i, long *quarantined)
 		{
 			SqlError	e = last_sql_error;
 
+			if (error_is_transient(&e))
+			{
+				log_msg(LOG_ERROR, "could not apply an event of %s to %s: %s (SQLSTATE %s)",
+						m->source_table, m->target, e.message, e.code);
+				break;
+			}
 			if (!savepoint(b, "ROLLBACK TO SAVEPOINT", "pgcdc_event") ||
 				!quarantine_event(b, i, ord, e.code, e.message, e.detail[0] ? e.detail : NULL))
 				break;
@@ -572,6 +594,12 @@ batch_flush(Batch *b, Lsn *applied)
 		for (i = 0; i < b->p->nmaps && ok; i++)
 			if (b->per_map[i] > 0)
 				ok = apply_map(b, i, NULL, &quarantined);
+		if (!ok && error_is_transient(&last_sql_error))
+		{
+			log_msg(LOG_ERROR, "batch of %ld events failed (SQLSTATE %s: %s); it will be retried",
+					b->events, last_sql_error.code, last_sql_error.message);
+			return false;
+		}
 		if (!ok)
 		{
 			log_msg(LOG_INFO, "batch of %ld events failed (SQLSTATE %s: %s); isolating the failing events",
@@ -593,6 +621,12 @@ batch_flush(Batch *b, Lsn *applied)
 					if (!savepoint(b, "RELEASE SAVEPOINT", "pgcdc_map"))
 						return false;
 					continue;
+				}
+				if (error_is_transient(&last_sql_error))
+				{
+					log_msg(LOG_ERROR, "could not apply %s to %s: %s (SQLSTATE %s)", b->p->maps[i].source_table,
+							b->p->maps[i].target, last_sql_error.message, last_sql_error.code);
+					return false;
 				}
 				if (!savepoint(b, "ROLLBACK TO SAVEPOINT", "pgcdc_map") ||
 					!isolate_map(b, i, &quarantined))

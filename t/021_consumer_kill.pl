@@ -19,39 +19,7 @@ my $src = new_node('source', no_extension => 1);
 my $dst = new_node('target');
 my $log = "$PostgreSQL::Test::Utils::log_path/consumer_kill.log";
 
-$src->safe_psql('postgres', q{
-CREATE TABLE acct (id int PRIMARY KEY, v int NOT NULL, note text, pad text);
-} . audit_sql('acct') . q{
-CREATE TABLE ctl (stop bool NOT NULL);
-INSERT INTO ctl VALUES (false);
-INSERT INTO acct SELECT g, 0, 'initial', repeat('x', g) FROM generate_series(1, 200) g;
-
--- Transactions of one to five distinct keys: insert the absent ones,
--- then update (a tracked column always changes), delete, or move a key.
-CREATE PROCEDURE workload() LANGUAGE plpgsql AS $$
-DECLARE
-  k int;
-  r float8;
-BEGIN
-  LOOP
-    FOR k IN SELECT DISTINCT 1 + (random() * 399)::int FROM generate_series(0, (random() * 4)::int) LOOP
-      r := random();
-      IF NOT EXISTS (SELECT 1 FROM acct WHERE id = k) THEN
-        INSERT INTO acct VALUES (k, 0, md5(r::text), CASE WHEN r < 0.1 THEN repeat(md5(k::text), 100) END);
-      ELSIF r < 0.2 THEN
-        DELETE FROM acct WHERE id = k;
-      ELSIF r < 0.25 AND NOT EXISTS (SELECT 1 FROM acct WHERE id = k + 1000) THEN
-        UPDATE acct SET id = k + 1000, v = v + 1 WHERE id = k;
-      ELSE
-        UPDATE acct SET v = v + 1, note = md5(r::text) WHERE id = k;
-      END IF;
-    END LOOP;
-    COMMIT;
-    EXIT WHEN (SELECT stop FROM ctl);
-    PERFORM pg_sleep(0.002);
-  END LOOP;
-END $$;
-});
+$src->safe_psql('postgres', workload_sql());
 $dst->safe_psql('postgres', q{
 SELECT pgcdc.create_pipeline('p');
 SELECT pgcdc.add_table('p', 'public.acct', 'public.acct_mirror', 'mirror');
@@ -67,9 +35,7 @@ my ($rc, $err) = run_consumer(consumer_cmd($src, $dst, 'p', @args, '--exit-when-
 is($rc, 0, 'snapshot run exits 0') or diag($err);
 my $mark = $src->safe_psql('postgres', 'SELECT max(id) FROM acct_audit');
 
-my $workload = IPC::Run::start(
-	[ $src->installed_command('psql'), '-X', '-q', '-d', $src->connstr('postgres'), '-c', 'CALL workload()' ],
-	'>', \my $wout, '2>', \my $werr);
+my $workload = start_workload($src);
 
 # Kill at random moments: right after start (connecting, creating temp
 # tables), in the middle of batches, between them.
@@ -85,9 +51,7 @@ for my $i (1 .. $kills)
 }
 is($killed, $kills, "the consumer was killed with SIGKILL $kills times");
 
-$src->safe_psql('postgres', 'UPDATE ctl SET stop = true');
-$workload->finish;
-is($workload->result(0), 0, 'the workload ran without errors') or diag($werr);
+is(stop_workload($src, $workload), 0, 'the workload ran without errors');
 
 ($rc, $err) = run_consumer(consumer_cmd($src, $dst, 'p', @args, '--exit-when-caught-up'), $log);
 is($rc, 0, 'the last run catches up and exits 0') or diag($err);

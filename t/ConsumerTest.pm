@@ -14,7 +14,7 @@ use Time::HiRes qw(usleep);
 
 our @EXPORT = qw(new_node consumer_cmd run_consumer start_consumer stop_consumer
   kill9_consumer slurp_log same_rows scd2_check append_check wait_for_row
-  audit_sql versions_check);
+  audit_sql versions_check workload_sql start_workload stop_workload);
 
 # A cluster that can be a source and a target: logical WAL, the plugin
 # whitelist, the extension installed in "postgres".
@@ -226,6 +226,62 @@ FROM (SELECT key, count(*) n FROM last WHERE opens GROUP BY key) x});
 		"SELECT coalesce(string_agg(id || ':' || n, ' ' ORDER BY id), '') "
 		  . "FROM (SELECT id, count(*) n FROM $hist GROUP BY id) x");
 	is($got, $want, $name);
+}
+
+# Table acct (with its audit) and a procedure that changes it until
+# ctl.stop: transactions of one to five distinct keys; absent keys are
+# inserted, present ones updated (a tracked column always changes),
+# deleted, or moved to key + 1000.
+sub workload_sql
+{
+	return q{
+CREATE TABLE acct (id int PRIMARY KEY, v int NOT NULL, note text, pad text);
+} . audit_sql('acct') . q{
+CREATE TABLE ctl (stop bool NOT NULL);
+INSERT INTO ctl VALUES (false);
+INSERT INTO acct SELECT g, 0, 'initial', repeat('x', g) FROM generate_series(1, 200) g;
+CREATE PROCEDURE workload() LANGUAGE plpgsql AS $$
+DECLARE
+  k int;
+  r float8;
+BEGIN
+  LOOP
+    FOR k IN SELECT DISTINCT 1 + (random() * 399)::int FROM generate_series(0, (random() * 4)::int) LOOP
+      r := random();
+      IF NOT EXISTS (SELECT 1 FROM acct WHERE id = k) THEN
+        INSERT INTO acct VALUES (k, 0, md5(r::text), CASE WHEN r < 0.1 THEN repeat(md5(k::text), 100) END);
+      ELSIF r < 0.2 THEN
+        DELETE FROM acct WHERE id = k;
+      ELSIF r < 0.25 AND NOT EXISTS (SELECT 1 FROM acct WHERE id = k + 1000) THEN
+        UPDATE acct SET id = k + 1000, v = v + 1 WHERE id = k;
+      ELSE
+        UPDATE acct SET v = v + 1, note = md5(r::text) WHERE id = k;
+      END IF;
+    END LOOP;
+    COMMIT;
+    EXIT WHEN (SELECT stop FROM ctl);
+    PERFORM pg_sleep(0.002);
+  END LOOP;
+END $$;
+};
+}
+
+sub start_workload
+{
+	my ($node) = @_;
+	$node->safe_psql('postgres', 'UPDATE ctl SET stop = false');
+	return IPC::Run::start(
+		[ $node->installed_command('psql'), '-X', '-q', '-d', $node->connstr('postgres'), '-c', 'CALL workload()' ],
+		'>', \my $out, '2>', \my $err);
+}
+
+# Ask the workload to stop after its transaction; returns psql's status.
+sub stop_workload
+{
+	my ($node, $h) = @_;
+	$node->safe_psql('postgres', 'UPDATE ctl SET stop = true');
+	$h->finish;
+	return $h->result(0);
 }
 
 1;
