@@ -1275,7 +1275,7 @@ $$;
  *     the current version's start: replace it in place / remove it);
  *   - run numbers each version-opening or closing change; a version's
  *     values are the last I/U of its run.
- * Returns {inserted, updated, deleted, unchanged}.
+ * Returns {inserted, updated, deleted}.
  */
 CREATE FUNCTION pgcdc._scd2_segment(target regclass, key_columns text[], data_cols text[],
 									tracked text[], toast_cols text[],
@@ -1433,8 +1433,7 @@ BEGIN
 									  OR pgcdc_kind = 'overwrite' AND pgcdc_l_del),
 					 count(*) FILTER (WHERE pgcdc_kind = 'change'
 									  OR pgcdc_kind = 'overwrite' AND NOT pgcdc_l_del),
-					 count(*) FILTER (WHERE pgcdc_kind IN ('close', 'drop')),
-					 0]
+					 count(*) FILTER (WHERE pgcdc_kind IN ('close', 'drop'))]
 		  FROM pg_temp._pgcdc_w$f$ INTO counts;
 	RETURN counts;
 END
@@ -1578,6 +1577,22 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION pgcdc._sum(a bigint[], b bigint[])
+RETURNS bigint[] LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT array_agg(x + y ORDER BY o) FROM unnest(a, b) WITH ORDINALITY u(x, y, o) $$;
+
+-- One segment: in-order changes set-based, then its late changes.
+CREATE FUNCTION pgcdc._scd2_run(target regclass, key_columns text[], data_cols text[],
+								tracked text[], toast_cols text[], lo numeric[], hi numeric[])
+RETURNS bigint[] LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT pgcdc._sum(
+		pgcdc._scd2_segment(target, key_columns, data_cols, tracked, toast_cols, lo, hi),
+		pgcdc._scd2_late(target, key_columns, data_cols, tracked, toast_cols))
+$$;
+
 CREATE FUNCTION pgcdc.scd2_apply_changes(target regclass, changes regclass,
 										 key_columns text[], sequence_by text,
 										 op_column text DEFAULT 'op',
@@ -1593,7 +1608,8 @@ DECLARE
 	tracked text[];
 	tr record;
 	lo numeric[];
-	c bigint[];
+	c bigint[] := '{0,0,0}';
+	truncated bigint := 0;
 	total bigint;
 BEGIN
 	PERFORM pgcdc._check_scd2(target);
@@ -1601,26 +1617,22 @@ BEGIN
 	EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', target);
 	st := pgcdc._stage(target, changes, key_columns, sequence_by, op_column, valid_from_column);
 	tracked := pgcdc._tracked(target, changes, key_columns, track_columns, st.data_cols);
-	inserted := 0; updated := 0; deleted := 0;
-
 	-- truncates cut the batch into segments applied in order
 	FOR tr IN SELECT s.pgcdc_seq, s.pgcdc_vf FROM pg_temp._pgcdc_stage s
 			   WHERE s.pgcdc_op = 'T' ORDER BY s.pgcdc_seq LOOP
-		c := pgcdc._scd2_segment(target, key_columns, st.data_cols, tracked, st.toast_cols,
-								 lo, tr.pgcdc_seq);
-		inserted := inserted + c[1]; updated := updated + c[2]; deleted := deleted + c[3];
-		c := pgcdc._scd2_late(target, key_columns, st.data_cols, tracked, st.toast_cols);
-		inserted := inserted + c[1]; updated := updated + c[2]; deleted := deleted + c[3];
-		deleted := deleted + pgcdc._scd2_truncate(target, tr.pgcdc_seq, tr.pgcdc_vf);
+		c := pgcdc._sum(c, pgcdc._scd2_run(target, key_columns, st.data_cols, tracked,
+										   st.toast_cols, lo, tr.pgcdc_seq));
+		truncated := truncated + pgcdc._scd2_truncate(target, tr.pgcdc_seq, tr.pgcdc_vf);
 		lo := tr.pgcdc_seq;
 	END LOOP;
-	c := pgcdc._scd2_segment(target, key_columns, st.data_cols, tracked, st.toast_cols, lo, NULL);
-	inserted := inserted + c[1]; updated := updated + c[2]; deleted := deleted + c[3];
-	c := pgcdc._scd2_late(target, key_columns, st.data_cols, tracked, st.toast_cols);
-	inserted := inserted + c[1]; updated := updated + c[2]; deleted := deleted + c[3];
+	c := pgcdc._sum(c, pgcdc._scd2_run(target, key_columns, st.data_cols, tracked,
+									   st.toast_cols, lo, NULL));
 
 	SELECT count(*) INTO total FROM pg_temp._pgcdc_stage s WHERE s.pgcdc_op <> 'T';
-	unchanged := greatest(total - inserted - updated - deleted, 0);
+	inserted := c[1];
+	updated := c[2];
+	deleted := c[3] + truncated;		-- versions closed by deletes and truncates
+	unchanged := total - c[1] - c[2] - c[3];	-- change rows that opened or closed nothing
 	RETURN NEXT;
 END
 $$;
