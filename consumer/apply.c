@@ -295,6 +295,7 @@ apply_map(Batch *b, int i, const char *filter, long *quarantined)
 	PQExpBuffer sql = createPQExpBuffer();
 	PGresult   *res;
 	bool		ok;
+	long		by_rules = 0;	/* counted only if the map's apply commits */
 
 	if (strcmp(m->mode, "append") == 0)
 	{
@@ -331,7 +332,7 @@ apply_map(Batch *b, int i, const char *filter, long *quarantined)
 			destroyPQExpBuffer(sql);
 			return false;
 		}
-		*quarantined += atol(PQgetvalue(res, 0, 0));
+		by_rules = atol(PQgetvalue(res, 0, 0));
 		PQclear(res);
 	}
 
@@ -362,6 +363,8 @@ apply_map(Batch *b, int i, const char *filter, long *quarantined)
 		ok = exec_cmd(b->conn, sql->data);
 	}
 	destroyPQExpBuffer(sql);
+	if (ok)
+		*quarantined += by_rules;
 	return ok;
 }
 

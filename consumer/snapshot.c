@@ -96,6 +96,23 @@ copy_rows(PGconn *src, PGconn *dst, TableMap *m, long *rows)
 	return ok;
 }
 
+/* The pipeline's rules hold for copied rows as for streamed ones. */
+static bool
+snapshot_rules(PGconn *dst, Pipeline *p, TableMap *m)
+{
+	const char *params[3] = {p->name, m->source_table, m->target};
+	PGresult   *res = exec_ok(dst, "SELECT pgcdc.apply_rules($1, $2, 'pg_temp.pgcdc_snapshot_changes', $3, 'op')",
+							  3, params);
+
+	if (res == NULL)
+		return false;
+	if (atol(PQgetvalue(res, 0, 0)) > 0)
+		log_msg(LOG_INFO, "snapshot of %s into %s: %s rows fail a rule and are quarantined",
+				m->source_table, m->target, PQgetvalue(res, 0, 0));
+	PQclear(res);
+	return true;
+}
+
 /* Copy one table map in a child process; returns the exit status. */
 static int
 snapshot_table(const char *source_conninfo, const char *target_conninfo, Pipeline *p, int i,
@@ -168,7 +185,7 @@ snapshot_table(const char *source_conninfo, const char *target_conninfo, Pipelin
 						  "SELECT %s, 'I'::text AS op, '%s'::pg_catalog.pg_lsn AS _source_lsn, 0 AS _source_seq, "
 						  "'%s'::timestamptz AS _commit_ts FROM pg_temp.pgcdc_snapshot",
 						  m->data_columns, lb, snapshot_ts);
-		ok = exec_cmd(dst, sql->data);
+		ok = exec_cmd(dst, sql->data) && snapshot_rules(dst, p, m);
 		res = !ok ? NULL : strcmp(m->mode, "mirror") == 0 ?
 			exec_ok(dst, "SELECT pgcdc.apply_mirror($1::pg_catalog.regclass, "
 					"'pg_temp.pgcdc_snapshot_changes', $2::text[], $3::boolean, 'op')", 3, params) :

@@ -1,0 +1,141 @@
+# Poison events: a target-only CHECK constraint and a data-quality rule
+# (pgcdc.add_rule) make some events fail.  They are quarantined with their
+# SQLSTATE, the rest of the batch and later batches are applied, and after
+# the cause is fixed pgcdc.quarantine_replay brings the targets to the
+# source's state.
+use strict;
+use warnings;
+use lib 't';
+use ConsumerTest;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $src = new_node('source', no_extension => 1);
+my $dst = new_node('target');
+my $log = "$PostgreSQL::Test::Utils::log_path/consumer_quarantine.log";
+
+$src->safe_psql('postgres', q{
+CREATE TABLE orders (id int PRIMARY KEY, amount numeric(10,2), qty int, note text);
+INSERT INTO orders VALUES (100, 1, 1, 'before');
+});
+# The mirror exists already and is stricter than the source.
+$dst->safe_psql('postgres', q{
+CREATE TABLE orders_mirror (id int PRIMARY KEY, amount numeric(10,2) CONSTRAINT amount_nonneg CHECK (amount >= 0),
+  qty int, note text);
+SELECT pgcdc.create_pipeline('p');
+SELECT pgcdc.add_table('p', 'public.orders', 'public.orders_mirror', 'mirror', key_columns => '{id}');
+SELECT pgcdc.add_table('p', 'public.orders', 'public.orders_hist', 'scd2', key_columns => '{id}');
+SELECT pgcdc.add_table('p', 'public.orders', 'public.orders_log', 'append');
+SELECT pgcdc.add_rule('p', 'public.orders', 'qty_positive', 'qty > 0');
+});
+my $cmd = consumer_cmd($src, $dst, 'p', '--exit-when-caught-up');
+my ($rc, $err) = run_consumer($cmd, $log);
+is($rc, 0, 'snapshot run') or diag($err);
+
+$src->safe_psql('postgres', q{
+INSERT INTO orders VALUES (1, 10, 1, 'good');
+INSERT INTO orders VALUES (2, -5, 1, 'negative amount');
+INSERT INTO orders VALUES (3, 7, 0, 'zero qty');
+BEGIN;
+UPDATE orders SET amount = 11 WHERE id = 1;
+INSERT INTO orders VALUES (4, 4, 4, 'same transaction as a good update');
+COMMIT;
+UPDATE orders SET note = 'still negative' WHERE id = 2;
+INSERT INTO orders VALUES (5, 5, 5, 'after');
+});
+($rc, $err) = run_consumer($cmd, $log);
+is($rc, 0, 'the consumer does not stop on poison events') or diag($err);
+like($err, qr/quarantined event .* public\.orders_mirror: new row for relation "orders_mirror" violates check constraint "amount_nonneg" \(SQLSTATE 23514\)/,
+	'the log names the event, the target and the error');
+
+is( $dst->safe_psql('postgres', q{
+SELECT string_agg(format('%s %s %s %s', target, op, event->'new'->>'id', error_code), E'\n'
+                  ORDER BY target, commit_lsn, seq)
+FROM pgcdc.quarantine WHERE status = 'open'}),
+	join("\n",
+		'public.orders_hist I 3 ' . rule_code(),
+		'public.orders_mirror I 2 23514',
+		'public.orders_mirror I 3 ' . rule_code(),
+		'public.orders_mirror U 2 23514'),
+	'constraint and rule violations are quarantined per target with their SQLSTATE');
+like($dst->safe_psql('postgres', "SELECT error_message FROM pgcdc.quarantine WHERE target = 'public.orders_hist'"),
+	qr/qty_positive/, 'a rule violation names the rule');
+
+is($dst->safe_psql('postgres', 'SELECT string_agg(id::text, \',\' ORDER BY id) FROM orders_mirror'),
+	'1,4,5,100', 'good events before, beside and after the poison ones are applied');
+is($dst->safe_psql('postgres', 'SELECT amount FROM orders_mirror WHERE id = 1'), '11.00',
+	'the good update in the batch is applied');
+is($dst->safe_psql('postgres', "SELECT count(*) FROM orders_log WHERE _op <> 'R'"), '7',
+	'the append log has every event (it has no constraint)');
+is( $dst->safe_psql('postgres',
+		"SELECT count(*) FROM pgcdc.batch WHERE status = 'partial' AND quarantined > 0"),
+	'1', 'the batch is recorded as partial');
+is($dst->safe_psql('postgres', 'SELECT quarantined FROM pgcdc.checkpoint'), '4',
+	'the checkpoint counts the quarantined events');
+
+# More changes flow while the quarantine is open.
+$src->safe_psql('postgres', "UPDATE orders SET amount = 12 WHERE id = 1; DELETE FROM orders WHERE id = 5;");
+($rc, $err) = run_consumer($cmd, $log);
+is($rc, 0, 'later run') or diag($err);
+is($dst->safe_psql('postgres', 'SELECT string_agg(id || \':\' || amount, \',\' ORDER BY id) FROM orders_mirror'),
+	'1:12.00,4:4.00,100:1.00', 'later events keep flowing');
+
+# Fix the causes, replay.
+$dst->safe_psql('postgres', q{
+ALTER TABLE orders_mirror DROP CONSTRAINT amount_nonneg;
+SELECT pgcdc.drop_rule('p', 'public.orders', 'qty_positive');
+});
+is($dst->safe_psql('postgres', 'SELECT applied || \' applied, \' || failed || \' failed\' FROM pgcdc.quarantine_replay()'),
+	'4 applied, 0 failed', 'quarantine_replay applies every open event after the fix')
+  or diag($dst->safe_psql('postgres',
+	"SELECT id, target, op, status, attempts, error_code, error_message FROM pgcdc.quarantine ORDER BY id"));
+is($dst->safe_psql('postgres', "SELECT count(*) FROM pgcdc.quarantine WHERE status = 'replayed' AND resolved_at IS NOT NULL"),
+	'4', 'replayed events are closed');
+
+my $cols = 'id, amount, qty, note';
+same_rows($src, 'orders', $dst, 'orders_mirror', $cols, 'id', 'mirror equals source after the replay');
+same_rows($src, 'orders', $dst, 'orders_hist WHERE _is_current', $cols, 'id',
+	'current scd2 versions equal source after the replay');
+scd2_check($dst, 'orders_hist', 'id', 'scd2 intervals after the replay');
+
+# Replaying again changes nothing.
+is($dst->safe_psql('postgres', 'SELECT applied + failed FROM pgcdc.quarantine_replay()'), '0',
+	'nothing is left to replay');
+($rc, $err) = run_consumer($cmd, $log);
+is($rc, 0, 'a run after the replay') or diag($err);
+same_rows($src, 'orders', $dst, 'orders_mirror', $cols, 'id', 'mirror still equals source');
+
+# A rule-quarantined event of a map without key_columns (the source's
+# replica identity, which only the consumer knows) replays too.
+$dst->safe_psql('postgres', q{
+SELECT pgcdc.create_pipeline('q');
+SELECT pgcdc.add_table('q', 'public.orders', 'public.orders_q', 'mirror');
+SELECT pgcdc.add_rule('q', 'public.orders', 'qty_positive', 'qty > 0');
+});
+my $qcmd = consumer_cmd($src, $dst, 'q', '--exit-when-caught-up');
+($rc, $err) = run_consumer($qcmd, $log);
+is($rc, 0, 'pipeline q: snapshot') or diag($err);
+$src->safe_psql('postgres', "INSERT INTO orders VALUES (6, 6, -6, 'rule')");
+($rc, $err) = run_consumer($qcmd, $log);
+is($rc, 0, 'pipeline q: streaming') or diag($err);
+is($dst->safe_psql('postgres', "SELECT count(*) FROM pgcdc.quarantine WHERE pipeline = 'q' AND status = 'open'"),
+	'2', 'pipeline q: rows 3 (in the snapshot) and 6 (streamed) fail the rule');
+$dst->safe_psql('postgres', "SELECT pgcdc.drop_rule('q', 'public.orders', 'qty_positive')");
+TODO:
+{
+	local $TODO = 'extension: replaying a rule-quarantined event of a map without key_columns fails with 22023';
+	is($dst->safe_psql('postgres', "SELECT applied || '/' || failed FROM pgcdc.quarantine_replay(pipeline => 'q')"),
+		'1/0', 'pipeline q: the replay applies row 6');
+}
+
+# The SQLSTATE a rule violation is quarantined with (the extension's choice).
+sub rule_code
+{
+	return $dst->safe_psql('postgres',
+		"SELECT min(error_code) FROM pgcdc.quarantine WHERE error_message LIKE '%qty_positive%'") || 'none';
+}
+
+$src->stop;
+$dst->stop;
+done_testing();
