@@ -126,7 +126,7 @@ TODO:
 {
 	local $TODO = 'extension: replaying a rule-quarantined event of a map without key_columns fails with 22023';
 	is($dst->safe_psql('postgres', "SELECT applied || '/' || failed FROM pgcdc.quarantine_replay(pipeline => 'q')"),
-		'1/0', 'pipeline q: the replay applies row 6');
+		'2/0', 'pipeline q: the replay applies rows 3 and 6');
 }
 
 # The SQLSTATE a rule violation is quarantined with (the extension's choice).
