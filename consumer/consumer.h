@@ -178,8 +178,9 @@ extern void batch_abort(Batch *b);
 extern void batch_free(Batch *b);
 
 /* snapshot.c */
+extern char *snapshot_source_time(PGconn *source);
 extern bool snapshot_run(const char *source_conninfo, PGconn *target, Pipeline *p,
-						 const char *snapshot_name, Lsn consistent_point);
+						 const char *snapshot_name, Lsn consistent_point, const char *snapshot_ts);
 
 /* metrics.c */
 extern bool metrics_listen(int port);

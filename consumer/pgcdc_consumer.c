@@ -149,17 +149,25 @@ run_once(void)
 	{
 		Lsn			consistent = InvalidLsn;
 		char	   *snapshot_name = NULL;
+		char	   *snapshot_ts = NULL;
 		bool		ok;
 
+		if (opts.snapshot == SNAPSHOT_INITIAL && (snapshot_ts = snapshot_source_time(source)) == NULL)
+		{
+			rc = classify(target, source);
+			goto done;
+		}
 		if (!stream_create_slot(stream, p.slot_name, opts.snapshot == SNAPSHOT_INITIAL,
 								&consistent, &snapshot_name))
 		{
+			free(snapshot_ts);
 			rc = classify(target, PQstatus(source) == CONNECTION_BAD ? source : NULL);
 			goto done;
 		}
 		ok = opts.snapshot != SNAPSHOT_INITIAL ||
-			snapshot_run(opts.source, target, &p, snapshot_name, consistent);
+			snapshot_run(opts.source, target, &p, snapshot_name, consistent, snapshot_ts);
 		free(snapshot_name);
+		free(snapshot_ts);
 		if (!ok)
 			goto done;
 	}

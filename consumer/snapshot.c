@@ -206,9 +206,32 @@ snapshot_table(const char *source_conninfo, const char *target_conninfo, Pipelin
 	return ok ? EXIT_DONE : EXIT_ERROR;
 }
 
+/*
+ * The effective time of the snapshot's rows (scd2 _valid_from, the append
+ * log's commit time): the source's clock just before the slot is created.
+ * A transaction streamed later commits after every transaction that was
+ * running then, so its commit time is not earlier; the target's clock, or
+ * a time taken after the slot exists, can be later than such commits and
+ * would make the first streamed changes look older than the snapshot.
+ */
+char *
+snapshot_source_time(PGconn *source)
+{
+	PGresult   *res = exec_ok(source,
+							  "SELECT pg_catalog.to_char(pg_catalog.clock_timestamp() AT TIME ZONE 'UTC', "
+							  "'YYYY-MM-DD HH24:MI:SS.US') || '+00'", 0, NULL);
+	char	   *ts;
+
+	if (res == NULL)
+		return NULL;
+	ts = pg_strdup(PQgetvalue(res, 0, 0));
+	PQclear(res);
+	return ts;
+}
+
 bool
 snapshot_run(const char *source_conninfo, PGconn *target, Pipeline *p,
-			 const char *snapshot_name, Lsn consistent_point)
+			 const char *snapshot_name, Lsn consistent_point, const char *snapshot_ts)
 {
 	pid_t	   *pids = pg_malloc0(sizeof(pid_t) * p->nmaps);
 	int			next = 0,
@@ -239,11 +262,7 @@ snapshot_run(const char *source_conninfo, PGconn *target, Pipeline *p,
 	PQconninfoFree(o);
 	target_conninfo = tconn->data;
 
-	res = exec_ok(target, "SELECT pg_catalog.now()::text", 0, NULL);
-	if (res == NULL)
-		return false;
-	ts = pg_strdup(PQgetvalue(res, 0, 0));
-	PQclear(res);
+	ts = pg_strdup(snapshot_ts);
 	log_msg(LOG_INFO, "initial snapshot of %d tables at %s, %d at a time",
 			p->nmaps, format_lsn(consistent_point, lb), opts.snapshot_jobs);
 

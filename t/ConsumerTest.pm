@@ -212,11 +212,12 @@ CREATE TRIGGER audit_truncate AFTER TRUNCATE ON $table
 # one.  (Every update of the workloads changes a tracked column.)
 sub versions_check
 {
-	my ($src, $table, $dst, $hist, $name) = @_;
+	my ($src, $table, $dst, $hist, $name, $audit) = @_;
+	$audit //= "${table}_audit";
 	my $want = $src->safe_psql('postgres', qq{
 WITH c AS (
   SELECT a.id, a.txid, k.key, k.opens
-  FROM ${table}_audit a
+  FROM $audit a
   CROSS JOIN LATERAL (VALUES (a.new_key, true), (a.old_key, false)) k(key, opens)
   WHERE k.key IS NOT NULL AND NOT (NOT k.opens AND k.key IS NOT DISTINCT FROM a.new_key)),
 last AS (SELECT DISTINCT ON (key, txid) key, opens FROM c ORDER BY key, txid, id DESC)
@@ -225,35 +226,53 @@ FROM (SELECT key, count(*) n FROM last WHERE opens GROUP BY key) x});
 	my $got = $dst->safe_psql('postgres',
 		"SELECT coalesce(string_agg(id || ':' || n, ' ' ORDER BY id), '') "
 		  . "FROM (SELECT id, count(*) n FROM $hist GROUP BY id) x");
-	is($got, $want, $name);
+	is($got, $want, $name) or diag(first_differences($got, $want));
+}
+
+# "key:count" lists: the keys whose counts differ, got vs wanted.
+sub first_differences
+{
+	my ($got, $want) = @_;
+	my %g = map { split /:/ } split / /, $got;
+	my %w = map { split /:/ } split / /, $want;
+	my %keys = (%g, %w);
+	my @diff = grep { ($g{$_} // 0) != ($w{$_} // 0) } sort { $a <=> $b } keys %keys;
+	return scalar(@diff) . ' keys differ; first ones (key got/wanted): '
+	  . join(' ', map { "$_:" . ($g{$_} // 0) . '/' . ($w{$_} // 0) } @diff[0 .. ($#diff < 9 ? $#diff : 9)]);
 }
 
 # Table acct (with its audit) and a procedure that changes it until
 # ctl.stop: transactions of one to five distinct keys; absent keys are
 # inserted, present ones updated (a tracked column always changes),
-# deleted, or moved to key + 1000.
+# deleted, or moved to key + 1000000.
 sub workload_sql
 {
+	my (%args) = @_;
+	my $rows = $args{rows} // 200;
+	my $keys = $args{keys} // 400;
 	return q{
 CREATE TABLE acct (id int PRIMARY KEY, v int NOT NULL, note text, pad text);
-} . audit_sql('acct') . q{
+} . audit_sql('acct') . qq{
 CREATE TABLE ctl (stop bool NOT NULL);
 INSERT INTO ctl VALUES (false);
-INSERT INTO acct SELECT g, 0, 'initial', repeat('x', g) FROM generate_series(1, 200) g;
+INSERT INTO acct SELECT g, 0, 'initial', repeat('x', g % 500) FROM generate_series(1, $rows) g;
+CREATE FUNCTION workload_keys() RETURNS int LANGUAGE sql AS 'SELECT $keys';
+} . q{
 CREATE PROCEDURE workload() LANGUAGE plpgsql AS $$
 DECLARE
   k int;
   r float8;
 BEGIN
   LOOP
-    FOR k IN SELECT DISTINCT 1 + (random() * 399)::int FROM generate_series(0, (random() * 4)::int) LOOP
+    FOR k IN SELECT DISTINCT 1 + (random() * (workload_keys() - 1))::int
+             FROM generate_series(0, (random() * 4)::int) LOOP
       r := random();
       IF NOT EXISTS (SELECT 1 FROM acct WHERE id = k) THEN
         INSERT INTO acct VALUES (k, 0, md5(r::text), CASE WHEN r < 0.1 THEN repeat(md5(k::text), 100) END);
       ELSIF r < 0.2 THEN
         DELETE FROM acct WHERE id = k;
-      ELSIF r < 0.25 AND NOT EXISTS (SELECT 1 FROM acct WHERE id = k + 1000) THEN
-        UPDATE acct SET id = k + 1000, v = v + 1 WHERE id = k;
+      ELSIF r < 0.25 AND NOT EXISTS (SELECT 1 FROM acct WHERE id = k + 1000000) THEN
+        UPDATE acct SET id = k + 1000000, v = v + 1 WHERE id = k;
       ELSE
         UPDATE acct SET v = v + 1, note = md5(r::text) WHERE id = k;
       END IF;
