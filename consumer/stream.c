@@ -58,8 +58,13 @@ source_check(PGconn *source, Pipeline *p, bool *slot_exists)
 	PGresult   *res;
 	bool		ok = true;
 
+	/*
+	 * output_plugin_libraries is readable by superusers and members of
+	 * pg_read_all_settings only; for other roles pg_settings shows NULL or
+	 * no row, and a missing pgcdc shows up when the slot is created.
+	 */
 	res = exec_ok(source, "SELECT pg_catalog.current_setting('wal_level'), "
-				  "pg_catalog.current_setting('output_plugin_libraries', true), "
+				  "(SELECT setting FROM pg_catalog.pg_settings WHERE name = 'output_plugin_libraries'), "
 				  "pg_catalog.current_database()", 0, NULL);
 	if (res == NULL)
 		return false;
@@ -161,7 +166,12 @@ stream_create_slot(Stream *s, const char *slot, bool export_snapshot,
 	res = PQexec(s->conn, sql->data);
 	ok = PQresultStatus(res) == PGRES_TUPLES_OK;
 	if (!ok)
+	{
 		log_msg(LOG_ERROR, "could not create replication slot \"%s\": %s", slot, conn_error(s->conn));
+		if (strstr(conn_error(s->conn), "output plugin"))
+			log_hint("Add pgcdc to the source's output_plugin_libraries, e.g. "
+					 "'pgoutput, test_decoding, pgcdc', then reload.");
+	}
 	else
 	{
 		parse_lsn(PQgetvalue(res, 0, 1), consistent_point);
