@@ -594,9 +594,12 @@ batch_flush(Batch *b, Lsn *applied)
 	{
 		if (!savepoint(b, "SAVEPOINT", "pgcdc_batch"))
 			return false;
+		/* a failure is logged once, below, with what happens next */
+		quiet_sql_errors = true;
 		for (i = 0; i < b->p->nmaps && ok; i++)
 			if (b->per_map[i] > 0)
 				ok = apply_map(b, i, NULL, &quarantined);
+		quiet_sql_errors = false;
 		if (!ok && error_is_transient(&last_sql_error))
 		{
 			log_msg(LOG_ERROR, "batch of %ld events failed (SQLSTATE %s: %s); it will be retried",

@@ -61,8 +61,18 @@ metrics_close(void)
 static void
 metric(PQExpBuffer b, const char *name, const char *type, const char *help, double value)
 {
-	appendPQExpBuffer(b, "# HELP %s %s\n# TYPE %s %s\n%s{pipeline=\"%s\"} %.17g\n",
-					  name, help, name, type, name, opts.pipeline, value);
+	appendPQExpBuffer(b, "# HELP %s %s\n# TYPE %s %s\n%s{pipeline=\"", name, help, name, type, name);
+	/* a label value escapes backslash, double quote and newline */
+	for (const char *c = opts.pipeline; *c; c++)
+	{
+		if (*c == '\\' || *c == '"')
+			appendPQExpBufferChar(b, '\\');
+		if (*c == '\n')
+			appendPQExpBufferStr(b, "\\n");
+		else
+			appendPQExpBufferChar(b, *c);
+	}
+	appendPQExpBuffer(b, "\"} %.17g\n", value);
 }
 
 void

@@ -168,6 +168,15 @@ is($rc, 1, 'a target without the extension exits 1');
 like($err, qr/relation "pgcdc.pipeline" does not exist.*\nHINT:  Is the pgcdc extension installed/,
 	'and hints at CREATE EXTENSION');
 
+# --heartbeat: with only uncaptured tables written, the slot still advances.
+my $hb = start_consumer(consumer_cmd($src, $dst, 'p', '--heartbeat', 1, '--status-interval', 1), $log);
+$src->safe_psql('postgres', 'CREATE TABLE other AS SELECT g FROM generate_series(1, 10000) g');
+my $written = $src->safe_psql('postgres', 'SELECT pg_current_wal_lsn()');
+ok( wait_for_row($src,
+		"SELECT confirmed_flush_lsn >= '$written' FROM pg_replication_slots WHERE slot_name = 'pgcdc_p'", 30),
+	'--heartbeat moves the slot past WAL of uncaptured tables');
+is(stop_consumer($hb), 0, 'the heartbeat run stops cleanly');
+
 $src->safe_psql('postgres', "SELECT pg_drop_replication_slot('pgcdc_p')");
 ($rc, $err) = run_consumer(consumer_cmd($src, $dst, 'p', '--exit-when-caught-up'), $log);
 is($rc, 1, 'a slot that vanished under a checkpoint exits 1');
