@@ -368,22 +368,6 @@ apply_map(Batch *b, int i, const char *filter, long *quarantined)
 	return ok;
 }
 
-/*
- * Errors that say nothing about the events: a lost connection, a deadlock
- * or serialization failure, no resources, a cancel or shutdown, a lock
- * timeout.  The batch is retried whole later; quarantining would be wrong.
- */
-static bool
-error_is_transient(const SqlError *e)
-{
-	static const char *const classes[] = {"08", "40", "53", "57", "58"};
-
-	for (int i = 0; i < lengthof(classes); i++)
-		if (strncmp(e->code, classes[i], 2) == 0)
-			return true;
-	return strcmp(e->code, "55P03") == 0;
-}
-
 static bool
 savepoint(Batch *b, const char *verb, const char *name)
 {
@@ -448,7 +432,7 @@ isolate_map(Batch *b, int i, long *quarantined)
 		{
 			SqlError	e = last_sql_error;
 
-			if (error_is_transient(&e))
+			if (sql_error_is_transient(&e))
 			{
 				log_msg(LOG_ERROR, "could not apply an event of %s to %s: %s (SQLSTATE %s)",
 						m->source_table, m->target, e.message, e.code);
@@ -600,7 +584,7 @@ batch_flush(Batch *b, Lsn *applied)
 			if (b->per_map[i] > 0)
 				ok = apply_map(b, i, NULL, &quarantined);
 		quiet_sql_errors = false;
-		if (!ok && error_is_transient(&last_sql_error))
+		if (!ok && sql_error_is_transient(&last_sql_error))
 		{
 			log_msg(LOG_ERROR, "batch of %ld events failed (SQLSTATE %s: %s); it will be retried",
 					b->events, last_sql_error.code, last_sql_error.message);
@@ -628,7 +612,7 @@ batch_flush(Batch *b, Lsn *applied)
 						return false;
 					continue;
 				}
-				if (error_is_transient(&last_sql_error))
+				if (sql_error_is_transient(&last_sql_error))
 				{
 					log_msg(LOG_ERROR, "could not apply %s to %s: %s (SQLSTATE %s)", b->p->maps[i].source_table,
 							b->p->maps[i].target, last_sql_error.message, last_sql_error.code);

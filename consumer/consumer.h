@@ -145,6 +145,7 @@ typedef struct SqlError
 extern SqlError last_sql_error;	/* of the last statement that failed */
 extern bool quiet_sql_errors;	/* failures expected: log them at DEBUG */
 
+extern bool sql_error_is_transient(const SqlError *e);
 extern PGconn *target_connect(const char *conninfo);
 extern bool target_lock_pipeline(PGconn *conn, const char *pipeline);
 extern bool target_load_pipeline(PGconn *conn, PGconn *source, Pipeline *p);

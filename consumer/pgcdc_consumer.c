@@ -80,11 +80,16 @@ parse_int_option(const char *name, const char *arg, long min, long max)
 	return v;
 }
 
-/* A failure is worth a retry when a connection broke, else it is final. */
+/*
+ * A failure is worth a retry when a connection broke or the server said
+ * "later" (see sql_error_is_transient), else it is final.
+ */
 static int
 classify(PGconn *a, PGconn *b)
 {
 	if ((a && PQstatus(a) == CONNECTION_BAD) || (b && PQstatus(b) == CONNECTION_BAD))
+		return RUN_RETRY;
+	if (last_sql_error.code[0] && sql_error_is_transient(&last_sql_error))
 		return RUN_RETRY;
 	return EXIT_ERROR;
 }
@@ -99,6 +104,7 @@ run_once(void)
 	bool		slot_exists = false;
 	int			rc = RUN_RETRY;
 
+	memset(&last_sql_error, 0, sizeof(last_sql_error));
 	if ((target = target_connect(opts.target)) == NULL)
 		goto done;
 	if (!target_lock_pipeline(target, opts.pipeline))

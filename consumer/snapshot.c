@@ -22,11 +22,34 @@
 #include "consumer.h"
 
 static volatile sig_atomic_t child_stop = 0;
+static PGcancel *volatile child_cancel[2];
 
+/*
+ * Stop a copy: also cancel what the child's connections run, so a child
+ * whose parent died does not go on to commit its table (PQcancel is safe
+ * in a signal handler).
+ */
 static void
 child_sigterm(int sig)
 {
+	char		errbuf[256];
+
 	child_stop = 1;
+	for (int i = 0; i < lengthof(child_cancel); i++)
+		if (child_cancel[i])
+			PQcancel(child_cancel[i], errbuf, sizeof(errbuf));
+}
+
+/*
+ * A child must not keep the parent's connections open: if the parent is
+ * killed, its sessions (and the pipeline lock, and the slot) must end with
+ * it.  The child only uses connections it opens itself.
+ */
+static void
+close_inherited_fds(void)
+{
+	for (int fd = 3; fd < 1024; fd++)
+		close(fd);
 }
 
 static bool
@@ -35,7 +58,7 @@ copy_rows(PGconn *src, PGconn *dst, TableMap *m, long *rows)
 	PQExpBuffer sql = createPQExpBuffer();
 	PGresult   *res;
 	char	   *buf;
-	int			r;
+	int			r = 0;
 	int64_t		last_log = now_us();
 	bool		ok = true;
 
@@ -61,7 +84,7 @@ copy_rows(PGconn *src, PGconn *dst, TableMap *m, long *rows)
 	}
 	PQclear(res);
 
-	while ((r = PQgetCopyData(src, &buf, 0)) > 0)
+	while (!child_stop && (r = PQgetCopyData(src, &buf, 0)) > 0)
 	{
 		if (PQputCopyData(dst, buf, r) != 1)
 		{
@@ -91,8 +114,16 @@ copy_rows(PGconn *src, PGconn *dst, TableMap *m, long *rows)
 		ok = false;
 	}
 	PQclear(res);
-	while ((res = PQgetResult(src)) != NULL)
-		PQclear(res);
+
+	/*
+	 * An interrupted COPY OUT cannot be drained (PQgetResult would return
+	 * PGRES_COPY_OUT forever); the caller closes the connection instead.
+	 */
+	if (r == -1)
+		while ((res = PQgetResult(src)) != NULL)
+			PQclear(res);
+	else
+		ok = false;
 	return ok;
 }
 
@@ -130,6 +161,8 @@ snapshot_table(const char *source_conninfo, const char *target_conninfo, Pipelin
 
 	if (dst == NULL)
 		return EXIT_ERROR;
+	child_cancel[0] = PQgetCancel(src);
+	child_cancel[1] = PQgetCancel(dst);
 	format_lsn(lsn, lb);
 	ok = exec_cmd(src, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
 	if (ok)
@@ -195,7 +228,7 @@ snapshot_table(const char *source_conninfo, const char *target_conninfo, Pipelin
 		ok = res != NULL;
 		PQclear(res);
 	}
-	ok = ok && exec_cmd(dst, "COMMIT");
+	ok = ok && !child_stop && exec_cmd(dst, "COMMIT");
 	if (ok)
 		log_msg(LOG_INFO, "snapshot of %s into %s: %ld rows", m->source_table, m->target, rows);
 	else
@@ -291,6 +324,7 @@ snapshot_run(const char *source_conninfo, PGconn *target, Pipeline *p,
 #endif
 				if (getppid() == 1)
 					_exit(EXIT_ERROR);
+				close_inherited_fds();
 				_exit(snapshot_table(source_conninfo, target_conninfo, p, next, snapshot_name,
 									 consistent_point, ts));
 			}

@@ -45,6 +45,23 @@ exec_ok(PGconn *conn, const char *sql, int nparams, const char *const *params)
 	return NULL;
 }
 
+/*
+ * Errors that say nothing about the statement's data: a lost connection, a
+ * deadlock or serialization failure, no resources, a cancel or shutdown, a
+ * lock timeout, an object in use (a slot still held by a dying session).
+ * Retrying later is right; quarantining events for them would be wrong.
+ */
+bool
+sql_error_is_transient(const SqlError *e)
+{
+	static const char *const classes[] = {"08", "40", "53", "57", "58"};
+
+	for (int i = 0; i < lengthof(classes); i++)
+		if (strncmp(e->code, classes[i], 2) == 0)
+			return true;
+	return strcmp(e->code, "55P03") == 0 || strcmp(e->code, "55006") == 0;
+}
+
 bool
 exec_cmd(PGconn *conn, const char *sql)
 {

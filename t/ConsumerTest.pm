@@ -14,7 +14,7 @@ use Time::HiRes qw(usleep);
 
 our @EXPORT = qw(new_node consumer_cmd run_consumer start_consumer stop_consumer
   kill9_consumer slurp_log same_rows scd2_check append_check wait_for_row
-  audit_sql versions_check workload_sql start_workload stop_workload);
+  audit_sql versions_check workload_sql start_workload stop_workload acct_pipeline_sql acct_checks);
 
 # A cluster that can be a source and a target: logical WAL, the plugin
 # whitelist, the extension installed in "postgres".
@@ -301,6 +301,58 @@ sub stop_workload
 	$node->safe_psql('postgres', 'UPDATE ctl SET stop = true');
 	$h->finish;
 	return $h->result(0);
+}
+
+# Pipeline $name: acct into a mirror, an scd2 history and an append log,
+# and its audit table into an append log of its own.
+sub acct_pipeline_sql
+{
+	my ($name) = @_;
+	return qq{
+SELECT pgcdc.create_pipeline('$name');
+SELECT pgcdc.add_table('$name', 'public.acct', 'public.acct_mirror', 'mirror');
+SELECT pgcdc.add_table('$name', 'public.acct', 'public.acct_hist', 'scd2');
+SELECT pgcdc.add_table('$name', 'public.acct', 'public.acct_log', 'append');
+SELECT pgcdc.add_table('$name', 'public.acct_audit', 'public.audit_log', 'append');
+};
+}
+
+# The targets of acct_pipeline_sql against the source, wherever the
+# snapshot fell: the captured audit (insert only) says which changes the
+# snapshot holds ('R' rows) and which were streamed ('I' rows).  Returns
+# (audit rows in the snapshot, streamed).
+sub acct_checks
+{
+	my ($src, $dst) = @_;
+	my $audit = $src->safe_psql('postgres', 'SELECT count(*) FROM acct_audit');
+	is( $dst->safe_psql('postgres',
+			"SELECT count(*) || ' ' || count(DISTINCT (_new->>'id')::bigint) FROM audit_log WHERE _op IN ('R', 'I')"),
+		"$audit $audit", 'each source change is in the audit log exactly once, snapshot or streamed');
+
+	my $cols = 'id, v, note, pad';
+	same_rows($src, 'acct', $dst, 'acct_mirror', $cols, 'id', 'mirror equals source');
+	same_rows($src, 'acct', $dst, 'acct_hist WHERE _is_current', $cols, 'id', 'current scd2 versions equal source');
+	scd2_check($dst, 'acct_hist', 'id', 'scd2 intervals are well formed');
+	versions_check($dst, 'acct', $dst, 'acct_hist',
+		'scd2: one version per key in the snapshot, one per streamed change, none twice', q{
+(SELECT (_new->>'id')::bigint AS id, (_new->>'txid')::bigint AS txid, _new->>'op' AS op,
+        (_new->>'old_key')::int AS old_key, (_new->>'new_key')::int AS new_key
+   FROM audit_log WHERE _op = 'I'
+ UNION ALL
+ SELECT 0, 0, 'I', NULL, (_new->>'id')::int FROM acct_log WHERE _op = 'R')});
+
+	my ($in_snapshot, $streamed) = split /\|/, $dst->safe_psql('postgres',
+		"SELECT count(*) FILTER (WHERE _op = 'R'), count(*) FILTER (WHERE _op = 'I') FROM audit_log");
+	append_check($dst, 'acct_log', $streamed, 'append: every streamed change exactly once');
+	is( $dst->safe_psql('postgres',
+			"SELECT md5(string_agg(_op || (_new->>'id'), ',' ORDER BY _source_lsn, _source_seq)) FROM ("
+			  . "SELECT _op, _source_lsn, _source_seq, coalesce(_new, _old, _key) AS _new FROM acct_log WHERE _op <> 'R') l"),
+		$dst->safe_psql('postgres',
+			"SELECT md5(string_agg((_new->>'op') || coalesce(_new->>'new_key', _new->>'old_key'), ',' "
+			  . "ORDER BY (_new->>'id')::bigint)) FROM audit_log WHERE _op = 'I'"),
+		'append: the streamed events in source order');
+	is($dst->safe_psql('postgres', 'SELECT count(*) FROM pgcdc.quarantine'), '0', 'nothing was quarantined');
+	return ($in_snapshot, $streamed);
 }
 
 1;
