@@ -158,6 +158,7 @@ extern bool exec_cmd(PGconn *conn, const char *sql);
 typedef struct Stream Stream;
 extern bool source_check(PGconn *source, Pipeline *p, bool *slot_exists);
 extern Stream *stream_open(const char *conninfo);
+extern PGconn *stream_conn(Stream *s);
 extern bool stream_create_slot(Stream *s, const char *slot, bool export_snapshot,
 							   Lsn *consistent_point, char **snapshot_name);
 extern bool stream_drop_slot(PGconn *source, const char *slot);

@@ -180,7 +180,7 @@ run_once(void)
 
 	if (!stream_start(stream, &p, p.has_checkpoint ? p.ckpt_end_lsn : InvalidLsn))
 	{
-		rc = RUN_RETRY;
+		rc = classify(target, PQstatus(source) == CONNECTION_BAD ? source : stream_conn(stream));
 		goto done;
 	}
 	rc = stream_run(stream, target, source, &p);

@@ -143,6 +143,12 @@ stream_open(const char *conninfo)
 	return s;
 }
 
+PGconn *
+stream_conn(Stream *s)
+{
+	return s->conn;
+}
+
 void
 stream_close(Stream *s)
 {
@@ -250,8 +256,17 @@ stream_start(Stream *s, Pipeline *p, Lsn start)
 	res = PQexec(s->conn, sql->data);
 	ok = PQresultStatus(res) == PGRES_COPY_BOTH;
 	if (!ok)
+	{
+		const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+		/* kept for the retry decision: a slot still in use is "later" */
+		snprintf(last_sql_error.code, sizeof(last_sql_error.code), "%s", code ? code : "08006");
 		log_msg(LOG_ERROR, "could not start replication from slot \"%s\": %s", p->slot_name,
 				conn_error(s->conn));
+		if (code && strcmp(code, "22023") == 0)
+			log_hint("The decoder rejected an option; check pgcdc.pipeline.options of pipeline \"%s\".",
+					 p->name);
+	}
 	else
 		log_msg(LOG_INFO, "streaming from slot \"%s\" at %s (%d tables)", p->slot_name,
 				format_lsn(start, b), p->nmaps);

@@ -183,6 +183,15 @@ is($rc, 1, 'a slot that vanished under a checkpoint exits 1');
 like($err, qr/replication slot "pgcdc_p" of pipeline "p" does not exist, but the target has applied changes up to [0-9A-F]+\/[0-9A-F]+\nHINT:  /,
 	'and says what was lost');
 
+# A decoder option the source rejects (pipeline.options): final, not retried.
+$dst->safe_psql('postgres',
+	"SELECT pgcdc.create_pipeline('badopt', options => '{\"actions\": \"insert,bogus\"}'); "
+	  . "SELECT pgcdc.add_table('badopt', 'public.acct', 'public.acct_badopt')");
+($rc, $err) = run_consumer(consumer_cmd($src, $dst, 'badopt', '--exit-when-caught-up', '--snapshot', 'never'), $log, 30);
+is($rc, 1, 'a rejected decoder option exits 1');
+like($err, qr/could not start replication from slot "pgcdc_badopt": .*\nHINT:  The decoder rejected an option; check pgcdc.pipeline.options/,
+	'and points at the pipeline options');
+
 # A slot the source invalidated (max_slot_wal_keep_size).
 $src->append_conf('postgresql.conf', "max_slot_wal_keep_size = 1MB\nmin_wal_size = 32MB\nmax_wal_size = 32MB\n");
 $src->restart;
