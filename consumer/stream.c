@@ -509,8 +509,23 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 		{
 			Lsn			wal_end = get_u64(buf + 1);
 
-			if (wal_end > stats.received_lsn && !s->in_xact && !batch_open(b))
-				stats.received_lsn = wal_end;
+			/*
+			 * Everything the walsender decoded up to wal_end has been sent
+			 * before this keepalive; with no transaction pending here it is
+			 * all applied or not captured, so it may be confirmed.  Else the
+			 * slot would hold WAL of uncaptured tables, and a fast shutdown
+			 * of the source, which waits for the client to confirm all it
+			 * was sent, would hang.
+			 */
+			if (!s->in_xact && !batch_open(b))
+			{
+				if (wal_end > s->received)
+					s->received = wal_end;
+				if (wal_end > s->flushed)
+					s->flushed = stats.applied_lsn = wal_end;
+				if (wal_end > stats.received_lsn)
+					stats.received_lsn = wal_end;
+			}
 			if (buf[17] && !send_feedback(s, false))
 			{
 				PQfreemem(buf);

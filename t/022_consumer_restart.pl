@@ -61,6 +61,21 @@ is(stop_workload($src, $workload), 0, 'the last workload run ended cleanly');
 $src->safe_psql('postgres', "INSERT INTO acct VALUES (9999, 0, 'sentinel', NULL)");
 ok(wait_for_row($dst, 'SELECT EXISTS (SELECT 1 FROM acct_mirror WHERE id = 9999)'),
 	'the running consumer caught up with the last change');
+# Idle captured tables, busy other tables: the slot still follows (the
+# walsender's keepalives are confirmed when nothing is pending), so a
+# fast shutdown of the source, which waits for the consumer to confirm
+# everything sent, does not hang.
+$src->safe_psql('postgres', 'CREATE TABLE other AS SELECT g FROM generate_series(1, 50000) g');
+my $written = $src->safe_psql('postgres', 'SELECT pg_current_wal_lsn()');
+ok( wait_for_row($src,
+		"SELECT confirmed_flush_lsn >= '$written' FROM pg_replication_slots WHERE slot_name = 'pgcdc_p'", 30),
+	'the slot advances over WAL of tables the pipeline does not capture');
+my $t0 = time;
+$src->restart;
+cmp_ok(time - $t0, '<', 20, 'the source restarts promptly while the consumer is connected');
+$src->safe_psql('postgres', "INSERT INTO acct VALUES (9998, 0, 'after the last restart', NULL)");
+ok(wait_for_row($dst, 'SELECT EXISTS (SELECT 1 FROM acct_mirror WHERE id = 9998)'),
+	'the consumer reconnected after that restart too');
 is(stop_consumer($consumer), 0, 'SIGTERM stops the consumer with status 0');
 
 my $out = slurp_log($log);
