@@ -18,6 +18,9 @@ CREATE TABLE orders (
   f4 real, flag bool, d date, ts timestamp, tstz timestamptz, iv interval, b bytea, j jsonb,
   js json, uid uuid, arr int[], tags text[], ip inet, doc text);
 ALTER TABLE orders ALTER doc SET STORAGE EXTERNAL;
+CREATE TABLE items (sku text PRIMARY KEY, name text, price numeric, stock int, secret text);
+ALTER TABLE items REPLICA IDENTITY FULL;
+INSERT INTO items VALUES ('a', 'apple', 1.10, 5, 's1'), ('b', 'pear', 2, 1, 's2');
 CREATE FUNCTION big_doc(seed int) RETURNS text LANGUAGE sql
   AS $$ SELECT string_agg(md5((seed * 10000 + g)::text), '') FROM generate_series(1, 3000) g $$;
 };
@@ -62,6 +65,12 @@ INSERT INTO orders (id, code, qty, doc, js, j) VALUES (1, 'again', 100, big_doc(
  (7, 'seven', 7, NULL, '[1,  2]', '"s"');
 UPDATE orders SET qty = 101 WHERE id = 1;
 UPDATE orders SET id = 2 WHERE id = 7;
+UPDATE items SET stock = 4 WHERE sku = 'a';
+UPDATE items SET price = 1.25, secret = 'changed' WHERE sku = 'a';
+UPDATE items SET stock = 3 WHERE sku = 'a';
+DELETE FROM items WHERE sku = 'b';
+INSERT INTO items VALUES ('c', 'plum', NULL, 0, NULL);
+UPDATE items SET sku = 'a2' WHERE sku = 'a';
 };
 
 sub scenario
@@ -75,6 +84,9 @@ SELECT pgcdc.create_pipeline('$pipeline');
 SELECT pgcdc.add_table('$pipeline', 'public.orders', 'public.orders_mirror', 'mirror');
 SELECT pgcdc.add_table('$pipeline', 'public.orders', 'public.orders_hist', 'scd2');
 SELECT pgcdc.add_table('$pipeline', 'public.orders', 'public.orders_log', 'append');
+SELECT pgcdc.add_table('$pipeline', 'public.orders', 'public.orders_soft', 'mirror', soft_delete => true);
+SELECT pgcdc.add_table('$pipeline', 'public.items', 'public.items_mirror', 'mirror', ignore_columns => '{secret}');
+SELECT pgcdc.add_table('$pipeline', 'public.items', 'public.items_hist', 'scd2', track_columns => '{price}');
 });
 	my $cmd = consumer_cmd($src, $dst, $pipeline, '--exit-when-caught-up', '--batch-size', 3, '-v');
 
@@ -109,6 +121,24 @@ SELECT pgcdc.add_table('$pipeline', 'public.orders', 'public.orders_log', 'appen
 	is( $dst->safe_psql('postgres',
 			"SELECT count(*) FILTER (WHERE _is_current) || '/' || count(*) FROM orders_hist WHERE id IN (3, 20)"),
 		'0/2', "$label: the key update closed key 3 and the truncate closed key 20");
+
+	same_rows($src, 'orders', $dst, 'orders_soft WHERE NOT _is_deleted', $cols, 'id',
+		"$label: soft-delete mirror: live rows equal source");
+	is( $dst->safe_psql('postgres', 'SELECT count(*) > 0 FROM orders_soft WHERE _is_deleted'),
+		't', "$label: soft-delete mirror keeps deleted rows flagged");
+
+	# REPLICA IDENTITY FULL, ignore_columns, track_columns.
+	my $icols = 'sku, name, price, stock';
+	same_rows($src, 'items', $dst, 'items_mirror', $icols, 'sku', "$label: identity-full mirror equals source");
+	is( $dst->safe_psql('postgres',
+			"SELECT count(*) FROM pg_attribute WHERE attrelid = 'items_mirror'::regclass AND attname = 'secret'"),
+		'0', "$label: an ignored column is not created in the target");
+	same_rows($src, 'items', $dst, 'items_hist WHERE _is_current', $icols, 'sku',
+		"$label: current versions equal source, untracked columns updated in place");
+	is( $dst->safe_psql('postgres',
+			"SELECT string_agg(price || '/' || _is_current, ',' ORDER BY _version) FROM items_hist WHERE sku = 'a'"),
+		'1.10/false,1.25/false', "$label: only a tracked column's change opens a version; the key update closes it");
+	scd2_check($dst, 'items_hist', 'sku', "$label: items history intervals");
 
 	my $events = $src->safe_psql('postgres', "SELECT count(*) FROM orders_audit WHERE id > $mark");
 	append_check($dst, 'orders_log', $events, "$label: append has one row per event");

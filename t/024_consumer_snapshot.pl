@@ -12,7 +12,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep);
 
-my $rows = 150_000;
+my $rows = 100_000;
 my $src = new_node('source', no_extension => 1);
 my $dst = new_node('target');
 my $log = "$PostgreSQL::Test::Utils::log_path/consumer_snapshot.log";
