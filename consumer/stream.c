@@ -258,14 +258,16 @@ stream_start(Stream *s, Pipeline *p, Lsn start)
 	if (!ok)
 	{
 		const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+		const char *message = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+		const char *hint = PQresultErrorField(res, PG_DIAG_MESSAGE_HINT);
 
 		/* kept for the retry decision: a slot still in use is "later" */
 		snprintf(last_sql_error.code, sizeof(last_sql_error.code), "%s", code ? code : "08006");
-		log_msg(LOG_ERROR, "could not start replication from slot \"%s\": %s", p->slot_name,
-				conn_error(s->conn));
+		log_msg(LOG_ERROR, "could not start replication from slot \"%s\": %s (SQLSTATE %s)", p->slot_name,
+				message ? message : conn_error(s->conn), last_sql_error.code);
 		if (code && strcmp(code, "22023") == 0)
-			log_hint("The decoder rejected an option; check pgcdc.pipeline.options of pipeline \"%s\".",
-					 p->name);
+			log_hint("The decoder rejected an option; check pgcdc.pipeline.options of pipeline \"%s\".%s%s",
+					 p->name, hint ? " " : "", hint ? hint : "");
 	}
 	else
 		log_msg(LOG_INFO, "streaming from slot \"%s\" at %s (%d tables)", p->slot_name,

@@ -40,7 +40,9 @@ exec_ok(PGconn *conn, const char *sql, int nparams, const char *const *params)
 		copy_field(last_sql_error.message, sizeof(last_sql_error.message), conn_error(conn));
 	copy_field(last_sql_error.detail, sizeof(last_sql_error.detail),
 			   PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL));
-	log_msg(quiet_sql_errors ? LOG_DEBUG : LOG_ERROR, "%s", conn_error(conn));
+	/* one line: the message and its SQLSTATE, not the statement's context */
+	log_msg(quiet_sql_errors ? LOG_DEBUG : LOG_ERROR, "%s (SQLSTATE %s)",
+			last_sql_error.message, last_sql_error.code);
 	PQclear(res);
 	return NULL;
 }
