@@ -15,6 +15,7 @@
 #include "postgres_fe.h"
 
 #include <sys/wait.h>
+#include <time.h>
 #ifdef __linux__
 #include <sys/prctl.h>
 #endif
@@ -240,6 +241,34 @@ snapshot_table(const char *source_conninfo, const char *target_conninfo, Pipelin
 }
 
 /*
+ * Wait for a child to exit.  Signal handlers restart system calls, so a
+ * blocking waitpid would not see a stop request: poll instead, answer
+ * metrics scrapes meanwhile, and pass a stop request on to the children.
+ */
+static pid_t
+wait_child(int *status, pid_t *pids, int n)
+{
+	bool		stopping = false;
+	pid_t		pid;
+
+	while ((pid = waitpid(-1, status, WNOHANG)) == 0)
+	{
+		struct timespec ts = {0, 100 * 1000 * 1000};
+
+		if (stop_requested && !stopping)
+		{
+			for (int i = 0; i < n; i++)
+				if (pids[i] > 0)
+					kill(pids[i], SIGTERM);
+			stopping = true;
+		}
+		metrics_poll();
+		nanosleep(&ts, NULL);
+	}
+	return pid;
+}
+
+/*
  * The effective time of the snapshot's rows (scd2 _valid_from, the append
  * log's commit time): the source's clock just before the slot is created.
  * A transaction streamed later commits after every transaction that was
@@ -333,19 +362,8 @@ snapshot_run(const char *source_conninfo, PGconn *target, Pipeline *p,
 		}
 		if (running == 0)
 			break;
-		pid = waitpid(-1, &status, 0);
-		if (pid < 0)
-		{
-			if (errno == EINTR)
-			{
-				if (stop_requested)
-					for (int i = 0; i < next; i++)
-						if (pids[i] > 0)
-							kill(pids[i], SIGTERM);
-				continue;
-			}
+		if ((pid = wait_child(&status, pids, next)) < 0)
 			break;
-		}
 		for (int i = 0; i < next; i++)
 			if (pids[i] == pid)
 				pids[i] = 0;

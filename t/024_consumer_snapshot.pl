@@ -22,6 +22,18 @@ $dst->safe_psql('postgres', acct_pipeline_sql('p'));
 
 my $workload = start_workload($src);
 usleep(300_000);
+
+# Stopped during the snapshot (SIGTERM), it stops promptly and cleanly;
+# metrics answer while the snapshot runs.
+my $port = PostgreSQL::Test::Cluster::get_free_port();
+my $first = start_consumer(consumer_cmd($src, $dst, 'p', '--metrics-port', $port), $log);
+sleep 2;
+like(http_get($port, '/metrics'), qr/^pgcdc_events_total\{pipeline="p"\} 0$/m, 'metrics answer during the snapshot');
+my $t0 = time;
+is(stop_consumer($first), 0, 'SIGTERM during the snapshot exits 0');
+cmp_ok(time - $t0, '<=', 3, 'and promptly');
+is($dst->safe_psql('postgres', 'SELECT count(*) FROM pgcdc.checkpoint'), '0', 'an interrupted snapshot leaves no checkpoint');
+
 my $consumer = start_consumer(consumer_cmd($src, $dst, 'p', '--batch-ms', 100), $log);
 ok(wait_for_row($dst, 'SELECT count(*) > 0 FROM pgcdc.checkpoint', 100), 'the snapshot finishes');
 my $done_at = $src->safe_psql('postgres', 'SELECT now()');
@@ -33,6 +45,7 @@ is($rc, 0, 'the consumer catches up') or diag($err);
 
 my $out = slurp_log($log);
 like($out, qr/snapshot of public\.acct into public\.acct_mirror: \d+ rows/, 'the snapshot logs rows per table');
+like($out, qr/has no checkpoint in the target: taking the snapshot again/, 'the interrupted snapshot is taken again');
 
 my ($in_snapshot, $streamed) = acct_checks($src, $dst);
 cmp_ok($in_snapshot - $rows, '>', 0, 'changes made before the consistent point are in the snapshot');

@@ -7,7 +7,6 @@ use strict;
 use warnings;
 use lib 't';
 use ConsumerTest;
-use IO::Socket::INET;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
@@ -256,18 +255,6 @@ kill9_consumer($h);
 my $badpw_log = slurp_log("$log.badpw");
 like($badpw_log, qr/password authentication failed for user "cdc_tgt"/, 'a wrong password is reported');
 unlike($badpw_log, qr/Wrong-pw-1234|\Q$src_pw\E/, 'without the password');
-
-sub http_get
-{
-	my ($port, $path) = @_;
-	my $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port, Proto => 'tcp', Timeout => 10)
-	  or return "connect failed: $!";
-	print $sock "GET $path HTTP/1.0\r\nHost: localhost\r\n\r\n";
-	local $/;
-	my $resp = <$sock>;
-	close $sock;
-	return $resp // '';
-}
 
 $_->stop for ($src, $dst, $plain);
 done_testing();

@@ -6,6 +6,7 @@ package ConsumerTest;
 use strict;
 use warnings;
 use Exporter 'import';
+use IO::Socket::INET;
 use IPC::Run;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -14,7 +15,8 @@ use Time::HiRes qw(usleep);
 
 our @EXPORT = qw(new_node consumer_cmd run_consumer start_consumer stop_consumer
   kill9_consumer slurp_log same_rows scd2_check append_check wait_for_row
-  audit_sql versions_check workload_sql start_workload stop_workload acct_pipeline_sql acct_checks);
+  audit_sql versions_check workload_sql start_workload stop_workload acct_pipeline_sql acct_checks
+  http_get);
 
 # A cluster that can be a source and a target: logical WAL, the plugin
 # whitelist, the extension installed in "postgres".
@@ -353,6 +355,19 @@ sub acct_checks
 		'append: the streamed events in source order');
 	is($dst->safe_psql('postgres', 'SELECT count(*) FROM pgcdc.quarantine'), '0', 'nothing was quarantined');
 	return ($in_snapshot, $streamed);
+}
+
+# A tiny HTTP client for the metrics endpoint: the whole response.
+sub http_get
+{
+	my ($port, $path) = @_;
+	my $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port, Proto => 'tcp', Timeout => 10)
+	  or return "connect failed: $!";
+	print $sock "GET $path HTTP/1.0\r\nHost: localhost\r\n\r\n";
+	local $/;
+	my $resp = <$sock>;
+	close $sock;
+	return $resp // '';
 }
 
 1;
