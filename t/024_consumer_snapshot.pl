@@ -26,8 +26,10 @@ usleep(300_000);
 # Stopped during the snapshot (SIGTERM), it stops promptly and cleanly;
 # metrics answer while the snapshot runs.
 my $port = PostgreSQL::Test::Cluster::get_free_port();
-my $first = start_consumer(consumer_cmd($src, $dst, 'p', '--metrics-port', $port), $log);
+my $first = start_consumer(consumer_cmd($src, $dst, 'p', '--metrics-port', $port, '--snapshot-jobs', 1), $log);
 sleep 2;
+like(slurp_log($log), qr/initial snapshot of 4 tables/, 'the snapshot has started');
+unlike(slurp_log($log), qr/initial snapshot done/, 'and is not done yet');
 like(http_get($port, '/metrics'), qr/^pgcdc_events_total\{pipeline="p"\} 0$/m, 'metrics answer during the snapshot');
 my $t0 = time;
 is(stop_consumer($first), 0, 'SIGTERM during the snapshot exits 0');

@@ -250,7 +250,7 @@ like($all, qr/as cdc_src/, 'the log names the user, not the password');
 # A wrong password: the error names the user, not the password.
 (my $badpw = $dst_conn) =~ s/\Q$dst_pw\E/Wrong-pw-1234/;
 $h = start_consumer(consumer_cmd($src_conn, $badpw, 'p', '--exit-when-caught-up'), "$log.badpw");
-sleep 1;
+sleep 2;
 kill9_consumer($h);
 my $badpw_log = slurp_log("$log.badpw");
 like($badpw_log, qr/password authentication failed for user "cdc_tgt"/, 'a wrong password is reported');
