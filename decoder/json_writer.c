@@ -14,8 +14,12 @@
 #include "catalog/pg_type.h"
 #include "common/shortest_dec.h"
 #include "mb/pg_wchar.h"
+#include "datatype/timestamp.h"
 #include "utils/builtins.h"
+#include "utils/date.h"
+#include "utils/datetime.h"
 #include "utils/lsyscache.h"
+#include "utils/timestamp.h"
 #include "utils/uuid.h"
 
 #include "json_writer.h"
@@ -67,6 +71,12 @@ json_value_kind(Oid typid)
 			return PGCDC_VAL_TEXT;
 		case UUIDOID:
 			return PGCDC_VAL_UUID;
+		case TIMESTAMPTZOID:
+			return PGCDC_VAL_TIMESTAMPTZ;
+		case TIMESTAMPOID:
+			return PGCDC_VAL_TIMESTAMP;
+		case DATEOID:
+			return PGCDC_VAL_DATE;
 		default:
 			return PGCDC_VAL_OTHER;
 	}
@@ -78,32 +88,32 @@ append_escape(StringInfo out, unsigned char c)
 	switch (c)
 	{
 		case '"':
-			appendBinaryStringInfo(out, "\\\"", 2);
+			json_append_bytes(out, "\\\"", 2);
 			break;
 		case '\\':
-			appendBinaryStringInfo(out, "\\\\", 2);
+			json_append_bytes(out, "\\\\", 2);
 			break;
 		case '\b':
-			appendBinaryStringInfo(out, "\\b", 2);
+			json_append_bytes(out, "\\b", 2);
 			break;
 		case '\f':
-			appendBinaryStringInfo(out, "\\f", 2);
+			json_append_bytes(out, "\\f", 2);
 			break;
 		case '\n':
-			appendBinaryStringInfo(out, "\\n", 2);
+			json_append_bytes(out, "\\n", 2);
 			break;
 		case '\r':
-			appendBinaryStringInfo(out, "\\r", 2);
+			json_append_bytes(out, "\\r", 2);
 			break;
 		case '\t':
-			appendBinaryStringInfo(out, "\\t", 2);
+			json_append_bytes(out, "\\t", 2);
 			break;
 		default:
 			{
 				char		buf[6] = {'\\', 'u', '0', '0',
 				hexdigits[c >> 4], hexdigits[c & 15]};
 
-				appendBinaryStringInfo(out, buf, 6);
+				json_append_bytes(out, buf, 6);
 			}
 	}
 }
@@ -115,7 +125,7 @@ append_u_escape(StringInfo out, pg_wchar cp)
 		hexdigits[(cp >> 12) & 15], hexdigits[(cp >> 8) & 15],
 	hexdigits[(cp >> 4) & 15], hexdigits[cp & 15]};
 
-	appendBinaryStringInfo(out, buf, 6);
+	json_append_bytes(out, buf, 6);
 }
 
 /* Non-UTF-8 database: convert, then escape everything outside ASCII. */
@@ -217,12 +227,12 @@ json_append_string(StringInfo out, const char *s, int len)
 		if (likely(c >= 0x20 && c != '"' && c != '\\'))
 			continue;
 		if (p > start)
-			appendBinaryStringInfo(out, start, p - start);
+			json_append_bytes(out, start, p - start);
 		append_escape(out, c);
 		start = p + 1;
 	}
 	if (end > start)
-		appendBinaryStringInfo(out, start, end - start);
+		json_append_bytes(out, start, end - start);
 	appendStringInfoCharMacro(out, '"');
 }
 
@@ -261,7 +271,7 @@ json_append_lsn(StringInfo out, XLogRecPtr lsn)
 	buf[n++] = '/';
 	n += format_hex32(buf + n, (uint32) lsn);
 	buf[n++] = '"';
-	appendBinaryStringInfo(out, buf, n);
+	json_append_bytes(out, buf, n);
 }
 
 void
@@ -270,7 +280,7 @@ json_append_uint64(StringInfo out, uint64 v)
 	char		buf[MAXINT8LEN + 1];
 	int			n = pg_ulltoa_n(v, buf);
 
-	appendBinaryStringInfo(out, buf, n);
+	json_append_bytes(out, buf, n);
 }
 
 static inline void
@@ -278,7 +288,7 @@ append_number(StringInfo out, const char *digits, int len, bool quoted)
 {
 	if (quoted)
 		appendStringInfoCharMacro(out, '"');
-	appendBinaryStringInfo(out, digits, len);
+	json_append_bytes(out, digits, len);
 	if (quoted)
 		appendStringInfoCharMacro(out, '"');
 }
@@ -317,12 +327,97 @@ append_json_text(StringInfo out, const char *s, int len)
 		s = pg_server_to_any(s, len, PG_UTF8);
 		len = strlen(s);
 	}
-	appendBinaryStringInfo(out, s, len);
+	json_append_bytes(out, s, len);
 	for (i = start; i < out->len; i++)
 	{
 		if (out->data[i] == '\n' || out->data[i] == '\r')
 			out->data[i] = ' ';
 	}
+}
+
+static inline char *
+put_digits(char *p, int v, int width)
+{
+	for (int i = width - 1; i >= 0; i--)
+	{
+		p[i] = '0' + v % 10;
+		v /= 10;
+	}
+	return p + width;
+}
+
+static char *
+put_date(char *p, int year, int mon, int mday)
+{
+	p = put_digits(p, year, 4);
+	*p++ = '-';
+	p = put_digits(p, mon, 2);
+	*p++ = '-';
+	return put_digits(p, mday, 2);
+}
+
+/*
+ * What timestamp_out / timestamptz_out print with DateStyle ISO and
+ * TimeZone UTC ("2026-11-29 05:28:32.123456+00"), without the output
+ * function's tm conversions and sprintf.  Infinities, BC and years past 9999
+ * are left to the output function.
+ */
+static bool
+append_timestamp(StringInfo out, Timestamp ts, bool utc_suffix)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+	char		buf[40];
+	char	   *p = buf;
+
+	if (TIMESTAMP_NOT_FINITE(ts) ||
+		timestamp2tm(ts, NULL, &tm, &fsec, NULL, NULL) != 0 ||
+		tm.tm_year < 1 || tm.tm_year > 9999)
+		return false;
+	*p++ = '"';
+	p = put_date(p, tm.tm_year, tm.tm_mon, tm.tm_mday);
+	*p++ = ' ';
+	p = put_digits(p, tm.tm_hour, 2);
+	*p++ = ':';
+	p = put_digits(p, tm.tm_min, 2);
+	*p++ = ':';
+	p = put_digits(p, tm.tm_sec, 2);
+	if (fsec != 0)
+	{
+		*p++ = '.';
+		p = put_digits(p, fsec, 6);
+		while (p[-1] == '0')
+			p--;
+	}
+	if (utc_suffix)
+	{
+		memcpy(p, "+00", 3);
+		p += 3;
+	}
+	*p++ = '"';
+	json_append_bytes(out, buf, p - buf);
+	return true;
+}
+
+static bool
+append_date(StringInfo out, DateADT d)
+{
+	int			year,
+				mon,
+				mday;
+	char		buf[16];
+	char	   *p = buf;
+
+	if (DATE_NOT_FINITE(d))
+		return false;
+	j2date(d + POSTGRES_EPOCH_JDATE, &year, &mon, &mday);
+	if (year < 1 || year > 9999)
+		return false;
+	*p++ = '"';
+	p = put_date(p, year, mon, mday);
+	*p++ = '"';
+	json_append_bytes(out, buf, p - buf);
+	return true;
 }
 
 /*
@@ -425,9 +520,18 @@ json_append_value(StringInfo out, Datum value, PgcdcValueKind kind,
 					buf[n++] = hexdigits_lower[u[i] & 15];
 				}
 				buf[n++] = '"';
-				appendBinaryStringInfo(out, buf, n);
+				json_append_bytes(out, buf, n);
 				break;
 			}
+		case PGCDC_VAL_TIMESTAMPTZ:
+		case PGCDC_VAL_TIMESTAMP:
+			if (!append_timestamp(out, DatumGetTimestamp(value), kind == PGCDC_VAL_TIMESTAMPTZ))
+				json_append_cstring(out, OutputFunctionCall(output, value));
+			break;
+		case PGCDC_VAL_DATE:
+			if (!append_date(out, DatumGetDateADT(value)))
+				json_append_cstring(out, OutputFunctionCall(output, value));
+			break;
 		case PGCDC_VAL_OTHER:
 			json_append_cstring(out, OutputFunctionCall(output, value));
 			break;

@@ -26,12 +26,34 @@ typedef enum PgcdcValueKind
 	PGCDC_VAL_JSONB,
 	PGCDC_VAL_TEXT,				/* text, varchar, bpchar: no output call */
 	PGCDC_VAL_UUID,				/* formatted here: no output call */
+	PGCDC_VAL_TIMESTAMPTZ,		/* formatted here when finite and in years 1-9999 */
+	PGCDC_VAL_TIMESTAMP,
+	PGCDC_VAL_DATE,
 	PGCDC_VAL_OTHER				/* the type's output function, as a string */
 } PgcdcValueKind;
 
+/*
+ * appendBinaryStringInfo, inlined: an event is made of many small appends,
+ * and the call into the server binary for each was a tenth of the work.
+ */
+static inline void
+json_append_bytes(StringInfo out, const char *data, int len)
+{
+	if (unlikely(out->len + len >= out->maxlen))
+		enlargeStringInfo(out, len);
+	memcpy(out->data + out->len, data, len);
+	out->len += len;
+	out->data[out->len] = '\0';
+}
+
 /* Append a string literal without a strlen() on the hot path. */
 #define json_append_literal(out, lit) \
-	appendBinaryStringInfo((out), (lit), sizeof(lit) - 1)
+	json_append_bytes((out), (lit), sizeof(lit) - 1)
+
+/* Does a column of this kind need its type's output function? */
+#define json_kind_needs_output(kind) \
+	((kind) == PGCDC_VAL_NUMERIC || (kind) == PGCDC_VAL_JSONB || (kind) == PGCDC_VAL_OTHER || \
+	 (kind) == PGCDC_VAL_TIMESTAMPTZ || (kind) == PGCDC_VAL_TIMESTAMP || (kind) == PGCDC_VAL_DATE)
 
 extern void json_writer_init(void);
 extern PgcdcValueKind json_value_kind(Oid typid);

@@ -130,9 +130,9 @@ start_event(LogicalDecodingContext *ctx, PgcdcData *data, char op)
 
 	head[7] = op;
 	OutputPluginPrepareWrite(ctx, true);
-	appendBinaryStringInfo(ctx->out, head, 9);
+	json_append_bytes(ctx->out, head, 9);
 	appendStringInfoCharMacro(ctx->out, ',');
-	appendBinaryStringInfo(ctx->out, data->xact_ids.data, data->xact_ids.len);
+	json_append_bytes(ctx->out, data->xact_ids.data, data->xact_ids.len);
 }
 
 static void
@@ -140,7 +140,7 @@ write_begin(LogicalDecodingContext *ctx, PgcdcData *data)
 {
 	start_event(ctx, data, 'B');
 	appendStringInfoCharMacro(ctx->out, ',');
-	appendBinaryStringInfo(ctx->out, data->xact_ts.data, data->xact_ts.len);
+	json_append_bytes(ctx->out, data->xact_ts.data, data->xact_ts.len);
 	appendStringInfoCharMacro(ctx->out, '}');
 	OutputPluginWrite(ctx, true);
 	data->begin_sent = true;
@@ -177,7 +177,7 @@ pgcdc_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr comm
 		return;
 	start_event(ctx, data, 'C');
 	appendStringInfoCharMacro(ctx->out, ',');
-	appendBinaryStringInfo(ctx->out, data->xact_ts.data, data->xact_ts.len);
+	json_append_bytes(ctx->out, data->xact_ts.data, data->xact_ts.len);
 	json_append_literal(ctx->out, ",\"end_lsn\":");
 	json_append_lsn(ctx->out, txn->end_lsn);
 	json_append_literal(ctx->out, ",\"changes\":");
@@ -198,7 +198,7 @@ start_change_event(LogicalDecodingContext *ctx, PgcdcData *data, char op, XLogRe
 	json_append_literal(ctx->out, ",\"lsn\":");
 	json_append_lsn(ctx->out, lsn);
 	appendStringInfoCharMacro(ctx->out, ',');
-	appendBinaryStringInfo(ctx->out, data->xact_ts.data, data->xact_ts.len);
+	json_append_bytes(ctx->out, data->xact_ts.data, data->xact_ts.len);
 }
 
 static inline bool
@@ -211,9 +211,9 @@ is_unchanged_toast(PgcdcColumn *col, Datum value, bool isnull)
 static inline void
 write_column(StringInfo out, PgcdcColumn *col, Datum value, bool isnull, bool nas)
 {
-	appendBinaryStringInfo(out, col->json_name, col->json_name_len);
+	json_append_bytes(out, col->json_name, col->json_name_len);
 	if (isnull)
-		appendBinaryStringInfo(out, "null", 4);
+		json_append_bytes(out, "null", 4);
 	else
 		json_append_value(out, value, col->kind, &col->output, nas);
 }
@@ -280,7 +280,7 @@ write_unchanged_toast(StringInfo out, PgcdcRelEntry *entry, Datum *values, bool 
 		appendStringInfoString(out, first ? ",\"unchanged_toast\":[" : ",");
 		first = false;
 		/* json_name is "name": without the colon it is the JSON string */
-		appendBinaryStringInfo(out, col->json_name, col->json_name_len - 1);
+		json_append_bytes(out, col->json_name, col->json_name_len - 1);
 	}
 	if (!first)
 		appendStringInfoCharMacro(out, ']');
@@ -331,7 +331,7 @@ pgcdc_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	start_change_event(ctx, data, op, change->lsn);
 	out = ctx->out;
 	appendStringInfoCharMacro(out, ',');
-	appendBinaryStringInfo(out, entry->header, entry->header_len);
+	json_append_bytes(out, entry->header, entry->header_len);
 
 	if (newtuple != NULL)
 		heap_deform_tuple(newtuple, desc, entry->new_values, entry->new_nulls);
@@ -362,7 +362,7 @@ pgcdc_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 		write_unchanged_toast(out, entry, entry->new_values, entry->new_nulls);
 
 	if (entry->types != NULL)
-		appendBinaryStringInfo(out, entry->types, entry->types_len);
+		json_append_bytes(out, entry->types, entry->types_len);
 	appendStringInfoCharMacro(out, '}');
 	OutputPluginWrite(ctx, true);
 
@@ -386,7 +386,7 @@ pgcdc_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 			continue;
 		start_change_event(ctx, data, 'T', change->lsn);
 		appendStringInfoCharMacro(ctx->out, ',');
-		appendBinaryStringInfo(ctx->out, entry->header, entry->header_len);
+		json_append_bytes(ctx->out, entry->header, entry->header_len);
 		if (change->data.truncate.cascade)
 							   json_append_literal(ctx->out, ",\"cascade\":true");
 							   else
@@ -459,7 +459,7 @@ pgcdc_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 		int			n = pg_b64_encode(message, sz, enc, enclen);
 
 		json_append_literal(out, ",\"content_base64\":\"");
-		appendBinaryStringInfo(out, enc, n);
+		json_append_bytes(out, enc, n);
 		appendStringInfoCharMacro(out, '"');
 	}
 	appendStringInfoCharMacro(out, '}');

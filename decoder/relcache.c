@@ -279,8 +279,7 @@ build_entry(PgcdcRelEntry *entry, Relation rel)
 		col->json_name = json_fragment(&buf, &col->json_name_len);
 		col->kind = json_value_kind(att->atttypid);
 		col->varlena = (att->attlen == -1);
-		if (col->kind == PGCDC_VAL_NUMERIC || col->kind == PGCDC_VAL_JSONB ||
-			col->kind == PGCDC_VAL_OTHER)
+		if (json_kind_needs_output(col->kind))
 		{
 			Oid			outfunc;
 			bool		isvarlena;

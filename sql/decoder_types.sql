@@ -132,6 +132,26 @@ FROM (SELECT data::jsonb AS e
       FROM pg_logical_slot_get_changes('rt_slot', NULL, NULL, 'include-transaction', 'false')) s
 JOIN rt r ON r.id = (e->'key'->>'id')::int;
 
+-- timestamps and dates are formatted by the plugin itself: the same text as
+-- the types' output functions under ISO and UTC, at the edges too
+INSERT INTO rt (id, tsp, tstz, da) VALUES
+ (300, '2026-01-01 00:00:00.5', '2026-01-01 00:00:00.5+00', '2026-01-01'),
+ (301, '1999-12-31 23:59:59.000001', '1999-12-31 23:59:59.000001-01', '0001-01-01'),
+ (302, '0001-01-01 00:00:00', '0001-01-01 00:00:00+00', '9999-12-31'),
+ (303, '9999-12-31 23:59:59.99999', '9999-12-31 23:59:59.99999+00', '10000-01-01'),
+ (304, '10000-01-01 00:00:00', '10000-01-01 00:00:00+00', '0001-12-31 BC'),
+ (305, '0001-12-31 23:00:00 BC', '0001-12-31 23:00:00+00 BC', 'infinity'),
+ (306, 'infinity', '-infinity', '-infinity'),
+ (307, '2000-02-29 12:34:56.78', '2000-02-29 12:34:56.78-12:30', '2000-02-29');
+CREATE TEMP TABLE rt_ts AS
+  SELECT data::jsonb->'new' AS n
+  FROM pg_logical_slot_get_changes('rt_slot', NULL, NULL, 'include-transaction', 'false');
+SET DateStyle = 'ISO'; SET TimeZone = 'UTC';
+SELECT r.id, n->>'tsp' AS tsp, n->>'tstz' AS tstz, n->>'da' AS da,
+       n->>'tsp' = r.tsp::text AND n->>'tstz' = r.tstz::text AND n->>'da' = r.da::text AS as_output
+FROM rt_ts JOIN rt r ON r.id = (n->>'id')::int ORDER BY r.id;
+SET DateStyle = 'SQL, DMY'; SET TimeZone = 'Pacific/Chatham';
+
 -- the one thing that cannot round-trip: a jsonb or json value that is JSON
 -- null and an SQL NULL both come out as null
 INSERT INTO rt (id, jb) VALUES (11, 'null'), (12, NULL);
@@ -140,7 +160,7 @@ FROM pg_logical_slot_get_changes('rt_slot', NULL, NULL, 'include-transaction', '
 
 RESET DateStyle; RESET IntervalStyle; RESET TimeZone; RESET extra_float_digits; RESET bytea_output;
 SELECT pg_drop_replication_slot('rt_slot');
-DROP TABLE rt, rt_back;
+DROP TABLE rt, rt_back, rt_ts;
 DROP TYPE rt_pair; DROP DOMAIN rt_price; DROP DOMAIN rt_posint; DROP TYPE rt_mood;
 
 -- a database that is not UTF-8: non-ASCII text goes out as \u escapes, so the
