@@ -148,6 +148,7 @@ extern bool quiet_sql_errors;	/* failures expected: log them at DEBUG */
 extern bool sql_error_is_transient(const SqlError *e);
 extern PGconn *target_connect(const char *conninfo);
 extern bool target_lock_pipeline(PGconn *conn, const char *pipeline);
+extern bool target_setup_origin(PGconn *conn, const char *pipeline);
 extern bool target_load_pipeline(PGconn *conn, PGconn *source, Pipeline *p);
 extern bool target_prepare_tables(PGconn *conn, PGconn *source, Pipeline *p);
 extern void pipeline_free(Pipeline *p);

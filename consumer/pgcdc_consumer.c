@@ -107,7 +107,7 @@ run_once(void)
 	memset(&last_sql_error, 0, sizeof(last_sql_error));
 	if ((target = target_connect(opts.target)) == NULL)
 		goto done;
-	if (!target_lock_pipeline(target, opts.pipeline))
+	if (!target_lock_pipeline(target, opts.pipeline) || !target_setup_origin(target, opts.pipeline))
 	{
 		rc = classify(target, NULL);
 		goto done;

@@ -167,6 +167,45 @@ target_lock_pipeline(PGconn *conn, const char *pipeline)
 	return ok;
 }
 
+/*
+ * Mark what this session writes with the replication origin "pgcdc_NAME",
+ * so that a pipeline reading the target with origin=none (the target being
+ * a source too, e.g. one database for both) does not capture it again.
+ * The origin functions are superuser-only unless granted: without them the
+ * consumer works the same, its changes just carry no origin.
+ */
+bool
+target_setup_origin(PGconn *conn, const char *pipeline)
+{
+	char		name[NAMEDATALEN * 2];
+	const char *params[1] = {name};
+	PGresult   *res;
+
+	snprintf(name, sizeof(name), "pgcdc_%s", pipeline);
+	quiet_sql_errors = true;
+	res = exec_ok(conn,
+				  "SELECT pg_catalog.pg_replication_origin_session_setup($1) "
+				  "FROM (SELECT coalesce(pg_catalog.pg_replication_origin_oid($1), "
+				  "                      pg_catalog.pg_replication_origin_create($1))) o",
+				  1, params);
+	quiet_sql_errors = false;
+	if (res != NULL)
+	{
+		PQclear(res);
+		log_msg(LOG_DEBUG, "changes applied in the target carry replication origin \"%s\"", name);
+		return true;
+	}
+	if (strcmp(last_sql_error.code, "42501") == 0)
+	{
+		log_msg(LOG_DEBUG, "no replication origin (%s): changes applied in the target carry none",
+				last_sql_error.message);
+		return true;
+	}
+	log_msg(LOG_ERROR, "could not set up replication origin \"%s\": %s (SQLSTATE %s)",
+			name, last_sql_error.message, last_sql_error.code);
+	return false;
+}
+
 /* The source's key for a table without key_columns: its replica identity. */
 static char *
 source_identity(PGconn *source, const char *table)

@@ -170,5 +170,29 @@ scenario($a, $b, 'two', 'two clusters');
 my $c = new_node('both');
 scenario($c, $c, 'one', 'one database');
 
+# One database: a pipeline that reads pipeline "one"'s mirror with
+# origin=none sees what users write there, not what the consumer applied
+# (its session carries the replication origin pgcdc_one).
+$c->safe_psql('postgres', q{
+SELECT pgcdc.create_pipeline('loop', options => '{"origin": "none"}');
+SELECT pgcdc.add_table('loop', 'public.orders_mirror', 'public.loop_log', 'append');
+});
+my $loop_log = "$PostgreSQL::Test::Utils::log_path/consumer_loop.log";
+my $loop = consumer_cmd($c, $c, 'loop', '--exit-when-caught-up');
+my $one = consumer_cmd($c, $c, 'one', '--exit-when-caught-up');
+my ($rc, $err) = run_consumer($loop, $loop_log);
+is($rc, 0, 'origin: the second pipeline starts') or diag($err);
+is($c->safe_psql('postgres', "SELECT count(*) FROM pg_replication_origin WHERE roname = 'pgcdc_one'"), '1',
+	'origin: the consumer created its replication origin');
+$c->safe_psql('postgres', "INSERT INTO orders (id, code) VALUES (30, 'via the consumer')");
+($rc, $err) = run_consumer($one, $loop_log);
+is($rc, 0, 'origin: pipeline one applies the insert') or diag($err);
+$c->safe_psql('postgres', "UPDATE orders_mirror SET code = 'by hand' WHERE id = 1");
+($rc, $err) = run_consumer($loop, $loop_log);
+is($rc, 0, 'origin: the second pipeline catches up') or diag($err);
+is( $c->safe_psql('postgres',
+		"SELECT string_agg(_op || ':' || (_new->>'id') || ':' || (_new->>'code'), ',') FROM loop_log WHERE _op <> 'R'"),
+	'U:1:by hand', 'origin: only the change made by hand is captured, not the consumer\'s own');
+
 $_->stop for ($a, $b, $c);
 done_testing();
