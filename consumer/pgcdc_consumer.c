@@ -109,7 +109,7 @@ run_once(void)
 		goto done;
 	if (!target_lock_pipeline(target, opts.pipeline) || !target_setup_origin(target, opts.pipeline))
 	{
-		rc = classify(target, NULL);
+		rc = stop_requested ? EXIT_DONE : classify(target, NULL);
 		goto done;
 	}
 	if ((source = target_connect(opts.source)) == NULL)

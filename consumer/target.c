@@ -157,7 +157,7 @@ target_lock_pipeline(PGconn *conn, const char *pipeline)
 			return false;
 		ok = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
 	}
-	if (!ok)
+	if (!ok && !stop_requested)
 	{
 		log_msg(LOG_ERROR, "pipeline \"%s\" is already being run by another pgcdc_consumer "
 				"(target backend pid %s)", pipeline, PQgetvalue(res, 0, 1));
