@@ -403,7 +403,7 @@ isolate_map(Batch *b, int i, long *quarantined)
 	TableMap   *m = &b->p->maps[i];
 	const char *params[2] = {m->source_schema, m->source_name};
 	PGresult   *ords = exec_ok(b->conn,
-							   "SELECT ord FROM pg_temp.pgcdc_events e "
+							   "SELECT ord, e.ev->>'op', e.ev->>'commit_lsn', e.ev->>'seq' FROM pg_temp.pgcdc_events e "
 							   "WHERE e.ev->>'schema' = $1 AND e.ev->>'table' = $2 ORDER BY ord",
 							   2, params);
 	int			n;
@@ -441,8 +441,10 @@ isolate_map(Batch *b, int i, long *quarantined)
 			if (!savepoint(b, "ROLLBACK TO SAVEPOINT", "pgcdc_event") ||
 				!quarantine_event(b, i, ord, e.code, e.message, e.detail[0] ? e.detail : NULL))
 				break;
-			log_msg(LOG_INFO, "quarantined event %s of %s for %s: %s (SQLSTATE %s)",
-					ord, m->source_table, m->target, e.message, e.code);
+			/* named as the source knows it: commit LSN and position */
+			log_msg(LOG_INFO, "quarantined %s event %s:%s of %s for %s: %s (SQLSTATE %s)",
+					PQgetvalue(ords, n, 1), PQgetvalue(ords, n, 2), PQgetvalue(ords, n, 3),
+					m->source_table, m->target, e.message, e.code);
 			(*quarantined)++;
 		}
 	}

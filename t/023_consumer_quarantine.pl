@@ -46,7 +46,7 @@ INSERT INTO orders VALUES (5, 5, 5, 'after');
 });
 ($rc, $err) = run_consumer($cmd, $log);
 is($rc, 0, 'the consumer does not stop on poison events') or diag($err);
-like($err, qr/quarantined event .* public\.orders_mirror: new row for relation "orders_mirror" violates check constraint "amount_nonneg" \(SQLSTATE 23514\)/,
+like($err, qr/quarantined I event [0-9A-F]+\/[0-9A-F]+:1 of public\.orders for public\.orders_mirror: new row for relation "orders_mirror" violates check constraint "amount_nonneg" \(SQLSTATE 23514\)/,
 	'the log names the event, the target and the error');
 
 is( $dst->safe_psql('postgres', q{
