@@ -1235,24 +1235,27 @@ BEGIN
 
 	-- unchanged TOAST: carry the key's latest earlier value in the batch
 	IF pgcdc._has_column(changes, 'unchanged_toast', 'text[]') THEN
-		FOR col IN SELECT DISTINCT u FROM pg_temp._pgcdc_stage s, unnest(s.pgcdc_ut) u
-					WHERE u = ANY (data_cols) LOOP
+		-- the alias must not be a possible data column name: pgcdc_ is reserved
+		FOR col IN SELECT DISTINCT t.pgcdc_col FROM pg_temp._pgcdc_stage s,
+						  unnest(s.pgcdc_ut) AS t(pgcdc_col)
+					WHERE t.pgcdc_col = ANY (data_cols) LOOP
 			EXECUTE format($f$
 				UPDATE pg_temp._pgcdc_stage s
-				   SET %1$I = f.v, pgcdc_ut = pg_catalog.array_remove(s.pgcdc_ut, %2$L)
-				  FROM (SELECT x.pgcdc_rn, x.grp,
-							   pg_catalog.first_value(x.%1$I) OVER (PARTITION BY %3$s, x.grp
-																	ORDER BY x.pgcdc_seq) AS v
+				   SET %1$I = f.pgcdc_v, pgcdc_ut = pg_catalog.array_remove(s.pgcdc_ut, %2$L)
+				  FROM (SELECT x.pgcdc_rn, x.pgcdc_grp,
+							   pg_catalog.first_value(x.%1$I) OVER (PARTITION BY %3$s, x.pgcdc_grp
+																	ORDER BY x.pgcdc_seq) AS pgcdc_v
 						  FROM (SELECT y.*, pg_catalog.count(*) FILTER (
 									WHERE NOT (%2$L = ANY (coalesce(y.pgcdc_ut, '{}'))))
-									OVER (PARTITION BY %3$s ORDER BY y.pgcdc_seq) AS grp
+									OVER (PARTITION BY %3$s ORDER BY y.pgcdc_seq) AS pgcdc_grp
 								  FROM pg_temp._pgcdc_stage y
 								 WHERE y.pgcdc_op IN ('I', 'U')) x) f
-				 WHERE s.pgcdc_rn = f.pgcdc_rn AND %2$L = ANY (s.pgcdc_ut) AND f.grp > 0$f$,
+				 WHERE s.pgcdc_rn = f.pgcdc_rn AND %2$L = ANY (s.pgcdc_ut) AND f.pgcdc_grp > 0$f$,
 				col, col, keys);
 		END LOOP;
-		toast_cols := ARRAY(SELECT DISTINCT u FROM pg_temp._pgcdc_stage s, unnest(s.pgcdc_ut) u
-							 WHERE u = ANY (data_cols) AND u <> ALL (key_columns));
+		toast_cols := ARRAY(SELECT DISTINCT t.pgcdc_col
+							  FROM pg_temp._pgcdc_stage s, unnest(s.pgcdc_ut) AS t(pgcdc_col)
+							 WHERE t.pgcdc_col = ANY (data_cols) AND t.pgcdc_col <> ALL (key_columns));
 	ELSE
 		toast_cols := '{}';
 	END IF;
@@ -1411,12 +1414,12 @@ BEGIN
 	EXECUTE format($f$
 		INSERT INTO %1$s (%2$s, _valid_from, _valid_to, _is_current, _is_deleted, _version,
 						  _row_hash, _source_lsn, _source_seq, _sequence, _last_sequence)
-		SELECT %3$s, b.pgcdc_t, coalesce(b.next_t, 'infinity'), b.next_t IS NULL, false,
-			   coalesce(b.pgcdc_l_version, 0) + b.open_no, v.pgcdc_h, b.pgcdc_lsn, b.pgcdc_lseq,
-			   b.pgcdc_seq, CASE WHEN b.next_op = 'D' THEN b.next_seq ELSE v.pgcdc_seq END
-		  FROM (SELECT w.*, lead(w.pgcdc_t) OVER x AS next_t, lead(w.pgcdc_op) OVER x AS next_op,
-					   lead(w.pgcdc_seq) OVER x AS next_seq,
-					   count(*) FILTER (WHERE w.pgcdc_kind IN ('new', 'change')) OVER x AS open_no
+		SELECT %3$s, b.pgcdc_t, coalesce(b.pgcdc_next_t, 'infinity'), b.pgcdc_next_t IS NULL, false,
+			   coalesce(b.pgcdc_l_version, 0) + b.pgcdc_open_no, v.pgcdc_h, b.pgcdc_lsn, b.pgcdc_lseq,
+			   b.pgcdc_seq, CASE WHEN b.pgcdc_next_op = 'D' THEN b.pgcdc_next_seq ELSE v.pgcdc_seq END
+		  FROM (SELECT w.*, lead(w.pgcdc_t) OVER x AS pgcdc_next_t, lead(w.pgcdc_op) OVER x AS pgcdc_next_op,
+					   lead(w.pgcdc_seq) OVER x AS pgcdc_next_seq,
+					   count(*) FILTER (WHERE w.pgcdc_kind IN ('new', 'change')) OVER x AS pgcdc_open_no
 				  FROM pg_temp._pgcdc_w w
 				 WHERE w.pgcdc_kind IN ('new', 'change', 'close', 'drop')
 				WINDOW x AS (PARTITION BY %4$s ORDER BY w.pgcdc_seq)) b
@@ -1495,7 +1498,7 @@ DECLARE
 		pgcdc._hash_expr(tracked, 't'), target, pgcdc._key_join('t', 's', target, key_columns));
 	-- the late row's values, unchanged TOAST taken from version $2
 	resolved text := format($f$
-		SELECT %s %s, %s AS h
+		SELECT %s %s, %s AS pgcdc_h
 		  FROM (SELECT %s %s FROM pg_temp._pgcdc_stage s LEFT JOIN %s a ON a.ctid = $2
 				 WHERE s.pgcdc_rn = $1) r$f$,
 		pgcdc._list(key_columns, 'r'),
@@ -1512,7 +1515,7 @@ DECLARE
 	insert_version text := format($f$
 		INSERT INTO %s (%s, _valid_from, _valid_to, _is_current, _is_deleted, _version,
 						_row_hash, _source_lsn, _source_seq, _sequence, _last_sequence)
-		SELECT %s, $3, $4, $5, false, 0, r.h, s.pgcdc_lsn, s.pgcdc_lseq, s.pgcdc_seq, s.pgcdc_seq
+		SELECT %s, $3, $4, $5, false, 0, r.pgcdc_h, s.pgcdc_lsn, s.pgcdc_lseq, s.pgcdc_seq, s.pgcdc_seq
 		  FROM (%s) r, pg_temp._pgcdc_stage s WHERE s.pgcdc_rn = $1$f$,
 		target, pgcdc._list(data_cols), pgcdc._list(data_cols, 'r'), resolved);
 	renumber text := format($f$
@@ -1551,13 +1554,13 @@ BEGIN
 			USING a.ctid, t, s.pgcdc_seq;
 			counts[3] := counts[3] + 1;
 		ELSE
-			EXECUTE format('SELECT h FROM (%s) r', resolved) INTO h USING s.pgcdc_rn, a.ctid;
+			EXECUTE format('SELECT pgcdc_h FROM (%s) r', resolved) INTO h USING s.pgcdc_rn, a.ctid;
 			CONTINUE WHEN h IS NOT DISTINCT FROM a.row_hash;
 			t := greatest(s.pgcdc_vf, a._valid_from);
 			CONTINUE WHEN t >= a._valid_to;
 			IF t = a._valid_from THEN
 				-- same instant as A's start and later in order: A's state is this
-				EXECUTE format('UPDATE %s t SET %s _row_hash = r.h, _last_sequence = $3 '
+				EXECUTE format('UPDATE %s t SET %s _row_hash = r.pgcdc_h, _last_sequence = $3 '
 							   'FROM (%s) r WHERE t.ctid = $2', target,
 							   (SELECT coalesce(string_agg(format('%I = r.%I, ', c, c), ''), '')
 								  FROM unnest(vals) c), resolved)
@@ -1937,6 +1940,23 @@ END
 $$;
 
 -- Apply one quarantined event to every target its table maps name.
+-- A target's key: its primary key or replica identity index, else (history
+-- tables) the columns of its first unique index.
+CREATE FUNCTION pgcdc._target_key(rel regclass)
+RETURNS text[] LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce(pgcdc._key_of(rel),
+		   (SELECT array_agg(a.attname::text ORDER BY k.o)
+			  FROM (SELECT i.indkey, i.indnkeyatts
+					  FROM pg_index i
+					 WHERE i.indrelid = rel AND i.indisunique
+					 ORDER BY i.indexrelid LIMIT 1) i
+			 CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, o)
+			  JOIN pg_attribute a ON a.attrelid = rel AND a.attnum = k.attnum
+			 WHERE k.o <= i.indnkeyatts))
+$$;
+
 CREATE FUNCTION pgcdc._replay_one(q pgcdc.quarantine)
 RETURNS void LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -1969,8 +1989,11 @@ BEGIN
 			CONTINUE;
 		END IF;
 		PERFORM pgcdc._stage_event(q, m.target::regclass);
+		-- the map's key, else the event's, else the target's own unique key
+		-- (events quarantined by a rule carry no key object)
 		keys := coalesce(m.key_columns,
-						 ARRAY(SELECT jsonb_object_keys(q.event->'key')));
+						 NULLIF(ARRAY(SELECT jsonb_object_keys(q.event->'key')), '{}'),
+						 pgcdc._target_key(m.target::regclass));
 		IF cardinality(keys) = 0 THEN
 			RAISE EXCEPTION 'no key columns for % in pipeline "%"', m.target, q.pipeline
 				USING ERRCODE = '22023', HINT = 'Set key_columns in the table map.';

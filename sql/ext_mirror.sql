@@ -153,6 +153,17 @@ SELECT * FROM pgcdc.quarantine_replay(5);
 SELECT id, error_code, error_message, attempts, status FROM pgcdc.quarantine WHERE id = 5;
 SELECT * FROM pgcdc.quarantine_replay(5, 'other');
 
+-- data columns may have any name that does not start with pgcdc_, even the
+-- short ones the apply's own SQL uses as aliases
+CREATE TABLE short_names (id int PRIMARY KEY, u int, t text, x text,
+	_source_lsn pg_lsn, _source_seq int, _synced_at timestamptz);
+CREATE TEMP TABLE short_ch (id int, u int, t text, x text, op text, _source_lsn pg_lsn,
+	_source_seq int, unchanged_toast text[]);
+INSERT INTO short_ch VALUES (1, 1, 'a', 'b', 'I', '0/10', 1, NULL),
+	(1, 2, NULL, 'c', 'U', '0/20', 1, '{t}');
+SELECT * FROM pgcdc.apply_mirror('short_names', 'pg_temp.short_ch', '{id}');
+SELECT id, u, t, x FROM short_names;
+
 DROP EXTENSION pgcdc;
 DROP VIEW m;
-DROP TABLE orders, orders_soft, staging, bare;
+DROP TABLE orders, orders_soft, staging, bare, short_names;
