@@ -459,73 +459,27 @@ record_batch(Batch *b, long quarantined, int64_t started_us)
 {
 	char		first[32],
 				commit[32],
-				end[32],
-				src[32],
 				n_x[24],
 				n_ev[24],
 				n_q[24],
 				started[32],
 				ops[4][24];
-	const char *params[13];
+	const char *params[12] = {b->p->name, first, commit, started, n_x, ops[0], ops[1], ops[2], ops[3],
+	n_ev, n_q, quarantined > 0 ? "partial" : "ok"};
 	PGresult   *res;
-	bool		ok;
+
+	if (!checkpoint_advance(b->conn, b->p, b->last_commit_lsn, b->last_end_lsn,
+							b->last_ts[0] ? b->last_ts : NULL, b->xacts, b->events, quarantined))
+		return false;
 
 	format_lsn(b->first_lsn, first);
 	format_lsn(b->last_commit_lsn, commit);
-	format_lsn(b->last_end_lsn, end);
-	format_lsn(stats.source_lsn > b->last_end_lsn ? stats.source_lsn : b->last_end_lsn, src);
 	snprintf(n_x, sizeof(n_x), "%ld", b->xacts);
 	snprintf(n_ev, sizeof(n_ev), "%ld", b->events);
 	snprintf(n_q, sizeof(n_q), "%ld", quarantined);
 	snprintf(started, sizeof(started), "%.6f", started_us / 1e6);
 	for (int i = 0; i < 4; i++)
 		snprintf(ops[i], sizeof(ops[i]), "%ld", b->per_op[i]);
-
-	params[0] = b->p->name;
-	params[1] = commit;
-	params[2] = end;
-	params[3] = b->last_ts[0] ? b->last_ts : NULL;
-	params[4] = src;
-	params[5] = n_x;
-	params[6] = n_ev;
-	params[7] = n_q;
-	/* only ever forward: anything else means another writer */
-	res = exec_ok(b->conn,
-				  "INSERT INTO pgcdc.checkpoint AS c (pipeline, commit_lsn, end_lsn, commit_ts, applied_at, "
-				  "  source_lsn, source_seen_at, transactions, events, batches, quarantined) "
-				  "VALUES ($1, $2, $3, $4, pg_catalog.now(), $5, pg_catalog.now(), $6, $7, 1, $8) "
-				  "ON CONFLICT (pipeline) DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn, "
-				  "  end_lsn = EXCLUDED.end_lsn, commit_ts = EXCLUDED.commit_ts, applied_at = EXCLUDED.applied_at, "
-				  "  source_lsn = EXCLUDED.source_lsn, source_seen_at = EXCLUDED.source_seen_at, "
-				  "  transactions = c.transactions + EXCLUDED.transactions, events = c.events + EXCLUDED.events, "
-				  "  batches = c.batches + 1, quarantined = c.quarantined + EXCLUDED.quarantined "
-				  "WHERE c.commit_lsn IS NULL OR c.commit_lsn < EXCLUDED.commit_lsn "
-				  "RETURNING extract(epoch FROM pg_catalog.clock_timestamp() - c.commit_ts)",
-				  8, params);
-	if (res == NULL)
-		return false;
-	if (PQntuples(res) != 1)
-	{
-		log_msg(LOG_ERROR, "the checkpoint of pipeline \"%s\" is already at or past %s", b->p->name, commit);
-		log_hint("Another writer moved it; only one consumer may run a pipeline.");
-		PQclear(res);
-		return false;
-	}
-	if (!PQgetisnull(res, 0, 0))
-		stats.lag_seconds = atof(PQgetvalue(res, 0, 0));
-	PQclear(res);
-
-	params[1] = first;
-	params[2] = commit;
-	params[3] = started;
-	params[4] = n_x;
-	params[5] = ops[0];
-	params[6] = ops[1];
-	params[7] = ops[2];
-	params[8] = ops[3];
-	params[9] = n_ev;
-	params[10] = n_q;
-	params[11] = quarantined > 0 ? "partial" : "ok";
 	res = exec_ok(b->conn,
 				  "INSERT INTO pgcdc.batch (pipeline, first_lsn, last_lsn, started_at, finished_at, duration_ms, "
 				  "  transactions, inserts, updates, deletes, truncates, applied, skipped, quarantined, status) "
@@ -533,9 +487,8 @@ record_batch(Batch *b, long quarantined, int64_t started_us)
 				  "  extract(epoch FROM pg_catalog.clock_timestamp() - pg_catalog.to_timestamp($4::float8)) * 1000, "
 				  "  $5, $6, $7, $8, $9, $10::bigint - $11::bigint, 0, $11, $12)",
 				  12, params);
-	ok = res != NULL;
 	PQclear(res);
-	return ok;
+	return res != NULL;
 }
 
 static bool

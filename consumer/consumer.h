@@ -6,7 +6,8 @@
  *	stream.c          replication connection: slot, START_REPLICATION, feedback
  *	event.c           the few top-level fields of a pgcdc event it needs
  *	target.c          the target: pipeline, table maps, lock, checkpoint, DDL
- *	apply.c           batches: staging, set-based apply, quarantine, checkpoint
+ *	apply.c           batches: staging, set-based apply, quarantine
+ *	checkpoint.c      pgcdc.checkpoint: read at start, moved with each batch
  *	snapshot.c        the initial copy, consistent with the slot
  *	metrics.c         Prometheus text metrics over HTTP
  *	log.c             logging
@@ -154,6 +155,12 @@ extern bool target_prepare_tables(PGconn *conn, PGconn *source, Pipeline *p);
 extern void pipeline_free(Pipeline *p);
 extern PGresult *exec_ok(PGconn *conn, const char *sql, int nparams, const char *const *params);
 extern bool exec_cmd(PGconn *conn, const char *sql);
+
+/* checkpoint.c */
+extern bool checkpoint_load(PGconn *conn, Pipeline *p);
+extern bool checkpoint_advance(PGconn *conn, Pipeline *p, Lsn commit_lsn, Lsn end_lsn,
+							   const char *commit_ts, long xacts, long events, long quarantined);
+extern bool checkpoint_set(PGconn *conn, Pipeline *p, Lsn lsn, const char *commit_ts);
 
 /* stream.c */
 typedef struct Stream Stream;

@@ -301,7 +301,7 @@ snapshot_run(const char *source_conninfo, PGconn *target, Pipeline *p,
 				failed = 0;
 	char		lb[32];
 	char	   *ts;
-	PGresult   *res;
+	bool		ok;
 	const char *target_conninfo;
 	PQExpBuffer tconn = createPQExpBuffer();
 	PQconninfoOption *o = PQconninfo(target);
@@ -385,22 +385,10 @@ snapshot_run(const char *source_conninfo, PGconn *target, Pipeline *p,
 	}
 
 	/* every table is in: the stream starts at the consistent point */
-	{
-		const char *params[3] = {p->name, lb, ts};
-
-		res = exec_ok(target,
-					  "INSERT INTO pgcdc.checkpoint AS c (pipeline, commit_lsn, end_lsn, commit_ts, applied_at) "
-					  "VALUES ($1, $2, $2, $3, pg_catalog.now()) "
-					  "ON CONFLICT (pipeline) DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn, "
-					  "end_lsn = EXCLUDED.end_lsn, commit_ts = EXCLUDED.commit_ts, applied_at = EXCLUDED.applied_at",
-					  3, params);
-	}
+	ok = checkpoint_set(target, p, consistent_point, ts);
 	free(ts);
-	if (res == NULL)
+	if (!ok)
 		return false;
-	PQclear(res);
-	p->has_checkpoint = true;
-	p->ckpt_commit_lsn = p->ckpt_end_lsn = consistent_point;
 	log_msg(LOG_INFO, "initial snapshot done at %s", lb);
 	return true;
 }

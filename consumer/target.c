@@ -1,7 +1,7 @@
 /*
  * target.c
  *		The target database: the pipeline and its table maps, the one-consumer
- *		lock, the checkpoint, and target tables created or completed from the
+ *		lock, and target tables created or completed from the
  *		source tables' definitions.
  */
 #include "postgres_fe.h"
@@ -310,18 +310,7 @@ target_load_pipeline(PGconn *conn, PGconn *source, Pipeline *p)
 		}
 	}
 
-	res = exec_ok(conn, "SELECT commit_lsn, end_lsn FROM pgcdc.checkpoint "
-				  "WHERE pipeline = $1 AND commit_lsn IS NOT NULL", 1, params);
-	if (res == NULL)
-		return false;
-	p->has_checkpoint = PQntuples(res) == 1;
-	if (p->has_checkpoint)
-	{
-		parse_lsn(PQgetvalue(res, 0, 0), &p->ckpt_commit_lsn);
-		parse_lsn(PQgetvalue(res, 0, 1), &p->ckpt_end_lsn);
-	}
-	PQclear(res);
-	return true;
+	return checkpoint_load(conn, p);
 }
 
 /* CREATE TABLE for a target that does not exist, shaped like its source. */
