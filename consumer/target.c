@@ -102,8 +102,14 @@ target_connect(const char *conninfo)
 		return NULL;
 	}
 	PQsetNoticeProcessor(conn, notice_to_log, NULL);
-	/* Our SQL names its schemas; an empty search_path keeps it that way. */
-	if (!exec_cmd(conn, "SELECT pg_catalog.set_config('search_path', '', false)"))
+	/*
+	 * Our SQL names its schemas; an empty search_path keeps it that way.
+	 * Batches stage in temp tables: give them room in memory (settable
+	 * only before the session's first temp table; the server default of 8MB
+	 * made them spill to disk).
+	 */
+	if (!exec_cmd(conn, "SELECT pg_catalog.set_config('search_path', '', false), "
+				  "pg_catalog.set_config('temp_buffers', '128MB', false)"))
 	{
 		PQfinish(conn);
 		return NULL;
