@@ -44,9 +44,8 @@ my $binary;
 sub consumer_cmd
 {
 	my ($source, $target, $pipeline, @extra) = @_;
-	$binary //= -x '/usr/lib/postgresql/15/bin/pgcdc_consumer'
-	  ? '/usr/lib/postgresql/15/bin/pgcdc_consumer'
-	  : $source->installed_command('pgcdc_consumer');
+	# installed next to the server's programs, which the test PATH starts with
+	$binary //= ref $source ? $source->installed_command('pgcdc_consumer') : 'pgcdc_consumer';
 	return [
 		$binary,
 		'--source' => ref $source ? $source->connstr('postgres') : $source,
