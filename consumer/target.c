@@ -394,43 +394,125 @@ create_target(PGconn *conn, PGconn *source, Pipeline *p, TableMap *m)
 	return ok;
 }
 
-/* An existing mirror or append target gets the system columns it lacks. */
+/* The system columns of each mode, with what existing rows get. */
+typedef struct SystemColumn
+{
+	const char *name;
+	const char *definition;
+} SystemColumn;
+
+static const SystemColumn mirror_columns[] = {
+	{"_source_lsn", "pg_catalog.pg_lsn"},
+	{"_source_seq", "integer"},
+	{"_synced_at", "timestamptz"},
+	{NULL, NULL}
+};
+static const SystemColumn soft_delete_columns[] = {
+	{"_is_deleted", "boolean NOT NULL DEFAULT false"},
+	{NULL, NULL}
+};
+static const SystemColumn append_columns[] = {
+	{"_op", "text"},
+	{"_source_lsn", "pg_catalog.pg_lsn"},
+	{"_source_seq", "integer"},
+	{"_xid", "bigint"},
+	{"_commit_ts", "timestamptz"},
+	{"_key", "jsonb"},
+	{"_new", "jsonb"},
+	{"_old", "jsonb"},
+	{"_received_at", "timestamptz DEFAULT pg_catalog.now()"},
+	{NULL, NULL}
+};
+
+/* existing rows of a plain table become current versions valid since ever */
+static const SystemColumn scd2_columns[] = {
+	{"_valid_from", "timestamptz NOT NULL DEFAULT '-infinity'"},
+	{"_valid_to", "timestamptz NOT NULL DEFAULT 'infinity'"},
+	{"_is_current", "boolean NOT NULL DEFAULT true"},
+	{"_is_deleted", "boolean NOT NULL DEFAULT false"},
+	{"_version", "integer NOT NULL DEFAULT 1"},
+	{"_row_hash", "bytea"},
+	{"_source_lsn", "pg_catalog.pg_lsn"},
+	{"_source_seq", "integer"},
+	{"_sequence", "numeric[]"},
+	{"_last_sequence", "numeric[]"},
+	{NULL, NULL}
+};
+
+/* Add the columns of cols that the target lacks; *added tells whether any. */
+static bool
+add_missing_columns(PGconn *conn, TableMap *m, const SystemColumn *cols, bool *added)
+{
+	const char *params[1] = {m->target};
+	PQExpBuffer sql = createPQExpBuffer();
+	PGresult   *res = exec_ok(conn,
+							  "SELECT attname FROM pg_catalog.pg_attribute "
+							  "WHERE attrelid = $1::pg_catalog.regclass AND attnum > 0 AND NOT attisdropped",
+							  1, params);
+	bool		ok = res != NULL;
+
+	for (const SystemColumn *c = cols; ok && c->name; c++)
+	{
+		bool		have = false;
+
+		for (int i = 0; i < PQntuples(res) && !have; i++)
+			have = strcmp(PQgetvalue(res, i, 0), c->name) == 0;
+		if (!have)
+			appendPQExpBuffer(sql, "%s ADD COLUMN %s %s", sql->len ? "," : "", c->name, c->definition);
+	}
+	PQclear(res);
+	*added = sql->len > 0;
+	if (ok && *added)
+	{
+		PQExpBuffer alter = createPQExpBuffer();
+
+		/* one ALTER TABLE: adding a column takes a lock even when nothing is added */
+		appendPQExpBuffer(alter, "ALTER TABLE %s %s", m->target, sql->data);
+		ok = exec_cmd(conn, alter->data);
+		destroyPQExpBuffer(alter);
+	}
+	destroyPQExpBuffer(sql);
+	return ok;
+}
+
+/*
+ * An existing target gets the system columns it lacks.  A plain table made
+ * an scd2 target also gets the unique index on current keys that keeps two
+ * current versions of a key from ever existing, and loses the defaults that
+ * were only there for its existing rows.
+ */
 static bool
 complete_target(PGconn *conn, TableMap *m)
 {
-	PQExpBuffer sql = createPQExpBuffer();
-	bool		ok = true;
+	bool		added = false;
+	bool		ok;
 
 	if (strcmp(m->mode, "mirror") == 0)
-		appendPQExpBuffer(sql, "ALTER TABLE %s ADD COLUMN IF NOT EXISTS _source_lsn pg_catalog.pg_lsn, "
-						  "ADD COLUMN IF NOT EXISTS _source_seq integer, "
-						  "ADD COLUMN IF NOT EXISTS _synced_at timestamptz%s",
-						  m->target,
-						  m->soft_delete ? ", ADD COLUMN IF NOT EXISTS _is_deleted boolean NOT NULL DEFAULT false" : "");
+		ok = add_missing_columns(conn, m, mirror_columns, &added) &&
+			(!m->soft_delete || add_missing_columns(conn, m, soft_delete_columns, &added));
 	else if (strcmp(m->mode, "append") == 0)
-		appendPQExpBuffer(sql, "ALTER TABLE %s ADD COLUMN IF NOT EXISTS _op text, "
-						  "ADD COLUMN IF NOT EXISTS _source_lsn pg_catalog.pg_lsn, "
-						  "ADD COLUMN IF NOT EXISTS _source_seq integer, ADD COLUMN IF NOT EXISTS _xid bigint, "
-						  "ADD COLUMN IF NOT EXISTS _commit_ts timestamptz, ADD COLUMN IF NOT EXISTS _key jsonb, "
-						  "ADD COLUMN IF NOT EXISTS _new jsonb, ADD COLUMN IF NOT EXISTS _old jsonb, "
-						  "ADD COLUMN IF NOT EXISTS _received_at timestamptz DEFAULT pg_catalog.now()",
-						  m->target);
-	if (sql->len > 0)
+		ok = add_missing_columns(conn, m, append_columns, &added);
+	else
 	{
-		/* ADD COLUMN IF NOT EXISTS takes a lock even when nothing is added */
-		const char *params[1] = {m->target};
-		PGresult   *res = exec_ok(conn,
-								  "SELECT count(*) FROM pg_catalog.pg_attribute "
-								  "WHERE attrelid = $1::pg_catalog.regclass AND NOT attisdropped "
-								  "  AND attname IN ('_source_lsn', '_source_seq', '_synced_at', '_is_deleted', '_op')",
-								  1, params);
+		ok = add_missing_columns(conn, m, scd2_columns, &added);
+		if (ok && added)
+		{
+			const char *params[2] = {m->target, m->key_columns};
+			PGresult   *res = exec_ok(conn,
+									  "SELECT pg_catalog.format('CREATE UNIQUE INDEX ON %s (%s) WHERE _is_current; "
+									  "ALTER TABLE %s ALTER _valid_from DROP DEFAULT, ALTER _valid_to DROP DEFAULT, "
+									  "ALTER _is_current DROP DEFAULT, ALTER _version DROP DEFAULT', "
+									  "$1::pg_catalog.regclass, "
+									  "(SELECT pg_catalog.string_agg(pg_catalog.quote_ident(k), ', ') "
+									  "   FROM pg_catalog.unnest($2::text[]) k), $1::pg_catalog.regclass)",
+									  2, params);
 
-		ok = res != NULL;
-		if (ok && atoi(PQgetvalue(res, 0, 0)) < (strcmp(m->mode, "mirror") == 0 ? 3 + m->soft_delete : 3))
-			ok = exec_cmd(conn, sql->data);
-		PQclear(res);
+			ok = res != NULL && exec_cmd(conn, PQgetvalue(res, 0, 0));
+			PQclear(res);
+		}
 	}
-	destroyPQExpBuffer(sql);
+	if (ok && added)
+		log_msg(LOG_INFO, "added the %s system columns to target %s", m->mode, m->target);
 	return ok;
 }
 
