@@ -33,7 +33,8 @@ struct Batch
 	Lsn			last_end_lsn;
 	char		last_ts[64];
 	int64_t		started_us;
-	PQExpBuffer line;
+	PQExpBuffer line;			/* the COPY line being built */
+	PQExpBuffer tmp;			/* a field being built */
 };
 
 Batch *
@@ -45,6 +46,7 @@ batch_new(PGconn *target, Pipeline *p)
 	b->p = p;
 	b->per_map = pg_malloc0(sizeof(long) * p->nmaps);
 	b->line = createPQExpBuffer();
+	b->tmp = createPQExpBuffer();
 	return b;
 }
 
@@ -54,6 +56,7 @@ batch_free(Batch *b)
 	if (b == NULL)
 		return;
 	destroyPQExpBuffer(b->line);
+	destroyPQExpBuffer(b->tmp);
 	free(b->per_map);
 	free(b);
 }
@@ -95,31 +98,39 @@ create_session_tables(Batch *b)
 	int			i;
 
 	/*
-	 * jsonb normalizes json values (key order, duplicates, whitespace): a
-	 * json column is filled from the event's text, kept in "raw".
+	 * One row per event and table map it feeds: the routing fields, the
+	 * row as a composite literal of the map's data columns (written by
+	 * row_literal, parsed by the columns' input functions: no JSON work on
+	 * the server), and the event's text for append targets and quarantine.
 	 */
-	appendPQExpBufferStr(sql, "DROP TABLE IF EXISTS pg_temp.pgcdc_events; ");
-	if (b->p->raw_events)
-		appendPQExpBufferStr(sql,
-							 "CREATE TEMP TABLE pgcdc_events (ord bigint GENERATED ALWAYS AS IDENTITY, "
-							 "raw json NOT NULL, ev jsonb GENERATED ALWAYS AS (raw::jsonb) STORED) "
-							 "ON COMMIT DELETE ROWS;");
-	else
-		appendPQExpBufferStr(sql,
-							 "CREATE TEMP TABLE pgcdc_events (ord bigint GENERATED ALWAYS AS IDENTITY, "
-							 "ev jsonb NOT NULL) ON COMMIT DELETE ROWS;");
+	appendPQExpBufferStr(sql, "DROP TABLE IF EXISTS pg_temp.pgcdc_events CASCADE; "
+						 "CREATE TEMP TABLE pgcdc_events (ord bigint GENERATED ALWAYS AS IDENTITY, "
+						 "map integer NOT NULL, op text NOT NULL, commit_lsn pg_catalog.pg_lsn, seq integer, "
+						 "ts timestamptz, ut text[], old_key jsonb, row_text text, raw text NOT NULL) "
+						 "ON COMMIT DELETE ROWS;");
 	for (i = 0; i < b->p->nmaps; i++)
 	{
 		TableMap   *m = &b->p->maps[i];
 
 		if (strcmp(m->mode, "append") == 0)
 			continue;
+		/*
+		 * The map's change rows, as a view over the staged events that the
+		 * apply functions read directly; and as a table, for the paths that
+		 * need to remove rows (rules) or to pick one event.
+		 */
 		appendPQExpBuffer(sql,
-						  "DROP TABLE IF EXISTS pg_temp.pgcdc_changes_%d; "
+						  "DROP TABLE IF EXISTS pg_temp.pgcdc_changes_%d, pg_temp.pgcdc_row_%d; "
+						  "CREATE TEMP TABLE pgcdc_row_%d (%s); "
 						  "CREATE TEMP TABLE pgcdc_changes_%d (%s, op text, _source_lsn pg_catalog.pg_lsn, "
 						  "_source_seq integer, _commit_ts timestamptz, unchanged_toast text[], _old_key jsonb) "
-						  "ON COMMIT DELETE ROWS;",
-						  i, i, m->data_types);
+						  "ON COMMIT DELETE ROWS; "
+						  "CREATE TEMP VIEW pgcdc_view_%d AS SELECT %s, e.op, e.commit_lsn AS _source_lsn, "
+						  "e.seq AS _source_seq, e.ts AS _commit_ts, e.ut AS unchanged_toast, e.old_key AS _old_key "
+						  "FROM pg_temp.pgcdc_events e "
+						  "CROSS JOIN LATERAL (SELECT e.row_text::pg_temp.pgcdc_row_%d AS r OFFSET 0) x "
+						  "WHERE e.map = %d;",
+						  i, i, i, m->data_types, i, m->data_types, i, m->row_columns, i, i);
 	}
 	ok = exec_cmd(b->conn, sql->data);
 	destroyPQExpBuffer(sql);
@@ -136,10 +147,9 @@ start_copy(Batch *b)
 		return false;
 	if (!exec_cmd(b->conn, "BEGIN"))
 		return false;
-	/* CSV with separators that JSON text never contains: no escaping needed */
-	res = PQexec(b->conn, b->p->raw_events ?
-				 "COPY pg_temp.pgcdc_events (raw) FROM STDIN (FORMAT csv, DELIMITER E'\\x1f', QUOTE E'\\x1e')" :
-				 "COPY pg_temp.pgcdc_events (ev) FROM STDIN (FORMAT csv, DELIMITER E'\\x1f', QUOTE E'\\x1e')");
+	/* CSV with separators that text rarely contains; fields are quoted (csv_field) */
+	res = PQexec(b->conn, "COPY pg_temp.pgcdc_events (map, op, commit_lsn, seq, ts, ut, old_key, row_text, raw) "
+				 "FROM STDIN (FORMAT csv, DELIMITER E'\\x1f', QUOTE E'\\x1e')");
 	if (PQresultStatus(res) != PGRES_COPY_IN)
 	{
 		log_msg(LOG_ERROR, "could not stage events in the target: %s", conn_error(b->conn));
@@ -169,20 +179,68 @@ batch_begin_xact(Batch *b, const EventInfo *begin)
 	return true;
 }
 
-static int
-map_of(Batch *b, const EventInfo *ev)
+/* A CSV field quoted with \x1e (doubled inside); NULL is an empty unquoted field. */
+static void
+csv_field(PQExpBuffer line, const char *v, size_t len)
 {
-	int			i;
+	const char *end = v + len;
 
-	if (ev->schema == NULL || ev->table == NULL)
-		return -1;
-	for (i = 0; i < b->p->nmaps; i++)
+	if (v == NULL)
+		return;
+	appendPQExpBufferChar(line, '\x1e');
+	while (v < end)
 	{
-		if (strcmp(b->p->maps[i].source_schema, ev->schema) == 0 &&
-			strcmp(b->p->maps[i].source_name, ev->table) == 0)
-			return i;
+		const char *q = memchr(v, '\x1e', end - v);
+
+		if (q == NULL)
+		{
+			appendBinaryPQExpBuffer(line, v, end - v);
+			break;
+		}
+		appendBinaryPQExpBuffer(line, v, q + 1 - v);
+		appendPQExpBufferChar(line, '\x1e');
+		v = q + 1;
 	}
-	return -1;
+	appendPQExpBufferChar(line, '\x1e');
+}
+
+/* One line of pgcdc_events: the event as it feeds map i. */
+static bool
+event_line(Batch *b, int i, const EventInfo *ev, const char *json, size_t len)
+{
+	TableMap   *m = &b->p->maps[i];
+	PQExpBuffer line = b->line;
+	char		lsn[32];
+
+	resetPQExpBuffer(line);
+	appendPQExpBuffer(line, "%d\x1f%c\x1f%s\x1f%ld\x1f", i, ev->op, format_lsn(ev->commit_lsn, lsn), ev->seq);
+	csv_field(line, ev->ts, ev->ts ? strlen(ev->ts) : 0);
+	appendPQExpBufferChar(line, '\x1f');
+	if (ev->unchanged_toast.ptr)
+	{
+		resetPQExpBuffer(b->tmp);
+		if (!array_literal(b->tmp, ev->unchanged_toast))
+			return false;
+		csv_field(line, b->tmp->data, b->tmp->len);
+	}
+	appendPQExpBufferChar(line, '\x1f');
+	if (ev->op == 'U' && ev->old.ptr)
+		csv_field(line, ev->old.ptr, ev->old.len);
+	appendPQExpBufferChar(line, '\x1f');
+	if (strcmp(m->mode, "append") != 0 && ev->op != 'T')
+	{
+		JsonSpan	row = ev->op == 'D' ? (ev->old.ptr ? ev->old : ev->key) : ev->new_row;
+
+		resetPQExpBuffer(b->tmp);
+		if (row.ptr && !row_literal(b->tmp, m, row))
+			return false;
+		if (row.ptr)
+			csv_field(line, b->tmp->data, b->tmp->len);
+	}
+	appendPQExpBufferChar(line, '\x1f');
+	csv_field(line, json, len);
+	appendPQExpBufferChar(line, '\n');
+	return true;
 }
 
 bool
@@ -191,30 +249,29 @@ batch_add_event(Batch *b, const EventInfo *ev, const char *json, size_t len)
 	int			i;
 	bool		found = false;
 
-	if (b->skipping || !b->open || ev->op == 'M')
+	if (b->skipping || !b->open || ev->op == 'M' || ev->schema == NULL || ev->table == NULL)
 		return true;
-	/* one source table may feed several targets */
+	/* one source table may feed several targets: a line for each */
 	for (i = 0; i < b->p->nmaps; i++)
 	{
-		if (map_of(b, ev) < 0)
-			break;
-		if (strcmp(b->p->maps[i].source_schema, ev->schema) == 0 &&
-			strcmp(b->p->maps[i].source_name, ev->table) == 0)
+		if (strcmp(b->p->maps[i].source_schema, ev->schema) != 0 ||
+			strcmp(b->p->maps[i].source_name, ev->table) != 0)
+			continue;
+		if (!event_line(b, i, ev, json, len))
 		{
-			b->per_map[i]++;
-			found = true;
+			log_msg(LOG_ERROR, "could not read the row of an event: %.200s", json);
+			return false;
 		}
+		if (PQputCopyData(b->conn, b->line->data, b->line->len) != 1)
+		{
+			log_msg(LOG_ERROR, "could not stage events in the target: %s", conn_error(b->conn));
+			return false;
+		}
+		b->per_map[i]++;
+		found = true;
 	}
 	if (!found)
 		return true;
-	resetPQExpBuffer(b->line);
-	appendBinaryPQExpBuffer(b->line, json, len);
-	appendPQExpBufferChar(b->line, '\n');
-	if (PQputCopyData(b->conn, b->line->data, b->line->len) != 1)
-	{
-		log_msg(LOG_ERROR, "could not stage events in the target: %s", conn_error(b->conn));
-		return false;
-	}
 	b->events++;
 	stats.events++;
 	switch (ev->op)
@@ -260,31 +317,35 @@ stage_changes(Batch *b, int i, const char *filter)
 {
 	TableMap   *m = &b->p->maps[i];
 	PQExpBuffer sql = createPQExpBuffer();
-	const char *params[2] = {m->source_schema, m->source_name};
-	const char *json = m->has_json ? "json" : "jsonb";
-	const char *row = m->has_json ? "raw" : "ev";
 	PGresult   *res;
 
+	/* OFFSET 0 keeps the cast from being run once per column */
 	appendPQExpBuffer(sql,
 					  "INSERT INTO pg_temp.pgcdc_changes_%d (%s, op, _source_lsn, _source_seq, _commit_ts, "
 					  "  unchanged_toast, _old_key) "
-					  "SELECT %s, e.ev->>'op', (e.ev->>'commit_lsn')::pg_catalog.pg_lsn, (e.ev->>'seq')::integer, "
-					  "  (e.ev->>'ts')::timestamptz, "
-					  "  CASE WHEN e.ev ? 'unchanged_toast' THEN ARRAY(SELECT pg_catalog.jsonb_array_elements_text("
-					  "    e.ev->'unchanged_toast')) END, "
-					  "  CASE WHEN e.ev->>'op' = 'U' THEN e.ev->'old' END "
+					  "SELECT %s, e.op, e.commit_lsn, e.seq, e.ts, e.ut, e.old_key "
 					  "FROM pg_temp.pgcdc_events e "
-					  "CROSS JOIN LATERAL pg_catalog.%s_populate_record(NULL::pg_temp.pgcdc_changes_%d, "
-					  "  CASE e.ev->>'op' WHEN 'D' THEN coalesce(e.%s->'old', e.%s->'key') "
-					  "                   WHEN 'T' THEN '{}'::%s ELSE e.%s->'new' END) r "
-					  "WHERE e.ev->>'schema' = $1 AND e.ev->>'table' = $2 %s "
-					  "ORDER BY e.ord",
-					  i, m->data_columns, m->row_columns, json, i, row, row, json, row,
-					  filter ? filter : "");
-	res = exec_ok(b->conn, sql->data, 2, params);
+					  "CROSS JOIN LATERAL (SELECT e.row_text::pg_temp.pgcdc_row_%d AS r OFFSET 0) x "
+					  "WHERE e.map = %d %s ORDER BY e.ord",
+					  i, m->data_columns, m->row_columns, i, i, filter ? filter : "");
+	res = exec_ok(b->conn, sql->data, 0, NULL);
 	destroyPQExpBuffer(sql);
 	PQclear(res);
 	return res != NULL;
+}
+
+/* Does the map's source table have rules (looked up per batch: they may change)? */
+static bool
+map_has_rules(Batch *b, TableMap *m)
+{
+	const char *params[2] = {b->p->name, m->source_table};
+	PGresult   *res = exec_ok(b->conn,
+							  "SELECT EXISTS (SELECT FROM pgcdc.rule WHERE pipeline = $1 AND source_table = $2)",
+							  2, params);
+	bool		has = res == NULL || strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+
+	PQclear(res);
+	return has;
 }
 
 /* Apply map i's staged changes (or append its events) with one call. */
@@ -295,36 +356,41 @@ apply_map(Batch *b, int i, const char *filter, long *quarantined)
 	PQExpBuffer sql = createPQExpBuffer();
 	PGresult   *res;
 	bool		ok;
+	bool		use_table;
+	char		changes[64];
 	long		by_rules = 0;	/* counted only if the map's apply commits */
 
 	if (strcmp(m->mode, "append") == 0)
 	{
-		const char *params[2] = {m->source_schema, m->source_name};
-
 		appendPQExpBuffer(sql,
 						  "INSERT INTO %s (_op, _source_lsn, _source_seq, _xid, _commit_ts, _key, _new, _old, _received_at) "
-						  "SELECT e.ev->>'op', (e.ev->>'commit_lsn')::pg_catalog.pg_lsn, (e.ev->>'seq')::integer, "
-						  "  (e.ev->>'xid')::bigint, (e.ev->>'ts')::timestamptz, e.ev->'key', e.ev->'new', e.ev->'old', "
-						  "  pg_catalog.now() "
-						  "FROM pg_temp.pgcdc_events e WHERE e.ev->>'schema' = $1 AND e.ev->>'table' = $2 %s "
+						  "SELECT e.op, e.commit_lsn, e.seq, (e.j->>'xid')::bigint, e.ts, e.j->'key', e.j->'new', "
+						  "  e.j->'old', pg_catalog.now() "
+						  "FROM (SELECT e.*, e.raw::jsonb AS j FROM pg_temp.pgcdc_events e WHERE e.map = %d %s) e "
 						  "ORDER BY e.ord ON CONFLICT DO NOTHING",
-						  m->target, filter ? filter : "");
-		res = exec_ok(b->conn, sql->data, 2, params);
+						  m->target, i, filter ? filter : "");
+		res = exec_ok(b->conn, sql->data, 0, NULL);
 		destroyPQExpBuffer(sql);
 		PQclear(res);
 		return res != NULL;
 	}
 
-	if (!stage_changes(b, i, filter))
-	{
-		destroyPQExpBuffer(sql);
-		return false;
-	}
-
-	/* rules move failing rows to the quarantine before anything is applied */
+	/*
+	 * A whole batch of a map without rules is read by the apply function
+	 * straight from the view over the staged events; rules (which remove
+	 * rows) and single events go through the change table.
+	 */
+	use_table = filter != NULL || map_has_rules(b, m);
+	if (use_table)
 	{
 		const char *params[3] = {b->p->name, m->source_table, m->target};
 
+		if (!stage_changes(b, i, filter))
+		{
+			destroyPQExpBuffer(sql);
+			return false;
+		}
+		/* rules move failing rows to the quarantine before anything is applied */
 		appendPQExpBuffer(sql, "SELECT pgcdc.apply_rules($1, $2, 'pg_temp.pgcdc_changes_%d', $3, 'op')", i);
 		res = exec_ok(b->conn, sql->data, 3, params);
 		if (res == NULL)
@@ -335,6 +401,7 @@ apply_map(Batch *b, int i, const char *filter, long *quarantined)
 		by_rules = atol(PQgetvalue(res, 0, 0));
 		PQclear(res);
 	}
+	snprintf(changes, sizeof(changes), "pg_temp.pgcdc_%s_%d", use_table ? "changes" : "view", i);
 
 	resetPQExpBuffer(sql);
 	if (strcmp(m->mode, "mirror") == 0)
@@ -342,7 +409,7 @@ apply_map(Batch *b, int i, const char *filter, long *quarantined)
 		const char *params[3] = {m->target, m->key_columns, m->soft_delete ? "true" : "false"};
 
 		appendPQExpBuffer(sql, "SELECT * FROM pgcdc.apply_mirror($1::pg_catalog.regclass, "
-						  "'pg_temp.pgcdc_changes_%d', $2::text[], $3::boolean, 'op')", i);
+						  "'%s', $2::text[], $3::boolean, 'op')", changes);
 		res = exec_ok(b->conn, sql->data, 3, params);
 	}
 	else
@@ -350,13 +417,13 @@ apply_map(Batch *b, int i, const char *filter, long *quarantined)
 		const char *params[3] = {m->target, m->key_columns, m->track_columns};
 
 		appendPQExpBuffer(sql, "SELECT * FROM pgcdc.scd2_apply_changes($1::pg_catalog.regclass, "
-						  "'pg_temp.pgcdc_changes_%d', $2::text[], '_source_lsn,_source_seq', 'op', "
-						  "$3::text[], '_commit_ts')", i);
+						  "'%s', $2::text[], '_source_lsn,_source_seq', 'op', "
+						  "$3::text[], '_commit_ts')", changes);
 		res = exec_ok(b->conn, sql->data, 3, params);
 	}
 	ok = res != NULL;
 	PQclear(res);
-	if (ok)
+	if (ok && use_table)
 	{
 		resetPQExpBuffer(sql);
 		appendPQExpBuffer(sql, "TRUNCATE pg_temp.pgcdc_changes_%d", i);
@@ -385,7 +452,7 @@ quarantine_event(Batch *b, int i, const char *ord, const char *code,
 	TableMap   *m = &b->p->maps[i];
 	const char *params[7] = {b->p->name, m->source_table, m->target, ord, code, message, detail};
 	PGresult   *res = exec_ok(b->conn,
-							  "SELECT pgcdc.quarantine_event($1, $2, $3, e.ev, $5, $6, $7) "
+							  "SELECT pgcdc.quarantine_event($1, $2, $3, e.raw::jsonb, $5, $6, $7) "
 							  "FROM pg_temp.pgcdc_events e WHERE e.ord = $4::bigint",
 							  7, params);
 
@@ -401,13 +468,16 @@ static bool
 isolate_map(Batch *b, int i, long *quarantined)
 {
 	TableMap   *m = &b->p->maps[i];
-	const char *params[2] = {m->source_schema, m->source_name};
-	PGresult   *ords = exec_ok(b->conn,
-							   "SELECT ord, e.ev->>'op', e.ev->>'commit_lsn', e.ev->>'seq' FROM pg_temp.pgcdc_events e "
-							   "WHERE e.ev->>'schema' = $1 AND e.ev->>'table' = $2 ORDER BY ord",
-							   2, params);
+	char		map[16];
+	const char *params[1] = {map};
+	PGresult   *ords;
 	int			n;
 
+	snprintf(map, sizeof(map), "%d", i);
+	ords = exec_ok(b->conn,
+				   "SELECT ord, e.op, e.commit_lsn, e.seq FROM pg_temp.pgcdc_events e "
+				   "WHERE e.map = $1::integer ORDER BY ord",
+				   1, params);
 	if (ords == NULL)
 		return false;
 	for (n = 0; n < PQntuples(ords); n++)

@@ -55,6 +55,13 @@ typedef struct ConsumerOptions
 	int			verbose;
 } ConsumerOptions;
 
+/* A value's raw JSON text inside an event. */
+typedef struct JsonSpan
+{
+	const char *ptr;
+	size_t		len;
+} JsonSpan;
+
 /* One row of pgcdc.table_map, with what the consumer derives from it. */
 typedef struct TableMap
 {
@@ -68,9 +75,12 @@ typedef struct TableMap
 	char	   *ignore_columns; /* text[] literal or NULL */
 	bool		soft_delete;
 	char	   *data_columns;	/* SQL list of quoted data columns */
-	char	   *row_columns;	/* the same, qualified with r. */
+	char	   *row_columns;	/* the same, as fields of the staged row: (x.r)."col" */
+	int			ncols;			/* the data columns one by one, in target order */
+	char	  **colnames;
+	bool	   *coljson;		/* json or jsonb: values pass as raw JSON text */
+	JsonSpan   *values;			/* scratch for row_literal */
 	char	   *data_types;		/* SQL list: quoted column and its target type */
-	bool		has_json;		/* a json column: its text must not pass through jsonb */
 } TableMap;
 
 typedef struct Pipeline
@@ -79,7 +89,6 @@ typedef struct Pipeline
 	char	   *slot_name;
 	bool		paused;
 	char	   *decoder_options;	/* extra decoder options from pipeline.options */
-	bool		raw_events;		/* some map has json columns: keep event text too */
 	int			nmaps;
 	TableMap   *maps;
 	/* the checkpoint: the last source transaction applied */
@@ -99,6 +108,10 @@ typedef struct EventInfo
 	const char *table;
 	const char *prefix;			/* M only */
 	const char *ts;				/* commit timestamp; NULL if null */
+	JsonSpan	new_row;		/* the raw JSON of these values; ptr NULL if absent */
+	JsonSpan	key;
+	JsonSpan	old;
+	JsonSpan	unchanged_toast;
 } EventInfo;
 
 /* Counters shown by metrics and logs. */
@@ -135,6 +148,8 @@ extern int64_t now_us(void);
 
 /* event.c */
 extern bool event_parse(const char *json, size_t len, EventInfo *ev, char *scratch, size_t scratchlen);
+extern bool row_literal(PQExpBuffer out, TableMap *m, JsonSpan obj);
+extern bool array_literal(PQExpBuffer out, JsonSpan arr);
 
 /* target.c */
 typedef struct SqlError

@@ -192,11 +192,252 @@ event_parse(const char *json, size_t len, EventInfo *ev, char *scratch, size_t s
 			*dst = scratch + used;
 			used += n;
 		}
-		else if (!skip_value(&s))
-			return false;
+		else
+		{
+			/* the row objects are kept as spans for row_literal */
+			JsonSpan   *span = strcmp(key, "new") == 0 ? &ev->new_row :
+			strcmp(key, "key") == 0 ? &ev->key :
+			strcmp(key, "old") == 0 ? &ev->old :
+			strcmp(key, "unchanged_toast") == 0 ? &ev->unchanged_toast : NULL;
+			const char *start = s.p;
+
+			if (!skip_value(&s))
+				return false;
+			if (span && *start != 'n')	/* not null */
+			{
+				span->ptr = start;
+				span->len = s.p - start;
+			}
+		}
 		skip_ws(&s);
 		if (s.p < s.end && *s.p == ',')
 			s.p++;
 	}
 	return ev->op != 0;
+}
+
+static void
+append_utf8(PQExpBuffer out, unsigned cp)
+{
+	if (cp < 0x80)
+		appendPQExpBufferChar(out, (char) cp);
+	else if (cp < 0x800)
+	{
+		appendPQExpBufferChar(out, (char) (0xC0 | (cp >> 6)));
+		appendPQExpBufferChar(out, (char) (0x80 | (cp & 0x3F)));
+	}
+	else if (cp < 0x10000)
+	{
+		appendPQExpBufferChar(out, (char) (0xE0 | (cp >> 12)));
+		appendPQExpBufferChar(out, (char) (0x80 | ((cp >> 6) & 0x3F)));
+		appendPQExpBufferChar(out, (char) (0x80 | (cp & 0x3F)));
+	}
+	else
+	{
+		appendPQExpBufferChar(out, (char) (0xF0 | (cp >> 18)));
+		appendPQExpBufferChar(out, (char) (0x80 | ((cp >> 12) & 0x3F)));
+		appendPQExpBufferChar(out, (char) (0x80 | ((cp >> 6) & 0x3F)));
+		appendPQExpBufferChar(out, (char) (0x80 | (cp & 0x3F)));
+	}
+}
+
+static unsigned
+hex4(const char *p)
+{
+	unsigned	v = 0;
+
+	for (int i = 0; i < 4; i++)
+	{
+		char		c = p[i];
+
+		v = v * 16 + (c >= '0' && c <= '9' ? c - '0' :
+					  c >= 'a' && c <= 'f' ? c - 'a' + 10 : c - 'A' + 10);
+	}
+	return v;
+}
+
+/*
+ * Append a value of a composite literal, double-quoted: the text of a JSON
+ * value (a string unescaped to UTF-8, anything else as it is), with the
+ * quotes and backslashes a record literal needs escaped.
+ */
+static bool
+append_field(PQExpBuffer out, const char *v, size_t len, bool raw)
+{
+	const char *p = v;
+	const char *end = v + len;
+	bool		string = !raw && *p == '"';
+
+	appendPQExpBufferChar(out, '"');
+	if (string)
+	{
+		p++;
+		end--;
+	}
+	while (p < end)
+	{
+		const char *run = p;
+		char		c;
+
+		/* copy runs that need nothing done to them in one go */
+		while (p < end && *p != '"' && *p != '\\')
+			p++;
+		if (p > run)
+			appendBinaryPQExpBuffer(out, run, p - run);
+		if (p >= end)
+			break;
+		c = *p;
+		if (!string || c == '"')
+		{
+			/* a quote or backslash of the text: escaped for the literal */
+			appendPQExpBufferChar(out, '\\');
+			appendPQExpBufferChar(out, c);
+			p++;
+			continue;
+		}
+		/* a JSON escape in a string */
+		if (++p >= end)
+			return false;
+		switch (*p)
+		{
+			case 'b':
+				appendPQExpBufferChar(out, '\b');
+				break;
+			case 'f':
+				appendPQExpBufferChar(out, '\f');
+				break;
+			case 'n':
+				appendPQExpBufferChar(out, '\n');
+				break;
+			case 'r':
+				appendPQExpBufferChar(out, '\r');
+				break;
+			case 't':
+				appendPQExpBufferChar(out, '\t');
+				break;
+			case 'u':
+				{
+					unsigned	cp;
+
+					if (end - p < 5)
+						return false;
+					cp = hex4(p + 1);
+					p += 4;
+					if (cp >= 0xD800 && cp < 0xDC00 && end - p >= 7 && p[1] == '\\' && p[2] == 'u')
+					{
+						cp = 0x10000 + ((cp - 0xD800) << 10) + (hex4(p + 3) - 0xDC00);
+						p += 6;
+					}
+					if (cp == '"' || cp == '\\')
+						appendPQExpBufferChar(out, '\\');
+					append_utf8(out, cp);
+					break;
+				}
+			default:
+				/* \" \\ \/: the character itself, escaped if the literal needs it */
+				if (*p == '"' || *p == '\\')
+					appendPQExpBufferChar(out, '\\');
+				appendPQExpBufferChar(out, *p);
+				break;
+		}
+		p++;
+	}
+	appendPQExpBufferChar(out, '"');
+	return true;
+}
+
+/*
+ * A row object of an event ({"col": value, ...}) as a composite literal of
+ * the map's data columns, in target order: ("v1",,"v3") with absent and
+ * null columns empty (NULL).  The target parses it with the columns' input
+ * functions; no JSON is parsed on the server.
+ */
+bool
+row_literal(PQExpBuffer out, TableMap *m, JsonSpan obj)
+{
+	Scan		s = {obj.ptr, obj.ptr + obj.len};
+	char		name[NAMEDATALEN * 2];
+
+	memset(m->values, 0, sizeof(JsonSpan) * m->ncols);
+	skip_ws(&s);
+	if (s.p >= s.end || *s.p++ != '{')
+		return false;
+	for (;;)
+	{
+		const char *start;
+		int			j;
+
+		skip_ws(&s);
+		if (s.p < s.end && *s.p == '}')
+			break;
+		if (!scan_string(&s, name, sizeof(name), NULL))
+			return false;
+		skip_ws(&s);
+		if (s.p >= s.end || *s.p++ != ':')
+			return false;
+		skip_ws(&s);
+		start = s.p;
+		if (!skip_value(&s))
+			return false;
+		for (j = 0; j < m->ncols; j++)
+		{
+			if (strcmp(m->colnames[j], name) == 0)
+			{
+				m->values[j].ptr = start;
+				m->values[j].len = s.p - start;
+				break;
+			}
+		}
+		skip_ws(&s);
+		if (s.p < s.end && *s.p == ',')
+			s.p++;
+	}
+	appendPQExpBufferChar(out, '(');
+	for (int j = 0; j < m->ncols; j++)
+	{
+		JsonSpan	v = m->values[j];
+
+		if (j > 0)
+			appendPQExpBufferChar(out, ',');
+		if (v.ptr == NULL || (v.len == 4 && memcmp(v.ptr, "null", 4) == 0))
+			continue;
+		if (!append_field(out, v.ptr, v.len, m->coljson[j]))
+			return false;
+	}
+	appendPQExpBufferChar(out, ')');
+	return true;
+}
+
+/* A JSON array of strings (unchanged_toast) as a text[] literal. */
+bool
+array_literal(PQExpBuffer out, JsonSpan arr)
+{
+	Scan		s = {arr.ptr, arr.ptr + arr.len};
+	bool		first = true;
+
+	skip_ws(&s);
+	if (s.p >= s.end || *s.p++ != '[')
+		return false;
+	appendPQExpBufferChar(out, '{');
+	for (;;)
+	{
+		const char *start;
+
+		skip_ws(&s);
+		if (s.p < s.end && *s.p == ']')
+			break;
+		start = s.p;
+		if (!skip_value(&s))
+			return false;
+		if (!first)
+			appendPQExpBufferChar(out, ',');
+		first = false;
+		if (!append_field(out, start, s.p - start, false))
+			return false;
+		skip_ws(&s);
+		if (s.p < s.end && *s.p == ',')
+			s.p++;
+	}
+	appendPQExpBufferChar(out, '}');
+	return true;
 }

@@ -106,10 +106,12 @@ target_connect(const char *conninfo)
 	 * Our SQL names its schemas; an empty search_path keeps it that way.
 	 * Batches stage in temp tables: give them room in memory (settable
 	 * only before the session's first temp table; the server default of 8MB
-	 * made them spill to disk).
+	 * made them spill to disk).  Events are UTF-8 JSON whatever the
+	 * databases' encodings: the server converts from UTF-8.
 	 */
 	if (!exec_cmd(conn, "SELECT pg_catalog.set_config('search_path', '', false), "
-				  "pg_catalog.set_config('temp_buffers', '128MB', false)"))
+				  "pg_catalog.set_config('temp_buffers', '128MB', false)") ||
+		PQsetClientEncoding(conn, "UTF8") != 0)
 	{
 		PQfinish(conn);
 		return NULL;
@@ -517,6 +519,40 @@ complete_target(PGconn *conn, TableMap *m)
 }
 
 /*
+ * The data columns of a map (rows of name, quoted name, type, is json), in
+ * the forms the staging SQL and row_literal need.
+ */
+static void
+set_data_columns(TableMap *m, PGresult *res)
+{
+	PQExpBuffer cols = createPQExpBuffer();
+	PQExpBuffer types = createPQExpBuffer();
+	PQExpBuffer fields = createPQExpBuffer();
+	int			n = PQntuples(res);
+
+	m->ncols = n;
+	m->colnames = pg_malloc0(sizeof(char *) * Max(n, 1));
+	m->coljson = pg_malloc0(sizeof(bool) * Max(n, 1));
+	m->values = pg_malloc0(sizeof(JsonSpan) * Max(n, 1));
+	for (int j = 0; j < n; j++)
+	{
+		const char *sep = j > 0 ? ", " : "";
+
+		m->colnames[j] = pg_strdup(PQgetvalue(res, j, 0));
+		m->coljson[j] = strcmp(PQgetvalue(res, j, 3), "t") == 0;
+		appendPQExpBuffer(cols, "%s%s", sep, PQgetvalue(res, j, 1));
+		appendPQExpBuffer(types, "%s%s %s", sep, PQgetvalue(res, j, 1), PQgetvalue(res, j, 2));
+		appendPQExpBuffer(fields, "%s(x.r).%s", sep, PQgetvalue(res, j, 1));
+	}
+	m->data_columns = n > 0 ? pg_strdup(cols->data) : NULL;
+	m->data_types = n > 0 ? pg_strdup(types->data) : NULL;
+	m->row_columns = n > 0 ? pg_strdup(fields->data) : NULL;
+	destroyPQExpBuffer(cols);
+	destroyPQExpBuffer(types);
+	destroyPQExpBuffer(fields);
+}
+
+/*
  * Make every target usable: create missing ones, complete existing ones,
  * and work out the data columns the events fill (the target's columns that
  * the source has too, less ignore_columns and system columns).
@@ -566,34 +602,28 @@ target_prepare_tables(PGconn *conn, PGconn *source, Pipeline *p)
 		cp[1] = srccols->data;
 		cp[2] = m->ignore_columns;
 		res = exec_ok(conn,
-					  "SELECT pg_catalog.string_agg(pg_catalog.quote_ident(attname), ', ' ORDER BY attnum), "
-					  "       pg_catalog.string_agg(pg_catalog.format('%I %s', attname, "
-					  "           pg_catalog.format_type(atttypid, atttypmod)), ', ' ORDER BY attnum), "
-					  "       pg_catalog.string_agg('r.' || pg_catalog.quote_ident(attname), ', ' ORDER BY attnum), "
-					  "       coalesce(pg_catalog.bool_or(atttypid IN ('pg_catalog.json'::pg_catalog.regtype, "
-					  "           'pg_catalog._json'::pg_catalog.regtype)), false) "
+					  "SELECT attname, pg_catalog.quote_ident(attname), "
+					  "       pg_catalog.format_type(atttypid, atttypmod), "
+					  "       atttypid IN ('pg_catalog.json'::pg_catalog.regtype, 'pg_catalog.jsonb'::pg_catalog.regtype) "
 					  "FROM pg_catalog.pg_attribute "
 					  "WHERE attrelid = $1::pg_catalog.regclass AND attnum > 0 AND NOT attisdropped "
 					  "  AND attname = ANY ($2::text[]) AND attname <> ALL (coalesce($3::text[], '{}')) "
 					  "  AND attname NOT IN ('_source_lsn', '_source_seq', '_synced_at', '_is_deleted', "
 					  "      '_valid_from', '_valid_to', '_is_current', '_version', '_row_hash', "
-					  "      '_sequence', '_last_sequence')",
+					  "      '_sequence', '_last_sequence') "
+					  "ORDER BY attnum",
 					  3, cp);
 		destroyPQExpBuffer(srccols);
 		if (res == NULL)
 			return false;
-		if (PQgetisnull(res, 0, 0) && strcmp(m->mode, "append") != 0)
+		if (PQntuples(res) == 0 && strcmp(m->mode, "append") != 0)
 		{
 			log_msg(LOG_ERROR, "target %s has no column in common with source table %s",
 					m->target, m->source_table);
 			PQclear(res);
 			return false;
 		}
-		m->data_columns = get_str(res, 0, 0);
-		m->data_types = get_str(res, 0, 1);
-		m->row_columns = get_str(res, 0, 2);
-		m->has_json = strcmp(PQgetvalue(res, 0, 3), "t") == 0 && strcmp(m->mode, "append") != 0;
-		p->raw_events |= m->has_json;
+		set_data_columns(m, res);
 		PQclear(res);
 	}
 	return true;
@@ -619,6 +649,11 @@ pipeline_free(Pipeline *p)
 		free(m->data_columns);
 		free(m->data_types);
 		free(m->row_columns);
+		for (int j = 0; j < m->ncols; j++)
+			free(m->colnames[j]);
+		free(m->colnames);
+		free(m->coljson);
+		free(m->values);
 	}
 	free(p->maps);
 	free(p->slot_name);

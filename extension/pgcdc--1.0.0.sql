@@ -289,6 +289,23 @@ BEGIN
 END
 $$;
 
+-- A relation that is only read (a snapshot, a change table): a table, or a
+-- view, materialized view or foreign table that presents one.
+CREATE FUNCTION pgcdc._check_input(rel regclass, arg text)
+RETURNS regclass LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF rel IS NULL THEN
+		RAISE EXCEPTION '% must not be null', arg USING ERRCODE = '22004';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = rel AND relkind IN ('r', 'p', 'v', 'm', 'f')) THEN
+		RAISE EXCEPTION '% % is not a table or view', arg, rel USING ERRCODE = '42809';
+	END IF;
+	RETURN rel;
+END
+$$;
+
 -- Internal column names in the generated SQL start with pgcdc_; user
 -- columns must not, or they would be shadowed.
 CREATE FUNCTION pgcdc._check_reserved(cols text[])
@@ -952,7 +969,7 @@ DECLARE
 	sql text;
 BEGIN
 	PERFORM pgcdc._check_scd2(target);
-	PERFORM pgcdc._check_table(snapshot, 'snapshot');
+	PERFORM pgcdc._check_input(snapshot, 'snapshot');
 	PERFORM pgcdc._check_columns(key_columns, 'key_columns', target, snapshot);
 	IF valid_at IS NULL OR NOT isfinite(valid_at) THEN
 		RAISE EXCEPTION 'valid_at must be a finite time, not %', coalesce(valid_at::text, 'null')
@@ -1123,7 +1140,7 @@ DECLARE
 	bad record;
 	col text;
 BEGIN
-	PERFORM pgcdc._check_table(changes, 'changes');
+	PERFORM pgcdc._check_input(changes, 'changes');
 	PERFORM pgcdc._check_columns(key_columns, 'key_columns', target, changes);
 	IF op_column IS NULL THEN
 		RAISE EXCEPTION 'op_column must not be null' USING ERRCODE = '22004';
@@ -1701,7 +1718,7 @@ BEGIN
 		RAISE EXCEPTION 'soft_delete must not be null' USING ERRCODE = '22004';
 	END IF;
 	PERFORM pgcdc._check_mirror(target, soft_delete);
-	PERFORM pgcdc._check_table(changes, 'changes');
+	PERFORM pgcdc._check_input(changes, 'changes');
 	IF NOT pgcdc._has_column(changes, '_source_lsn', 'pg_lsn')
 	   OR NOT pgcdc._has_column(changes, '_source_seq', 'int4') THEN
 		RAISE EXCEPTION 'changes % lacks _source_lsn pg_lsn or _source_seq integer', changes
