@@ -23,6 +23,50 @@ skip_ws(Scan *s)
 		s->p++;
 }
 
+static unsigned
+hex4(const char *p)
+{
+	unsigned	v = 0;
+
+	for (int i = 0; i < 4; i++)
+	{
+		char		c = p[i];
+
+		v = v * 16 + (c >= '0' && c <= '9' ? c - '0' :
+					  c >= 'a' && c <= 'f' ? c - 'a' + 10 : c - 'A' + 10);
+	}
+	return v;
+}
+
+/* A code point as UTF-8 into buf (4 bytes at most); returns its length. */
+static int
+utf8_encode(unsigned cp, char *buf)
+{
+	if (cp < 0x80)
+	{
+		buf[0] = (char) cp;
+		return 1;
+	}
+	if (cp < 0x800)
+	{
+		buf[0] = (char) (0xC0 | (cp >> 6));
+		buf[1] = (char) (0x80 | (cp & 0x3F));
+		return 2;
+	}
+	if (cp < 0x10000)
+	{
+		buf[0] = (char) (0xE0 | (cp >> 12));
+		buf[1] = (char) (0x80 | ((cp >> 6) & 0x3F));
+		buf[2] = (char) (0x80 | (cp & 0x3F));
+		return 3;
+	}
+	buf[0] = (char) (0xF0 | (cp >> 18));
+	buf[1] = (char) (0x80 | ((cp >> 12) & 0x3F));
+	buf[2] = (char) (0x80 | ((cp >> 6) & 0x3F));
+	buf[3] = (char) (0x80 | (cp & 0x3F));
+	return 4;
+}
+
 /* Parse a JSON string at s->p into out (unescaping the simple escapes). */
 static bool
 scan_string(Scan *s, char *out, size_t outlen, size_t *used)
@@ -59,18 +103,34 @@ scan_string(Scan *s, char *out, size_t outlen, size_t *used)
 					c = '\f';
 					break;
 				case 'u':
-					/* kept escaped: names and prefixes are compared, not shown */
-					if (s->end - s->p < 4)
-						return false;
-					if (out && n + 6 < outlen)
 					{
-						out[n++] = '\\';
-						out[n++] = 'u';
-						memcpy(out + n, s->p, 4);
-						n += 4;
+						/*
+						 * Decoded to UTF-8, the client encoding of the
+						 * consumer's sessions: a non-UTF-8 source escapes
+						 * every non-ASCII character of names this way.
+						 */
+						unsigned	cp;
+						char		utf8[4];
+						int			k;
+
+						if (s->end - s->p < 4)
+							return false;
+						cp = hex4(s->p);
+						s->p += 4;
+						if (cp >= 0xD800 && cp < 0xDC00 && s->end - s->p >= 6 &&
+							s->p[0] == '\\' && s->p[1] == 'u')
+						{
+							cp = 0x10000 + ((cp - 0xD800) << 10) + (hex4(s->p + 2) - 0xDC00);
+							s->p += 6;
+						}
+						k = utf8_encode(cp, utf8);
+						if (out && n + k < outlen)
+						{
+							memcpy(out + n, utf8, k);
+							n += k;
+						}
+						continue;
 					}
-					s->p += 4;
-					continue;
 				default:
 					break;		/* \" \\ \/ */
 			}
@@ -216,46 +276,6 @@ event_parse(const char *json, size_t len, EventInfo *ev, char *scratch, size_t s
 	return ev->op != 0;
 }
 
-static void
-append_utf8(PQExpBuffer out, unsigned cp)
-{
-	if (cp < 0x80)
-		appendPQExpBufferChar(out, (char) cp);
-	else if (cp < 0x800)
-	{
-		appendPQExpBufferChar(out, (char) (0xC0 | (cp >> 6)));
-		appendPQExpBufferChar(out, (char) (0x80 | (cp & 0x3F)));
-	}
-	else if (cp < 0x10000)
-	{
-		appendPQExpBufferChar(out, (char) (0xE0 | (cp >> 12)));
-		appendPQExpBufferChar(out, (char) (0x80 | ((cp >> 6) & 0x3F)));
-		appendPQExpBufferChar(out, (char) (0x80 | (cp & 0x3F)));
-	}
-	else
-	{
-		appendPQExpBufferChar(out, (char) (0xF0 | (cp >> 18)));
-		appendPQExpBufferChar(out, (char) (0x80 | ((cp >> 12) & 0x3F)));
-		appendPQExpBufferChar(out, (char) (0x80 | ((cp >> 6) & 0x3F)));
-		appendPQExpBufferChar(out, (char) (0x80 | (cp & 0x3F)));
-	}
-}
-
-static unsigned
-hex4(const char *p)
-{
-	unsigned	v = 0;
-
-	for (int i = 0; i < 4; i++)
-	{
-		char		c = p[i];
-
-		v = v * 16 + (c >= '0' && c <= '9' ? c - '0' :
-					  c >= 'a' && c <= 'f' ? c - 'a' + 10 : c - 'A' + 10);
-	}
-	return v;
-}
-
 /*
  * Append a value of a composite literal, double-quoted: the text of a JSON
  * value (a string unescaped to UTF-8, anything else as it is), with the
@@ -330,7 +350,11 @@ append_field(PQExpBuffer out, const char *v, size_t len, bool raw)
 					}
 					if (cp == '"' || cp == '\\')
 						appendPQExpBufferChar(out, '\\');
-					append_utf8(out, cp);
+					{
+						char		utf8[4];
+
+						appendBinaryPQExpBuffer(out, utf8, utf8_encode(cp, utf8));
+					}
 					break;
 				}
 			default:

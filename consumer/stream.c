@@ -128,8 +128,9 @@ source_check(PGconn *source, Pipeline *p, bool *slot_exists)
 Stream *
 stream_open(const char *conninfo)
 {
-	const char *keys[] = {"dbname", "replication", "fallback_application_name", NULL};
-	const char *vals[] = {conninfo, "database", "pgcdc_consumer", NULL};
+	/* the decoder options (table names) are UTF-8, as on every session of ours */
+	const char *keys[] = {"dbname", "replication", "fallback_application_name", "client_encoding", NULL};
+	const char *vals[] = {conninfo, "database", "pgcdc_consumer", "UTF8", NULL};
 	Stream	   *s = pg_malloc0(sizeof(Stream));
 
 	s->conn = PQconnectdbParams(keys, vals, 1);
