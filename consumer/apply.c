@@ -126,7 +126,8 @@ create_session_tables(Batch *b)
 						  "_source_seq integer, _commit_ts timestamptz, unchanged_toast text[], _old_key jsonb) "
 						  "ON COMMIT DELETE ROWS; "
 						  "CREATE TEMP VIEW pgcdc_view_%d AS SELECT %s, e.op, e.commit_lsn AS _source_lsn, "
-						  "e.seq AS _source_seq, e.ts AS _commit_ts, e.ut AS unchanged_toast, e.old_key AS _old_key "
+						  "e.seq AS _source_seq, e.ts AS _commit_ts, e.ut AS unchanged_toast, e.old_key AS _old_key, "
+						  "e.ord AS pgcdc_ord "
 						  "FROM pg_temp.pgcdc_events e "
 						  "CROSS JOIN LATERAL (SELECT e.row_text::pg_temp.pgcdc_row_%d AS r OFFSET 0) x "
 						  "WHERE e.map = %d;",
@@ -308,27 +309,24 @@ batch_end_xact(Batch *b, const EventInfo *commit)
 }
 
 /*
- * The change rows of map i: typed by the target's columns, the old key of
- * key-changing updates, unchanged TOAST columns named.  "filter" narrows
- * the events (to one event when isolating a failure).
+ * The change rows of map i, from its view, in a table that rules can remove
+ * rows from; "ord" narrows them to one event (isolating a failure).
  */
 static bool
-stage_changes(Batch *b, int i, const char *filter)
+stage_changes(Batch *b, int i, const char *ord)
 {
 	TableMap   *m = &b->p->maps[i];
 	PQExpBuffer sql = createPQExpBuffer();
+	const char *params[1] = {ord};
 	PGresult   *res;
 
-	/* OFFSET 0 keeps the cast from being run once per column */
 	appendPQExpBuffer(sql,
-					  "INSERT INTO pg_temp.pgcdc_changes_%d (%s, op, _source_lsn, _source_seq, _commit_ts, "
-					  "  unchanged_toast, _old_key) "
-					  "SELECT %s, e.op, e.commit_lsn, e.seq, e.ts, e.ut, e.old_key "
-					  "FROM pg_temp.pgcdc_events e "
-					  "CROSS JOIN LATERAL (SELECT e.row_text::pg_temp.pgcdc_row_%d AS r OFFSET 0) x "
-					  "WHERE e.map = %d %s ORDER BY e.ord",
-					  i, m->data_columns, m->row_columns, i, i, filter ? filter : "");
-	res = exec_ok(b->conn, sql->data, 0, NULL);
+					  "INSERT INTO pg_temp.pgcdc_changes_%d "
+					  "SELECT %s, op, _source_lsn, _source_seq, _commit_ts, unchanged_toast, _old_key "
+					  "FROM pg_temp.pgcdc_view_%d WHERE $1::bigint IS NULL OR pgcdc_ord = $1::bigint "
+					  "ORDER BY pgcdc_ord",
+					  i, m->data_columns, i);
+	res = exec_ok(b->conn, sql->data, 1, params);
 	destroyPQExpBuffer(sql);
 	PQclear(res);
 	return res != NULL;
@@ -350,7 +348,7 @@ map_has_rules(Batch *b, TableMap *m)
 
 /* Apply map i's staged changes (or append its events) with one call. */
 static bool
-apply_map(Batch *b, int i, const char *filter, long *quarantined)
+apply_map(Batch *b, int i, const char *ord, long *quarantined)
 {
 	TableMap   *m = &b->p->maps[i];
 	PQExpBuffer sql = createPQExpBuffer();
@@ -362,14 +360,17 @@ apply_map(Batch *b, int i, const char *filter, long *quarantined)
 
 	if (strcmp(m->mode, "append") == 0)
 	{
+		const char *params[1] = {ord};
+
 		appendPQExpBuffer(sql,
 						  "INSERT INTO %s (_op, _source_lsn, _source_seq, _xid, _commit_ts, _key, _new, _old, _received_at) "
 						  "SELECT e.op, e.commit_lsn, e.seq, (e.j->>'xid')::bigint, e.ts, e.j->'key', e.j->'new', "
 						  "  e.j->'old', pg_catalog.now() "
-						  "FROM (SELECT e.*, e.raw::jsonb AS j FROM pg_temp.pgcdc_events e WHERE e.map = %d %s) e "
+						  "FROM (SELECT e.*, e.raw::jsonb AS j FROM pg_temp.pgcdc_events e "
+						  "      WHERE e.map = %d AND ($1::bigint IS NULL OR e.ord = $1::bigint)) e "
 						  "ORDER BY e.ord ON CONFLICT DO NOTHING",
-						  m->target, i, filter ? filter : "");
-		res = exec_ok(b->conn, sql->data, 0, NULL);
+						  m->target, i);
+		res = exec_ok(b->conn, sql->data, 1, params);
 		destroyPQExpBuffer(sql);
 		PQclear(res);
 		return res != NULL;
@@ -380,12 +381,12 @@ apply_map(Batch *b, int i, const char *filter, long *quarantined)
 	 * straight from the view over the staged events; rules (which remove
 	 * rows) and single events go through the change table.
 	 */
-	use_table = filter != NULL || map_has_rules(b, m);
+	use_table = ord != NULL || map_has_rules(b, m);
 	if (use_table)
 	{
 		const char *params[3] = {b->p->name, m->source_table, m->target};
 
-		if (!stage_changes(b, i, filter))
+		if (!stage_changes(b, i, ord))
 		{
 			destroyPQExpBuffer(sql);
 			return false;
@@ -483,14 +484,12 @@ isolate_map(Batch *b, int i, long *quarantined)
 	for (n = 0; n < PQntuples(ords); n++)
 	{
 		const char *ord = PQgetvalue(ords, n, 0);
-		char		filter[64];
 		bool		ok;
 
-		snprintf(filter, sizeof(filter), "AND e.ord = %s", ord);
 		if (!savepoint(b, "SAVEPOINT", "pgcdc_event"))
 			break;
 		quiet_sql_errors = true;
-		ok = apply_map(b, i, filter, quarantined);
+		ok = apply_map(b, i, ord, quarantined);
 		quiet_sql_errors = false;
 		if (ok)
 		{

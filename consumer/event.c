@@ -38,6 +38,25 @@ hex4(const char *p)
 	return v;
 }
 
+/*
+ * The code point of a \u escape whose hex digits start at *p (a surrogate
+ * pair taken together); *p moves past it.
+ */
+static bool
+read_u_escape(const char **p, const char *end, unsigned *cp)
+{
+	if (end - *p < 4)
+		return false;
+	*cp = hex4(*p);
+	*p += 4;
+	if (*cp >= 0xD800 && *cp < 0xDC00 && end - *p >= 6 && (*p)[0] == '\\' && (*p)[1] == 'u')
+	{
+		*cp = 0x10000 + ((*cp - 0xD800) << 10) + (hex4(*p + 2) - 0xDC00);
+		*p += 6;
+	}
+	return true;
+}
+
 /* A code point as UTF-8 into buf (4 bytes at most); returns its length. */
 static int
 utf8_encode(unsigned cp, char *buf)
@@ -113,16 +132,8 @@ scan_string(Scan *s, char *out, size_t outlen, size_t *used)
 						char		utf8[4];
 						int			k;
 
-						if (s->end - s->p < 4)
+						if (!read_u_escape(&s->p, s->end, &cp))
 							return false;
-						cp = hex4(s->p);
-						s->p += 4;
-						if (cp >= 0xD800 && cp < 0xDC00 && s->end - s->p >= 6 &&
-							s->p[0] == '\\' && s->p[1] == 'u')
-						{
-							cp = 0x10000 + ((cp - 0xD800) << 10) + (hex4(s->p + 2) - 0xDC00);
-							s->p += 6;
-						}
 						k = utf8_encode(cp, utf8);
 						if (out && n + k < outlen)
 						{
@@ -338,23 +349,15 @@ append_field(PQExpBuffer out, const char *v, size_t len, bool raw)
 			case 'u':
 				{
 					unsigned	cp;
+					char		utf8[4];
+					const char *hex = p + 1;
 
-					if (end - p < 5)
+					if (!read_u_escape(&hex, end, &cp))
 						return false;
-					cp = hex4(p + 1);
-					p += 4;
-					if (cp >= 0xD800 && cp < 0xDC00 && end - p >= 7 && p[1] == '\\' && p[2] == 'u')
-					{
-						cp = 0x10000 + ((cp - 0xD800) << 10) + (hex4(p + 3) - 0xDC00);
-						p += 6;
-					}
+					p = hex - 1;	/* the loop steps past the last digit */
 					if (cp == '"' || cp == '\\')
 						appendPQExpBufferChar(out, '\\');
-					{
-						char		utf8[4];
-
-						appendBinaryPQExpBuffer(out, utf8, utf8_encode(cp, utf8));
-					}
+					appendBinaryPQExpBuffer(out, utf8, utf8_encode(cp, utf8));
 					break;
 				}
 			default:

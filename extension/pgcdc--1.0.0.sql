@@ -273,8 +273,9 @@ BEGIN
 END
 $$;
 
--- A regclass argument: not null, and a table (not a view or sequence).
-CREATE FUNCTION pgcdc._check_table(rel regclass, arg text)
+-- A regclass argument: not null, and a table; or, for a relation that is only read (inputs: a
+-- snapshot, a change table), a view, materialized view or foreign table too.
+CREATE FUNCTION pgcdc._check_table(rel regclass, arg text, inputs boolean DEFAULT false)
 RETURNS regclass LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -282,25 +283,10 @@ BEGIN
 	IF rel IS NULL THEN
 		RAISE EXCEPTION '% must not be null', arg USING ERRCODE = '22004';
 	END IF;
-	IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = rel AND relkind IN ('r', 'p')) THEN
-		RAISE EXCEPTION '% % is not a table', arg, rel USING ERRCODE = '42809';
-	END IF;
-	RETURN rel;
-END
-$$;
-
--- A relation that is only read (a snapshot, a change table): a table, or a
--- view, materialized view or foreign table that presents one.
-CREATE FUNCTION pgcdc._check_input(rel regclass, arg text)
-RETURNS regclass LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-	IF rel IS NULL THEN
-		RAISE EXCEPTION '% must not be null', arg USING ERRCODE = '22004';
-	END IF;
-	IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = rel AND relkind IN ('r', 'p', 'v', 'm', 'f')) THEN
-		RAISE EXCEPTION '% % is not a table or view', arg, rel USING ERRCODE = '42809';
+	IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = rel AND relkind = ANY (
+				   CASE WHEN inputs THEN '{r,p,v,m,f}'::"char"[] ELSE '{r,p}'::"char"[] END)) THEN
+		RAISE EXCEPTION '% % is not a table%', arg, rel, CASE WHEN inputs THEN ' or view' ELSE '' END
+			USING ERRCODE = '42809';
 	END IF;
 	RETURN rel;
 END
@@ -969,7 +955,7 @@ DECLARE
 	sql text;
 BEGIN
 	PERFORM pgcdc._check_scd2(target);
-	PERFORM pgcdc._check_input(snapshot, 'snapshot');
+	PERFORM pgcdc._check_table(snapshot, 'snapshot', inputs => true);
 	PERFORM pgcdc._check_columns(key_columns, 'key_columns', target, snapshot);
 	IF valid_at IS NULL OR NOT isfinite(valid_at) THEN
 		RAISE EXCEPTION 'valid_at must be a finite time, not %', coalesce(valid_at::text, 'null')
@@ -1140,7 +1126,7 @@ DECLARE
 	bad record;
 	col text;
 BEGIN
-	PERFORM pgcdc._check_input(changes, 'changes');
+	PERFORM pgcdc._check_table(changes, 'changes', inputs => true);
 	PERFORM pgcdc._check_columns(key_columns, 'key_columns', target, changes);
 	IF op_column IS NULL THEN
 		RAISE EXCEPTION 'op_column must not be null' USING ERRCODE = '22004';
@@ -1718,7 +1704,7 @@ BEGIN
 		RAISE EXCEPTION 'soft_delete must not be null' USING ERRCODE = '22004';
 	END IF;
 	PERFORM pgcdc._check_mirror(target, soft_delete);
-	PERFORM pgcdc._check_input(changes, 'changes');
+	PERFORM pgcdc._check_table(changes, 'changes', inputs => true);
 	IF NOT pgcdc._has_column(changes, '_source_lsn', 'pg_lsn')
 	   OR NOT pgcdc._has_column(changes, '_source_seq', 'int4') THEN
 		RAISE EXCEPTION 'changes % lacks _source_lsn pg_lsn or _source_seq integer', changes
