@@ -380,6 +380,17 @@ BEGIN
 END
 $$;
 
+-- rel's schema-qualified name, also for a temporary table (whose regclass
+-- text is unqualified and could be taken for a CTE of the same name).
+CREATE FUNCTION pgcdc._qname(rel regclass)
+RETURNS text LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT format('%I.%I', n.nspname, c.relname)
+	  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+	 WHERE c.oid = rel
+$$;
+
 -- "l.k1 = r.k1 AND l.k2 = r.k2" for the key columns of rel.
 CREATE FUNCTION pgcdc._key_join(l text, r text, rel regclass, keys text[])
 RETURNS text LANGUAGE sql STABLE
@@ -440,6 +451,31 @@ BEGIN
 			EXECUTE format('DROP TABLE pg_temp.%I', n);
 		END IF;
 	END LOOP;
+END
+$$;
+
+-- The name of a session prepared statement for query, prepared on first use:
+-- generated SQL is planned once per session and shape (the name is the
+-- text's md5) and re-planned by PostgreSQL only when a table it reads
+-- changes.  A statement of that name with other text (prepared by someone
+-- else in this session) is replaced, never run.
+CREATE FUNCTION pgcdc._prepared(query text)
+RETURNS text LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	stmt text := 'pgcdc_' || md5(query);
+	want text := format('PREPARE %I AS %s', stmt, query);
+	have text;
+BEGIN
+	SELECT p.statement INTO have FROM pg_prepared_statements p WHERE p.name = stmt;
+	IF have IS DISTINCT FROM want THEN
+		IF have IS NOT NULL THEN
+			EXECUTE format('DEALLOCATE %I', stmt);
+		END IF;
+		EXECUTE want;
+	END IF;
+	RETURN stmt;
 END
 $$;
 
@@ -1680,9 +1716,13 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION pgcdc.apply_mirror(target regclass, changes regclass, key_columns text[],
-								   soft_delete boolean DEFAULT false,
-								   op_column text DEFAULT 'op')
+/*
+ * The general mirror apply: changes staged by _stage (truncates, unchanged
+ * TOAST, key-changing updates), then each key's last event.  apply_mirror
+ * has checked the arguments.
+ */
+CREATE FUNCTION pgcdc._mirror_staged(target regclass, changes regclass, key_columns text[],
+									 soft_delete boolean, op_column text)
 RETURNS TABLE (inserted bigint, updated bigint, deleted bigint, skipped bigint)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -1700,16 +1740,6 @@ DECLARE
 		OR ROW(t._source_lsn, coalesce(t._source_seq, 0))
 		   OPERATOR(pg_catalog.<) ROW(m.pgcdc_lsn, m.pgcdc_lseq))$f$;
 BEGIN
-	IF soft_delete IS NULL THEN
-		RAISE EXCEPTION 'soft_delete must not be null' USING ERRCODE = '22004';
-	END IF;
-	PERFORM pgcdc._check_mirror(target, soft_delete);
-	PERFORM pgcdc._check_table(changes, 'changes', inputs => true);
-	IF NOT pgcdc._has_column(changes, '_source_lsn', 'pg_lsn')
-	   OR NOT pgcdc._has_column(changes, '_source_seq', 'int4') THEN
-		RAISE EXCEPTION 'changes % lacks _source_lsn pg_lsn or _source_seq integer', changes
-			USING ERRCODE = '42703';
-	END IF;
 	st := pgcdc._stage(target, changes, key_columns, '_source_lsn,_source_seq', op_column, NULL);
 	vals := ARRAY(SELECT c FROM unnest(st.data_cols) c WHERE c <> ALL (key_columns));
 	keys := pgcdc._list(key_columns);
@@ -1787,6 +1817,124 @@ BEGIN
 	-- deleted a row that is not there)
 	SELECT count(*) INTO total FROM pg_temp._pgcdc_m;
 	skipped := skipped + total - inserted - updated;
+	RETURN NEXT;
+END
+$$;
+
+/*
+ * Apply a batch of change rows to a mirror target.  Each key ends as its
+ * last event left it, unless the row already holds a newer event (the
+ * (_source_lsn, _source_seq) guard).  A batch of plain inserts, updates and
+ * deletes (the common one) is applied by one prepared statement reading the
+ * changes once; truncates, unchanged TOAST and key-changing updates go
+ * through _mirror_staged.
+ */
+CREATE FUNCTION pgcdc.apply_mirror(target regclass, changes regclass, key_columns text[],
+								   soft_delete boolean DEFAULT false,
+								   op_column text DEFAULT 'op')
+RETURNS TABLE (inserted bigint, updated bigint, deleted bigint, skipped bigint)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	data_cols text[];
+	vals text[];
+	has_ut boolean;
+	has_ok boolean;
+	plain boolean;
+	total bigint;
+	-- the event is newer than the row
+	newer text := $f$(t._source_lsn IS NULL
+		OR ROW(t._source_lsn, coalesce(t._source_seq, 0))
+		   OPERATOR(pg_catalog.<) ROW(m.pgcdc_lsn, m.pgcdc_lseq))$f$;
+	keyjoin text;
+BEGIN
+	IF soft_delete IS NULL THEN
+		RAISE EXCEPTION 'soft_delete must not be null' USING ERRCODE = '22004';
+	END IF;
+	PERFORM pgcdc._check_mirror(target, soft_delete);
+	PERFORM pgcdc._check_table(changes, 'changes', inputs => true);
+	IF NOT pgcdc._has_column(changes, '_source_lsn', 'pg_lsn')
+	   OR NOT pgcdc._has_column(changes, '_source_seq', 'int4') THEN
+		RAISE EXCEPTION 'changes % lacks _source_lsn pg_lsn or _source_seq integer', changes
+			USING ERRCODE = '42703';
+	END IF;
+	PERFORM pgcdc._check_columns(key_columns, 'key_columns', target, changes);
+	IF op_column IS NULL THEN
+		RAISE EXCEPTION 'op_column must not be null' USING ERRCODE = '22004';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM pgcdc._columns(changes) c WHERE c.attname = op_column) THEN
+		RAISE EXCEPTION 'op column "%" does not exist in %', op_column, changes
+			USING ERRCODE = '42703';
+	END IF;
+	data_cols := pgcdc._check_reserved(pgcdc._shared_columns(target, changes));
+	has_ut := pgcdc._has_column(changes, 'unchanged_toast', 'text[]');
+	has_ok := pgcdc._has_column(changes, '_old_key', 'jsonb');
+
+	-- Is this batch plain?  One pass over the routing columns only (a view
+	-- over staged events does not build its rows for it).
+	EXECUTE 'EXECUTE ' || pgcdc._prepared(format($f$
+		SELECT pg_catalog.count(*) FILTER (WHERE c.%1$I IS NULL OR c.%1$I NOT IN ('I', 'U', 'D')
+			OR c._source_lsn IS NULL OR c._source_seq IS NULL OR %2$s OR %3$s) = 0
+		  FROM %4$s c$f$,
+		op_column,
+		CASE WHEN has_ut THEN 'c.unchanged_toast IS NOT NULL' ELSE 'false' END,
+		CASE WHEN has_ok THEN format('(c.%I = ''U'' AND c._old_key IS NOT NULL)', op_column)
+			 ELSE 'false' END,
+		changes))
+	INTO plain;
+	IF NOT plain THEN
+		RETURN QUERY SELECT * FROM pgcdc._mirror_staged(target, changes, key_columns,
+														 soft_delete, op_column);
+		RETURN;
+	END IF;
+
+	-- Each key's last event, then every write in one statement: the
+	-- sub-statements see the target as it was and touch disjoint rows
+	-- (one event per key).
+	vals := ARRAY(SELECT c FROM unnest(data_cols) c WHERE c <> ALL (key_columns));
+	keyjoin := pgcdc._key_join('t', 'm', target, key_columns);
+	EXECUTE 'EXECUTE ' || pgcdc._prepared(format($f$
+		WITH pgcdc_m AS MATERIALIZED (
+			SELECT DISTINCT ON (%1$s) x.* FROM (
+				SELECT %2$s, c.%3$I::text AS pgcdc_op, c._source_lsn AS pgcdc_lsn,
+					   c._source_seq AS pgcdc_lseq FROM %4$s c) x
+			 WHERE %13$s
+			 ORDER BY %1$s, x.pgcdc_lsn DESC, x.pgcdc_lseq DESC),
+		pgcdc_d AS (%5$s RETURNING 1),
+		pgcdc_u AS (UPDATE %6$s t SET %7$s _source_lsn = m.pgcdc_lsn, _source_seq = m.pgcdc_lseq,
+					 _synced_at = pg_catalog.now() %8$s
+				FROM pgcdc_m m WHERE m.pgcdc_op OPERATOR(pg_catalog.<>) 'D' AND %9$s AND %10$s
+			  RETURNING 1),
+		pgcdc_i AS (INSERT INTO %6$s (%11$s, _source_lsn, _source_seq, _synced_at)
+			  SELECT %12$s, m.pgcdc_lsn, m.pgcdc_lseq, pg_catalog.now() FROM pgcdc_m m
+			   WHERE m.pgcdc_op OPERATOR(pg_catalog.<>) 'D'
+				 AND NOT EXISTS (SELECT 1 FROM %6$s t WHERE %9$s)
+			  RETURNING 1)
+		SELECT (SELECT pg_catalog.count(*) FROM pgcdc_i), (SELECT pg_catalog.count(*) FROM pgcdc_u),
+			   (SELECT pg_catalog.count(*) FROM pgcdc_d), (SELECT pg_catalog.count(*) FROM pgcdc_m)$f$,
+		pgcdc._list(key_columns, 'x'),
+		pgcdc._cast_list(target, changes, data_cols, 'c'),
+		op_column, pgcdc._qname(changes),
+		format(CASE WHEN soft_delete
+			THEN 'UPDATE %1$s t SET _is_deleted = true, _source_lsn = m.pgcdc_lsn, '
+				 '_source_seq = m.pgcdc_lseq, _synced_at = pg_catalog.now() '
+				 'FROM pgcdc_m m WHERE m.pgcdc_op OPERATOR(pg_catalog.=) ''D'' AND %2$s AND %3$s'
+			ELSE 'DELETE FROM %1$s t USING pgcdc_m m '
+				 'WHERE m.pgcdc_op OPERATOR(pg_catalog.=) ''D'' AND %2$s AND %3$s' END,
+			pgcdc._qname(target), keyjoin, newer),
+		pgcdc._qname(target),
+		(SELECT coalesce(string_agg(format('%I = m.%I, ', c, c), ''), '') FROM unnest(vals) c),
+		CASE WHEN soft_delete THEN ', _is_deleted = false' ELSE '' END,
+		keyjoin, newer,
+		pgcdc._list(data_cols), pgcdc._list(data_cols, 'm'),
+		-- a null key fails the batch before anything is written
+		format('(%s) OR pgcdc._fail(''23502'', %L, %L) IS NULL',
+			   (SELECT string_agg(format('x.%I IS NOT NULL', k), ' AND ') FROM unnest(key_columns) k),
+			   format('null key in changes %s', changes),
+			   format('Key columns: %s.', array_to_string(key_columns, ', ')))))
+	INTO inserted, updated, deleted, total;
+	skipped := total - inserted - updated - deleted;
 	RETURN NEXT;
 END
 $$;

@@ -164,6 +164,49 @@ INSERT INTO short_ch VALUES (1, 1, 'a', 'b', 'I', '0/10', 1, NULL),
 SELECT * FROM pgcdc.apply_mirror('short_names', 'pg_temp.short_ch', '{id}');
 SELECT id, u, t, x FROM short_names;
 
+-- a plain batch (no truncate, unchanged TOAST or key change) is applied by
+-- one statement, prepared once per session and batch shape and reused
+DEALLOCATE ALL;
+TRUNCATE staging;
+INSERT INTO staging (op, _source_lsn, _source_seq, id, status, amount, doc) VALUES
+	('I', '0/A00', 1, 30, 'new', 1, 'p'), ('U', '0/A00', 2, 30, 'paid', 1, 'p'),
+	('I', '0/A00', 3, 31, 'new', 2, 'q'), ('D', '0/A00', 4, 31, NULL, NULL, NULL),
+	('U', '0/A00', 5, 5, 'shipped', 50, 'e');
+SELECT * FROM pgcdc.apply_mirror('orders', 'staging', '{id}');
+SELECT count(*) AS statements FROM pg_prepared_statements WHERE name LIKE 'pgcdc\_%';
+TRUNCATE staging;
+INSERT INTO staging (op, _source_lsn, _source_seq, id, status, amount, doc) VALUES
+	('D', '0/B00', 1, 30, NULL, NULL, NULL), ('I', '0/B00', 2, 32, 'new', 3, 'r');
+SELECT * FROM pgcdc.apply_mirror('orders', 'staging', '{id}');
+SELECT * FROM m WHERE id >= 30 OR id = 5 ORDER BY id;
+SELECT statement ~ 'WITH pgcdc_m' AS apply, generic_plans + custom_plans AS runs
+  FROM pg_prepared_statements WHERE name LIKE 'pgcdc\_%' ORDER BY 1;
+-- a statement of the same name prepared by someone else is replaced, not run
+CREATE TABLE canary (x int);
+DO $$
+DECLARE
+	n text := (SELECT name FROM pg_prepared_statements WHERE statement ~ 'WITH pgcdc_m');
+BEGIN
+	EXECUTE format('DEALLOCATE %I', n);
+	EXECUTE format('PREPARE %I AS WITH c AS (INSERT INTO public.canary VALUES (1)) '
+				   'SELECT 0::bigint, 0::bigint, 0::bigint, 0::bigint, 0::bigint', n);
+END
+$$;
+TRUNCATE staging;
+INSERT INTO staging (op, _source_lsn, _source_seq, id, status, amount, doc) VALUES
+	('I', '0/C00', 1, 33, 'new', 4, 's');
+SELECT * FROM pgcdc.apply_mirror('orders', 'staging', '{id}');
+SELECT count(*) AS canary FROM canary;
+SELECT id, status FROM orders WHERE id = 33;
+-- a null key or an unknown op fails the whole batch: nothing is applied
+TRUNCATE staging;
+INSERT INTO staging (op, _source_lsn, _source_seq, id, status, amount, doc) VALUES
+	('I', '0/D00', 1, 34, 'new', 5, 't'), ('I', '0/D00', 2, NULL, 'new', 6, 'u');
+SELECT * FROM pgcdc.apply_mirror('orders', 'staging', '{id}');
+UPDATE staging SET op = 'X', id = 35 WHERE id IS NULL;
+SELECT * FROM pgcdc.apply_mirror('orders', 'staging', '{id}');
+SELECT count(*) AS applied FROM orders WHERE id >= 34;
+
 DROP EXTENSION pgcdc;
 DROP VIEW m;
-DROP TABLE orders, orders_soft, staging, bare, short_names;
+DROP TABLE orders, orders_soft, staging, bare, short_names, canary;
