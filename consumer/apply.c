@@ -1,319 +1,27 @@
 /*
  * apply.c
- *		Batches: whole source transactions applied in one target transaction
- *		together with the checkpoint that covers them.
+ *		Applying one batch in the target, in the apply thread: per table
+ *		map one set-based call over the staged events (pgcdc.apply_mirror,
+ *		pgcdc.scd2_apply_changes, or an INSERT for append targets), rules
+ *		(pgcdc.apply_rules) first; then the checkpoint and the batch log,
+ *		and COMMIT.  If the batch fails, it is retried map by map and then
+ *		event by event inside savepoints, and only the events that still
+ *		fail go to pgcdc.quarantine with their SQLSTATE.
  *
- *		Events are streamed into a temporary table with COPY as they arrive
- *		(the consumer keeps no events in memory, so a huge source transaction
- *		costs no client memory).  At flush, per table map, the map's events
- *		become typed change rows (jsonb_populate_record on the server) and
- *		one set-based call applies them: pgcdc.apply_mirror,
- *		pgcdc.scd2_apply_changes, or an INSERT for append targets.  Rules
- *		(pgcdc.apply_rules) run first.  If the batch fails, it is retried
- *		map by map and then event by event inside savepoints, and only the
- *		events that still fail go to pgcdc.quarantine with their SQLSTATE.
+ *		Everything here runs on the job's connection and touches no global
+ *		state but the thread's own last_sql_error: the stream goes on
+ *		meanwhile (batch.c).
  */
 #include "postgres_fe.h"
 
 #include "consumer.h"
-
-struct Batch
-{
-	PGconn	   *conn;
-	Pipeline   *p;
-	bool		open;			/* target transaction + COPY in progress */
-	bool		skipping;		/* current source transaction is at/before the checkpoint */
-	bool		tables_ready;	/* session temp tables created */
-	long		events;
-	long		xacts;
-	long		per_op[4];		/* I U D T */
-	long	   *per_map;		/* events per table map in this batch */
-	Lsn			first_lsn;
-	Lsn			last_commit_lsn;
-	Lsn			last_end_lsn;
-	char		last_ts[64];
-	int64_t		started_us;
-	PQExpBuffer line;			/* the COPY line being built */
-	PQExpBuffer tmp;			/* a field being built */
-};
-
-Batch *
-batch_new(PGconn *target, Pipeline *p)
-{
-	Batch	   *b = pg_malloc0(sizeof(Batch));
-
-	b->conn = target;
-	b->p = p;
-	b->per_map = pg_malloc0(sizeof(long) * p->nmaps);
-	b->line = createPQExpBuffer();
-	b->tmp = createPQExpBuffer();
-	return b;
-}
-
-void
-batch_free(Batch *b)
-{
-	if (b == NULL)
-		return;
-	destroyPQExpBuffer(b->line);
-	destroyPQExpBuffer(b->tmp);
-	free(b->per_map);
-	free(b);
-}
-
-long
-batch_events(Batch *b)
-{
-	return b->events;
-}
-
-bool
-batch_open(Batch *b)
-{
-	return b->open;
-}
-
-int64_t
-batch_started_us(Batch *b)
-{
-	return b->started_us;
-}
-
-static void
-reset_counts(Batch *b)
-{
-	b->events = b->xacts = 0;
-	memset(b->per_op, 0, sizeof(b->per_op));
-	memset(b->per_map, 0, sizeof(long) * b->p->nmaps);
-	b->first_lsn = b->last_commit_lsn = b->last_end_lsn = InvalidLsn;
-	b->last_ts[0] = '\0';
-}
-
-/* The session's staging tables: events, and one change table per map. */
-static bool
-create_session_tables(Batch *b)
-{
-	PQExpBuffer sql = createPQExpBuffer();
-	bool		ok;
-	int			i;
-
-	/*
-	 * One row per event and table map it feeds: the routing fields, the
-	 * row as a composite literal of the map's data columns (written by
-	 * row_literal, parsed by the columns' input functions: no JSON work on
-	 * the server), and the event's text for append targets and quarantine.
-	 */
-	appendPQExpBufferStr(sql, "DROP TABLE IF EXISTS pg_temp.pgcdc_events CASCADE; "
-						 "CREATE TEMP TABLE pgcdc_events (ord bigint GENERATED ALWAYS AS IDENTITY, "
-						 "map integer NOT NULL, op text NOT NULL, commit_lsn pg_catalog.pg_lsn, seq integer, "
-						 "ts timestamptz, ut text[], old_key jsonb, row_text text, raw text NOT NULL) "
-						 "ON COMMIT DELETE ROWS;");
-	for (i = 0; i < b->p->nmaps; i++)
-	{
-		TableMap   *m = &b->p->maps[i];
-
-		if (strcmp(m->mode, "append") == 0)
-			continue;
-		/*
-		 * The map's change rows, as a view over the staged events that the
-		 * apply functions read directly; and as a table, for the paths that
-		 * need to remove rows (rules) or to pick one event.
-		 */
-		appendPQExpBuffer(sql,
-						  "DROP TABLE IF EXISTS pg_temp.pgcdc_changes_%d, pg_temp.pgcdc_row_%d; "
-						  "CREATE TEMP TABLE pgcdc_row_%d (%s); "
-						  "CREATE TEMP TABLE pgcdc_changes_%d (%s, op text, _source_lsn pg_catalog.pg_lsn, "
-						  "_source_seq integer, _commit_ts timestamptz, unchanged_toast text[], _old_key jsonb) "
-						  "ON COMMIT DELETE ROWS; "
-						  "CREATE TEMP VIEW pgcdc_view_%d AS SELECT %s, e.op, e.commit_lsn AS _source_lsn, "
-						  "e.seq AS _source_seq, e.ts AS _commit_ts, e.ut AS unchanged_toast, e.old_key AS _old_key, "
-						  "e.ord AS pgcdc_ord "
-						  "FROM pg_temp.pgcdc_events e "
-						  "CROSS JOIN LATERAL (SELECT e.row_text::pg_temp.pgcdc_row_%d AS r OFFSET 0) x "
-						  "WHERE e.map = %d;",
-						  i, i, i, m->data_types, i, m->data_types, i, m->row_columns, i, i);
-	}
-	ok = exec_cmd(b->conn, sql->data);
-	destroyPQExpBuffer(sql);
-	b->tables_ready = ok;
-	return ok;
-}
-
-static bool
-start_copy(Batch *b)
-{
-	PGresult   *res;
-
-	if (!b->tables_ready && !create_session_tables(b))
-		return false;
-	if (!exec_cmd(b->conn, "BEGIN"))
-		return false;
-	/* CSV with separators that text rarely contains; fields are quoted (csv_field) */
-	res = PQexec(b->conn, "COPY pg_temp.pgcdc_events (map, op, commit_lsn, seq, ts, ut, old_key, row_text, raw) "
-				 "FROM STDIN (FORMAT csv, DELIMITER E'\\x1f', QUOTE E'\\x1e')");
-	if (PQresultStatus(res) != PGRES_COPY_IN)
-	{
-		log_msg(LOG_ERROR, "could not stage events in the target: %s", conn_error(b->conn));
-		PQclear(res);
-		return false;
-	}
-	PQclear(res);
-	b->open = true;
-	b->started_us = now_us();
-	reset_counts(b);
-	return true;
-}
-
-bool
-batch_begin_xact(Batch *b, const EventInfo *begin)
-{
-	b->skipping = b->p->has_checkpoint && begin->commit_lsn <= b->p->ckpt_commit_lsn;
-	if (b->skipping)
-	{
-		stats.skipped++;
-		return true;
-	}
-	if (!b->open && !start_copy(b))
-		return false;
-	if (b->first_lsn == InvalidLsn)
-		b->first_lsn = begin->commit_lsn;
-	return true;
-}
-
-/* A CSV field quoted with \x1e (doubled inside); NULL is an empty unquoted field. */
-static void
-csv_field(PQExpBuffer line, const char *v, size_t len)
-{
-	const char *end = v + len;
-
-	if (v == NULL)
-		return;
-	appendPQExpBufferChar(line, '\x1e');
-	while (v < end)
-	{
-		const char *q = memchr(v, '\x1e', end - v);
-
-		if (q == NULL)
-		{
-			appendBinaryPQExpBuffer(line, v, end - v);
-			break;
-		}
-		appendBinaryPQExpBuffer(line, v, q + 1 - v);
-		appendPQExpBufferChar(line, '\x1e');
-		v = q + 1;
-	}
-	appendPQExpBufferChar(line, '\x1e');
-}
-
-/* One line of pgcdc_events: the event as it feeds map i. */
-static bool
-event_line(Batch *b, int i, const EventInfo *ev, const char *json, size_t len)
-{
-	TableMap   *m = &b->p->maps[i];
-	PQExpBuffer line = b->line;
-	char		lsn[32];
-
-	resetPQExpBuffer(line);
-	appendPQExpBuffer(line, "%d\x1f%c\x1f%s\x1f%ld\x1f", i, ev->op, format_lsn(ev->commit_lsn, lsn), ev->seq);
-	csv_field(line, ev->ts, ev->ts ? strlen(ev->ts) : 0);
-	appendPQExpBufferChar(line, '\x1f');
-	if (ev->unchanged_toast.ptr)
-	{
-		resetPQExpBuffer(b->tmp);
-		if (!array_literal(b->tmp, ev->unchanged_toast))
-			return false;
-		csv_field(line, b->tmp->data, b->tmp->len);
-	}
-	appendPQExpBufferChar(line, '\x1f');
-	if (ev->op == 'U' && ev->old.ptr)
-		csv_field(line, ev->old.ptr, ev->old.len);
-	appendPQExpBufferChar(line, '\x1f');
-	if (strcmp(m->mode, "append") != 0 && ev->op != 'T')
-	{
-		JsonSpan	row = ev->op == 'D' ? (ev->old.ptr ? ev->old : ev->key) : ev->new_row;
-
-		resetPQExpBuffer(b->tmp);
-		if (row.ptr && !row_literal(b->tmp, m, row))
-			return false;
-		if (row.ptr)
-			csv_field(line, b->tmp->data, b->tmp->len);
-	}
-	appendPQExpBufferChar(line, '\x1f');
-	csv_field(line, json, len);
-	appendPQExpBufferChar(line, '\n');
-	return true;
-}
-
-bool
-batch_add_event(Batch *b, const EventInfo *ev, const char *json, size_t len)
-{
-	int			i;
-	bool		found = false;
-
-	if (b->skipping || !b->open || ev->op == 'M' || ev->schema == NULL || ev->table == NULL)
-		return true;
-	/* one source table may feed several targets: a line for each */
-	for (i = 0; i < b->p->nmaps; i++)
-	{
-		if (strcmp(b->p->maps[i].source_schema, ev->schema) != 0 ||
-			strcmp(b->p->maps[i].source_name, ev->table) != 0)
-			continue;
-		if (!event_line(b, i, ev, json, len))
-		{
-			log_msg(LOG_ERROR, "could not read the row of an event: %.200s", json);
-			return false;
-		}
-		if (PQputCopyData(b->conn, b->line->data, b->line->len) != 1)
-		{
-			log_msg(LOG_ERROR, "could not stage events in the target: %s", conn_error(b->conn));
-			return false;
-		}
-		b->per_map[i]++;
-		found = true;
-	}
-	if (!found)
-		return true;
-	b->events++;
-	stats.events++;
-	switch (ev->op)
-	{
-		case 'I':
-			b->per_op[0]++;
-			break;
-		case 'U':
-			b->per_op[1]++;
-			break;
-		case 'D':
-			b->per_op[2]++;
-			break;
-		case 'T':
-			b->per_op[3]++;
-			break;
-	}
-	return true;
-}
-
-bool
-batch_end_xact(Batch *b, const EventInfo *commit)
-{
-	if (b->skipping || !b->open)
-	{
-		b->skipping = false;
-		return true;
-	}
-	b->xacts++;
-	b->last_commit_lsn = commit->commit_lsn;
-	b->last_end_lsn = commit->end_lsn;
-	snprintf(b->last_ts, sizeof(b->last_ts), "%s", commit->ts ? commit->ts : "");
-	return true;
-}
 
 /*
  * The change rows of map i, from its view, in a table that rules can remove
  * rows from; "ord" narrows them to one event (isolating a failure).
  */
 static bool
-stage_changes(Batch *b, int i, const char *ord)
+stage_changes(ApplyJob *b, int i, const char *ord)
 {
 	TableMap   *m = &b->p->maps[i];
 	PQExpBuffer sql = createPQExpBuffer();
@@ -334,7 +42,7 @@ stage_changes(Batch *b, int i, const char *ord)
 
 /* Does the map's source table have rules (looked up per batch: they may change)? */
 static bool
-map_has_rules(Batch *b, TableMap *m)
+map_has_rules(ApplyJob *b, TableMap *m)
 {
 	const char *params[2] = {b->p->name, m->source_table};
 	PGresult   *res = exec_ok(b->conn,
@@ -348,7 +56,7 @@ map_has_rules(Batch *b, TableMap *m)
 
 /* Apply map i's staged changes (or append its events) with one call. */
 static bool
-apply_map(Batch *b, int i, const char *ord, long *quarantined)
+apply_map(ApplyJob *b, int i, const char *ord, long *quarantined)
 {
 	TableMap   *m = &b->p->maps[i];
 	PQExpBuffer sql = createPQExpBuffer();
@@ -437,7 +145,7 @@ apply_map(Batch *b, int i, const char *ord, long *quarantined)
 }
 
 static bool
-savepoint(Batch *b, const char *verb, const char *name)
+savepoint(ApplyJob *b, const char *verb, const char *name)
 {
 	char		sql[64];
 
@@ -445,18 +153,47 @@ savepoint(Batch *b, const char *verb, const char *name)
 	return exec_cmd(b->conn, sql);
 }
 
+/* The event JSON of one pgcdc_events row: kept in the row, or in the job's raw file. */
+static char *
+event_json(ApplyJob *b, PGresult *row)
+{
+	off_t		off;
+	size_t		len;
+	char	   *json;
+
+	if (!PQgetisnull(row, 0, 0))
+		return pg_strdup(PQgetvalue(row, 0, 0));
+	off = (off_t) atoll(PQgetvalue(row, 0, 1));
+	len = (size_t) atol(PQgetvalue(row, 0, 2));
+	json = pg_malloc(len + 1);
+	if (fseeko(b->raw, off, SEEK_SET) != 0 || fread(json, 1, len, b->raw) != len)
+	{
+		log_msg(LOG_ERROR, "could not read an event back from the batch's file: %m");
+		free(json);
+		return NULL;
+	}
+	json[len] = '\0';
+	return json;
+}
+
 /* Record one failing event in the quarantine with the error it raised. */
 static bool
-quarantine_event(Batch *b, int i, const char *ord, const char *code,
+quarantine_event(ApplyJob *b, int i, const char *ord, const char *code,
 				 const char *message, const char *detail)
 {
 	TableMap   *m = &b->p->maps[i];
-	const char *params[7] = {b->p->name, m->source_table, m->target, ord, code, message, detail};
-	PGresult   *res = exec_ok(b->conn,
-							  "SELECT pgcdc.quarantine_event($1, $2, $3, e.raw::jsonb, $5, $6, $7) "
-							  "FROM pg_temp.pgcdc_events e WHERE e.ord = $4::bigint",
-							  7, params);
+	const char *q[1] = {ord};
+	PGresult   *row = exec_ok(b->conn, "SELECT raw, raw_off, raw_len FROM pg_temp.pgcdc_events "
+							  "WHERE ord = $1::bigint", 1, q);
+	char	   *json = row && PQntuples(row) == 1 ? event_json(b, row) : NULL;
+	const char *params[7] = {b->p->name, m->source_table, m->target, json, code, message, detail};
+	PGresult   *res = NULL;
 
+	PQclear(row);
+	if (json != NULL)
+		res = exec_ok(b->conn, "SELECT pgcdc.quarantine_event($1, $2, $3, $4::jsonb, $5, $6, $7)",
+					  7, params);
+	free(json);
 	PQclear(res);
 	return res != NULL;
 }
@@ -466,7 +203,7 @@ quarantine_event(Batch *b, int i, const char *ord, const char *code,
  * savepoint; an event that fails is quarantined with its error.
  */
 static bool
-isolate_map(Batch *b, int i, long *quarantined)
+isolate_map(ApplyJob *b, int i, long *quarantined)
 {
 	TableMap   *m = &b->p->maps[i];
 	char		map[16];
@@ -524,7 +261,7 @@ isolate_map(Batch *b, int i, long *quarantined)
 
 /* The checkpoint and the batch log, in the batch's transaction. */
 static bool
-record_batch(Batch *b, long quarantined, int64_t started_us)
+record_batch(ApplyJob *b, long quarantined, int64_t started_us)
 {
 	char		first[32],
 				commit[32],
@@ -538,7 +275,8 @@ record_batch(Batch *b, long quarantined, int64_t started_us)
 	PGresult   *res;
 
 	if (!checkpoint_advance(b->conn, b->p, b->last_commit_lsn, b->last_end_lsn,
-							b->last_ts[0] ? b->last_ts : NULL, b->xacts, b->events, quarantined))
+							b->last_ts[0] ? b->last_ts : NULL, b->xacts, b->events, quarantined,
+							b->source_lsn, &b->lag_seconds))
 		return false;
 
 	format_lsn(b->first_lsn, first);
@@ -560,43 +298,17 @@ record_batch(Batch *b, long quarantined, int64_t started_us)
 	return res != NULL;
 }
 
-static bool
-end_copy(Batch *b)
-{
-	PGresult   *res;
-	bool		ok;
-
-	if (PQputCopyEnd(b->conn, NULL) != 1)
-	{
-		log_msg(LOG_ERROR, "could not stage events in the target: %s", conn_error(b->conn));
-		return false;
-	}
-	res = PQgetResult(b->conn);
-	ok = PQresultStatus(res) == PGRES_COMMAND_OK;
-	if (!ok)
-		log_msg(LOG_ERROR, "could not stage events in the target: %s", conn_error(b->conn));
-	PQclear(res);
-	while ((res = PQgetResult(b->conn)) != NULL)
-		PQclear(res);
-	return ok;
-}
-
 /*
- * Apply the batch and commit it with its checkpoint.  On success *applied
- * is the end LSN of its last transaction: what the source may forget.
+ * Apply the job's batch and commit it with its checkpoint (in the apply
+ * thread).  Returns false, with job->error set, if the batch did not
+ * commit: its transactions will come again from the slot.
  */
-bool
-batch_flush(Batch *b, Lsn *applied)
+static bool
+apply_batch(ApplyJob *b, int64_t started_us)
 {
 	long		quarantined = 0;
 	bool		ok = true;
-	int64_t		t0 = now_us();
 	int			i;
-
-	if (!b->open)
-		return true;
-	if (!end_copy(b))
-		return false;
 
 	if (b->events > 0)
 	{
@@ -649,45 +361,19 @@ batch_flush(Batch *b, Lsn *applied)
 		}
 	}
 
-	if (!record_batch(b, quarantined, t0) || !exec_cmd(b->conn, "COMMIT"))
+	if (!record_batch(b, quarantined, started_us) || !exec_cmd(b->conn, "COMMIT"))
 		return false;
-
-	b->open = false;
-	b->p->ckpt_commit_lsn = b->last_commit_lsn;
-	b->p->ckpt_end_lsn = b->last_end_lsn;
-	b->p->has_checkpoint = true;
-	*applied = b->last_end_lsn;
-	stats.transactions += b->xacts;
-	stats.batches++;
-	stats.quarantined += quarantined;
-	if (opts.verbose > 0)
-	{
-		char		lb[32];
-
-		log_msg(LOG_DEBUG, "batch: %ld transactions, %ld events, %ld quarantined, up to %s in %.1f ms",
-				b->xacts, b->events, quarantined, format_lsn(b->last_end_lsn, lb),
-				(now_us() - t0) / 1000.0);
-	}
+	b->quarantined = quarantined;
 	return true;
 }
 
-/* Throw the open batch away: its transactions come again from the slot. */
-void
-batch_abort(Batch *b)
+bool
+apply_job(ApplyJob *b)
 {
-	PGresult   *res;
-
-	if (b == NULL || !b->open)
-		return;
-	b->open = false;
-	if (PQstatus(b->conn) != CONNECTION_OK)
-		return;
-	if (PQtransactionStatus(b->conn) == PQTRANS_ACTIVE)
-	{
-		PQputCopyEnd(b->conn, "batch abandoned");
-		while ((res = PQgetResult(b->conn)) != NULL)
-			PQclear(res);
-	}
-	res = PQexec(b->conn, "ROLLBACK");
-	PQclear(res);
+	memset(&last_sql_error, 0, sizeof(last_sql_error));
+	b->quarantined = 0;
+	b->ok = apply_batch(b, now_us());
+	if (!b->ok)
+		b->error = last_sql_error;
+	return b->ok;
 }

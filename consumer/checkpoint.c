@@ -31,11 +31,13 @@ checkpoint_load(PGconn *conn, Pipeline *p)
 /*
  * Move the checkpoint to a batch's last transaction, adding its totals.
  * Only ever forward: a checkpoint at or past commit_lsn means another
- * writer, and the batch must not commit.  Sets stats.lag_seconds.
+ * writer, and the batch must not commit.  source_lsn is where the source
+ * was last seen; *lag_seconds gets the commit-to-apply delay.  Runs in the
+ * apply thread: it touches no global state.
  */
 bool
 checkpoint_advance(PGconn *conn, Pipeline *p, Lsn commit_lsn, Lsn end_lsn, const char *commit_ts,
-				   long xacts, long events, long quarantined)
+				   long xacts, long events, long quarantined, Lsn source_lsn, double *lag_seconds)
 {
 	char		commit[32],
 				end[32],
@@ -48,7 +50,7 @@ checkpoint_advance(PGconn *conn, Pipeline *p, Lsn commit_lsn, Lsn end_lsn, const
 
 	format_lsn(commit_lsn, commit);
 	format_lsn(end_lsn, end);
-	format_lsn(stats.source_lsn > end_lsn ? stats.source_lsn : end_lsn, src);
+	format_lsn(source_lsn > end_lsn ? source_lsn : end_lsn, src);
 	snprintf(n_x, sizeof(n_x), "%ld", xacts);
 	snprintf(n_ev, sizeof(n_ev), "%ld", events);
 	snprintf(n_q, sizeof(n_q), "%ld", quarantined);
@@ -74,7 +76,7 @@ checkpoint_advance(PGconn *conn, Pipeline *p, Lsn commit_lsn, Lsn end_lsn, const
 		return false;
 	}
 	if (!PQgetisnull(res, 0, 0))
-		stats.lag_seconds = atof(PQgetvalue(res, 0, 0));
+		*lag_seconds = atof(PQgetvalue(res, 0, 0));
 	PQclear(res);
 	return true;
 }

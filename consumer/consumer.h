@@ -158,8 +158,9 @@ typedef struct SqlError
 	char		message[1024];
 	char		detail[1024];
 } SqlError;
-extern SqlError last_sql_error;	/* of the last statement that failed */
-extern bool quiet_sql_errors;	/* failures expected: log them at DEBUG */
+/* per thread: the apply thread runs statements while the stream goes on */
+extern __thread SqlError last_sql_error;	/* of the last statement that failed */
+extern __thread bool quiet_sql_errors;	/* failures expected: log them at DEBUG */
 
 extern bool sql_error_is_transient(const SqlError *e);
 extern PGconn *target_connect(const char *conninfo);
@@ -174,7 +175,8 @@ extern bool exec_cmd(PGconn *conn, const char *sql);
 /* checkpoint.c */
 extern bool checkpoint_load(PGconn *conn, Pipeline *p);
 extern bool checkpoint_advance(PGconn *conn, Pipeline *p, Lsn commit_lsn, Lsn end_lsn,
-							   const char *commit_ts, long xacts, long events, long quarantined);
+							   const char *commit_ts, long xacts, long events, long quarantined,
+							   Lsn source_lsn, double *lag_seconds);
 extern bool checkpoint_set(PGconn *conn, Pipeline *p, Lsn lsn, const char *commit_ts);
 
 /* stream.c */
@@ -189,7 +191,39 @@ extern bool stream_start(Stream *s, Pipeline *p, Lsn start);
 extern int	stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p);
 extern void stream_close(Stream *s);
 
+/*
+ * One batch as the apply thread sees it: whole source transactions staged
+ * in the target session's pgcdc_events (its transaction open, the COPY
+ * ended), with their counts; and what applying it gave.
+ */
+typedef struct ApplyJob
+{
+	PGconn	   *conn;
+	Pipeline   *p;				/* read only while the job runs */
+	long		events;
+	long		xacts;
+	long		lines;			/* rows of pgcdc_events: an event feeds one per map */
+	long		per_op[4];		/* I U D T */
+	long	   *per_map;		/* events per table map */
+	Lsn			first_lsn;
+	Lsn			last_commit_lsn;
+	Lsn			last_end_lsn;
+	char		last_ts[64];
+	int64_t		started_us;
+	FILE	   *raw;			/* event JSON not kept in pgcdc_events (raw_off, raw_len) */
+	off_t		raw_len;
+	Lsn			source_lsn;		/* the source's position when the job started */
+	/* results */
+	bool		ok;
+	long		quarantined;
+	double		lag_seconds;
+	SqlError	error;
+} ApplyJob;
+
 /* apply.c */
+extern bool apply_job(ApplyJob *job);
+
+/* batch.c */
 typedef struct Batch Batch;
 extern Batch *batch_new(PGconn *target, Pipeline *p);
 extern bool batch_begin_xact(Batch *b, const EventInfo *begin);
@@ -197,6 +231,10 @@ extern bool batch_add_event(Batch *b, const EventInfo *ev, const char *json, siz
 extern bool batch_end_xact(Batch *b, const EventInfo *commit);
 extern long batch_events(Batch *b);
 extern bool batch_open(Batch *b);
+extern bool batch_pending(Batch *b);
+extern int	batch_wait_fd(Batch *b);
+extern bool batch_poll(Batch *b, Lsn *applied_end_lsn);
+extern bool batch_wait(Batch *b, Lsn *applied_end_lsn);
 extern int64_t batch_started_us(Batch *b);
 extern bool batch_flush(Batch *b, Lsn *applied_end_lsn);
 extern void batch_abort(Batch *b);

@@ -304,20 +304,36 @@ send_feedback(Stream *s, bool reply_requested)
 	return true;
 }
 
-/* Commit the open batch in the target, then tell the source. */
+/* A batch committed in the target up to applied: tell the source. */
 static bool
-flush_batch(Stream *s, Batch *b)
+advance(Stream *s, Lsn applied)
 {
-	Lsn			applied = InvalidLsn;
-
-	if (!batch_open(b))
+	if (applied == InvalidLsn)
 		return true;
-	if (!batch_flush(b, &applied))
-		return false;
 	if (applied > s->flushed)
 		s->flushed = applied;
 	stats.applied_lsn = s->flushed;
 	return send_feedback(s, false);
+}
+
+/* Hand the open batch to the apply thread (once the previous one committed). */
+static bool
+flush_batch(Stream *s, Batch *b)
+{
+	Lsn			applied;
+
+	if (!batch_open(b))
+		return true;
+	return batch_flush(b, &applied) && advance(s, applied);
+}
+
+/* Take the result of the batch being applied: if it is done, or waiting for it. */
+static bool
+finish_batch(Stream *s, Batch *b, bool wait)
+{
+	Lsn			applied;
+
+	return (wait ? batch_wait(b, &applied) : batch_poll(b, &applied)) && advance(s, applied);
 }
 
 /* pg_logical_emit_message on the source; returns the message's LSN. */
@@ -395,13 +411,20 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 		{
 			/* a transaction still arriving is dropped: it comes again next time */
 			if (s->in_xact)
+			{
+				if (!finish_batch(s, b, true))
+					goto done;
 				batch_abort(b);
-			else if (!flush_batch(s, b))
+			}
+			else if (!flush_batch(s, b) || !finish_batch(s, b, true))
 				goto done;
 			send_feedback(s, false);
 			result = EXIT_DONE;
 			goto done;
 		}
+
+		if (!finish_batch(s, b, false))
+			goto done;
 
 		/* whole source transactions, up to batch-size events or batch-ms */
 		if (batch_open(b) && !s->in_xact &&
@@ -412,7 +435,7 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 				goto done;
 		}
 
-		if (caught_up_at != InvalidLsn && p->ckpt_commit_lsn >= caught_up_at && !batch_open(b))
+		if (caught_up_at != InvalidLsn && p->ckpt_commit_lsn >= caught_up_at && !batch_pending(b))
 		{
 			char		lb[32];
 
@@ -460,6 +483,7 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 			int64_t		wait_us = 1000000;
 			int			sock = PQsocket(s->conn);
 			int			mfd = metrics_fd();
+			int			bfd = batch_wait_fd(b);
 			int			maxfd = sock;
 
 			if (batch_open(b) && !s->in_xact)
@@ -476,6 +500,13 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 				FD_SET(mfd, &fds);
 				if (mfd > maxfd)
 					maxfd = mfd;
+			}
+			if (bfd >= 0)
+			{
+				/* wake up when the batch being applied is done */
+				FD_SET(bfd, &fds);
+				if (bfd > maxfd)
+					maxfd = bfd;
 			}
 			tv.tv_sec = wait_us / 1000000;
 			tv.tv_usec = wait_us % 1000000;
@@ -520,7 +551,7 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 			 * of the source, which waits for the client to confirm all it
 			 * was sent, would hang.
 			 */
-			if (!s->in_xact && !batch_open(b))
+			if (!s->in_xact && !batch_pending(b))
 			{
 				if (wal_end > s->received)
 					s->received = wal_end;

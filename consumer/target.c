@@ -10,8 +10,8 @@
 
 #include "consumer.h"
 
-SqlError	last_sql_error;
-bool		quiet_sql_errors = false;
+__thread SqlError last_sql_error;
+__thread bool quiet_sql_errors = false;
 
 static void
 copy_field(char *dst, size_t len, const char *src)
