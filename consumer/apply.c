@@ -270,8 +270,9 @@ record_batch(ApplyJob *b, long quarantined, int64_t started_us)
 				n_q[24],
 				started[32],
 				ops[4][24];
-	const char *params[12] = {b->p->name, first, commit, started, n_x, ops[0], ops[1], ops[2], ops[3],
-	n_ev, n_q, quarantined > 0 ? "partial" : "ok"};
+	char		n_m[24];
+	const char *params[13] = {b->p->name, first, commit, started, n_x, ops[0], ops[1], ops[2], ops[3],
+	n_ev, n_q, quarantined > 0 ? "partial" : "ok", n_m};
 	PGresult   *res;
 
 	if (!checkpoint_advance(b->conn, b->p, b->last_commit_lsn, b->last_end_lsn,
@@ -284,6 +285,7 @@ record_batch(ApplyJob *b, long quarantined, int64_t started_us)
 	snprintf(n_x, sizeof(n_x), "%ld", b->xacts);
 	snprintf(n_ev, sizeof(n_ev), "%ld", b->events);
 	snprintf(n_q, sizeof(n_q), "%ld", quarantined);
+	snprintf(n_m, sizeof(n_m), "%ld", b->moot);
 	snprintf(started, sizeof(started), "%.6f", started_us / 1e6);
 	for (int i = 0; i < 4; i++)
 		snprintf(ops[i], sizeof(ops[i]), "%ld", b->per_op[i]);
@@ -292,8 +294,8 @@ record_batch(ApplyJob *b, long quarantined, int64_t started_us)
 				  "  transactions, inserts, updates, deletes, truncates, applied, skipped, quarantined, status) "
 				  "VALUES ($1, $2, $3, pg_catalog.to_timestamp($4::float8), pg_catalog.clock_timestamp(), "
 				  "  extract(epoch FROM pg_catalog.clock_timestamp() - pg_catalog.to_timestamp($4::float8)) * 1000, "
-				  "  $5, $6, $7, $8, $9, $10::bigint - $11::bigint, 0, $11, $12)",
-				  12, params);
+				  "  $5, $6, $7, $8, $9, $10::bigint - $11::bigint - $13::bigint, $13, $11, $12)",
+				  13, params);
 	PQclear(res);
 	return res != NULL;
 }

@@ -9,11 +9,13 @@
  *		JSON per change).  The consumer keeps no events in memory, so a
  *		huge source transaction costs no client memory.
  *
- *		A full batch is applied by the apply thread (apply.c) while the
- *		stream goes on: the next batch's rows wait in a spill file until the
- *		target session is free, and then go to it with one COPY.  Only one
- *		batch is applied at a time, in source order, and the source learns
- *		a position only after the batch holding it has committed.
+ *		Rows are written to a spill file as events arrive and go to the
+ *		target with one COPY when the batch is full (for mirror maps, less
+ *		the rows a later event on the same key makes moot: compact.c).  The
+ *		batch is then applied by the apply thread (apply.c) while the stream
+ *		goes on into the next batch's spill file.  Only one batch is applied
+ *		at a time, in source order, and the source learns a position only
+ *		after the batch holding it has committed.
  *
  *		The event JSON (for the quarantine) goes to a per-batch file, not to
  *		the target, except for append maps whose rows are the JSON.
@@ -32,19 +34,30 @@ struct Batch
 	PGconn	   *conn;
 	Pipeline   *p;
 	bool		open;			/* a batch is filling */
-	bool		copying;		/* ... and its COPY runs (else its rows go to the spill) */
+	bool		copying;		/* its rows are being sent to the target */
 	bool		skipping;		/* current source transaction is at/before the checkpoint */
 	bool		tables_ready;	/* session temp tables created */
 	ApplyJob	jobs[2];		/* jobs[fill] fills; the other may be applying */
 	int			fill;
-	bool		inflight;		/* the apply thread runs jobs[1 - fill] */
+	bool		inflight;		/* the apply thread runs jobs[applying] */
+	int			applying;
 	bool		done;			/* ... and has finished (set by it) */
 	pthread_t	thread;
 	int			done_pipe[2];	/* the apply thread writes a byte when it ends */
-	FILE	   *spill;			/* COPY rows of the filling batch while the session is busy */
+	/* per job, as jobs[]: */
+	FILE	   *spill[2];		/* its COPY rows, each after a SpillHeader */
+	Compactor  *compact[2];		/* its mirror keys */
+	bool	   *has_rules;		/* per map, read by the apply thread */
 	PQExpBuffer line;			/* the COPY line being built */
 	PQExpBuffer tmp;			/* a field being built */
+	PQExpBuffer key;			/* a compaction key being built */
 };
+
+typedef struct SpillHeader
+{
+	uint32_t	len;
+	int32_t		map;
+} SpillHeader;
 
 Batch *
 batch_new(PGconn *target, Pipeline *p)
@@ -60,8 +73,13 @@ batch_new(PGconn *target, Pipeline *p)
 		b->jobs[i].per_map = pg_malloc0(sizeof(long) * p->nmaps);
 		b->jobs[i].raw = tmpfile();
 	}
-	b->spill = tmpfile();
-	if (b->jobs[0].raw == NULL || b->jobs[1].raw == NULL || b->spill == NULL ||
+	for (i = 0; i < 2; i++)
+	{
+		b->spill[i] = tmpfile();
+		b->compact[i] = compact_new();
+	}
+	b->has_rules = pg_malloc0(sizeof(bool) * Max(p->nmaps, 1));
+	if (b->jobs[0].raw == NULL || b->jobs[1].raw == NULL || b->spill[0] == NULL || b->spill[1] == NULL ||
 		pipe(b->done_pipe) != 0)
 	{
 		log_msg(LOG_ERROR, "could not create the batch's temporary files: %m");
@@ -71,6 +89,7 @@ batch_new(PGconn *target, Pipeline *p)
 	fcntl(b->done_pipe[0], F_SETFL, O_NONBLOCK);
 	b->line = createPQExpBuffer();
 	b->tmp = createPQExpBuffer();
+	b->key = createPQExpBuffer();
 	return b;
 }
 
@@ -88,8 +107,13 @@ batch_free(Batch *b)
 		if (b->jobs[i].raw)
 			fclose(b->jobs[i].raw);
 	}
-	if (b->spill)
-		fclose(b->spill);
+	for (i = 0; i < 2; i++)
+	{
+		if (b->spill[i])
+			fclose(b->spill[i]);
+		compact_free(b->compact[i]);
+	}
+	free(b->has_rules);
 	for (i = 0; i < 2; i++)
 		if (b->done_pipe[i] >= 0)
 			close(b->done_pipe[i]);
@@ -97,6 +121,8 @@ batch_free(Batch *b)
 		destroyPQExpBuffer(b->line);
 	if (b->tmp)
 		destroyPQExpBuffer(b->tmp);
+	if (b->key)
+		destroyPQExpBuffer(b->key);
 	free(b);
 }
 
@@ -216,31 +242,96 @@ start_copy(Batch *b)
 	return true;
 }
 
-/* The session is free: send it the rows that waited in the spill file. */
+/* Which maps have rules (they may change at any time): rules see every event. */
 static bool
-drain_spill(Batch *b)
+load_rules(Batch *b)
+{
+	const char *params[1] = {b->p->name};
+	PGresult   *res = exec_ok(b->conn, "SELECT DISTINCT source_table FROM pgcdc.rule WHERE pipeline = $1",
+							  1, params);
+
+	if (res == NULL)
+		return false;
+	for (int i = 0; i < b->p->nmaps; i++)
+	{
+		b->has_rules[i] = false;
+		for (int r = 0; r < PQntuples(res); r++)
+			if (strcmp(PQgetvalue(res, r, 0), b->p->maps[i].source_table) == 0)
+				b->has_rules[i] = true;
+	}
+	PQclear(res);
+	return true;
+}
+
+/*
+ * Send job k's rows to the target with one COPY, less the moot ones (in
+ * the apply thread).
+ */
+static bool
+send_spill(Batch *b, int k)
 {
 	char		chunk[65536];
-	size_t		n;
+	FILE	   *spill = b->spill[k];
+	size_t		n = 0;
+	long		line = 0;
+	SpillHeader h;
+	PQExpBufferData rowbuf;
+	PQExpBuffer row = &rowbuf;
+	bool		ok = false;
 
-	if (!start_copy(b))
+	b->jobs[k].moot = 0;
+	if (!load_rules(b) || !start_copy(b))
 		return false;
-	fflush(b->spill);
-	rewind(b->spill);
-	while ((n = fread(chunk, 1, sizeof(chunk), b->spill)) > 0)
+	initPQExpBuffer(row);
+	fflush(spill);
+	rewind(spill);
+	while (fread(&h, sizeof(h), 1, spill) == 1)
 	{
-		if (PQputCopyData(b->conn, chunk, (int) n) != 1)
+		bool		send = !compact_dead(b->compact[k], ++line) || b->has_rules[h.map];
+
+		resetPQExpBuffer(row);
+		if (h.len > 0)
 		{
-			log_msg(LOG_ERROR, "could not stage events in the target: %s", conn_error(b->conn));
-			return false;
+			if (!send)
+			{
+				if (fseeko(spill, h.len, SEEK_CUR) != 0)
+					break;
+				b->jobs[k].moot++;
+				continue;
+			}
+			enlargePQExpBuffer(row, h.len);
+			if (fread(row->data, 1, h.len, spill) != h.len)
+				break;
+			row->len = h.len;
 		}
+		if (n + row->len > sizeof(chunk))
+		{
+			if (PQputCopyData(b->conn, chunk, (int) n) != 1)
+				goto copy_failed;
+			n = 0;
+		}
+		if (row->len > sizeof(chunk))
+		{
+			if (PQputCopyData(b->conn, row->data, (int) row->len) != 1)
+				goto copy_failed;
+			continue;
+		}
+		memcpy(chunk + n, row->data, row->len);
+		n += row->len;
 	}
-	if (ferror(b->spill) || !empty_file(b->spill))
-	{
+	if (ferror(spill) || !feof(spill) || !empty_file(spill))
 		log_msg(LOG_ERROR, "could not read the batch's spill file: %m");
-		return false;
-	}
-	return true;
+	else if (n > 0 && PQputCopyData(b->conn, chunk, (int) n) != 1)
+		goto copy_failed;
+	else
+		ok = true;
+	termPQExpBuffer(row);
+	return ok;
+
+copy_failed:
+	log_msg(LOG_ERROR, "could not stage events in the target: %s", conn_error(b->conn));
+	termPQExpBuffer(row);
+	return false;
 }
 
 static bool
@@ -277,13 +368,12 @@ open_batch(Batch *b)
 	j->first_lsn = j->last_commit_lsn = j->last_end_lsn = InvalidLsn;
 	j->last_ts[0] = '\0';
 	j->raw_len = 0;
-	if (!empty_file(j->raw))
+	if (!empty_file(j->raw) || !empty_file(b->spill[b->fill]))
 	{
-		log_msg(LOG_ERROR, "could not empty the batch's event file: %m");
+		log_msg(LOG_ERROR, "could not empty the batch's files: %m");
 		return false;
 	}
-	if (!b->inflight && !start_copy(b))
-		return false;
+	compact_reset(b->compact[b->fill]);
 	b->open = true;
 	j->started_us = now_us();
 	return true;
@@ -390,6 +480,53 @@ event_line(Batch *b, int i, const EventInfo *ev, const char *json, size_t len, o
 	return true;
 }
 
+static bool
+spill_line(Batch *b, int map)
+{
+	SpillHeader h = {(uint32_t) b->line->len, map};
+
+	if (fwrite(&h, sizeof(h), 1, b->spill[b->fill]) != 1 ||
+		fwrite(b->line->data, 1, b->line->len, b->spill[b->fill]) != b->line->len)
+	{
+		log_msg(LOG_ERROR, "could not write the batch's spill file: %m");
+		return false;
+	}
+	return true;
+}
+
+/*
+ * Compaction of a mirror map's line (event_line has just filled m->values):
+ * the line is its key's latest.  A truncate or a key change is a barrier:
+ * lines before it stay.
+ */
+static void
+note_key(Batch *b, int i, const EventInfo *ev, long line)
+{
+	TableMap   *m = &b->p->maps[i];
+
+	if (strcmp(m->mode, "mirror") != 0 || m->nkeys == 0)
+		return;
+	if (ev->op == 'T' || (ev->op == 'U' && ev->old.ptr))
+	{
+		compact_barrier(b->compact[b->fill]);
+		return;
+	}
+	if (ev->op != 'I' && ev->op != 'U' && ev->op != 'D')
+		return;
+	resetPQExpBuffer(b->key);
+	for (int k = 0; k < m->nkeys; k++)
+	{
+		JsonSpan	v = m->values[m->keyidx[k]];
+		uint32_t	len = (uint32_t) v.len;
+
+		if (v.ptr == NULL)
+			return;
+		appendBinaryPQExpBuffer(b->key, (const char *) &len, sizeof(len));
+		appendBinaryPQExpBuffer(b->key, v.ptr, v.len);
+	}
+	compact_line(b->compact[b->fill], i, b->key->data, b->key->len, line, ev->unchanged_toast.ptr == NULL);
+}
+
 bool
 batch_add_event(Batch *b, const EventInfo *ev, const char *json, size_t len)
 {
@@ -411,13 +548,9 @@ batch_add_event(Batch *b, const EventInfo *ev, const char *json, size_t len)
 			log_msg(LOG_ERROR, "could not read the row of an event: %.200s", json);
 			return false;
 		}
-		if (b->copying ? PQputCopyData(b->conn, b->line->data, b->line->len) != 1 :
-			fwrite(b->line->data, 1, b->line->len, b->spill) != b->line->len)
-		{
-			log_msg(LOG_ERROR, "could not stage events: %s",
-					b->copying ? conn_error(b->conn) : strerror(errno));
+		if (!spill_line(b, i))
 			return false;
-		}
+		note_key(b, i, ev, j->lines);
 		j->per_map[i]++;
 		found = true;
 	}
@@ -464,12 +597,25 @@ static void *
 apply_thread(void *arg)
 {
 	Batch	   *b = arg;
+	ApplyJob   *j = &b->jobs[b->applying];
 	sigset_t	all;
 
 	/* signals are the stream loop's: its select() must see them */
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
-	apply_job(&b->jobs[1 - b->fill]);
+	if (send_spill(b, b->applying) && end_copy(b))
+		apply_job(j);
+	else
+	{
+		j->ok = false;
+		j->error = last_sql_error;
+		if (j->error.code[0] == '\0')
+		{
+			/* a local file failed: worth a retry, as for a lost connection */
+			strcpy(j->error.code, "58030");
+			strcpy(j->error.message, "could not stage the batch");
+		}
+	}
 	__atomic_store_n(&b->done, true, __ATOMIC_RELEASE);
 	if (write(b->done_pipe[1], "x", 1) != 1)
 		log_msg(LOG_ERROR, "could not signal the end of a batch: %m");
@@ -483,7 +629,7 @@ apply_thread(void *arg)
 static bool
 collect(Batch *b, Lsn *applied)
 {
-	ApplyJob   *j = &b->jobs[1 - b->fill];
+	ApplyJob   *j = &b->jobs[b->applying];
 	char		c;
 
 	pthread_join(b->thread, NULL);
@@ -511,9 +657,6 @@ collect(Batch *b, Lsn *applied)
 				j->xacts, j->events, j->quarantined, format_lsn(j->last_end_lsn, lb),
 				(now_us() - j->started_us) / 1000.0);
 	}
-	/* the filling batch may have the session now */
-	if (b->open && !b->copying && !drain_spill(b))
-		return false;
 	return true;
 }
 
@@ -537,8 +680,8 @@ batch_wait(Batch *b, Lsn *applied)
 }
 
 /*
- * The filling batch is complete: hand it to the apply thread, once the
- * previous one has committed.  *applied is the end LSN of the batch that
+ * The filling batch is complete: hand it to the apply thread (which sends
+ * its rows and applies them), once the previous one has committed.  *applied is the end LSN of the batch that
  * committed meanwhile (InvalidLsn if none did).
  */
 bool
@@ -549,14 +692,11 @@ batch_flush(Batch *b, Lsn *applied)
 		return true;
 	if (b->inflight && !collect(b, applied))
 		return false;
-	if (!b->copying && !drain_spill(b))
-		return false;
-	if (!end_copy(b))
-		return false;
 	b->jobs[b->fill].conn = b->conn;
 	b->jobs[b->fill].p = b->p;
 	b->jobs[b->fill].source_lsn = stats.source_lsn;
 	b->open = false;
+	b->applying = b->fill;
 	b->fill = 1 - b->fill;
 	b->inflight = true;
 	b->done = false;
@@ -581,9 +721,7 @@ batch_abort(Batch *b)
 
 	if (b == NULL)
 		return;
-	if (b->open && !b->copying)
-		(void) empty_file(b->spill);
-	b->open = false;			/* before collect: nothing to hand the session to */
+	b->open = false;
 	if (b->inflight)
 		(void) collect(b, &ignored);
 	if (PQstatus(b->conn) != CONNECTION_OK)

@@ -80,6 +80,8 @@ typedef struct TableMap
 	char	  **colnames;
 	bool	   *coljson;		/* json or jsonb: values pass as raw JSON text */
 	JsonSpan   *values;			/* scratch for row_literal */
+	int			nkeys;			/* key columns among the data columns (0: unknown) */
+	int		   *keyidx;			/* ... their indexes */
 	char	   *data_types;		/* SQL list: quoted column and its target type */
 } TableMap;
 
@@ -213,6 +215,7 @@ typedef struct ApplyJob
 	FILE	   *raw;			/* event JSON not kept in pgcdc_events (raw_off, raw_len) */
 	off_t		raw_len;
 	Lsn			source_lsn;		/* the source's position when the job started */
+	long		moot;			/* rows not sent: a later event on the key replaced them */
 	/* results */
 	bool		ok;
 	long		quarantined;
@@ -222,6 +225,15 @@ typedef struct ApplyJob
 
 /* apply.c */
 extern bool apply_job(ApplyJob *job);
+
+/* compact.c */
+typedef struct Compactor Compactor;
+extern Compactor *compact_new(void);
+extern void compact_reset(Compactor *c);
+extern void compact_barrier(Compactor *c);
+extern void compact_line(Compactor *c, int map, const char *key, size_t len, long line, bool kills);
+extern bool compact_dead(Compactor *c, long line);
+extern void compact_free(Compactor *c);
 
 /* batch.c */
 typedef struct Batch Batch;

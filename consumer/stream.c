@@ -426,10 +426,15 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 		if (!finish_batch(s, b, false))
 			goto done;
 
-		/* whole source transactions, up to batch-size events or batch-ms */
+		/*
+		 * Whole source transactions, up to batch-size events or batch-ms;
+		 * with --exit-when-caught-up, at once when the batch holds the
+		 * marker: nothing more is waited for.
+		 */
 		if (batch_open(b) && !s->in_xact &&
 			(batch_events(b) >= opts.batch_size ||
-			 now - batch_started_us(b) >= (int64_t) opts.batch_ms * 1000))
+			 now - batch_started_us(b) >= (int64_t) opts.batch_ms * 1000 ||
+			 (caught_up_at != InvalidLsn && s->received >= caught_up_at)))
 		{
 			if (!flush_batch(s, b))
 				goto done;

@@ -534,16 +534,23 @@ set_data_columns(TableMap *m, PGresult *res)
 	m->colnames = pg_malloc0(sizeof(char *) * Max(n, 1));
 	m->coljson = pg_malloc0(sizeof(bool) * Max(n, 1));
 	m->values = pg_malloc0(sizeof(JsonSpan) * Max(n, 1));
+	m->keyidx = pg_malloc0(sizeof(int) * Max(n, 1));
+	m->nkeys = 0;
 	for (int j = 0; j < n; j++)
 	{
 		const char *sep = j > 0 ? ", " : "";
 
 		m->colnames[j] = pg_strdup(PQgetvalue(res, j, 0));
 		m->coljson[j] = strcmp(PQgetvalue(res, j, 3), "t") == 0;
+		if (strcmp(PQgetvalue(res, j, 4), "t") == 0)
+			m->keyidx[m->nkeys++] = j;
 		appendPQExpBuffer(cols, "%s%s", sep, PQgetvalue(res, j, 1));
 		appendPQExpBuffer(types, "%s%s %s", sep, PQgetvalue(res, j, 1), PQgetvalue(res, j, 2));
 		appendPQExpBuffer(fields, "%s(x.r).%s", sep, PQgetvalue(res, j, 1));
 	}
+	/* compaction by key needs every key column among the data columns */
+	if (n == 0 || PQgetisnull(res, 0, 5) || m->nkeys != atoi(PQgetvalue(res, 0, 5)))
+		m->nkeys = 0;
 	m->data_columns = n > 0 ? pg_strdup(cols->data) : NULL;
 	m->data_types = n > 0 ? pg_strdup(types->data) : NULL;
 	m->row_columns = n > 0 ? pg_strdup(fields->data) : NULL;
@@ -568,7 +575,7 @@ target_prepare_tables(PGconn *conn, PGconn *source, Pipeline *p)
 		const char *tp[1] = {m->target};
 		PGresult   *res;
 		PQExpBuffer srccols = createPQExpBuffer();
-		const char *cp[3];
+		const char *cp[4];
 
 		res = exec_ok(conn, "SELECT pg_catalog.to_regclass($1) IS NOT NULL", 1, tp);
 		if (res == NULL)
@@ -601,10 +608,12 @@ target_prepare_tables(PGconn *conn, PGconn *source, Pipeline *p)
 		cp[0] = m->target;
 		cp[1] = srccols->data;
 		cp[2] = m->ignore_columns;
+		cp[3] = m->key_columns;
 		res = exec_ok(conn,
 					  "SELECT attname, pg_catalog.quote_ident(attname), "
 					  "       pg_catalog.format_type(atttypid, atttypmod), "
-					  "       atttypid IN ('pg_catalog.json'::pg_catalog.regtype, 'pg_catalog.jsonb'::pg_catalog.regtype) "
+					  "       atttypid IN ('pg_catalog.json'::pg_catalog.regtype, 'pg_catalog.jsonb'::pg_catalog.regtype), "
+					  "       attname = ANY ($4::text[]), pg_catalog.cardinality($4::text[]) "
 					  "FROM pg_catalog.pg_attribute "
 					  "WHERE attrelid = $1::pg_catalog.regclass AND attnum > 0 AND NOT attisdropped "
 					  "  AND attname = ANY ($2::text[]) AND attname <> ALL (coalesce($3::text[], '{}')) "
@@ -612,7 +621,7 @@ target_prepare_tables(PGconn *conn, PGconn *source, Pipeline *p)
 					  "      '_valid_from', '_valid_to', '_is_current', '_version', '_row_hash', "
 					  "      '_sequence', '_last_sequence') "
 					  "ORDER BY attnum",
-					  3, cp);
+					  4, cp);
 		destroyPQExpBuffer(srccols);
 		if (res == NULL)
 			return false;
@@ -654,6 +663,7 @@ pipeline_free(Pipeline *p)
 		free(m->colnames);
 		free(m->coljson);
 		free(m->values);
+		free(m->keyidx);
 	}
 	free(p->maps);
 	free(p->slot_name);

@@ -65,12 +65,15 @@ sub run_consumer
 	my $t = IPC::Run::timeout($timeout // 90);
 	my $h = IPC::Run::start($cmd, '>', \$out, '2>', \$err, $t);
 	eval { $h->finish; };
-	if ($@)
+	my $timed_out = $@;
+	if ($timed_out)
 	{
 		$h->kill_kill;
-		$err .= "\n(test: timed out: $@)\n";
+		$err .= "\n(test: timed out: $timed_out)\n";
 	}
 	append_log($log, $err);
+	# a run that had to be stopped did not finish by itself: never a success
+	return (-1, $err) if $timed_out;
 	return (($h->full_result(0) // -1) >> 8, $err);
 }
 

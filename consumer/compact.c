@@ -1,0 +1,187 @@
+/*
+ * compact.c
+ *		Per-batch compaction for mirror maps: of several events on one key
+ *		in a batch, only the last changes a mirror, so the earlier ones need
+ *		not reach the target at all.  The batch remembers, per (map, key),
+ *		its latest line, and marks the line it replaces as dead.
+ *
+ *		Keys are compared as the decoder wrote them (the key columns' JSON
+ *		text): equal text is an equal key; two spellings of one value (1.0
+ *		and 1.00) are just not compacted.  Memory is bounded: past
+ *		COMPACT_MAX_KEYS keys in one batch, new keys are not remembered.
+ */
+#include "postgres_fe.h"
+
+#include "consumer.h"
+
+#define COMPACT_MAX_KEYS	(1 << 19)
+
+typedef struct Slot
+{
+	uint64_t	hash;
+	uint32_t	gen;			/* empty unless the compactor's generation */
+	long		line;
+	size_t		off;			/* key bytes in the arena */
+	size_t		len;
+	int			map;
+} Slot;
+
+struct Compactor
+{
+	Slot	   *slots;
+	size_t		nslots;			/* a power of two */
+	size_t		used;
+	uint32_t	gen;
+	PQExpBuffer arena;
+	uint64_t   *dead;			/* one bit per line */
+	size_t		ndead;			/* words */
+};
+
+Compactor *
+compact_new(void)
+{
+	Compactor  *c = pg_malloc0(sizeof(Compactor));
+
+	c->nslots = 1024;
+	c->slots = pg_malloc0(sizeof(Slot) * c->nslots);
+	c->gen = 1;
+	c->arena = createPQExpBuffer();
+	compact_reset(c);
+	return c;
+}
+
+void
+compact_free(Compactor *c)
+{
+	if (c == NULL)
+		return;
+	free(c->slots);
+	free(c->dead);
+	destroyPQExpBuffer(c->arena);
+	free(c);
+}
+
+/* Forget every key (a new batch, or a truncate or key change: a barrier). */
+void
+compact_barrier(Compactor *c)
+{
+	if (++c->gen == 0)
+	{
+		memset(c->slots, 0, sizeof(Slot) * c->nslots);
+		c->gen = 1;
+	}
+	c->used = 0;
+	resetPQExpBuffer(c->arena);
+}
+
+void
+compact_reset(Compactor *c)
+{
+	compact_barrier(c);
+	if (c->dead)
+		memset(c->dead, 0, sizeof(uint64_t) * c->ndead);
+}
+
+/* FNV-1a, with the map mixed in */
+static uint64_t
+key_hash(int map, const char *key, size_t len)
+{
+	uint64_t	h = 14695981039346656037ULL ^ (uint64_t) map;
+
+	for (size_t i = 0; i < len; i++)
+		h = (h ^ (unsigned char) key[i]) * 1099511628211ULL;
+	return h;
+}
+
+static Slot *
+find(Compactor *c, uint64_t h, int map, const char *key, size_t len)
+{
+	size_t		i = h & (c->nslots - 1);
+
+	for (;; i = (i + 1) & (c->nslots - 1))
+	{
+		Slot	   *s = &c->slots[i];
+
+		if (s->gen != c->gen ||
+			(s->hash == h && s->map == map && s->len == len &&
+			 memcmp(c->arena->data + s->off, key, len) == 0))
+			return s;
+	}
+}
+
+static void
+grow(Compactor *c)
+{
+	Slot	   *old = c->slots;
+	size_t		n = c->nslots;
+
+	c->nslots *= 2;
+	c->slots = pg_malloc0(sizeof(Slot) * c->nslots);
+	for (size_t i = 0; i < n; i++)
+	{
+		if (old[i].gen == c->gen)
+		{
+			size_t		j = old[i].hash & (c->nslots - 1);
+
+			while (c->slots[j].gen == c->gen)
+				j = (j + 1) & (c->nslots - 1);
+			c->slots[j] = old[i];
+		}
+	}
+	free(old);
+}
+
+static void
+set_dead(Compactor *c, long line)
+{
+	size_t		w = (size_t) line / 64;
+
+	if (w >= c->ndead)
+	{
+		size_t		n = Max(w + 1, c->ndead * 2);
+
+		c->dead = pg_realloc(c->dead, sizeof(uint64_t) * n);
+		memset(c->dead + c->ndead, 0, sizeof(uint64_t) * (n - c->ndead));
+		c->ndead = n;
+	}
+	c->dead[w] |= UINT64_C(1) << (line % 64);
+}
+
+/*
+ * Line `line` of map `map` is the latest for key.  kills: it replaces the
+ * key's previous line (not so for an event with unchanged TOAST columns,
+ * whose values the apply takes from that line).
+ */
+void
+compact_line(Compactor *c, int map, const char *key, size_t len, long line, bool kills)
+{
+	uint64_t	h = key_hash(map, key, len);
+	Slot	   *s = find(c, h, map, key, len);
+
+	if (s->gen == c->gen)
+	{
+		if (kills)
+			set_dead(c, s->line);
+		s->line = line;
+		return;
+	}
+	if (c->used >= COMPACT_MAX_KEYS)
+		return;
+	s->hash = h;
+	s->gen = c->gen;
+	s->map = map;
+	s->line = line;
+	s->off = c->arena->len;
+	s->len = len;
+	appendBinaryPQExpBuffer(c->arena, key, len);
+	if (++c->used * 2 > c->nslots)
+		grow(c);
+}
+
+bool
+compact_dead(Compactor *c, long line)
+{
+	size_t		w = (size_t) line / 64;
+
+	return w < c->ndead && (c->dead[w] & (UINT64_C(1) << (line % 64))) != 0;
+}

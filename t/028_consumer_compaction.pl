@@ -1,0 +1,112 @@
+# pgcdc_consumer compacts mirror batches: of several events on one key in
+# a batch only the last reaches a mirror target, yet the mirror ends equal
+# to the source through re-inserts, unchanged TOAST, key changes and
+# truncates; scd2 and append maps still get every event, and a map with
+# rules still has every event checked.
+use strict;
+use warnings;
+use lib 't';
+use ConsumerTest;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $src = new_node('source', no_extension => 1);
+my $dst = new_node('target');
+my $log = "$PostgreSQL::Test::Utils::log_path/consumer_compaction.log";
+
+$src->safe_psql('postgres', q{
+CREATE TABLE acc (id int PRIMARY KEY, v int, note text, doc text);
+ALTER TABLE acc ALTER doc SET STORAGE EXTERNAL;
+CREATE TABLE ruled (id int PRIMARY KEY, v int);
+} . audit_sql('acc'));
+$dst->safe_psql('postgres', q{
+SELECT pgcdc.create_pipeline('cmp');
+SELECT pgcdc.add_table('cmp', 'public.acc', 'public.acc_mirror', 'mirror');
+SELECT pgcdc.add_table('cmp', 'public.acc', 'public.acc_soft', 'mirror', soft_delete => true);
+SELECT pgcdc.add_table('cmp', 'public.acc', 'public.acc_hist', 'scd2');
+SELECT pgcdc.add_table('cmp', 'public.acc', 'public.acc_log', 'append');
+SELECT pgcdc.add_table('cmp', 'public.ruled', 'public.ruled_mirror', 'mirror');
+SELECT pgcdc.add_rule('cmp', 'public.ruled', 'v_not_negative', 'v >= 0');
+});
+# one batch holds everything a run sees
+my $cmd = consumer_cmd($src, $dst, 'cmp', '--exit-when-caught-up', '--batch-size', 1000000,
+	'--batch-ms', 600000);
+my ($rc, $err) = run_consumer($cmd, $log);
+is($rc, 0, 'first run creates the slot') or diag($err);
+
+my $cols = 'id, v, note, doc';
+sub check
+{
+	my ($label, $events) = @_;
+	same_rows($src, 'acc', $dst, 'acc_mirror', $cols, 'id', "$label: mirror equals source");
+	same_rows($src, 'acc', $dst, 'acc_soft WHERE NOT _is_deleted', $cols, 'id',
+		"$label: soft-delete mirror's live rows equal source");
+	same_rows($src, 'acc', $dst, 'acc_hist WHERE _is_current', $cols, 'id',
+		"$label: current scd2 versions equal source");
+	versions_check($src, 'acc', $dst, 'acc_hist', "$label: scd2 has a version per change per key");
+	scd2_check($dst, 'acc_hist', 'id', "$label: scd2 intervals");
+	append_check($dst, 'acc_log', $events, "$label: append has every event once");
+}
+
+# Many events per key in one batch: updates, deletes, re-inserts, unchanged
+# TOAST after a TOAST change, a key change and updates of the new key, and
+# a rule-breaking row fixed later in the batch.
+$src->safe_psql('postgres', q{
+INSERT INTO acc SELECT g, 0, 'n' || g, NULL FROM generate_series(1, 200) g;
+UPDATE acc SET v = v + 1;
+UPDATE acc SET v = v + 1 WHERE id % 2 = 0;
+UPDATE acc SET v = v + 1, note = 'third';
+DELETE FROM acc WHERE id % 10 = 0;
+INSERT INTO acc SELECT g, 100, 'back', NULL FROM generate_series(10, 50, 10) g;
+UPDATE acc SET doc = (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 3000) g) WHERE id = 1;
+UPDATE acc SET v = 7 WHERE id = 1;
+UPDATE acc SET v = 8 WHERE id = 1;
+UPDATE acc SET id = 1000 WHERE id = 2;
+UPDATE acc SET v = 9 WHERE id = 1000;
+UPDATE acc SET v = 10 WHERE id = 1000;
+INSERT INTO ruled VALUES (1, -5);
+UPDATE ruled SET v = 5 WHERE id = 1;
+});
+($rc, $err) = run_consumer($cmd, $log);
+is($rc, 0, 'batch run exits 0') or diag($err);
+my $events = $src->safe_psql('postgres', 'SELECT count(*) FROM acc_audit');
+check('one batch', $events);
+is( $dst->safe_psql('postgres', "SELECT count(*) FROM acc_soft WHERE _is_deleted"),
+	'0', 'soft delete: rows inserted and deleted within the batch never reach the target');
+is( $dst->safe_psql('postgres', "SELECT length(doc) FROM acc_mirror WHERE id = 1"),
+	'96000', 'unchanged TOAST after a TOAST change keeps the new value');
+
+# The mirror maps were compacted: the batch log counts the rows left out.
+my ($events_logged, $skipped) = split /\|/, $dst->safe_psql('postgres',
+	'SELECT sum(inserts + updates + deletes + truncates), sum(skipped) FROM pgcdc.batch');
+# each of the 200 keys had at least three events before the batch's first
+# barrier (the key change): its first two are replaced, in both mirrors
+cmp_ok($skipped, '>=', 2 * 2 * 200, 'the earlier events of each key were left out of both mirrors')
+  or diag("skipped $skipped of $events_logged");
+
+# The rule saw the breaking insert even though a later update fixed it.
+is( $dst->safe_psql('postgres',
+		"SELECT count(*) || ' ' || string_agg(event->>'op', ',') FROM pgcdc.quarantine WHERE status = 'open'"),
+	'1 I', 'the rule quarantined the breaking insert');
+is($dst->safe_psql('postgres', q{SELECT id || ':' || v FROM ruled_mirror}), '1:5',
+	'the later update applied');
+
+# A truncate in the middle of a batch: events before it and after it.
+$src->safe_psql('postgres', q{
+UPDATE acc SET v = 500 WHERE id < 20;
+DELETE FROM acc WHERE id = 3;
+TRUNCATE acc;
+INSERT INTO acc SELECT g, 1, 'after', NULL FROM generate_series(1, 30) g;
+UPDATE acc SET v = 2 WHERE id <= 15;
+DELETE FROM acc WHERE id = 30;
+});
+($rc, $err) = run_consumer($cmd, $log);
+is($rc, 0, 'truncate run exits 0') or diag($err);
+$events = $src->safe_psql('postgres', 'SELECT count(*) FROM acc_audit');
+check('around a truncate', $events);
+is( $dst->safe_psql('postgres', 'SELECT count(*) FILTER (WHERE _is_deleted) > 0 FROM acc_soft'),
+	't', 'soft delete: the truncate flagged the rows that were there');
+
+$_->stop for ($src, $dst);
+done_testing();
