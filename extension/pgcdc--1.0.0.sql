@@ -126,6 +126,18 @@ CREATE INDEX quarantine_open ON pgcdc.quarantine (pipeline, id)
 	WHERE status OPERATOR(pg_catalog.=) 'open';
 COMMENT ON TABLE pgcdc.quarantine IS 'events that could not be applied, with the error, until replayed or discarded';
 
+-- Keys a mirror's hard deletes (and truncates: key {}) removed while the
+-- target had open quarantined events: replaying an older event must not
+-- bring them back.  Kept only while such events are open.
+CREATE TABLE pgcdc.mirror_tombstone (
+	target		text NOT NULL,		-- pgcdc._qname of the target
+	key			jsonb NOT NULL,		-- the key columns as an object; {} for a truncate
+	source_lsn	pg_lsn NOT NULL,
+	source_seq	integer NOT NULL,
+	PRIMARY KEY (target, key)
+);
+COMMENT ON TABLE pgcdc.mirror_tombstone IS 'mirror rows deleted while older quarantined events were open';
+
 CREATE TABLE pgcdc.rule (
 	pipeline	text NOT NULL REFERENCES pgcdc.pipeline (name)
 				ON UPDATE CASCADE ON DELETE CASCADE,
@@ -144,6 +156,7 @@ SELECT pg_catalog.pg_extension_config_dump('pgcdc.checkpoint', '');
 SELECT pg_catalog.pg_extension_config_dump('pgcdc.batch', '');
 SELECT pg_catalog.pg_extension_config_dump('pgcdc.quarantine', '');
 SELECT pg_catalog.pg_extension_config_dump('pgcdc.rule', '');
+SELECT pg_catalog.pg_extension_config_dump('pgcdc.mirror_tombstone', '');
 
 CREATE VIEW pgcdc.status AS
 SELECT p.name AS pipeline,
@@ -1717,6 +1730,71 @@ END
 $$;
 
 /*
+ * Should apply_mirror keep tombstones for what it hard-deletes from target?
+ * Only while the target has open quarantined events (what a replay could
+ * bring back), and only for a caller who may read the quarantine and write
+ * tombstones (one who cannot replay has nothing to protect).
+ */
+CREATE FUNCTION pgcdc._keeps_tombstones(target regclass, soft_delete boolean)
+RETURNS boolean LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF soft_delete OR NOT has_table_privilege('pgcdc.quarantine', 'SELECT')
+	   OR NOT has_table_privilege('pgcdc.mirror_tombstone', 'INSERT, UPDATE') THEN
+		RETURN false;
+	END IF;
+	RETURN EXISTS (SELECT 1 FROM pgcdc.quarantine q
+					WHERE q.status = 'open' AND q.target IS NOT NULL
+					  AND to_regclass(q.target) = _keeps_tombstones.target);
+END
+$$;
+
+-- "INSERT INTO pgcdc.mirror_tombstone ... SELECT ... FROM src" for the
+-- deleted keys in src (key columns, pgcdc_lsn, pgcdc_lseq): the newer
+-- tombstone of a key wins.
+CREATE FUNCTION pgcdc._tombstone_sql(target regclass, key_columns text[], src text)
+RETURNS text LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT format($f$
+		INSERT INTO pgcdc.mirror_tombstone AS x (target, key, source_lsn, source_seq)
+		SELECT %L, pg_catalog.jsonb_build_object(%s), d.pgcdc_lsn, d.pgcdc_lseq FROM %s d
+		ON CONFLICT (target, key) DO UPDATE
+		   SET source_lsn = EXCLUDED.source_lsn, source_seq = EXCLUDED.source_seq
+		 WHERE ROW(x.source_lsn, x.source_seq) OPERATOR(pg_catalog.<)
+			   ROW(EXCLUDED.source_lsn, EXCLUDED.source_seq)$f$,
+		pgcdc._qname(target),
+		(SELECT string_agg(format('%L, d.%I', k, k), ', ' ORDER BY o)
+		   FROM unnest(key_columns) WITH ORDINALITY u(k, o)),
+		src)
+$$;
+
+/*
+ * Is a quarantined event older than a tombstone of its key (or a truncate)
+ * in target?  The event is staged in pg_temp._pgcdc_q.
+ */
+CREATE FUNCTION pgcdc._under_tombstone(target regclass, key_columns text[])
+RETURNS boolean LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	buried boolean;
+BEGIN
+	EXECUTE format($f$
+		SELECT EXISTS (SELECT 1 FROM pg_temp._pgcdc_q c, pgcdc.mirror_tombstone x
+						WHERE x.target = $1
+						  AND x.key IN ('{}'::jsonb, pg_catalog.jsonb_build_object(%s))
+						  AND ROW(x.source_lsn, x.source_seq) OPERATOR(pg_catalog.>)
+							  ROW(c._source_lsn, c._source_seq))$f$,
+		(SELECT string_agg(format('%L, c.%I', k, k), ', ' ORDER BY o)
+		   FROM unnest(key_columns) WITH ORDINALITY u(k, o)))
+	INTO buried USING pgcdc._qname(target);
+	RETURN buried;
+END
+$$;
+
+/*
  * The general mirror apply: changes staged by _stage (truncates, unchanged
  * TOAST, key-changing updates), then each key's last event.  apply_mirror
  * has checked the arguments.
@@ -1735,6 +1813,7 @@ DECLARE
 	tr record;
 	total bigint;
 	n bigint;
+	tomb boolean := pgcdc._keeps_tombstones(target, soft_delete);
 	-- the event is newer than the row
 	newer text := $f$(t._source_lsn IS NULL
 		OR ROW(t._source_lsn, coalesce(t._source_seq, 0))
@@ -1760,6 +1839,12 @@ BEGIN
 		USING last_t, tr.pgcdc_lsn, tr.pgcdc_lseq;
 		GET DIAGNOSTICS n = ROW_COUNT;
 		deleted := deleted + n;
+		IF tomb THEN
+			-- every key older than the truncate is gone
+			EXECUTE pgcdc._tombstone_sql(target, '{}',
+										 '(SELECT $1::pg_lsn AS pgcdc_lsn, $2::integer AS pgcdc_lseq)')
+			USING tr.pgcdc_lsn, tr.pgcdc_lseq;
+		END IF;
 	END IF;
 
 	-- each key's last event after that
@@ -1787,6 +1872,11 @@ BEGIN
 	GET DIAGNOSTICS n = ROW_COUNT;
 	deleted := deleted + n;
 	skipped := -n;
+	IF tomb THEN
+		-- every key the batch ends deleted, whether or not the target had it
+		EXECUTE pgcdc._tombstone_sql(target, key_columns,
+			'(SELECT * FROM pg_temp._pgcdc_m WHERE pgcdc_op OPERATOR(pg_catalog.=) ''D'')');
+	END IF;
 
 	EXECUTE format($f$
 		UPDATE %s t SET %s _source_lsn = m.pgcdc_lsn, _source_seq = m.pgcdc_lseq,
@@ -1848,6 +1938,7 @@ DECLARE
 		OR ROW(t._source_lsn, coalesce(t._source_seq, 0))
 		   OPERATOR(pg_catalog.<) ROW(m.pgcdc_lsn, m.pgcdc_lseq))$f$;
 	keyjoin text;
+	tomb boolean;
 BEGIN
 	IF soft_delete IS NULL THEN
 		RAISE EXCEPTION 'soft_delete must not be null' USING ERRCODE = '22004';
@@ -1894,6 +1985,7 @@ BEGIN
 	-- (one event per key).
 	vals := ARRAY(SELECT c FROM unnest(data_cols) c WHERE c <> ALL (key_columns));
 	keyjoin := pgcdc._key_join('t', 'm', target, key_columns);
+	tomb := pgcdc._keeps_tombstones(target, soft_delete);
 	EXECUTE 'EXECUTE ' || pgcdc._prepared(format($f$
 		WITH pgcdc_m AS MATERIALIZED (
 			SELECT DISTINCT ON (%1$s) x.* FROM (
@@ -1901,7 +1993,7 @@ BEGIN
 					   c._source_seq AS pgcdc_lseq FROM %4$s c) x
 			 WHERE %13$s
 			 ORDER BY %1$s, x.pgcdc_lsn DESC, x.pgcdc_lseq DESC),
-		pgcdc_d AS (%5$s RETURNING 1),
+		pgcdc_d AS (%5$s RETURNING 1)%14$s,
 		pgcdc_u AS (UPDATE %6$s t SET %7$s _source_lsn = m.pgcdc_lsn, _source_seq = m.pgcdc_lseq,
 					 _synced_at = pg_catalog.now() %8$s
 				FROM pgcdc_m m WHERE m.pgcdc_op OPERATOR(pg_catalog.<>) 'D' AND %9$s AND %10$s
@@ -1932,7 +2024,12 @@ BEGIN
 		format('(%s) OR pgcdc._fail(''23502'', %L, %L) IS NULL',
 			   (SELECT string_agg(format('x.%I IS NOT NULL', k), ' AND ') FROM unnest(key_columns) k),
 			   format('null key in changes %s', changes),
-			   format('Key columns: %s.', array_to_string(key_columns, ', ')))))
+			   format('Key columns: %s.', array_to_string(key_columns, ', '))),
+		-- while older events are quarantined: a tombstone for every key the
+		-- batch ends deleted, whether or not the target had it
+		CASE WHEN tomb THEN format(', pgcdc_t AS (%s)', pgcdc._tombstone_sql(target, key_columns,
+				'(SELECT * FROM pgcdc_m WHERE pgcdc_op OPERATOR(pg_catalog.=) ''D'')'))
+			 ELSE '' END))
 	INTO inserted, updated, deleted, total;
 	skipped := total - inserted - updated - deleted;
 	RETURN NEXT;
@@ -2150,8 +2247,11 @@ BEGIN
 				USING ERRCODE = '22023', HINT = 'Set key_columns in the table map.';
 		END IF;
 		IF m.mode = 'mirror' THEN
-			PERFORM pgcdc.apply_mirror(m.target::regclass, 'pg_temp._pgcdc_q', keys,
-									   m.soft_delete);
+			-- a row deleted after the event stays deleted
+			IF m.soft_delete OR NOT pgcdc._under_tombstone(m.target::regclass, keys) THEN
+				PERFORM pgcdc.apply_mirror(m.target::regclass, 'pg_temp._pgcdc_q', keys,
+										   m.soft_delete);
+			END IF;
 		ELSE
 			PERFORM pgcdc.scd2_apply_changes(m.target::regclass, 'pg_temp._pgcdc_q', keys,
 											 '_source_lsn,_source_seq', 'op', m.track_columns,
@@ -2188,6 +2288,21 @@ $$;
  * apply as the consumer: an event older than what the target holds changes
  * nothing.  A failure records the new error and counts an attempt.
  */
+-- Tombstones of targets without open quarantined events protect nothing.
+CREATE FUNCTION pgcdc._purge_tombstones()
+RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF has_table_privilege('pgcdc.mirror_tombstone', 'DELETE') THEN
+		DELETE FROM pgcdc.mirror_tombstone x
+		 WHERE NOT EXISTS (SELECT 1 FROM pgcdc.quarantine q
+							WHERE q.status = 'open' AND q.target IS NOT NULL
+							  AND to_regclass(q.target) = to_regclass(x.target));
+	END IF;
+END
+$$;
+
 CREATE FUNCTION pgcdc.quarantine_replay(id bigint DEFAULT NULL, pipeline text DEFAULT NULL)
 RETURNS TABLE (applied bigint, failed bigint)
 LANGUAGE plpgsql
@@ -2231,6 +2346,7 @@ BEGIN
 			failed := failed + 1;
 		END;
 	END LOOP;
+	PERFORM pgcdc._purge_tombstones();
 	RETURN NEXT;
 END
 $$;
@@ -2247,6 +2363,7 @@ BEGIN
 	UPDATE pgcdc.quarantine x
 	   SET status = 'discarded', resolved_at = now(), note = quarantine_discard.note
 	 WHERE x.id = quarantine_discard.id;
+	PERFORM pgcdc._purge_tombstones();
 END
 $$;
 
@@ -2261,7 +2378,7 @@ $$;
  * ------------------------------------------------------------------------ */
 
 REVOKE ALL ON pgcdc.pipeline, pgcdc.table_map, pgcdc.checkpoint, pgcdc.batch,
-	pgcdc.quarantine, pgcdc.rule, pgcdc.status FROM PUBLIC;
+	pgcdc.quarantine, pgcdc.rule, pgcdc.mirror_tombstone, pgcdc.status FROM PUBLIC;
 -- The SCD2 and mirror functions work on the caller's own tables with the
 -- caller's rights: anyone may call them.
 GRANT USAGE ON SCHEMA pgcdc TO PUBLIC;

@@ -207,6 +207,61 @@ UPDATE staging SET op = 'X', id = 35 WHERE id IS NULL;
 SELECT * FROM pgcdc.apply_mirror('orders', 'staging', '{id}');
 SELECT count(*) AS applied FROM orders WHERE id >= 34;
 
+-- hard deletes while older events are quarantined leave tombstones: a
+-- replay of such an event does not bring the row back
+SELECT pgcdc.quarantine_event('shop', 'public.orders', 'public.orders',
+	'{"op": "I", "commit_lsn": "0/E00", "seq": 1, "ts": "2024-02-01 00:00:00+00", "schema": "public",
+	  "table": "orders", "new": {"id": 50, "status": "new", "amount": 1, "doc": "z"}}',
+	'23505', 'duplicate key value') AS q1 \gset
+SELECT pgcdc.quarantine_event('shop', 'public.orders', 'public.orders',
+	'{"op": "I", "commit_lsn": "0/E00", "seq": 2, "ts": "2024-02-01 00:00:00+00", "schema": "public",
+	  "table": "orders", "new": {"id": 51, "status": "new", "amount": 1, "doc": "z"}}',
+	'23505', 'duplicate key value') AS q2 \gset
+SELECT pgcdc.quarantine_event('shop', 'public.orders', 'public.orders',
+	'{"op": "I", "commit_lsn": "0/E00", "seq": 3, "ts": "2024-02-01 00:00:00+00", "schema": "public",
+	  "table": "orders", "new": {"id": 52, "status": "new", "amount": 1, "doc": "z"}}',
+	'23505', 'duplicate key value') AS q3 \gset
+-- key 50: updated (the target gets the row), then deleted in another
+-- batch; key 51: updated and deleted in one batch (the target never has it)
+TRUNCATE staging;
+INSERT INTO staging (op, _source_lsn, _source_seq, id, status, amount, doc) VALUES
+	('U', '0/E10', 1, 50, 'paid', 2, 'z');
+SELECT * FROM pgcdc.apply_mirror('orders', 'staging', '{id}');
+TRUNCATE staging;
+INSERT INTO staging (op, _source_lsn, _source_seq, id, status, amount, doc) VALUES
+	('D', '0/E20', 1, 50, NULL, NULL, NULL),
+	('U', '0/E10', 2, 51, 'paid', 2, 'z'), ('D', '0/E20', 2, 51, NULL, NULL, NULL);
+SELECT * FROM pgcdc.apply_mirror('orders', 'staging', '{id}');			-- one statement
+TRUNCATE staging;
+INSERT INTO staging (op, _source_lsn, _source_seq, id, status, amount, doc, _old_key) VALUES
+	('I', '0/E30', 1, 53, 'new', 2, 'z', NULL),
+	('U', '0/E40', 1, 52, 'moved', 2, 'z', '{"id": 53}'),
+	('D', '0/E50', 1, 52, NULL, NULL, NULL, NULL);
+SELECT * FROM pgcdc.apply_mirror('orders', 'staging', '{id}');			-- staged (key change)
+SELECT target, key, source_lsn, source_seq FROM pgcdc.mirror_tombstone ORDER BY key::text;
+SELECT * FROM pgcdc.quarantine_replay(:q1);
+SELECT * FROM pgcdc.quarantine_replay(:q2);
+SELECT * FROM pgcdc.quarantine_replay(:q3);
+SELECT count(*) AS resurrected FROM orders WHERE id IN (50, 51, 52, 53);
+SELECT count(*) AS tombstones_left FROM pgcdc.mirror_tombstone;
+-- a truncate buries every key older than it
+SELECT pgcdc.quarantine_event('shop', 'public.orders', 'public.orders',
+	'{"op": "U", "commit_lsn": "0/F00", "seq": 1, "ts": "2024-02-01 00:00:00+00", "schema": "public",
+	  "table": "orders", "key": {"id": 5}, "new": {"id": 5, "status": "old", "amount": 5, "doc": "e"}}',
+	'40001', 'could not serialize access') AS q4 \gset
+TRUNCATE staging;
+INSERT INTO staging (op, _source_lsn, _source_seq, id, status, amount, doc) VALUES
+	('T', '0/F10', 1, NULL, NULL, NULL, NULL);
+SELECT * FROM pgcdc.apply_mirror('orders', 'staging', '{id}');
+SELECT * FROM pgcdc.quarantine_replay(:q4);
+SELECT count(*) AS rows_after_truncate FROM orders;
+-- without open events no tombstone is kept
+TRUNCATE staging;
+INSERT INTO staging (op, _source_lsn, _source_seq, id, status, amount, doc) VALUES
+	('I', '0/F20', 1, 60, 'new', 1, 'z'), ('D', '0/F30', 1, 60, NULL, NULL, NULL);
+SELECT * FROM pgcdc.apply_mirror('orders', 'staging', '{id}');
+SELECT count(*) AS tombstones FROM pgcdc.mirror_tombstone;
+
 DROP EXTENSION pgcdc;
 DROP VIEW m;
 DROP TABLE orders, orders_soft, staging, bare, short_names, canary;
