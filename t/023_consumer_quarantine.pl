@@ -74,12 +74,18 @@ is( $dst->safe_psql('postgres',
 is($dst->safe_psql('postgres', 'SELECT quarantined FROM pgcdc.checkpoint'), '4',
 	'the checkpoint counts the quarantined events');
 
-# More changes flow while the quarantine is open.
-$src->safe_psql('postgres', "UPDATE orders SET amount = 12 WHERE id = 1; DELETE FROM orders WHERE id = 5;");
+# More changes flow while the quarantine is open; key 2, whose insert and
+# update are quarantined, is deleted at the source (the replay must not
+# bring it back).
+$src->safe_psql('postgres',
+	"UPDATE orders SET amount = 12 WHERE id = 1; DELETE FROM orders WHERE id = 5; DELETE FROM orders WHERE id = 2;");
 ($rc, $err) = run_consumer($cmd, $log);
 is($rc, 0, 'later run') or diag($err);
 is($dst->safe_psql('postgres', 'SELECT string_agg(id || \':\' || amount, \',\' ORDER BY id) FROM orders_mirror'),
 	'1:12.00,4:4.00,100:1.00', 'later events keep flowing');
+is( $dst->safe_psql('postgres',
+		"SELECT string_agg(key::text, ' ' ORDER BY key::text) FROM pgcdc.mirror_tombstone WHERE target = 'public.orders_mirror'"),
+	'{"id": 2} {"id": 5}', 'deletes while the target has quarantined events leave tombstones');
 
 # Fix the causes, replay.
 $dst->safe_psql('postgres', q{
@@ -94,7 +100,10 @@ is($dst->safe_psql('postgres', "SELECT count(*) FROM pgcdc.quarantine WHERE stat
 	'4', 'replayed events are closed');
 
 my $cols = 'id, amount, qty, note';
-same_rows($src, 'orders', $dst, 'orders_mirror', $cols, 'id', 'mirror equals source after the replay');
+same_rows($src, 'orders', $dst, 'orders_mirror', $cols, 'id',
+	'mirror equals source after the replay (the deleted key 2 stays deleted)');
+is($dst->safe_psql('postgres', 'SELECT count(*) FROM pgcdc.mirror_tombstone'), '0',
+	'no tombstone is left once nothing is open');
 same_rows($src, 'orders', $dst, 'orders_hist WHERE _is_current', $cols, 'id',
 	'current scd2 versions equal source after the replay');
 scd2_check($dst, 'orders_hist', 'id', 'scd2 intervals after the replay');
