@@ -170,6 +170,7 @@ extern bool target_lock_pipeline(PGconn *conn, const char *pipeline);
 extern bool target_setup_origin(PGconn *conn, const char *pipeline);
 extern bool target_load_pipeline(PGconn *conn, PGconn *source, Pipeline *p);
 extern bool target_prepare_tables(PGconn *conn, PGconn *source, Pipeline *p);
+extern bool target_forget_snapshot_quarantine(PGconn *conn, Pipeline *p);
 extern void pipeline_free(Pipeline *p);
 extern PGresult *exec_ok(PGconn *conn, const char *sql, int nparams, const char *const *params);
 extern bool exec_cmd(PGconn *conn, const char *sql);

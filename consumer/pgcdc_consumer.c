@@ -144,7 +144,7 @@ run_once(void)
 	{
 		log_msg(LOG_INFO, "slot \"%s\" has no checkpoint in the target: taking the snapshot again",
 				p.slot_name);
-		if (!stream_drop_slot(source, p.slot_name))
+		if (!stream_drop_slot(source, p.slot_name) || !target_forget_snapshot_quarantine(target, &p))
 		{
 			rc = classify(target, source);
 			goto done;

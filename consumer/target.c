@@ -214,6 +214,42 @@ target_setup_origin(PGconn *conn, const char *pipeline)
 	return false;
 }
 
+/*
+ * The snapshot is taken again: what its first attempt quarantined (the
+ * pipeline has no checkpoint, so nothing else can be open) would be
+ * quarantined twice.  Those events are closed as discarded; without UPDATE
+ * on the quarantine they stay open, and the log says so.
+ */
+bool
+target_forget_snapshot_quarantine(PGconn *conn, Pipeline *p)
+{
+	const char *params[1] = {p->name};
+	PGresult   *res;
+
+	quiet_sql_errors = true;
+	res = exec_ok(conn,
+				  "UPDATE pgcdc.quarantine SET status = 'discarded', resolved_at = pg_catalog.now(), "
+				  "  note = 'the initial snapshot was taken again' "
+				  "WHERE pipeline = $1 AND status = 'open'",
+				  1, params);
+	quiet_sql_errors = false;
+	if (res != NULL)
+	{
+		if (atol(PQcmdTuples(res)) > 0)
+			log_msg(LOG_INFO, "closed %s quarantined events of the interrupted snapshot", PQcmdTuples(res));
+		PQclear(res);
+		return true;
+	}
+	if (strcmp(last_sql_error.code, "42501") == 0)
+	{
+		log_msg(LOG_INFO, "quarantined events of the interrupted snapshot stay open: %s", last_sql_error.message);
+		return true;
+	}
+	log_msg(LOG_ERROR, "could not close the interrupted snapshot's quarantined events: %s (SQLSTATE %s)",
+			last_sql_error.message, last_sql_error.code);
+	return false;
+}
+
 /* The source's key for a table without key_columns: its replica identity. */
 static char *
 source_identity(PGconn *source, const char *table)

@@ -135,6 +135,29 @@ is($dst->safe_psql('postgres', "SELECT applied || '/' || failed FROM pgcdc.quara
 	'2/0', 'pipeline q: the replay applies rows 3 and 6');
 same_rows($src, 'orders', $dst, 'orders_q', $cols, 'id', 'pipeline q: mirror equals source after the replay');
 
+# A snapshot taken again (its checkpoint is gone, as when the consumer dies
+# before the last table is in) does not leave its rule failures open twice.
+$dst->safe_psql('postgres', q{
+SELECT pgcdc.create_pipeline('r');
+SELECT pgcdc.add_table('r', 'public.orders', 'public.orders_r', 'mirror');
+SELECT pgcdc.add_rule('r', 'public.orders', 'qty_at_least_one', 'qty >= 1');
+});
+my $rcmd = consumer_cmd($src, $dst, 'r', '--exit-when-caught-up');
+($rc, $err) = run_consumer($rcmd, $log);
+is($rc, 0, 'pipeline r: snapshot') or diag($err);
+my $failing = $src->safe_psql('postgres', 'SELECT count(*) FROM orders WHERE qty < 1');
+cmp_ok($failing, '>', 0, 'pipeline r: some source rows fail the rule');
+is($dst->safe_psql('postgres', "SELECT count(*) FROM pgcdc.quarantine WHERE pipeline = 'r' AND status = 'open'"),
+	$failing, 'pipeline r: the snapshot quarantines the rows that fail the rule');
+$dst->safe_psql('postgres', "DELETE FROM pgcdc.checkpoint WHERE pipeline = 'r'");
+($rc, $err) = run_consumer($rcmd, $log);
+is($rc, 0, 'pipeline r: the snapshot is taken again') or diag($err);
+like($err, qr/closed $failing quarantined events of the interrupted snapshot/, 'pipeline r: the log says what was closed');
+is( $dst->safe_psql('postgres',
+		"SELECT count(*) FILTER (WHERE status = 'open') || ' open, ' || count(*) FILTER (WHERE status = 'discarded') "
+		  . "|| ' discarded' FROM pgcdc.quarantine WHERE pipeline = 'r'"),
+	"$failing open, $failing discarded", 'pipeline r: the first attempt\'s events are closed, not doubled');
+
 # The SQLSTATE a rule violation is quarantined with (the extension's choice).
 sub rule_code
 {

@@ -77,7 +77,7 @@ CREATE SCHEMA mart AUTHORIZATION cdc_tgt;
 GRANT SELECT ON pgcdc.pipeline, pgcdc.table_map, pgcdc.rule TO cdc_tgt;
 GRANT SELECT, INSERT, UPDATE ON pgcdc.checkpoint TO cdc_tgt;
 GRANT INSERT ON pgcdc.batch TO cdc_tgt;
-GRANT SELECT, INSERT ON pgcdc.quarantine TO cdc_tgt;
+GRANT SELECT, INSERT, UPDATE ON pgcdc.quarantine TO cdc_tgt;
 GRANT SELECT, INSERT, UPDATE ON pgcdc.mirror_tombstone TO cdc_tgt;
 SELECT pgcdc.create_pipeline('p');
 -- key_columns: see the TODO in 023_consumer_quarantine.pl
