@@ -1730,14 +1730,15 @@ WITH pgcdc_s AS MATERIALIZED (
 	-- each key's latest version, and its changes here
 	SELECT k.*, l.*
 	  FROM (SELECT %9$s, pg_catalog.min(x.pgcdc_seq) AS pgcdc_min_seq,
-				   pg_catalog.count(*) AS pgcdc_n
+				   pg_catalog.count(*) AS pgcdc_n, pg_catalog.bool_or(x.pgcdc_op <> 'D') AS pgcdc_iu
 			  FROM pgcdc_s x WHERE %10$s GROUP BY %9$s) k
 	  LEFT JOIN LATERAL (
 			SELECT t.ctid AS pgcdc_l_tid, t._version AS pgcdc_l_version,
 				   t._valid_from AS pgcdc_l_from, t._valid_to AS pgcdc_l_to,
 				   t._is_current AS pgcdc_l_cur, t._is_deleted AS pgcdc_l_del,
-				   -- recomputed, not _row_hash: track_columns may differ from the last call
-				   CASE WHEN t._is_current THEN %11$s END AS pgcdc_l_hash,
+				   -- recomputed, not _row_hash: track_columns may differ from the
+				   -- last call; only inserts and updates compare with it
+				   CASE WHEN t._is_current AND k.pgcdc_iu THEN %11$s END AS pgcdc_l_hash,
 				   t._last_sequence AS pgcdc_l_last
 			  FROM %12$s t WHERE %13$s
 			 ORDER BY t._valid_from DESC LIMIT 1) l ON true
