@@ -1681,12 +1681,14 @@ CREATE FUNCTION pgcdc._scd2_fast(target regclass, changes regclass, key_columns 
 								 tracked text[])
 RETURNS bigint[] LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
--- The plan is made once, from row estimates of the changes (a view over an
--- unanalyzed temp table says a few dozen rows) that are often far too low:
--- a nested loop over two CTEs would then cost batch size squared.  Hash
--- joins do not care; the lookups of each key's versions stay nested loops
--- (LATERAL) and the target is reached by TID scans.
+-- The plan is made once, from estimates that are often far off: the
+-- changes (a view over an unanalyzed temp table) say a few dozen rows, the
+-- target may have been nearly empty then.  A nested loop over two CTEs
+-- would cost batch size squared, a seq scan of the target its whole size,
+-- every batch.  So: hash joins, the lookups of each key's versions by index
+-- (LATERAL, necessarily nested loops), the writes by TID scans.
 SET enable_nestloop = off
+SET enable_seqscan = off
 AS $$
 DECLARE
 	vals text[] := ARRAY(SELECT c FROM unnest(data_cols) c WHERE c <> ALL (key_columns));
@@ -1746,7 +1748,8 @@ WITH pgcdc_s AS MATERIALIZED (
 	SELECT NOT EXISTS (SELECT FROM pgcdc_l l WHERE l.pgcdc_min_seq <= l.pgcdc_l_last) AS pgcdc_ok
 ), pgcdc_1 AS (
 	-- keys with one change
-	SELECT x.*, x.pgcdc_kind AS pgcdc_o_kind, x.pgcdc_t AS pgcdc_o_t, x.pgcdc_seq AS pgcdc_o_seq,
+	SELECT x.*, x.pgcdc_kind IN ('new', 'change') AS pgcdc_o_open, x.pgcdc_t AS pgcdc_o_t,
+		   x.pgcdc_seq AS pgcdc_o_seq,
 		   x.pgcdc_lsn AS pgcdc_o_lsn, x.pgcdc_lseq AS pgcdc_o_lseq, true AS pgcdc_last,
 		   %18$s AS pgcdc_cur
 	  FROM (SELECT x.*, (x.pgcdc_kind IN ('new', 'change', 'close', 'drop'))::integer AS pgcdc_run,
@@ -1760,31 +1763,36 @@ WITH pgcdc_s AS MATERIALIZED (
 								   greatest(x.pgcdc_vf, %17$s) AS pgcdc_t
 							  FROM pgcdc_s x JOIN pgcdc_l l ON %16$s AND l.pgcdc_n = 1) x) x) x
 ), pgcdc_a AS (
-	-- keys with several: pgcdc_t, and the time of the next change
-	SELECT x.*, pg_catalog.lead(x.pgcdc_t) OVER (%19$s) AS pgcdc_nt
-	  FROM (SELECT %14$s, greatest(pg_catalog.max(x.pgcdc_vf) OVER (%19$s), %17$s) AS pgcdc_t
-			  FROM pgcdc_s x JOIN pgcdc_l l ON %16$s AND l.pgcdc_n > 1) x
+	-- keys with several: pgcdc_t; a change is collapsed into the next one
+	-- when that one's time is not later (they would have the same pgcdc_t)
+	SELECT %14$s, greatest(pg_catalog.max(x.pgcdc_vf) OVER w, %17$s) AS pgcdc_t,
+		   pg_catalog.lead(x.pgcdc_vf) OVER w AS pgcdc_next_vf
+	  FROM pgcdc_s x JOIN pgcdc_l l ON %16$s AND l.pgcdc_n > 1
+	WINDOW w AS (%19$s)
 ), pgcdc_k AS (
-	-- collapsed, and classified
-	SELECT x.*, %20$s AS pgcdc_kind
-	  FROM (SELECT x.*, pg_catalog.lag(x.pgcdc_op) OVER w IS NULL AS pgcdc_first,
-				   CASE WHEN pg_catalog.lag(x.pgcdc_op) OVER w IS NULL THEN %21$s
-						ELSE pg_catalog.lag(x.pgcdc_op) OVER w <> 'D' END AS pgcdc_prior,
-				   CASE WHEN pg_catalog.lag(x.pgcdc_op) OVER w IS NULL THEN x.pgcdc_l_hash
-						ELSE pg_catalog.lag(x.pgcdc_h) OVER w END AS pgcdc_prior_h
-			  FROM pgcdc_a x
-			 WHERE x.pgcdc_nt IS NULL OR x.pgcdc_nt <> x.pgcdc_t
-			WINDOW w AS (%19$s)) x
+	-- collapsed, classified, and the next change
+	SELECT x.*, %20$s AS pgcdc_kind, pg_catalog.lag(x.pgcdc_op) OVER w AS pgcdc_prev_op,
+		   pg_catalog.lead(x.pgcdc_t) OVER w AS pgcdc_next_t,
+		   pg_catalog.lead(x.pgcdc_op) OVER w AS pgcdc_next_op,
+		   pg_catalog.lead(x.pgcdc_seq) OVER w AS pgcdc_next_seq
+	  FROM pgcdc_a x
+	 WHERE x.pgcdc_next_vf IS NULL OR x.pgcdc_next_vf > x.pgcdc_t
+	WINDOW w AS (%19$s)
 ), pgcdc_r AS (
+	-- runs; pgcdc_t and pgcdc_seq increase, so the greatest of the opening
+	-- changes so far is the run's: its time, and its position and kind
+	-- packed behind its sequence value
 	SELECT x.*,
 		   pg_catalog.count(*) FILTER (WHERE x.pgcdc_kind IN ('new', 'change', 'close', 'drop'))
 			 OVER w AS pgcdc_run,
 		   pg_catalog.count(*) FILTER (WHERE x.pgcdc_kind IN ('new', 'change')) OVER w AS pgcdc_open_no,
-		   pg_catalog.lag(x.pgcdc_op) OVER w AS pgcdc_prev_op,
 		   pg_catalog.lead(x.pgcdc_kind) OVER w AS pgcdc_next_kind,
-		   pg_catalog.lead(x.pgcdc_t) OVER w AS pgcdc_next_t,
-		   pg_catalog.lead(x.pgcdc_op) OVER w AS pgcdc_next_op,
-		   pg_catalog.lead(x.pgcdc_seq) OVER w AS pgcdc_next_seq
+		   pg_catalog.max(x.pgcdc_t) FILTER (WHERE x.pgcdc_kind IN ('new', 'change', 'close', 'drop'))
+			 OVER w AS pgcdc_o_t,
+		   pg_catalog.max(x.pgcdc_seq OPERATOR(pg_catalog.||) ARRAY[
+				x.pgcdc_lsn OPERATOR(pg_catalog.-) '0/0'::pg_lsn, x.pgcdc_lseq,
+				(x.pgcdc_kind IN ('new', 'change'))::integer]::numeric[])
+			 FILTER (WHERE x.pgcdc_kind IN ('new', 'change', 'close', 'drop')) OVER w AS pgcdc_o
 	  FROM pgcdc_k x
 	WINDOW w AS (%19$s)
 ), pgcdc_w AS MATERIALIZED (
@@ -1794,16 +1802,15 @@ WITH pgcdc_s AS MATERIALIZED (
 		SELECT %26$s, x.pgcdc_i, x.pgcdc_op, x.pgcdc_seq, x.pgcdc_h, x.pgcdc_t, x.pgcdc_l_tid,
 			   x.pgcdc_l_version, x.pgcdc_l_del, x.pgcdc_kind, x.pgcdc_run, x.pgcdc_open_no,
 			   x.pgcdc_next_kind, x.pgcdc_next_t, x.pgcdc_next_op, x.pgcdc_next_seq,
-			   pg_catalog.first_value(x.pgcdc_kind) OVER v AS pgcdc_o_kind,
-			   pg_catalog.first_value(x.pgcdc_t) OVER v AS pgcdc_o_t,
-			   pg_catalog.first_value(x.pgcdc_seq) OVER v AS pgcdc_o_seq,
-			   pg_catalog.first_value(x.pgcdc_lsn) OVER v AS pgcdc_o_lsn,
-			   pg_catalog.first_value(x.pgcdc_lseq) OVER v AS pgcdc_o_lseq,
+			   x.pgcdc_o[pg_catalog.cardinality(x.pgcdc_o)] = 1 AS pgcdc_o_open, x.pgcdc_o_t,
+			   x.pgcdc_o[1:pg_catalog.cardinality(x.pgcdc_o) - 3] AS pgcdc_o_seq,
+			   '0/0'::pg_lsn OPERATOR(pg_catalog.+) x.pgcdc_o[pg_catalog.cardinality(x.pgcdc_o) - 2]
+				 AS pgcdc_o_lsn,
+			   x.pgcdc_o[pg_catalog.cardinality(x.pgcdc_o) - 1]::integer AS pgcdc_o_lseq,
 			   x.pgcdc_next_kind IS NULL
 				 OR x.pgcdc_next_kind IN ('new', 'change', 'close', 'drop') AS pgcdc_last,
 			   %18$s AS pgcdc_cur
-		  FROM pgcdc_r x JOIN pgcdc_s s ON s.pgcdc_i = x.pgcdc_i
-		WINDOW v AS (PARTITION BY %9$s, x.pgcdc_run ORDER BY x.pgcdc_seq)) x
+		  FROM pgcdc_r x JOIN pgcdc_s s ON s.pgcdc_i = x.pgcdc_i) x
 ), pgcdc_del AS (
 	-- a delete at the very instant the current version started: it never was
 	DELETE FROM %12$s t USING pgcdc_w u
@@ -1840,7 +1847,7 @@ WITH pgcdc_s AS MATERIALIZED (
 		   coalesce(x.pgcdc_l_version, 0) + x.pgcdc_open_no, x.pgcdc_h, x.pgcdc_o_lsn, x.pgcdc_o_lseq,
 		   x.pgcdc_o_seq, CASE WHEN x.pgcdc_next_op = 'D' THEN x.pgcdc_next_seq ELSE x.pgcdc_seq END
 	  FROM pgcdc_w x
-	 WHERE x.pgcdc_last AND x.pgcdc_o_kind IN ('new', 'change') AND x.pgcdc_run > 0
+	 WHERE x.pgcdc_last AND x.pgcdc_o_open AND x.pgcdc_run > 0
 	   AND (SELECT g.pgcdc_ok FROM pgcdc_go g)
 	   AND (SELECT pg_catalog.count(*) FROM pgcdc_upd) >= 0
 	   AND (SELECT pg_catalog.count(*) FROM pgcdc_del) >= 0
@@ -1877,13 +1884,17 @@ SELECT CASE WHEN (SELECT g.pgcdc_ok FROM pgcdc_go g) THEN ARRAY[
 		t0,
 		cur,																	-- 18
 		w,
-		format(kind, 'x.pgcdc_first', 'x.pgcdc_prior', 'x.pgcdc_prior_h'),		-- 20
-		first_prior,
+		format(kind, 'pg_catalog.lag(x.pgcdc_op) OVER w IS NULL',
+			   format('CASE WHEN pg_catalog.lag(x.pgcdc_op) OVER w IS NULL THEN %s '
+					  'ELSE pg_catalog.lag(x.pgcdc_op) OVER w <> ''D'' END', first_prior),
+			   'CASE WHEN pg_catalog.lag(x.pgcdc_op) OVER w IS NULL THEN x.pgcdc_l_hash '
+			   'ELSE pg_catalog.lag(x.pgcdc_h) OVER w END'),							-- 20
+		NULL,
 		-- pgcdc_w's columns, the same in both flows
 		pgcdc._list(data_cols, 'x') || ', x.pgcdc_i, x.pgcdc_op, x.pgcdc_seq, x.pgcdc_h, x.pgcdc_t, x.pgcdc_l_tid, '
 			 'x.pgcdc_l_version, x.pgcdc_l_del, x.pgcdc_kind, x.pgcdc_run, x.pgcdc_open_no, '
 			 'x.pgcdc_next_kind, x.pgcdc_next_t, x.pgcdc_next_op, x.pgcdc_next_seq, '
-			 'x.pgcdc_o_kind, x.pgcdc_o_t, x.pgcdc_o_seq, x.pgcdc_o_lsn, x.pgcdc_o_lseq, '
+			 'x.pgcdc_o_open, x.pgcdc_o_t, x.pgcdc_o_seq, x.pgcdc_o_lsn, x.pgcdc_o_lseq, '
 			 'x.pgcdc_last, x.pgcdc_cur',
 		(SELECT coalesce(string_agg(format('%1$I = CASE WHEN u.pgcdc_cur = ''values'' THEN u.%1$I '
 										   'ELSE t.%1$I END, ', c), ''), '')
