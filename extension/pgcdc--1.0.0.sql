@@ -1673,22 +1673,15 @@ $$;
  * The key's current version gets at most one UPDATE (run 0's last values,
  * and the close by the change after them; or run 1's close alone) or a
  * DELETE (drop); then the new versions are inserted.
- * Returns {inserted, updated, deleted, change rows}, or NULL when some change
- * is late or a replay: then nothing was written, and the caller stages.
+ * The statement returns {inserted, updated, deleted, change rows}, or NULL
+ * when some change is late or a replay: then nothing was written, and the
+ * caller stages.
  */
-CREATE FUNCTION pgcdc._scd2_fast(target regclass, changes regclass, key_columns text[],
-								 op_column text, seq text, vf text, data_cols text[],
-								 tracked text[])
-RETURNS bigint[] LANGUAGE plpgsql
+CREATE FUNCTION pgcdc._scd2_fast_sql(target regclass, changes regclass, key_columns text[],
+									 op_column text, seq text, vf text, data_cols text[],
+									 tracked text[])
+RETURNS text LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
--- The plan is made once, from estimates that are often far off: the
--- changes (a view over an unanalyzed temp table) say a few dozen rows, the
--- target may have been nearly empty then.  A nested loop over two CTEs
--- would cost batch size squared, a seq scan of the target its whole size,
--- every batch.  So: hash joins, the lookups of each key's versions by index
--- (LATERAL, necessarily nested loops), the writes by TID scans.
-SET enable_nestloop = off
-SET enable_seqscan = off
 AS $$
 DECLARE
 	vals text[] := ARRAY(SELECT c FROM unnest(data_cols) c WHERE c <> ALL (key_columns));
@@ -1706,6 +1699,7 @@ DECLARE
 		WHEN NOT (%2$s) THEN 'new'
 		WHEN x.pgcdc_h IS DISTINCT FROM (%3$s) THEN 'change'
 		ELSE 'noop' END$k$;
+	-- a version is open before the key's first change here
 	first_prior text := 'coalesce(x.pgcdc_l_cur AND NOT x.pgcdc_l_del, false)';
 	-- the row's part in the current version's update
 	cur text := $c$CASE WHEN NOT coalesce(x.pgcdc_l_cur, false) THEN NULL
@@ -1719,9 +1713,8 @@ DECLARE
 						  'x.pgcdc_h, l.pgcdc_l_tid, l.pgcdc_l_version, l.pgcdc_l_from, '
 						  'l.pgcdc_l_cur, l.pgcdc_l_del, l.pgcdc_l_hash', keys);
 	t0 text := 'CASE WHEN l.pgcdc_l_cur THEN l.pgcdc_l_from ELSE l.pgcdc_l_to END';
-	counts bigint[];
 BEGIN
-	EXECUTE 'EXECUTE ' || pgcdc._prepared(format($f$
+	RETURN format($f$
 WITH pgcdc_s AS MATERIALIZED (
 	SELECT x.*, CASE WHEN x.pgcdc_op <> 'D' THEN %1$s END AS pgcdc_h,
 		   pg_catalog.row_number() OVER () AS pgcdc_i
@@ -1796,10 +1789,10 @@ WITH pgcdc_s AS MATERIALIZED (
 	  FROM pgcdc_k x
 	WINDOW w AS (%19$s)
 ), pgcdc_w AS MATERIALIZED (
-	SELECT %22$s FROM pgcdc_1 x
+	SELECT %21$s FROM pgcdc_1 x
 	UNION ALL
-	SELECT %22$s FROM (
-		SELECT %26$s, x.pgcdc_i, x.pgcdc_op, x.pgcdc_seq, x.pgcdc_h, x.pgcdc_t, x.pgcdc_l_tid,
+	SELECT %21$s FROM (
+		SELECT %25$s, x.pgcdc_i, x.pgcdc_op, x.pgcdc_seq, x.pgcdc_h, x.pgcdc_t, x.pgcdc_l_tid,
 			   x.pgcdc_l_version, x.pgcdc_l_del, x.pgcdc_kind, x.pgcdc_run, x.pgcdc_open_no,
 			   x.pgcdc_next_kind, x.pgcdc_next_t, x.pgcdc_next_op, x.pgcdc_next_seq,
 			   x.pgcdc_o[pg_catalog.cardinality(x.pgcdc_o)] = 1 AS pgcdc_o_open, x.pgcdc_o_t,
@@ -1820,7 +1813,7 @@ WITH pgcdc_s AS MATERIALIZED (
 	RETURNING 1
 ), pgcdc_upd AS (
 	UPDATE %12$s t
-	   SET %23$s
+	   SET %22$s
 		   _row_hash = CASE WHEN u.pgcdc_cur = 'values' THEN u.pgcdc_h ELSE t._row_hash END,
 		   _is_deleted = CASE WHEN u.pgcdc_cur = 'values' THEN false ELSE t._is_deleted END,
 		   _valid_to = CASE WHEN u.pgcdc_cur = 'close' THEN u.pgcdc_t
@@ -1841,9 +1834,9 @@ WITH pgcdc_s AS MATERIALIZED (
 ), pgcdc_ins AS (
 	-- after pgcdc_upd and pgcdc_del: the unique index on current rows
 	-- checks as rows go in
-	INSERT INTO %12$s (%24$s, _valid_from, _valid_to, _is_current, _is_deleted, _version,
+	INSERT INTO %12$s (%23$s, _valid_from, _valid_to, _is_current, _is_deleted, _version,
 					   _row_hash, _source_lsn, _source_seq, _sequence, _last_sequence)
-	SELECT %25$s, x.pgcdc_o_t, coalesce(x.pgcdc_next_t, 'infinity'), x.pgcdc_next_t IS NULL, false,
+	SELECT %24$s, x.pgcdc_o_t, coalesce(x.pgcdc_next_t, 'infinity'), x.pgcdc_next_t IS NULL, false,
 		   coalesce(x.pgcdc_l_version, 0) + x.pgcdc_open_no, x.pgcdc_h, x.pgcdc_o_lsn, x.pgcdc_o_lseq,
 		   x.pgcdc_o_seq, CASE WHEN x.pgcdc_next_op = 'D' THEN x.pgcdc_next_seq ELSE x.pgcdc_seq END
 	  FROM pgcdc_w x
@@ -1889,7 +1882,6 @@ SELECT CASE WHEN (SELECT g.pgcdc_ok FROM pgcdc_go g) THEN ARRAY[
 					  'ELSE pg_catalog.lag(x.pgcdc_op) OVER w <> ''D'' END', first_prior),
 			   'CASE WHEN pg_catalog.lag(x.pgcdc_op) OVER w IS NULL THEN x.pgcdc_l_hash '
 			   'ELSE pg_catalog.lag(x.pgcdc_h) OVER w END'),							-- 20
-		NULL,
 		-- pgcdc_w's columns, the same in both flows
 		pgcdc._list(data_cols, 'x') || ', x.pgcdc_i, x.pgcdc_op, x.pgcdc_seq, x.pgcdc_h, x.pgcdc_t, x.pgcdc_l_tid, '
 			 'x.pgcdc_l_version, x.pgcdc_l_del, x.pgcdc_kind, x.pgcdc_run, x.pgcdc_open_no, '
@@ -1898,12 +1890,53 @@ SELECT CASE WHEN (SELECT g.pgcdc_ok FROM pgcdc_go g) THEN ARRAY[
 			 'x.pgcdc_last, x.pgcdc_cur',
 		(SELECT coalesce(string_agg(format('%1$I = CASE WHEN u.pgcdc_cur = ''values'' THEN u.%1$I '
 										   'ELSE t.%1$I END, ', c), ''), '')
-		   FROM unnest(vals) c),												-- 23
+		   FROM unnest(vals) c),												-- 22
 		pgcdc._list(data_cols), pgcdc._list(data_cols, 'x'),
-		pgcdc._list(data_cols, 's')))											-- 26
-	INTO counts;
+		pgcdc._list(data_cols, 's'));											-- 25
+END
+$$;
+
+-- Run the prepared statement of _scd2_fast_sql.  Its plan is made once,
+-- from estimates that are often far off: the changes (a view over an
+-- unanalyzed temp table) say a few dozen rows, the target may have been
+-- nearly empty then.  A nested loop over two CTEs would cost batch size
+-- squared, a seq scan of the target its whole size, every batch.  So: hash
+-- joins, the lookups of each key's versions by index (LATERAL, necessarily
+-- nested loops), the writes by TID scans.
+CREATE FUNCTION pgcdc._scd2_fast(stmt text)
+RETURNS bigint[] LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET enable_nestloop = off
+SET enable_seqscan = off
+AS $$
+DECLARE
+	counts bigint[];
+BEGIN
+	EXECUTE 'EXECUTE ' || quote_ident(stmt) INTO counts;
 	RETURN counts;
 END
+$$;
+
+-- The name of a session setting that holds the statements scd2_apply_changes
+-- prepared for a call of this shape: everything their text depends on (the
+-- arguments, the names and columns of both relations, the code that writes
+-- them), hashed.
+CREATE FUNCTION pgcdc._scd2_shape(target regclass, changes regclass, VARIADIC args text[])
+RETURNS text LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT 'pgcdc.scd2_' || md5(concat_ws(E'\n',
+		(SELECT string_agg(quote_nullable(a), ',' ORDER BY o) FROM unnest(args) WITH ORDINALITY u(a, o)),
+		(SELECT string_agg(concat_ws(' ', quote_ident(n.nspname), quote_ident(c.relname), c.relkind,
+									 a.attnum, quote_ident(a.attname), a.atttypid, a.atttypmod),
+						   ',' ORDER BY c.oid = target DESC, a.attnum)
+		   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		   JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+		  WHERE c.oid IN (target, changes)),
+		(SELECT string_agg(md5(p.prosrc), ',' ORDER BY p.proname)
+		   FROM pg_proc p
+		  WHERE p.pronamespace = 'pgcdc'::regnamespace
+			AND p.proname IN ('scd2_apply_changes', '_scd2_fast_sql', '_stage_args'))))
 $$;
 
 CREATE FUNCTION pgcdc.scd2_apply_changes(target regclass, changes regclass,
@@ -1917,6 +1950,8 @@ SET search_path = pg_catalog, pg_temp
 SET jit = off			-- as scd2_merge
 AS $$
 DECLARE
+	shape text;
+	stmts text[];		-- prepared: is the batch plain, and the fast path
 	args record;
 	plain boolean;
 	st record;
@@ -1927,33 +1962,52 @@ DECLARE
 	truncated bigint := 0;
 	total bigint;
 BEGIN
-	PERFORM pgcdc._check_scd2(target);
+	-- A call of the same shape earlier in this session checked the
+	-- arguments and prepared the statements.
+	IF target IS NOT NULL AND changes IS NOT NULL THEN
+		shape := pgcdc._scd2_shape(target, changes, key_columns::text, sequence_by, op_column,
+								   track_columns::text, valid_from_column);
+		stmts := string_to_array(current_setting(shape, true), ' ');
+		IF (SELECT count(*) FROM pg_prepared_statements p WHERE p.name = ANY (stmts)) < 2 THEN
+			stmts := NULL;
+		END IF;
+	END IF;
+	IF stmts IS NULL THEN
+		PERFORM pgcdc._check_scd2(target);
+	END IF;
 	-- Serialise writers of this target; readers are not blocked.
 	EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', target);
-	args := pgcdc._stage_args(target, changes, key_columns, sequence_by, op_column,
-							  valid_from_column);
-
-	-- Is this batch plain?  One pass over the routing columns only (a view
-	-- over staged events does not build its rows for it).  Bad ops, null
-	-- positions or times take the staged path, which says what is wrong.
-	EXECUTE 'EXECUTE ' || pgcdc._prepared(format($f$
-		SELECT pg_catalog.count(*) FILTER (WHERE c.%1$I IS NULL OR c.%1$I NOT IN ('I', 'U', 'D')
-			OR %2$s OR %3$s OR %4$s) = 0
-		  FROM %5$s c$f$,
-		op_column,
-		(SELECT string_agg(format('c.%I IS NULL', x), ' OR ') FROM unnest(args.seq_cols) x)
-		|| CASE WHEN valid_from_column IS NULL THEN ''
-				ELSE format(' OR c.%I IS NULL', valid_from_column) END,
-		CASE WHEN pgcdc._has_column(changes, 'unchanged_toast', 'text[]')
-			 THEN 'c.unchanged_toast IS NOT NULL' ELSE 'false' END,
-		CASE WHEN pgcdc._has_column(changes, '_old_key', 'jsonb')
-			 THEN format('(c.%I = ''U'' AND c._old_key IS NOT NULL)', op_column) ELSE 'false' END,
-		pgcdc._qname(changes)))
-	INTO plain;
-	IF plain THEN
+	IF stmts IS NULL THEN
+		args := pgcdc._stage_args(target, changes, key_columns, sequence_by, op_column,
+								  valid_from_column);
 		tracked := pgcdc._tracked(target, changes, key_columns, track_columns, args.data_cols);
-		c := pgcdc._scd2_fast(target, changes, key_columns, op_column, args.seq, args.vf,
-							  args.data_cols, tracked);
+		stmts := ARRAY[
+			-- Is this batch plain?  One pass over the routing columns only (a
+			-- view over staged events does not build its rows for it).  Bad
+			-- ops, null positions or times take the staged path, which says
+			-- what is wrong.
+			pgcdc._prepared(format($f$
+				SELECT pg_catalog.count(*) FILTER (WHERE c.%1$I IS NULL OR c.%1$I NOT IN ('I', 'U', 'D')
+					OR %2$s OR %3$s OR %4$s) = 0
+				  FROM %5$s c$f$,
+				op_column,
+				(SELECT string_agg(format('c.%I IS NULL', x), ' OR ') FROM unnest(args.seq_cols) x)
+				|| CASE WHEN valid_from_column IS NULL THEN ''
+						ELSE format(' OR c.%I IS NULL', valid_from_column) END,
+				CASE WHEN pgcdc._has_column(changes, 'unchanged_toast', 'text[]')
+					 THEN 'c.unchanged_toast IS NOT NULL' ELSE 'false' END,
+				CASE WHEN pgcdc._has_column(changes, '_old_key', 'jsonb')
+					 THEN format('(c.%I = ''U'' AND c._old_key IS NOT NULL)', op_column)
+					 ELSE 'false' END,
+				pgcdc._qname(changes))),
+			pgcdc._prepared(pgcdc._scd2_fast_sql(target, changes, key_columns, op_column,
+												 args.seq, args.vf, args.data_cols, tracked))];
+		PERFORM set_config(shape, array_to_string(stmts, ' '), false);
+	END IF;
+
+	EXECUTE 'EXECUTE ' || quote_ident(stmts[1]) INTO plain;
+	IF plain THEN
+		c := pgcdc._scd2_fast(stmts[2]);
 		IF c IS NOT NULL THEN
 			inserted := c[1];
 			updated := c[2];
