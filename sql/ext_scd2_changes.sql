@@ -290,9 +290,12 @@ INSERT INTO item_changes (op, _source_lsn, _source_seq, _commit_ts, k1, k2, name
 SELECT * FROM apply_both('{name}');
 SELECT * FROM item_diff;
 SELECT * FROM fast_runs;
--- replayed, a plain batch changes nothing either
+-- replayed, a plain batch changes nothing either; statements deallocated
+-- meanwhile are prepared again
+DEALLOCATE ALL;
 SELECT * FROM apply_both('{name}');
 SELECT * FROM item_diff;
+SELECT * FROM fast_runs;
 SELECT k1, k2, name, qty, note, _valid_from::date, _valid_to::date, _is_current, _is_deleted,
 	   _version, _source_lsn, _source_seq, _sequence, _last_sequence
   FROM item_fast ORDER BY k1, k2, _valid_from;
