@@ -1664,18 +1664,19 @@ $$;
  *   - a key with one change here needs no window: it is its own first and
  *     last change, and its own run;
  *   - a key with several goes through windows in (key, sequence) order:
- *     pgcdc_t as there; collapse: a change followed by one at the same
- *     pgcdc_t is dropped (pgcdc_t does not decrease, so equal times are
- *     neighbours); kind from the change before (lag); a run is a
+ *     pgcdc_t as there; collapse: a change is dropped when the next one's
+ *     valid_from is not after its pgcdc_t (both would have the same
+ *     pgcdc_t); kind from the change before (lag); a run is a
  *     version-opening or closing change and the changes after it up to the
- *     next one, its last row holds the version's values and its opening row
- *     (first_value over the run) the version's start and position.
+ *     next one: its last row holds the version's values, and its opening
+ *     change (the greatest so far: pgcdc_t and the sequence increase) the
+ *     version's start and position.
  * The key's current version gets at most one UPDATE (run 0's last values,
  * and the close by the change after them; or run 1's close alone) or a
  * DELETE (drop); then the new versions are inserted.
  * The statement returns {inserted, updated, deleted, change rows}, or NULL
  * when some change is late or a replay: then nothing was written, and the
- * caller stages.
+ * caller stages.  scd2_apply_changes prepares it, _scd2_fast runs it.
  */
 CREATE FUNCTION pgcdc._scd2_fast_sql(target regclass, changes regclass, key_columns text[],
 									 op_column text, seq text, vf text, data_cols text[],
@@ -1939,6 +1940,14 @@ AS $$
 			AND p.proname IN ('scd2_apply_changes', '_scd2_fast_sql', '_stage_args'))))
 $$;
 
+/*
+ * Apply a batch of change rows to an SCD2 history.  A plain batch (only I,
+ * U and D, after what the history holds for their keys, no unchanged TOAST,
+ * no key change: the consumer's common one) is applied by one statement
+ * (_scd2_fast_sql) prepared once per session and shape; truncates, unchanged
+ * TOAST, key-changing updates, late changes and replays are staged (_stage)
+ * and applied segment by segment (_scd2_run).  Both give the same history.
+ */
 CREATE FUNCTION pgcdc.scd2_apply_changes(target regclass, changes regclass,
 										 key_columns text[], sequence_by text,
 										 op_column text DEFAULT 'op',
