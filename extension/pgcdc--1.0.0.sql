@@ -1658,9 +1658,8 @@ $$;
  * The common batch in one statement, prepared once per session and shape:
  * only I, U and D, no unchanged TOAST, no key change, no truncate, and every
  * change after its key's last applied position (scd2_apply_changes has
- * checked all but the last).  The changes are read once, into pgcdc_s; the
- * rest works on narrow rows that point back into it (pgcdc_i).  It computes
- * what _scd2_segment does, in two flows:
+ * checked all but the last).  The changes are read once, into pgcdc_s.  It
+ * computes what _scd2_segment does, in two flows:
  *   - a key with one change here needs no window: it is its own first and
  *     last change, and its own run;
  *   - a key with several goes through windows in (key, sequence) order:
@@ -1709,16 +1708,14 @@ DECLARE
 				  OR x.pgcdc_next_kind IN ('new', 'change', 'close', 'drop')) THEN 'values'
 		WHEN x.pgcdc_run = 1 AND x.pgcdc_kind IN ('new', 'change', 'close')
 			 AND coalesce(x.pgcdc_prev_op, 'D') = 'D' THEN 'close' END$c$;
-	-- the narrow columns every flow carries
-	narrow text := format('%s, x.pgcdc_i, x.pgcdc_op, x.pgcdc_seq, x.pgcdc_lsn, x.pgcdc_lseq, '
-						  'x.pgcdc_h, l.pgcdc_l_tid, l.pgcdc_l_version, l.pgcdc_l_from, '
-						  'l.pgcdc_l_cur, l.pgcdc_l_del, l.pgcdc_l_hash', keys);
+	-- a change and its key's latest version
+	joined text := 'x.*, l.pgcdc_l_tid, l.pgcdc_l_version, l.pgcdc_l_from, l.pgcdc_l_cur, '
+				   'l.pgcdc_l_del, l.pgcdc_l_hash';
 	t0 text := 'CASE WHEN l.pgcdc_l_cur THEN l.pgcdc_l_from ELSE l.pgcdc_l_to END';
 BEGIN
 	RETURN format($f$
 WITH pgcdc_s AS MATERIALIZED (
-	SELECT x.*, CASE WHEN x.pgcdc_op <> 'D' THEN %1$s END AS pgcdc_h,
-		   pg_catalog.row_number() OVER () AS pgcdc_i
+	SELECT x.*, CASE WHEN x.pgcdc_op <> 'D' THEN %1$s END AS pgcdc_h
 	  FROM (SELECT %2$s, c.%3$I::text AS pgcdc_op, %4$s AS pgcdc_seq, %5$s AS pgcdc_vf,
 				   %6$s AS pgcdc_lsn, %7$s AS pgcdc_lseq
 			  FROM %8$s c OFFSET 0) x
@@ -1793,10 +1790,7 @@ WITH pgcdc_s AS MATERIALIZED (
 	SELECT %21$s FROM pgcdc_1 x
 	UNION ALL
 	SELECT %21$s FROM (
-		SELECT %25$s, x.pgcdc_i, x.pgcdc_op, x.pgcdc_seq, x.pgcdc_h, x.pgcdc_t, x.pgcdc_l_tid,
-			   x.pgcdc_l_version, x.pgcdc_l_del, x.pgcdc_kind, x.pgcdc_run, x.pgcdc_open_no,
-			   x.pgcdc_next_kind, x.pgcdc_next_t, x.pgcdc_next_op, x.pgcdc_next_seq,
-			   x.pgcdc_o[pg_catalog.cardinality(x.pgcdc_o)] = 1 AS pgcdc_o_open, x.pgcdc_o_t,
+		SELECT x.*, x.pgcdc_o[pg_catalog.cardinality(x.pgcdc_o)] = 1 AS pgcdc_o_open,
 			   x.pgcdc_o[1:pg_catalog.cardinality(x.pgcdc_o) - 3] AS pgcdc_o_seq,
 			   '0/0'::pg_lsn OPERATOR(pg_catalog.+) x.pgcdc_o[pg_catalog.cardinality(x.pgcdc_o) - 2]
 				 AS pgcdc_o_lsn,
@@ -1804,7 +1798,7 @@ WITH pgcdc_s AS MATERIALIZED (
 			   x.pgcdc_next_kind IS NULL
 				 OR x.pgcdc_next_kind IN ('new', 'change', 'close', 'drop') AS pgcdc_last,
 			   %18$s AS pgcdc_cur
-		  FROM pgcdc_r x JOIN pgcdc_s s ON s.pgcdc_i = x.pgcdc_i) x
+		  FROM pgcdc_r x) x
 ), pgcdc_del AS (
 	-- a delete at the very instant the current version started: it never was
 	DELETE FROM %12$s t USING pgcdc_w u
@@ -1872,7 +1866,7 @@ SELECT CASE WHEN (SELECT g.pgcdc_ok FROM pgcdc_go g) THEN ARRAY[
 		pgcdc._hash_expr(tracked, 't'),
 		pgcdc._qname(target),												-- 12
 		pgcdc._key_join('t', 'k', target, key_columns),
-		narrow,
+		joined,
 		format(kind, 'true', first_prior, 'x.pgcdc_l_hash'),					-- 15
 		pgcdc._key_join('x', 'l', target, key_columns),
 		t0,
@@ -1884,7 +1878,7 @@ SELECT CASE WHEN (SELECT g.pgcdc_ok FROM pgcdc_go g) THEN ARRAY[
 			   'CASE WHEN pg_catalog.lag(x.pgcdc_op) OVER w IS NULL THEN x.pgcdc_l_hash '
 			   'ELSE pg_catalog.lag(x.pgcdc_h) OVER w END'),							-- 20
 		-- pgcdc_w's columns, the same in both flows
-		pgcdc._list(data_cols, 'x') || ', x.pgcdc_i, x.pgcdc_op, x.pgcdc_seq, x.pgcdc_h, x.pgcdc_t, x.pgcdc_l_tid, '
+		pgcdc._list(data_cols, 'x') || ', x.pgcdc_op, x.pgcdc_seq, x.pgcdc_h, x.pgcdc_t, x.pgcdc_l_tid, '
 			 'x.pgcdc_l_version, x.pgcdc_l_del, x.pgcdc_kind, x.pgcdc_run, x.pgcdc_open_no, '
 			 'x.pgcdc_next_kind, x.pgcdc_next_t, x.pgcdc_next_op, x.pgcdc_next_seq, '
 			 'x.pgcdc_o_open, x.pgcdc_o_t, x.pgcdc_o_seq, x.pgcdc_o_lsn, x.pgcdc_o_lseq, '
@@ -1892,8 +1886,7 @@ SELECT CASE WHEN (SELECT g.pgcdc_ok FROM pgcdc_go g) THEN ARRAY[
 		(SELECT coalesce(string_agg(format('%1$I = CASE WHEN u.pgcdc_cur = ''values'' THEN u.%1$I '
 										   'ELSE t.%1$I END, ', c), ''), '')
 		   FROM unnest(vals) c),												-- 22
-		pgcdc._list(data_cols), pgcdc._list(data_cols, 'x'),
-		pgcdc._list(data_cols, 's'));											-- 25
+		pgcdc._list(data_cols), pgcdc._list(data_cols, 'x'));
 END
 $$;
 
