@@ -16,26 +16,20 @@
 
 #include "consumer.h"
 
-/*
- * The change rows of map i, from its view, in a table that rules can remove
- * rows from; "ord" narrows them to one event (isolating a failure).
- */
+/* Map i's one event "ord" alone in pgcdc_one_N (isolating a failure). */
 static bool
-stage_changes(ApplyJob *b, int i, const char *ord)
+stage_one(ApplyJob *b, int i, const char *ord)
 {
-	TableMap   *m = &b->p->maps[i];
-	PQExpBuffer sql = createPQExpBuffer();
+	char		sql[256];
 	const char *params[1] = {ord};
 	PGresult   *res;
 
-	appendPQExpBuffer(sql,
-					  "INSERT INTO pg_temp.pgcdc_changes_%d "
-					  "SELECT %s, op, _source_lsn, _source_seq, _commit_ts, unchanged_toast, _old_key "
-					  "FROM pg_temp.pgcdc_view_%d WHERE $1::bigint IS NULL OR pgcdc_ord = $1::bigint "
-					  "ORDER BY pgcdc_ord",
-					  i, m->data_columns, i);
-	res = exec_ok(b->conn, sql->data, 1, params);
-	destroyPQExpBuffer(sql);
+	snprintf(sql, sizeof(sql), "DELETE FROM pg_temp.pgcdc_one_%d", i);
+	if (!exec_cmd(b->conn, sql))
+		return false;
+	snprintf(sql, sizeof(sql), "INSERT INTO pg_temp.pgcdc_one_%d SELECT * FROM pg_temp.pgcdc_changes_%d "
+			 "WHERE pgcdc_ord = $1::bigint", i, i);
+	res = exec_ok(b->conn, sql, 1, params);
 	PQclear(res);
 	return res != NULL;
 }
@@ -54,7 +48,7 @@ map_has_rules(ApplyJob *b, TableMap *m)
 	return has;
 }
 
-/* Apply map i's staged changes (or append its events) with one call. */
+/* Apply map i's staged rows (all, or the one event "ord") with one call. */
 static bool
 apply_map(ApplyJob *b, int i, const char *ord, long *quarantined)
 {
@@ -62,7 +56,6 @@ apply_map(ApplyJob *b, int i, const char *ord, long *quarantined)
 	PQExpBuffer sql = createPQExpBuffer();
 	PGresult   *res;
 	bool		ok;
-	bool		use_table;
 	char		changes[64];
 	long		by_rules = 0;	/* counted only if the map's apply commits */
 
@@ -74,9 +67,9 @@ apply_map(ApplyJob *b, int i, const char *ord, long *quarantined)
 						  "INSERT INTO %s (_op, _source_lsn, _source_seq, _xid, _commit_ts, _key, _new, _old, _received_at) "
 						  "SELECT e.op, e.commit_lsn, e.seq, (e.j->>'xid')::bigint, e.ts, e.j->'key', e.j->'new', "
 						  "  e.j->'old', pg_catalog.now() "
-						  "FROM (SELECT e.*, e.raw::jsonb AS j FROM pg_temp.pgcdc_events e "
-						  "      WHERE e.map = %d AND ($1::bigint IS NULL OR e.ord = $1::bigint)) e "
-						  "ORDER BY e.ord ON CONFLICT DO NOTHING",
+						  "FROM (SELECT e.*, e.raw::jsonb AS j FROM pg_temp.pgcdc_events_%d e "
+						  "      WHERE $1::bigint IS NULL OR e.pgcdc_ord = $1::bigint) e "
+						  "ORDER BY e.pgcdc_ord ON CONFLICT DO NOTHING",
 						  m->target, i);
 		res = exec_ok(b->conn, sql->data, 1, params);
 		destroyPQExpBuffer(sql);
@@ -84,24 +77,19 @@ apply_map(ApplyJob *b, int i, const char *ord, long *quarantined)
 		return res != NULL;
 	}
 
-	/*
-	 * A whole batch of a map without rules is read by the apply function
-	 * straight from the view over the staged events; rules (which remove
-	 * rows) and single events go through the change table.
-	 */
-	use_table = ord != NULL || map_has_rules(b, m);
-	if (use_table)
+	if (ord != NULL && !stage_one(b, i, ord))
 	{
-		const char *params[3] = {b->p->name, m->source_table, m->target};
+		destroyPQExpBuffer(sql);
+		return false;
+	}
+	snprintf(changes, sizeof(changes), "pg_temp.pgcdc_%s_%d", ord ? "one" : "changes", i);
+	if (map_has_rules(b, m))
+	{
+		const char *params[4] = {b->p->name, m->source_table, changes, m->target};
 
-		if (!stage_changes(b, i, ord))
-		{
-			destroyPQExpBuffer(sql);
-			return false;
-		}
 		/* rules move failing rows to the quarantine before anything is applied */
-		appendPQExpBuffer(sql, "SELECT pgcdc.apply_rules($1, $2, 'pg_temp.pgcdc_changes_%d', $3, 'op')", i);
-		res = exec_ok(b->conn, sql->data, 3, params);
+		res = exec_ok(b->conn, "SELECT pgcdc.apply_rules($1, $2, $3::pg_catalog.regclass, $4, 'op')",
+					  4, params);
 		if (res == NULL)
 		{
 			destroyPQExpBuffer(sql);
@@ -110,34 +98,24 @@ apply_map(ApplyJob *b, int i, const char *ord, long *quarantined)
 		by_rules = atol(PQgetvalue(res, 0, 0));
 		PQclear(res);
 	}
-	snprintf(changes, sizeof(changes), "pg_temp.pgcdc_%s_%d", use_table ? "changes" : "view", i);
 
-	resetPQExpBuffer(sql);
 	if (strcmp(m->mode, "mirror") == 0)
 	{
-		const char *params[3] = {m->target, m->key_columns, m->soft_delete ? "true" : "false"};
+		const char *params[4] = {m->target, m->key_columns, m->soft_delete ? "true" : "false", changes};
 
-		appendPQExpBuffer(sql, "SELECT * FROM pgcdc.apply_mirror($1::pg_catalog.regclass, "
-						  "'%s', $2::text[], $3::boolean, 'op')", changes);
-		res = exec_ok(b->conn, sql->data, 3, params);
+		res = exec_ok(b->conn, "SELECT * FROM pgcdc.apply_mirror($1::pg_catalog.regclass, "
+					  "$4::pg_catalog.regclass, $2::text[], $3::boolean, 'op')", 4, params);
 	}
 	else
 	{
-		const char *params[3] = {m->target, m->key_columns, m->track_columns};
+		const char *params[4] = {m->target, m->key_columns, m->track_columns, changes};
 
-		appendPQExpBuffer(sql, "SELECT * FROM pgcdc.scd2_apply_changes($1::pg_catalog.regclass, "
-						  "'%s', $2::text[], '_source_lsn,_source_seq', 'op', "
-						  "$3::text[], '_commit_ts')", changes);
-		res = exec_ok(b->conn, sql->data, 3, params);
+		res = exec_ok(b->conn, "SELECT * FROM pgcdc.scd2_apply_changes($1::pg_catalog.regclass, "
+					  "$4::pg_catalog.regclass, $2::text[], '_source_lsn,_source_seq', 'op', "
+					  "$3::text[], '_commit_ts')", 4, params);
 	}
 	ok = res != NULL;
 	PQclear(res);
-	if (ok && use_table)
-	{
-		resetPQExpBuffer(sql);
-		appendPQExpBuffer(sql, "TRUNCATE pg_temp.pgcdc_changes_%d", i);
-		ok = exec_cmd(b->conn, sql->data);
-	}
 	destroyPQExpBuffer(sql);
 	if (ok)
 		*quarantined += by_rules;
@@ -183,13 +161,22 @@ quarantine_event(ApplyJob *b, int i, const char *ord, const char *code,
 {
 	TableMap   *m = &b->p->maps[i];
 	const char *q[1] = {ord};
-	PGresult   *row = exec_ok(b->conn, "SELECT raw, raw_off, raw_len FROM pg_temp.pgcdc_events "
-							  "WHERE ord = $1::bigint", 1, q);
-	char	   *json = row && PQntuples(row) == 1 ? event_json(b, row) : NULL;
-	const char *params[7] = {b->p->name, m->source_table, m->target, json, code, message, detail};
+	const char *params[7] = {b->p->name, m->source_table, m->target, NULL, code, message, detail};
+	char		sql[160];
 	PGresult   *res = NULL;
+	char	   *json;
 
-	PQclear(row);
+	if (strcmp(m->mode, "append") == 0)
+		snprintf(sql, sizeof(sql), "SELECT raw, NULL, NULL FROM pg_temp.pgcdc_events_%d "
+				 "WHERE pgcdc_ord = $1::bigint", i);
+	else
+		snprintf(sql, sizeof(sql), "SELECT NULL, pgcdc_raw_off, pgcdc_raw_len FROM pg_temp.pgcdc_changes_%d "
+				 "WHERE pgcdc_ord = $1::bigint", i);
+	res = exec_ok(b->conn, sql, 1, q);
+	json = res && PQntuples(res) == 1 ? event_json(b, res) : NULL;
+	PQclear(res);
+	res = NULL;
+	params[3] = json;
 	if (json != NULL)
 		res = exec_ok(b->conn, "SELECT pgcdc.quarantine_event($1, $2, $3, $4::jsonb, $5, $6, $7)",
 					  7, params);
@@ -206,16 +193,17 @@ static bool
 isolate_map(ApplyJob *b, int i, long *quarantined)
 {
 	TableMap   *m = &b->p->maps[i];
-	char		map[16];
-	const char *params[1] = {map};
+	char		sql[160];
 	PGresult   *ords;
 	int			n;
 
-	snprintf(map, sizeof(map), "%d", i);
-	ords = exec_ok(b->conn,
-				   "SELECT ord, e.op, e.commit_lsn, e.seq FROM pg_temp.pgcdc_events e "
-				   "WHERE e.map = $1::integer ORDER BY ord",
-				   1, params);
+	if (strcmp(m->mode, "append") == 0)
+		snprintf(sql, sizeof(sql), "SELECT pgcdc_ord, op, commit_lsn, seq FROM pg_temp.pgcdc_events_%d "
+				 "ORDER BY pgcdc_ord", i);
+	else
+		snprintf(sql, sizeof(sql), "SELECT pgcdc_ord, op, _source_lsn, _source_seq FROM pg_temp.pgcdc_changes_%d "
+				 "ORDER BY pgcdc_ord", i);
+	ords = exec_ok(b->conn, sql, 0, NULL);
 	if (ords == NULL)
 		return false;
 	for (n = 0; n < PQntuples(ords); n++)

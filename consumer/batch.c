@@ -166,7 +166,7 @@ empty_file(FILE *f)
 	return ftruncate(fileno(f), 0) == 0;
 }
 
-/* The session's staging tables: events, and one change table per map. */
+/* The session's staging tables: one per map. */
 static bool
 create_session_tables(Batch *b)
 {
@@ -174,42 +174,38 @@ create_session_tables(Batch *b)
 	bool		ok;
 	int			i;
 
-	/*
-	 * One row per event and table map it feeds: the routing fields, the
-	 * row as a composite literal of the map's data columns (written by
-	 * row_literal, parsed by the columns' input functions: no JSON work on
-	 * the server), and the event's JSON for append targets (raw) or where
-	 * it is in the batch's file (raw_off, raw_len).
-	 */
-	appendPQExpBufferStr(sql, "DROP TABLE IF EXISTS pg_temp.pgcdc_events CASCADE; "
-						 "CREATE TEMP TABLE pgcdc_events (ord bigint NOT NULL, "
-						 "map integer NOT NULL, op text NOT NULL, commit_lsn pg_catalog.pg_lsn, seq integer, "
-						 "ts timestamptz, ut text[], old_key jsonb, row_text text, raw text, "
-						 "raw_off bigint, raw_len integer) ON COMMIT DELETE ROWS;");
 	for (i = 0; i < b->p->nmaps; i++)
 	{
 		TableMap   *m = &b->p->maps[i];
 
+		/* an append map's rows are the events' JSON */
 		if (strcmp(m->mode, "append") == 0)
+		{
+			appendPQExpBuffer(sql,
+							  "DROP TABLE IF EXISTS pg_temp.pgcdc_events_%d; "
+							  "CREATE TEMP TABLE pgcdc_events_%d (pgcdc_ord bigint NOT NULL, op text NOT NULL, "
+							  "commit_lsn pg_catalog.pg_lsn, seq integer, ts timestamptz, raw text NOT NULL) "
+							  "ON COMMIT DELETE ROWS;",
+							  i, i);
 			continue;
+		}
+
 		/*
-		 * The map's change rows, as a view over the staged events that the
-		 * apply functions read directly; and as a table, for the paths that
-		 * need to remove rows (rules) or to pick one event.
+		 * The others' are the change rows the apply functions read: the
+		 * routing fields, the map's data columns typed as the target's
+		 * (COPY parses each value once, with the column's input function:
+		 * no JSON work on the server), and where the event's JSON is in
+		 * the batch's file.  pgcdc_one_N holds one of them when a failing
+		 * batch is retried event by event.
 		 */
 		appendPQExpBuffer(sql,
-						  "DROP TABLE IF EXISTS pg_temp.pgcdc_changes_%d, pg_temp.pgcdc_row_%d; "
-						  "CREATE TEMP TABLE pgcdc_row_%d (%s); "
-						  "CREATE TEMP TABLE pgcdc_changes_%d (%s, op text, _source_lsn pg_catalog.pg_lsn, "
-						  "_source_seq integer, _commit_ts timestamptz, unchanged_toast text[], _old_key jsonb) "
+						  "DROP TABLE IF EXISTS pg_temp.pgcdc_changes_%d, pg_temp.pgcdc_one_%d; "
+						  "CREATE TEMP TABLE pgcdc_changes_%d (pgcdc_ord bigint NOT NULL, op text NOT NULL, "
+						  "_source_lsn pg_catalog.pg_lsn, _source_seq integer, _commit_ts timestamptz, "
+						  "unchanged_toast text[], _old_key jsonb, pgcdc_raw_off bigint, pgcdc_raw_len integer, %s) "
 						  "ON COMMIT DELETE ROWS; "
-						  "CREATE TEMP VIEW pgcdc_view_%d AS SELECT %s, e.op, e.commit_lsn AS _source_lsn, "
-						  "e.seq AS _source_seq, e.ts AS _commit_ts, e.ut AS unchanged_toast, e.old_key AS _old_key, "
-						  "e.ord AS pgcdc_ord "
-						  "FROM pg_temp.pgcdc_events e "
-						  "CROSS JOIN LATERAL (SELECT e.row_text::pg_temp.pgcdc_row_%d AS r OFFSET 0) x "
-						  "WHERE e.map = %d;",
-						  i, i, i, m->data_types, i, m->data_types, i, m->row_columns, i, i);
+						  "CREATE TEMP TABLE pgcdc_one_%d (LIKE pg_temp.pgcdc_changes_%d) ON COMMIT DELETE ROWS;",
+						  i, i, i, m->data_types, i, i);
 	}
 	ok = exec_cmd(b->conn, sql->data);
 	destroyPQExpBuffer(sql);
@@ -217,29 +213,31 @@ create_session_tables(Batch *b)
 	return ok;
 }
 
-/* Open the target transaction and the COPY of the filling batch. */
+/* Start the COPY of map i's rows (in the batch's open target transaction). */
 static bool
-start_copy(Batch *b)
+start_copy(Batch *b, int i)
 {
+	TableMap   *m = &b->p->maps[i];
+	PQExpBuffer sql = createPQExpBuffer();
 	PGresult   *res;
+	bool		ok;
 
-	if (!b->tables_ready && !create_session_tables(b))
-		return false;
-	if (!exec_cmd(b->conn, "BEGIN"))
-		return false;
 	/* CSV with separators that text rarely contains; fields are quoted (csv_field) */
-	res = PQexec(b->conn, "COPY pg_temp.pgcdc_events (ord, map, op, commit_lsn, seq, ts, ut, old_key, "
-				 "row_text, raw, raw_off, raw_len) "
-				 "FROM STDIN (FORMAT csv, DELIMITER E'\\x1f', QUOTE E'\\x1e')");
-	if (PQresultStatus(res) != PGRES_COPY_IN)
-	{
+	if (strcmp(m->mode, "append") == 0)
+		appendPQExpBuffer(sql, "COPY pg_temp.pgcdc_events_%d (pgcdc_ord, op, commit_lsn, seq, ts, raw) ", i);
+	else
+		appendPQExpBuffer(sql, "COPY pg_temp.pgcdc_changes_%d (pgcdc_ord, op, _source_lsn, _source_seq, "
+						  "_commit_ts, unchanged_toast, _old_key, pgcdc_raw_off, pgcdc_raw_len, %s) ",
+						  i, m->data_columns);
+	appendPQExpBufferStr(sql, "FROM STDIN (FORMAT csv, DELIMITER E'\\x1f', QUOTE E'\\x1e')");
+	res = PQexec(b->conn, sql->data);
+	destroyPQExpBuffer(sql);
+	ok = PQresultStatus(res) == PGRES_COPY_IN;
+	if (!ok)
 		log_msg(LOG_ERROR, "could not stage events in the target: %s", conn_error(b->conn));
-		PQclear(res);
-		return false;
-	}
 	PQclear(res);
-	b->copying = true;
-	return true;
+	b->copying = ok;
+	return ok;
 }
 
 /* Which maps have rules (they may change at any time): rules see every event. */
@@ -263,77 +261,6 @@ load_rules(Batch *b)
 	return true;
 }
 
-/*
- * Send job k's rows to the target with one COPY, less the moot ones (in
- * the apply thread).
- */
-static bool
-send_spill(Batch *b, int k)
-{
-	char		chunk[65536];
-	FILE	   *spill = b->spill[k];
-	size_t		n = 0;
-	long		line = 0;
-	SpillHeader h;
-	PQExpBufferData rowbuf;
-	PQExpBuffer row = &rowbuf;
-	bool		ok = false;
-
-	b->jobs[k].moot = 0;
-	if (!load_rules(b) || !start_copy(b))
-		return false;
-	initPQExpBuffer(row);
-	fflush(spill);
-	rewind(spill);
-	while (fread(&h, sizeof(h), 1, spill) == 1)
-	{
-		bool		send = !compact_dead(b->compact[k], ++line) || b->has_rules[h.map];
-
-		resetPQExpBuffer(row);
-		if (h.len > 0)
-		{
-			if (!send)
-			{
-				if (fseeko(spill, h.len, SEEK_CUR) != 0)
-					break;
-				b->jobs[k].moot++;
-				continue;
-			}
-			enlargePQExpBuffer(row, h.len);
-			if (fread(row->data, 1, h.len, spill) != h.len)
-				break;
-			row->len = h.len;
-		}
-		if (n + row->len > sizeof(chunk))
-		{
-			if (PQputCopyData(b->conn, chunk, (int) n) != 1)
-				goto copy_failed;
-			n = 0;
-		}
-		if (row->len > sizeof(chunk))
-		{
-			if (PQputCopyData(b->conn, row->data, (int) row->len) != 1)
-				goto copy_failed;
-			continue;
-		}
-		memcpy(chunk + n, row->data, row->len);
-		n += row->len;
-	}
-	if (ferror(spill) || !feof(spill) || !empty_file(spill))
-		log_msg(LOG_ERROR, "could not read the batch's spill file: %m");
-	else if (n > 0 && PQputCopyData(b->conn, chunk, (int) n) != 1)
-		goto copy_failed;
-	else
-		ok = true;
-	termPQExpBuffer(row);
-	return ok;
-
-copy_failed:
-	log_msg(LOG_ERROR, "could not stage events in the target: %s", conn_error(b->conn));
-	termPQExpBuffer(row);
-	return false;
-}
-
 static bool
 end_copy(Batch *b)
 {
@@ -354,6 +281,92 @@ end_copy(Batch *b)
 	while ((res = PQgetResult(b->conn)) != NULL)
 		PQclear(res);
 	return ok;
+}
+
+/* COPY map i's rows of job k to the target, less the moot ones. */
+static bool
+send_map(Batch *b, int k, int i, PQExpBuffer row)
+{
+	char		chunk[65536];
+	FILE	   *spill = b->spill[k];
+	size_t		n = 0;
+	long		line = 0;
+	SpillHeader h;
+
+	if (!start_copy(b, i))
+		return false;
+	rewind(spill);
+	while (fread(&h, sizeof(h), 1, spill) == 1)
+	{
+		bool		send;
+
+		line++;					/* numbered across maps, as compact_line saw them */
+		send = h.map == i && (b->has_rules[i] || !compact_dead(b->compact[k], line));
+		if (!send)
+		{
+			if (fseeko(spill, h.len, SEEK_CUR) != 0)
+				break;
+			if (h.map == i)
+				b->jobs[k].moot++;
+			continue;
+		}
+		resetPQExpBuffer(row);
+		enlargePQExpBuffer(row, h.len);
+		if (fread(row->data, 1, h.len, spill) != h.len)
+			break;
+		row->len = h.len;
+		if (n + row->len > sizeof(chunk))
+		{
+			if (PQputCopyData(b->conn, chunk, (int) n) != 1)
+				goto copy_failed;
+			n = 0;
+		}
+		if (row->len > sizeof(chunk))
+		{
+			if (PQputCopyData(b->conn, row->data, (int) row->len) != 1)
+				goto copy_failed;
+			continue;
+		}
+		memcpy(chunk + n, row->data, row->len);
+		n += row->len;
+	}
+	if (ferror(spill) || !feof(spill))
+	{
+		log_msg(LOG_ERROR, "could not read the batch's spill file: %m");
+		return false;
+	}
+	if (n > 0 && PQputCopyData(b->conn, chunk, (int) n) != 1)
+		goto copy_failed;
+	return end_copy(b);
+
+copy_failed:
+	log_msg(LOG_ERROR, "could not stage events in the target: %s", conn_error(b->conn));
+	return false;
+}
+
+/*
+ * Open the target transaction of job k and COPY its rows there, one COPY
+ * per table map (in the apply thread).
+ */
+static bool
+send_spill(Batch *b, int k)
+{
+	PQExpBufferData row;
+	bool		ok;
+
+	b->jobs[k].moot = 0;
+	if (!b->tables_ready && !create_session_tables(b))
+		return false;
+	if (!load_rules(b) || !exec_cmd(b->conn, "BEGIN"))
+		return false;
+	fflush(b->spill[k]);
+	initPQExpBuffer(&row);
+	ok = true;
+	for (int i = 0; i < b->p->nmaps && ok; i++)
+		if (b->jobs[k].per_map[i] > 0)
+			ok = send_map(b, k, i, &row);
+	termPQExpBuffer(&row);
+	return ok && empty_file(b->spill[k]);
 }
 
 /* Start filling a new batch. */
@@ -421,8 +434,9 @@ csv_field(PQExpBuffer line, const char *v, size_t len)
 }
 
 /*
- * One line of pgcdc_events: the event as it feeds map i.  *raw_off is the
- * event's place in the batch's event file, -1 until it is written there.
+ * The COPY line of an event for map i: of pgcdc_events_N (append maps) or
+ * pgcdc_changes_N.  *raw_off is the event's place in the batch's event
+ * file, -1 until it is written there.
  */
 static bool
 event_line(Batch *b, int i, const EventInfo *ev, const char *json, size_t len, off_t *raw_off)
@@ -430,13 +444,19 @@ event_line(Batch *b, int i, const EventInfo *ev, const char *json, size_t len, o
 	TableMap   *m = &b->p->maps[i];
 	ApplyJob   *j = &b->jobs[b->fill];
 	PQExpBuffer line = b->line;
-	bool		append = strcmp(m->mode, "append") == 0;
 	char		lsn[32];
 
 	resetPQExpBuffer(line);
-	appendPQExpBuffer(line, "%ld\x1f%d\x1f%c\x1f%s\x1f%ld\x1f", ++j->lines, i, ev->op,
+	appendPQExpBuffer(line, "%ld\x1f%c\x1f%s\x1f%ld\x1f", ++j->lines, ev->op,
 					  format_lsn(ev->commit_lsn, lsn), ev->seq);
 	csv_field(line, ev->ts, ev->ts ? strlen(ev->ts) : 0);
+	if (strcmp(m->mode, "append") == 0)
+	{
+		appendPQExpBufferChar(line, '\x1f');
+		csv_field(line, json, len);
+		appendPQExpBufferChar(line, '\n');
+		return true;
+	}
 	appendPQExpBufferChar(line, '\x1f');
 	if (ev->unchanged_toast.ptr)
 	{
@@ -448,24 +468,6 @@ event_line(Batch *b, int i, const EventInfo *ev, const char *json, size_t len, o
 	appendPQExpBufferChar(line, '\x1f');
 	if (ev->op == 'U' && ev->old.ptr)
 		csv_field(line, ev->old.ptr, ev->old.len);
-	appendPQExpBufferChar(line, '\x1f');
-	if (!append && ev->op != 'T')
-	{
-		JsonSpan	row = ev->op == 'D' ? (ev->old.ptr ? ev->old : ev->key) : ev->new_row;
-
-		resetPQExpBuffer(b->tmp);
-		if (row.ptr && !row_literal(b->tmp, m, row))
-			return false;
-		if (row.ptr)
-			csv_field(line, b->tmp->data, b->tmp->len);
-	}
-	appendPQExpBufferChar(line, '\x1f');
-	if (append)
-	{
-		csv_field(line, json, len);
-		appendPQExpBufferStr(line, "\x1f\x1f\n");
-		return true;
-	}
 	if (*raw_off < 0)
 	{
 		if (fwrite(json, 1, len, j->raw) != len)
@@ -476,7 +478,20 @@ event_line(Batch *b, int i, const EventInfo *ev, const char *json, size_t len, o
 		*raw_off = j->raw_len;
 		j->raw_len += len;
 	}
-	appendPQExpBuffer(line, "\x1f%lld\x1f%zu\n", (long long) *raw_off, len);
+	appendPQExpBuffer(line, "\x1f%lld\x1f%zu", (long long) *raw_off, len);
+	{
+		JsonSpan	row = ev->op == 'T' ? (JsonSpan) {NULL, 0} :
+		ev->op == 'D' ? (ev->old.ptr ? ev->old : ev->key) : ev->new_row;
+
+		/* no row (a truncate; a delete without replica identity): every column empty */
+		if (row.ptr == NULL)
+			memset(m->values, 0, sizeof(JsonSpan) * m->ncols);
+		else if (!row_values(m, row))
+			return false;
+		if (!row_fields(line, m))
+			return false;
+	}
+	appendPQExpBufferChar(line, '\n');
 	return true;
 }
 
@@ -603,7 +618,7 @@ apply_thread(void *arg)
 	/* signals are the stream loop's: its select() must see them */
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
-	if (send_spill(b, b->applying) && end_copy(b))
+	if (send_spill(b, b->applying))
 		apply_job(j);
 	else
 	{

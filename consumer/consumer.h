@@ -79,7 +79,7 @@ typedef struct TableMap
 	int			ncols;			/* the data columns one by one, in target order */
 	char	  **colnames;
 	bool	   *coljson;		/* json or jsonb: values pass as raw JSON text */
-	JsonSpan   *values;			/* scratch for row_literal */
+	JsonSpan   *values;			/* the row being staged (row_values) */
 	int			nkeys;			/* key columns among the data columns (0: unknown) */
 	int		   *keyidx;			/* ... their indexes */
 	char	   *data_types;		/* SQL list: quoted column and its target type */
@@ -150,7 +150,8 @@ extern int64_t now_us(void);
 
 /* event.c */
 extern bool event_parse(const char *json, size_t len, EventInfo *ev, char *scratch, size_t scratchlen);
-extern bool row_literal(PQExpBuffer out, TableMap *m, JsonSpan obj);
+extern bool row_values(TableMap *m, JsonSpan obj);
+extern bool row_fields(PQExpBuffer out, TableMap *m);
 extern bool array_literal(PQExpBuffer out, JsonSpan arr);
 
 /* target.c */

@@ -283,7 +283,7 @@ event_parse(const char *json, size_t len, EventInfo *ev, char *scratch, size_t s
 		}
 		else
 		{
-			/* the row objects are kept as spans for row_literal */
+			/* the row objects are kept as spans for row_values */
 			JsonSpan   *span = strcmp(key, "new") == 0 ? &ev->new_row :
 			strcmp(key, "key") == 0 ? &ev->key :
 			strcmp(key, "old") == 0 ? &ev->old :
@@ -305,19 +305,30 @@ event_parse(const char *json, size_t len, EventInfo *ev, char *scratch, size_t s
 	return ev->op != 0;
 }
 
+/* One character of a value: escaped as a composite literal needs, or doubled if it is the CSV quote. */
+static inline void
+value_char(PQExpBuffer out, char c, bool csv)
+{
+	if (csv ? c == '\x1e' : (c == '"' || c == '\\'))
+		appendPQExpBufferChar(out, csv ? c : '\\');
+	appendPQExpBufferChar(out, c);
+}
+
 /*
- * Append a value of a composite literal, double-quoted: the text of a JSON
- * value (a string unescaped to UTF-8, anything else as it is), with the
- * quotes and backslashes a record literal needs escaped.
+ * Append the text of a JSON value (a string unescaped to UTF-8, anything
+ * else as it is), quoted: as a field of a composite literal ("...", quotes
+ * and backslashes escaped) or, with csv, as a CSV field quoted with \x1e
+ * (the COPY format of batch.c).
  */
 static bool
-append_field(PQExpBuffer out, const char *v, size_t len, bool raw)
+append_value(PQExpBuffer out, const char *v, size_t len, bool raw, bool csv)
 {
 	const char *p = v;
 	const char *end = v + len;
 	bool		string = !raw && *p == '"';
+	char		quote = csv ? '\x1e' : '"';
 
-	appendPQExpBufferChar(out, '"');
+	appendPQExpBufferChar(out, quote);
 	if (string)
 	{
 		p++;
@@ -329,18 +340,17 @@ append_field(PQExpBuffer out, const char *v, size_t len, bool raw)
 		char		c;
 
 		/* copy runs that need nothing done to them in one go */
-		while (p < end && *p != '"' && *p != '\\')
+		while (p < end && *p != '"' && *p != '\\' && *p != '\x1e')
 			p++;
 		if (p > run)
 			appendBinaryPQExpBuffer(out, run, p - run);
 		if (p >= end)
 			break;
 		c = *p;
-		if (!string || c == '"')
+		if (!string || c != '\\')
 		{
-			/* a quote or backslash of the text: escaped for the literal */
-			appendPQExpBufferChar(out, '\\');
-			appendPQExpBufferChar(out, c);
+			/* a character of the text */
+			value_char(out, c, csv);
 			p++;
 			continue;
 		}
@@ -369,36 +379,35 @@ append_field(PQExpBuffer out, const char *v, size_t len, bool raw)
 					unsigned	cp;
 					char		utf8[4];
 					const char *hex = p + 1;
+					int			n;
 
 					if (!read_u_escape(&hex, end, &cp))
 						return false;
 					p = hex - 1;	/* the loop steps past the last digit */
-					if (cp == '"' || cp == '\\')
-						appendPQExpBufferChar(out, '\\');
-					appendBinaryPQExpBuffer(out, utf8, utf8_encode(cp, utf8));
+					n = utf8_encode(cp, utf8);
+					if (n == 1)
+						value_char(out, utf8[0], csv);
+					else
+						appendBinaryPQExpBuffer(out, utf8, n);
 					break;
 				}
 			default:
-				/* \" \\ \/: the character itself, escaped if the literal needs it */
-				if (*p == '"' || *p == '\\')
-					appendPQExpBufferChar(out, '\\');
-				appendPQExpBufferChar(out, *p);
+				/* \" \\ \/: the character itself */
+				value_char(out, *p, csv);
 				break;
 		}
 		p++;
 	}
-	appendPQExpBufferChar(out, '"');
+	appendPQExpBufferChar(out, quote);
 	return true;
 }
 
 /*
- * A row object of an event ({"col": value, ...}) as a composite literal of
- * the map's data columns, in target order: ("v1",,"v3") with absent and
- * null columns empty (NULL).  The target parses it with the columns' input
- * functions; no JSON is parsed on the server.
+ * Find the map's data columns in a row object of an event ({"col": value,
+ * ...}): m->values[j] is column j's JSON value, or empty if absent.
  */
 bool
-row_literal(PQExpBuffer out, TableMap *m, JsonSpan obj)
+row_values(TableMap *m, JsonSpan obj)
 {
 	Scan		s = {obj.ptr, obj.ptr + obj.len};
 	char		name[NAMEDATALEN * 2];
@@ -440,19 +449,28 @@ row_literal(PQExpBuffer out, TableMap *m, JsonSpan obj)
 		if (s.p < s.end && *s.p == ',')
 			s.p++;
 	}
-	appendPQExpBufferChar(out, '(');
+	return true;
+}
+
+/*
+ * The row found by row_values as COPY fields of the map's data columns, in
+ * target order, each after a \x1f: absent and null columns are empty
+ * (NULL).  The target parses each with its column's input function; no
+ * JSON is parsed on the server.
+ */
+bool
+row_fields(PQExpBuffer out, TableMap *m)
+{
 	for (int j = 0; j < m->ncols; j++)
 	{
 		JsonSpan	v = m->values[j];
 
-		if (j > 0)
-			appendPQExpBufferChar(out, ',');
+		appendPQExpBufferChar(out, '\x1f');
 		if (v.ptr == NULL || (v.len == 4 && memcmp(v.ptr, "null", 4) == 0))
 			continue;
-		if (!append_field(out, v.ptr, v.len, m->coljson[j]))
+		if (!append_value(out, v.ptr, v.len, m->coljson[j], true))
 			return false;
 	}
-	appendPQExpBufferChar(out, ')');
 	return true;
 }
 
@@ -480,7 +498,7 @@ array_literal(PQExpBuffer out, JsonSpan arr)
 		if (!first)
 			appendPQExpBufferChar(out, ',');
 		first = false;
-		if (!append_field(out, start, s.p - start, false))
+		if (!append_value(out, start, s.p - start, false, false))
 			return false;
 		skip_ws(&s);
 		if (s.p < s.end && *s.p == ',')

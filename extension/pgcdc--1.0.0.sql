@@ -2450,8 +2450,12 @@ AS $$
 		'schema', (parse_ident(source_table))[1],
 		'table', (parse_ident(source_table))[2],
 		'unchanged_toast', r->'unchanged_toast'))
-		|| jsonb_build_object('new', r - ARRAY[op_column, '_source_lsn', '_source_seq',
-												'_commit_ts', 'unchanged_toast', '_old_key'])
+		-- pgcdc_ columns are a stager's own (never data: the prefix is reserved)
+		|| jsonb_build_object('new', coalesce(
+			(SELECT jsonb_object_agg(e.key, e.value)
+			   FROM jsonb_each(r - ARRAY[op_column, '_source_lsn', '_source_seq',
+										 '_commit_ts', 'unchanged_toast', '_old_key']) e
+			  WHERE e.key NOT LIKE 'pgcdc\_%'), '{}'))
 $$;
 
 /*

@@ -61,6 +61,9 @@ FROM pgcdc.quarantine WHERE status = 'open'}),
 	'constraint and rule violations are quarantined per target with their SQLSTATE');
 like($dst->safe_psql('postgres', "SELECT error_message FROM pgcdc.quarantine WHERE target = 'public.orders_hist'"),
 	qr/qty_positive/, 'a rule violation names the rule');
+is( $dst->safe_psql('postgres',
+		"SELECT string_agg(DISTINCT k, ',' ORDER BY k) FROM pgcdc.quarantine, jsonb_object_keys(event->'new') k"),
+	'amount,id,note,qty', 'quarantined events hold the source row\'s columns, nothing of the staging');
 
 is($dst->safe_psql('postgres', 'SELECT string_agg(id::text, \',\' ORDER BY id) FROM orders_mirror'),
 	'1,4,5,100', 'good events before, beside and after the poison ones are applied');
