@@ -492,6 +492,49 @@ BEGIN
 END
 $$;
 
+-- The name of a session setting that holds the statements a function
+-- prepared for a call of this shape: everything their text depends on (the
+-- arguments, the names and columns of both relations, the source of the
+-- functions in code that write them), hashed.  A later call of the same
+-- shape runs them without checking and generating them again.
+CREATE FUNCTION pgcdc._shape(code text[], target regclass, changes regclass, VARIADIC args text[])
+RETURNS text LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT 'pgcdc.shape_' || md5(concat_ws(E'\n',
+		(SELECT string_agg(quote_nullable(a), ',' ORDER BY o) FROM unnest(args) WITH ORDINALITY u(a, o)),
+		(SELECT string_agg(concat_ws(' ', quote_ident(n.nspname), quote_ident(c.relname), c.relkind,
+									 a.attnum, quote_ident(a.attname), a.atttypid, a.atttypmod),
+						   ',' ORDER BY c.oid = target DESC, a.attnum)
+		   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		   JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+		  WHERE c.oid IN (target, changes)),
+		(SELECT string_agg(md5(p.prosrc), ',' ORDER BY p.proname)
+		   FROM pg_proc p
+		  WHERE p.pronamespace = 'pgcdc'::regnamespace AND p.proname = ANY (code))))
+$$;
+
+-- The statements cached under shape, if all n are still prepared (DEALLOCATE
+-- ALL or an aborted transaction loses them) and each is one _prepared made:
+-- its name is the md5 of its text.
+CREATE FUNCTION pgcdc._cached(shape text, n integer)
+RETURNS text[] LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	stmts text[] := string_to_array(current_setting(shape, true), ' ');
+BEGIN
+	IF cardinality(stmts) = n AND
+	   (SELECT count(*) FROM pg_prepared_statements p
+		 WHERE p.name = ANY (stmts)
+		   AND p.name = 'pgcdc_' || md5(substr(p.statement,
+											   length(format('PREPARE %I AS ', p.name)) + 1))) = n THEN
+		RETURN stmts;
+	END IF;
+	RETURN NULL;
+END
+$$;
+
 /* ------------------------------------------------------------------------
  * 3. Pipelines, table maps, rules
  * ------------------------------------------------------------------------ */
@@ -1924,27 +1967,6 @@ BEGIN
 END
 $$;
 
--- The name of a session setting that holds the statements scd2_apply_changes
--- prepared for a call of this shape: everything their text depends on (the
--- arguments, the names and columns of both relations, the code that writes
--- them), hashed.
-CREATE FUNCTION pgcdc._scd2_shape(target regclass, changes regclass, VARIADIC args text[])
-RETURNS text LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-	SELECT 'pgcdc.scd2_' || md5(concat_ws(E'\n',
-		(SELECT string_agg(quote_nullable(a), ',' ORDER BY o) FROM unnest(args) WITH ORDINALITY u(a, o)),
-		(SELECT string_agg(concat_ws(' ', quote_ident(n.nspname), quote_ident(c.relname), c.relkind,
-									 a.attnum, quote_ident(a.attname), a.atttypid, a.atttypmod),
-						   ',' ORDER BY c.oid = target DESC, a.attnum)
-		   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		   JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-		  WHERE c.oid IN (target, changes)),
-		(SELECT string_agg(md5(p.prosrc), ',' ORDER BY p.proname)
-		   FROM pg_proc p
-		  WHERE p.pronamespace = 'pgcdc'::regnamespace
-			AND p.proname IN ('scd2_apply_changes', '_scd2_fast_sql', '_stage_args'))))
-$$;
 
 /*
  * Apply a batch of change rows to an SCD2 history.  A plain batch (only I,
@@ -1980,12 +2002,10 @@ BEGIN
 	-- A call of the same shape earlier in this session checked the
 	-- arguments and prepared the statements.
 	IF target IS NOT NULL AND changes IS NOT NULL THEN
-		shape := pgcdc._scd2_shape(target, changes, key_columns::text, sequence_by, op_column,
-								   track_columns::text, valid_from_column);
-		stmts := string_to_array(current_setting(shape, true), ' ');
-		IF (SELECT count(*) FROM pg_prepared_statements p WHERE p.name = ANY (stmts)) < 2 THEN
-			stmts := NULL;
-		END IF;
+		shape := pgcdc._shape('{scd2_apply_changes,_scd2_fast_sql,_stage_args}', target, changes,
+							  key_columns::text, sequence_by, op_column, track_columns::text,
+							  valid_from_column);
+		stmts := pgcdc._cached(shape, 2);
 	END IF;
 	IF stmts IS NULL THEN
 		PERFORM pgcdc._check_scd2(target);
@@ -2292,22 +2312,60 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+	plain boolean;
+	total bigint;
+	tomb boolean;
+	shape text;
+	stmts text[];		-- prepared: is the batch plain, and the one-statement apply
+BEGIN
+	IF soft_delete IS NULL THEN
+		RAISE EXCEPTION 'soft_delete must not be null' USING ERRCODE = '22004';
+	END IF;
+	-- A call of the same shape earlier in this session checked the
+	-- arguments and prepared the statements.
+	tomb := pgcdc._keeps_tombstones(target, soft_delete);
+	IF target IS NOT NULL AND changes IS NOT NULL THEN
+		shape := pgcdc._shape('{apply_mirror,_mirror_statements,_tombstone_sql}', target, changes,
+							  key_columns::text, soft_delete::text, op_column, tomb::text);
+		stmts := pgcdc._cached(shape, 2);
+	END IF;
+	IF stmts IS NULL THEN
+		stmts := pgcdc._mirror_statements(target, changes, key_columns, soft_delete, op_column, tomb);
+		IF shape IS NOT NULL THEN
+			PERFORM set_config(shape, array_to_string(stmts, ' '), false);
+		END IF;
+	END IF;
+
+	EXECUTE 'EXECUTE ' || quote_ident(stmts[1]) INTO plain;
+	IF NOT plain THEN
+		RETURN QUERY SELECT * FROM pgcdc._mirror_staged(target, changes, key_columns,
+														 soft_delete, op_column);
+		RETURN;
+	END IF;
+	EXECUTE 'EXECUTE ' || quote_ident(stmts[2]) INTO inserted, updated, deleted, total;
+	skipped := total - inserted - updated - deleted;
+	RETURN NEXT;
+END
+$$;
+
+-- apply_mirror's checks, and its two statements, prepared.
+CREATE FUNCTION pgcdc._mirror_statements(target regclass, changes regclass, key_columns text[],
+										 soft_delete boolean, op_column text, tomb boolean)
+RETURNS text[] LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
 	data_cols text[];
 	vals text[];
 	has_ut boolean;
 	has_ok boolean;
-	plain boolean;
-	total bigint;
 	-- the event is newer than the row
 	newer text := $f$(t._source_lsn IS NULL
 		OR ROW(t._source_lsn, coalesce(t._source_seq, 0))
 		   OPERATOR(pg_catalog.<) ROW(m.pgcdc_lsn, m.pgcdc_lseq))$f$;
 	keyjoin text;
-	tomb boolean;
+	plain text;
 BEGIN
-	IF soft_delete IS NULL THEN
-		RAISE EXCEPTION 'soft_delete must not be null' USING ERRCODE = '22004';
-	END IF;
 	PERFORM pgcdc._check_mirror(target, soft_delete);
 	PERFORM pgcdc._check_table(changes, 'changes', inputs => true);
 	IF NOT pgcdc._has_column(changes, '_source_lsn', 'pg_lsn')
@@ -2329,7 +2387,7 @@ BEGIN
 
 	-- Is this batch plain?  One pass over the routing columns only (a view
 	-- over staged events does not build its rows for it).
-	EXECUTE 'EXECUTE ' || pgcdc._prepared(format($f$
+	plain := pgcdc._prepared(format($f$
 		SELECT pg_catalog.count(*) FILTER (WHERE c.%1$I IS NULL OR c.%1$I NOT IN ('I', 'U', 'D')
 			OR c._source_lsn IS NULL OR c._source_seq IS NULL OR %2$s OR %3$s) = 0
 		  FROM %4$s c$f$,
@@ -2337,21 +2395,14 @@ BEGIN
 		CASE WHEN has_ut THEN 'c.unchanged_toast IS NOT NULL' ELSE 'false' END,
 		CASE WHEN has_ok THEN format('(c.%I = ''U'' AND c._old_key IS NOT NULL)', op_column)
 			 ELSE 'false' END,
-		changes))
-	INTO plain;
-	IF NOT plain THEN
-		RETURN QUERY SELECT * FROM pgcdc._mirror_staged(target, changes, key_columns,
-														 soft_delete, op_column);
-		RETURN;
-	END IF;
+		pgcdc._qname(changes)));
 
 	-- Each key's last event, then every write in one statement: the
 	-- sub-statements see the target as it was and touch disjoint rows
 	-- (one event per key).
 	vals := ARRAY(SELECT c FROM unnest(data_cols) c WHERE c <> ALL (key_columns));
 	keyjoin := pgcdc._key_join('t', 'm', target, key_columns);
-	tomb := pgcdc._keeps_tombstones(target, soft_delete);
-	EXECUTE 'EXECUTE ' || pgcdc._prepared(format($f$
+	RETURN ARRAY[plain, pgcdc._prepared(format($f$
 		WITH pgcdc_m AS MATERIALIZED (
 			SELECT DISTINCT ON (%1$s) x.* FROM (
 				SELECT %2$s, c.%3$I::text AS pgcdc_op, c._source_lsn AS pgcdc_lsn,
@@ -2394,10 +2445,7 @@ BEGIN
 		-- batch ends deleted, whether or not the target had it
 		CASE WHEN tomb THEN format(', pgcdc_t AS (%s)', pgcdc._tombstone_sql(target, key_columns,
 				'(SELECT * FROM pgcdc_m WHERE pgcdc_op OPERATOR(pg_catalog.=) ''D'')'))
-			 ELSE '' END))
-	INTO inserted, updated, deleted, total;
-	skipped := total - inserted - updated - deleted;
-	RETURN NEXT;
+			 ELSE '' END))];
 END
 $$;
 

@@ -198,6 +198,16 @@ INSERT INTO staging (op, _source_lsn, _source_seq, id, status, amount, doc) VALU
 SELECT * FROM pgcdc.apply_mirror('orders', 'staging', '{id}');
 SELECT count(*) AS canary FROM canary;
 SELECT id, status FROM orders WHERE id = 33;
+-- a new column in the target and the changes is a new shape: new statements
+ALTER TABLE orders ADD COLUMN note text;
+ALTER TABLE staging ADD COLUMN note text;
+TRUNCATE staging;
+INSERT INTO staging (op, _source_lsn, _source_seq, id, status, amount, doc, note) VALUES
+	('U', '0/C10', 1, 33, 'paid', 4, 's', 'with a note');
+SELECT * FROM pgcdc.apply_mirror('orders', 'staging', '{id}');
+SELECT id, status, note FROM orders WHERE id = 33;
+ALTER TABLE orders DROP COLUMN note;
+ALTER TABLE staging DROP COLUMN note;
 -- a null key or an unknown op fails the whole batch: nothing is applied
 TRUNCATE staging;
 INSERT INTO staging (op, _source_lsn, _source_seq, id, status, amount, doc) VALUES
