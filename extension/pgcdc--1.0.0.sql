@@ -2313,7 +2313,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	plain boolean;
-	total bigint;
+	c bigint[];			-- inserted, updated, deleted, keys in the batch
+	keys bigint;
 	tomb boolean;
 	shape text;
 	stmts text[];		-- prepared: is the batch plain, and the one-statement apply
@@ -2342,9 +2343,43 @@ BEGIN
 														 soft_delete, op_column);
 		RETURN;
 	END IF;
-	EXECUTE 'EXECUTE ' || quote_ident(stmts[2]) INTO inserted, updated, deleted, total;
-	skipped := total - inserted - updated - deleted;
+	IF EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a
+				 ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+			   WHERE i.indrelid = target AND i.indisvalid AND a.attname = key_columns[1]) THEN
+		c := pgcdc._mirror_by_index(stmts[2]);
+	ELSE
+		EXECUTE 'EXECUTE ' || quote_ident(stmts[2]) INTO inserted, updated, deleted, keys;
+		c := ARRAY[inserted, updated, deleted, keys];
+	END IF;
+	inserted := c[1];
+	updated := c[2];
+	deleted := c[3];
+	skipped := c[4] - c[1] - c[2] - c[3];
 	RETURN NEXT;
+END
+$$;
+
+/*
+ * Run apply_mirror's one statement on a target with an index on its key.
+ * The statement is planned once, from the first batch's estimates; however
+ * small the target was then, each key must be looked up in that index, not
+ * found by hashing the whole target: a plan made on a small target would
+ * otherwise read all of it on every later batch.
+ */
+CREATE FUNCTION pgcdc._mirror_by_index(stmt text)
+RETURNS bigint[] LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET enable_hashjoin = off
+SET enable_mergejoin = off
+AS $$
+DECLARE
+	i bigint;
+	u bigint;
+	d bigint;
+	n bigint;
+BEGIN
+	EXECUTE 'EXECUTE ' || quote_ident(stmt) INTO i, u, d, n;
+	RETURN ARRAY[i, u, d, n];
 END
 $$;
 
