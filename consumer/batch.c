@@ -53,6 +53,8 @@ struct Batch
 	PQExpBuffer key;			/* a compaction key being built */
 };
 
+#define SPILL_BUFFER	(1024 * 1024)
+
 typedef struct SpillHeader
 {
 	uint32_t	len;
@@ -85,6 +87,12 @@ batch_new(PGconn *target, Pipeline *p)
 		log_msg(LOG_ERROR, "could not create the batch's temporary files: %m");
 		batch_free(b);
 		return NULL;
+	}
+	/* every event passes through these files: write and read them in large pieces */
+	for (i = 0; i < 2; i++)
+	{
+		setvbuf(b->spill[i], NULL, _IOFBF, SPILL_BUFFER);
+		setvbuf(b->jobs[i].raw, NULL, _IOFBF, SPILL_BUFFER);
 	}
 	fcntl(b->done_pipe[0], F_SETFL, O_NONBLOCK);
 	b->line = createPQExpBuffer();
