@@ -2314,7 +2314,6 @@ AS $$
 DECLARE
 	plain boolean;
 	c bigint[];			-- inserted, updated, deleted, keys in the batch
-	keys bigint;
 	tomb boolean;
 	shape text;
 	stmts text[];		-- prepared: is the batch plain, and the one-statement apply
@@ -2348,8 +2347,7 @@ BEGIN
 			   WHERE i.indrelid = target AND i.indisvalid AND a.attname = key_columns[1]) THEN
 		c := pgcdc._mirror_by_index(stmts[2]);
 	ELSE
-		EXECUTE 'EXECUTE ' || quote_ident(stmts[2]) INTO inserted, updated, deleted, keys;
-		c := ARRAY[inserted, updated, deleted, keys];
+		EXECUTE 'EXECUTE ' || quote_ident(stmts[2]) INTO c;
 	END IF;
 	inserted := c[1];
 	updated := c[2];
@@ -2373,13 +2371,10 @@ SET enable_hashjoin = off
 SET enable_mergejoin = off
 AS $$
 DECLARE
-	i bigint;
-	u bigint;
-	d bigint;
-	n bigint;
+	counts bigint[];
 BEGIN
-	EXECUTE 'EXECUTE ' || quote_ident(stmt) INTO i, u, d, n;
-	RETURN ARRAY[i, u, d, n];
+	EXECUTE 'EXECUTE ' || quote_ident(stmt) INTO counts;
+	RETURN counts;
 END
 $$;
 
@@ -2454,8 +2449,8 @@ BEGIN
 			   WHERE m.pgcdc_op OPERATOR(pg_catalog.<>) 'D'
 				 AND NOT EXISTS (SELECT 1 FROM %6$s t WHERE %9$s)
 			  RETURNING 1)
-		SELECT (SELECT pg_catalog.count(*) FROM pgcdc_i), (SELECT pg_catalog.count(*) FROM pgcdc_u),
-			   (SELECT pg_catalog.count(*) FROM pgcdc_d), (SELECT pg_catalog.count(*) FROM pgcdc_m)$f$,
+		SELECT ARRAY[(SELECT pg_catalog.count(*) FROM pgcdc_i), (SELECT pg_catalog.count(*) FROM pgcdc_u),
+					 (SELECT pg_catalog.count(*) FROM pgcdc_d), (SELECT pg_catalog.count(*) FROM pgcdc_m)]$f$,
 		pgcdc._list(key_columns, 'x'),
 		pgcdc._cast_list(target, changes, data_cols, 'c'),
 		op_column, pgcdc._qname(changes),
