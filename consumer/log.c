@@ -58,7 +58,7 @@ log_hint(const char *fmt,...)
 char *
 conn_error(PGconn *conn)
 {
-	static char buf[1024];
+	static __thread char buf[1024];	/* the apply thread reports errors too */
 	size_t		n;
 
 	snprintf(buf, sizeof(buf), "%s", conn ? PQerrorMessage(conn) : "no connection");
