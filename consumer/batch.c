@@ -3,19 +3,20 @@
  *		Batches: whole source transactions applied in one target transaction
  *		together with the checkpoint that covers them.
  *
- *		Events are streamed into the target session's pgcdc_events with
- *		COPY as they arrive: one row per event and table map, with the row
- *		as a composite literal of the map's columns (the target parses no
- *		JSON per change).  The consumer keeps no events in memory, so a
- *		huge source transaction costs no client memory.
+ *		Each event becomes, per table map it feeds, one COPY row of the
+ *		map's staging table in the target session (pgcdc_changes_N: routing
+ *		fields and the map's columns, each value a field its column's input
+ *		function parses, so the target parses no JSON per change;
+ *		pgcdc_events_N, the event JSON, for append maps).  Rows are written
+ *		to a spill file as events arrive: the consumer keeps no events in
+ *		memory, so a huge source transaction costs it disk, not memory.
  *
- *		Rows are written to a spill file as events arrive and go to the
- *		target with one COPY when the batch is full (for mirror maps, less
- *		the rows a later event on the same key makes moot: compact.c).  The
- *		batch is then applied by the apply thread (apply.c) while the stream
- *		goes on into the next batch's spill file.  Only one batch is applied
- *		at a time, in source order, and the source learns a position only
- *		after the batch holding it has committed.
+ *		When the batch is full, the apply thread sends its rows with one
+ *		COPY per map (for mirror maps, less the rows a later event on the
+ *		same key makes moot: compact.c) and applies them (apply.c), while
+ *		the stream goes on into the next batch's spill file.  Only one batch
+ *		is applied at a time, in source order, and the source learns a
+ *		position only after the batch holding it has committed.
  *
  *		The event JSON (for the quarantine) goes to a per-batch file, not to
  *		the target, except for append maps whose rows are the JSON.

@@ -75,7 +75,6 @@ typedef struct TableMap
 	char	   *ignore_columns; /* text[] literal or NULL */
 	bool		soft_delete;
 	char	   *data_columns;	/* SQL list of quoted data columns */
-	char	   *row_columns;	/* the same, as fields of the staged row: (x.r)."col" */
 	int			ncols;			/* the data columns one by one, in target order */
 	char	  **colnames;
 	bool	   *coljson;		/* json or jsonb: values pass as raw JSON text */

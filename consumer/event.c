@@ -305,7 +305,7 @@ event_parse(const char *json, size_t len, EventInfo *ev, char *scratch, size_t s
 	return ev->op != 0;
 }
 
-/* One character of a value: escaped as a composite literal needs, or doubled if it is the CSV quote. */
+/* One character of a value: escaped as an array literal needs, or doubled if it is the CSV quote. */
 static inline void
 value_char(PQExpBuffer out, char c, bool csv)
 {
@@ -316,7 +316,7 @@ value_char(PQExpBuffer out, char c, bool csv)
 
 /*
  * Append the text of a JSON value (a string unescaped to UTF-8, anything
- * else as it is), quoted: as a field of a composite literal ("...", quotes
+ * else as it is), quoted: as an element of an array literal ("...", quotes
  * and backslashes escaped) or, with csv, as a CSV field quoted with \x1e
  * (the COPY format of batch.c).
  */

@@ -556,14 +556,13 @@ complete_target(PGconn *conn, TableMap *m)
 
 /*
  * The data columns of a map (rows of name, quoted name, type, is json), in
- * the forms the staging SQL and row_literal need.
+ * the forms the staging SQL and row_values need.
  */
 static void
 set_data_columns(TableMap *m, PGresult *res)
 {
 	PQExpBuffer cols = createPQExpBuffer();
 	PQExpBuffer types = createPQExpBuffer();
-	PQExpBuffer fields = createPQExpBuffer();
 	int			n = PQntuples(res);
 
 	m->ncols = n;
@@ -582,17 +581,14 @@ set_data_columns(TableMap *m, PGresult *res)
 			m->keyidx[m->nkeys++] = j;
 		appendPQExpBuffer(cols, "%s%s", sep, PQgetvalue(res, j, 1));
 		appendPQExpBuffer(types, "%s%s %s", sep, PQgetvalue(res, j, 1), PQgetvalue(res, j, 2));
-		appendPQExpBuffer(fields, "%s(x.r).%s", sep, PQgetvalue(res, j, 1));
 	}
 	/* compaction by key needs every key column among the data columns */
 	if (n == 0 || PQgetisnull(res, 0, 5) || m->nkeys != atoi(PQgetvalue(res, 0, 5)))
 		m->nkeys = 0;
 	m->data_columns = n > 0 ? pg_strdup(cols->data) : NULL;
 	m->data_types = n > 0 ? pg_strdup(types->data) : NULL;
-	m->row_columns = n > 0 ? pg_strdup(fields->data) : NULL;
 	destroyPQExpBuffer(cols);
 	destroyPQExpBuffer(types);
-	destroyPQExpBuffer(fields);
 }
 
 /*
@@ -693,7 +689,6 @@ pipeline_free(Pipeline *p)
 		free(m->ignore_columns);
 		free(m->data_columns);
 		free(m->data_types);
-		free(m->row_columns);
 		for (int j = 0; j < m->ncols; j++)
 			free(m->colnames[j]);
 		free(m->colnames);
