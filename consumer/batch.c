@@ -543,7 +543,8 @@ note_key(Batch *b, int i, const EventInfo *ev, long line)
 		JsonSpan	v = m->values[m->keyidx[k]];
 		uint32_t	len = (uint32_t) v.len;
 
-		if (v.ptr == NULL)
+		/* a null key fails in the target: each such event must get there */
+		if (v.ptr == NULL || (v.len == 4 && memcmp(v.ptr, "null", 4) == 0))
 			return;
 		appendBinaryPQExpBuffer(b->key, (const char *) &len, sizeof(len));
 		appendBinaryPQExpBuffer(b->key, v.ptr, v.len);

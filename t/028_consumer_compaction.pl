@@ -19,6 +19,7 @@ $src->safe_psql('postgres', q{
 CREATE TABLE acc (id int PRIMARY KEY, v int, note text, doc text);
 ALTER TABLE acc ALTER doc SET STORAGE EXTERNAL;
 CREATE TABLE ruled (id int PRIMARY KEY, v int);
+CREATE TABLE coded (id int PRIMARY KEY, code text);
 } . audit_sql('acc'));
 $dst->safe_psql('postgres', q{
 SELECT pgcdc.create_pipeline('cmp');
@@ -28,6 +29,7 @@ SELECT pgcdc.add_table('cmp', 'public.acc', 'public.acc_hist', 'scd2');
 SELECT pgcdc.add_table('cmp', 'public.acc', 'public.acc_log', 'append');
 SELECT pgcdc.add_table('cmp', 'public.ruled', 'public.ruled_mirror', 'mirror');
 SELECT pgcdc.add_rule('cmp', 'public.ruled', 'v_not_negative', 'v >= 0');
+SELECT pgcdc.add_table('cmp', 'public.coded', 'public.coded_mirror', 'mirror', key_columns => '{code}');
 });
 # one batch holds everything a run sees
 my $cmd = consumer_cmd($src, $dst, 'cmp', '--exit-when-caught-up', '--batch-size', 1000000,
@@ -67,6 +69,8 @@ UPDATE acc SET v = 9 WHERE id = 1000;
 UPDATE acc SET v = 10 WHERE id = 1000;
 INSERT INTO ruled VALUES (1, -5);
 UPDATE ruled SET v = 5 WHERE id = 1;
+INSERT INTO coded VALUES (1, 'a'), (2, NULL), (3, NULL);
+UPDATE coded SET id = id;
 });
 ($rc, $err) = run_consumer($cmd, $log);
 is($rc, 0, 'batch run exits 0') or diag($err);
@@ -87,10 +91,17 @@ cmp_ok($skipped, '>=', 2 * 2 * 200, 'the earlier events of each key were left ou
 
 # The rule saw the breaking insert even though a later update fixed it.
 is( $dst->safe_psql('postgres',
-		"SELECT count(*) || ' ' || string_agg(event->>'op', ',') FROM pgcdc.quarantine WHERE status = 'open'"),
+		"SELECT count(*) || ' ' || string_agg(event->>'op', ',') FROM pgcdc.quarantine "
+		  . "WHERE status = 'open' AND target = 'public.ruled_mirror'"),
 	'1 I', 'the rule quarantined the breaking insert');
 is($dst->safe_psql('postgres', q{SELECT id || ':' || v FROM ruled_mirror}), '1:5',
 	'the later update applied');
+
+# Events with a null key are not folded together: each fails and is quarantined.
+is( $dst->safe_psql('postgres',
+		"SELECT count(*) FROM pgcdc.quarantine WHERE target = 'public.coded_mirror' AND error_code = '23502'"),
+	'4', 'every event with a null key is quarantined (2 inserts, 2 updates)');
+is($dst->safe_psql('postgres', 'SELECT code FROM coded_mirror'), 'a', 'the row with a key is applied');
 
 # A truncate in the middle of a batch: events before it and after it.
 $src->safe_psql('postgres', q{
