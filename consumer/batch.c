@@ -62,6 +62,27 @@ typedef struct SpillHeader
 	int32_t		map;
 } SpillHeader;
 
+/*
+ * An anonymous file for a batch: in $TMPDIR (default /tmp), removed at once
+ * so that nothing is left behind, whatever way the consumer ends.
+ */
+static FILE *
+batch_file(void)
+{
+	const char *dir = getenv("TMPDIR");
+	char		path[MAXPGPATH];
+	int			fd;
+	FILE	   *f;
+
+	snprintf(path, sizeof(path), "%s/pgcdc_consumer.XXXXXX", dir && *dir ? dir : "/tmp");
+	if ((fd = mkstemp(path)) < 0)
+		return NULL;
+	unlink(path);
+	if ((f = fdopen(fd, "w+")) == NULL)
+		close(fd);
+	return f;
+}
+
 Batch *
 batch_new(PGconn *target, Pipeline *p)
 {
@@ -74,18 +95,18 @@ batch_new(PGconn *target, Pipeline *p)
 	for (i = 0; i < 2; i++)
 	{
 		b->jobs[i].per_map = pg_malloc0(sizeof(long) * p->nmaps);
-		b->jobs[i].raw = tmpfile();
+		b->jobs[i].raw = batch_file();
 	}
 	for (i = 0; i < 2; i++)
 	{
-		b->spill[i] = tmpfile();
+		b->spill[i] = batch_file();
 		b->compact[i] = compact_new();
 	}
 	b->has_rules = pg_malloc0(sizeof(bool) * Max(p->nmaps, 1));
 	if (b->jobs[0].raw == NULL || b->jobs[1].raw == NULL || b->spill[0] == NULL || b->spill[1] == NULL ||
 		pipe(b->done_pipe) != 0)
 	{
-		log_msg(LOG_ERROR, "could not create the batch's temporary files: %m");
+		log_msg(LOG_ERROR, "could not create the batch's temporary files in $TMPDIR (default /tmp): %m");
 		batch_free(b);
 		return NULL;
 	}
