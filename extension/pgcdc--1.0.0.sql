@@ -472,13 +472,15 @@ $$;
 -- text's md5) and re-planned by PostgreSQL only when a table it reads
 -- changes.  A statement of that name with other text (prepared by someone
 -- else in this session) is replaced, never run.
-CREATE FUNCTION pgcdc._prepared(query text)
+CREATE FUNCTION pgcdc._prepared(query text, types text DEFAULT NULL)
 RETURNS text LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	stmt text := 'pgcdc_' || md5(query);
-	want text := format('PREPARE %I AS %s', stmt, query);
+	-- the parameter types (if any) are part of the name, after the text
+	stmt text := 'pgcdc_' || md5(query || coalesce(E'\n' || types, ''));
+	want text := format('PREPARE %I%s AS %s', stmt,
+						CASE WHEN types IS NOT NULL THEN '(' || types || ')' ELSE '' END, query);
 	have text;
 BEGIN
 	SELECT p.statement INTO have FROM pg_prepared_statements p WHERE p.name = stmt;
@@ -1143,7 +1145,14 @@ SELECT count(*) FILTER (WHERE pgcdc_kind IN ('new', 'back')),
 	IF cardinality(untracked) = 0 THEN
 		sql := regexp_replace(sql, '\), touched AS \(.*?\), ins AS \(', '), ins AS (');
 	END IF;
-	EXECUTE sql INTO inserted, updated, deleted, unchanged USING valid_at, hard_deletes;
+	-- prepared, as the apply functions' statements are (planned with the
+	-- values of the first calls, then reused while they fit)
+	-- (EXECUTE takes its arguments as SQL: valid_at goes as UTC wall time,
+	-- which this session's DateStyle writes and reads back exactly)
+	EXECUTE format('EXECUTE %I((%L::pg_catalog.timestamp AT TIME ZONE ''UTC''), %L)',
+				   pgcdc._prepared(sql, 'timestamptz, text'),
+				   valid_at AT TIME ZONE 'UTC', hard_deletes)
+	INTO inserted, updated, deleted, unchanged;
 	RETURN NEXT;
 END
 $$;

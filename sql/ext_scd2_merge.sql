@@ -134,7 +134,25 @@ CREATE TABLE clash (id int PRIMARY KEY, _version int);
 SELECT pgcdc.create_history_table('clash', 'h2');
 SELECT to_regclass('h2') IS NULL AS nothing_created;
 
+-- the merge statement is prepared once and reused; valid_at reaches it
+-- exactly, whatever the session's DateStyle and TimeZone
+CREATE TABLE pm (id int PRIMARY KEY, name text);
+INSERT INTO pm VALUES (1, 'a'), (2, 'b');
+SELECT pgcdc.create_history_table('pm', 'pm_history');
+DEALLOCATE ALL;
+SET datestyle = 'SQL, DMY';
+SET timezone = 'Asia/Kolkata';
+SELECT * FROM pgcdc.scd2_merge('pm_history', 'pm', '{id}', valid_at => '2024-02-01 10:00:00.123456+05:30');
+UPDATE pm SET name = 'c' WHERE id = 1;
+SET datestyle = 'Postgres, MDY';
+SET timezone = 'America/St_Johns';
+SELECT * FROM pgcdc.scd2_merge('pm_history', 'pm', '{id}', valid_at => '2024-02-02 10:00:00.654321+05:30');
+SET datestyle = 'ISO, YMD';
+SET timezone = 'UTC';
+SELECT id, name, _valid_from, _valid_to FROM pm_history ORDER BY id, _version;
+SELECT count(*) AS statements, sum(generic_plans + custom_plans) AS runs FROM pg_prepared_statements;
+
 DROP EXTENSION pgcdc;
 DROP SCHEMA "Sales; DROP TABLE customer" CASCADE;
 DROP VIEW h, invariants;
-DROP TABLE customer, customer_history, nokey, clash;
+DROP TABLE customer, customer_history, nokey, clash, pm, pm_history;
