@@ -537,6 +537,29 @@ BEGIN
 END
 $$;
 
+-- The query that says whether a batch of change rows is plain: ops I, U and
+-- D only, none of the columns not_null null, no unchanged TOAST, no key
+-- change.  One pass over the routing columns only (a view over staged
+-- events does not build its rows for it).  A batch that is not plain takes
+-- the staged path, which also says what is wrong with a bad one.
+CREATE FUNCTION pgcdc._plain_sql(changes regclass, op_column text, not_null text[])
+RETURNS text LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT format($f$
+		SELECT pg_catalog.count(*) FILTER (WHERE c.%1$I IS NULL OR c.%1$I NOT IN ('I', 'U', 'D')
+			OR %2$s OR %3$s OR %4$s) = 0
+		  FROM %5$s c$f$,
+		op_column,
+		coalesce((SELECT string_agg(format('c.%I IS NULL', x), ' OR ') FROM unnest(not_null) x), 'false'),
+		CASE WHEN pgcdc._has_column(changes, 'unchanged_toast', 'text[]')
+			 THEN 'c.unchanged_toast IS NOT NULL' ELSE 'false' END,
+		CASE WHEN pgcdc._has_column(changes, '_old_key', 'jsonb')
+			 THEN format('(c.%I = ''U'' AND c._old_key IS NOT NULL)', op_column)
+			 ELSE 'false' END,
+		pgcdc._qname(changes))
+$$;
+
 /* ------------------------------------------------------------------------
  * 3. Pipelines, table maps, rules
  * ------------------------------------------------------------------------ */
@@ -2011,7 +2034,8 @@ BEGIN
 	-- A call of the same shape earlier in this session checked the
 	-- arguments and prepared the statements.
 	IF target IS NOT NULL AND changes IS NOT NULL THEN
-		shape := pgcdc._shape('{scd2_apply_changes,_scd2_fast_sql,_stage_args}', target, changes,
+		shape := pgcdc._shape('{scd2_apply_changes,_scd2_fast_sql,_stage_args,_plain_sql}',
+							  target, changes,
 							  key_columns::text, sequence_by, op_column, track_columns::text,
 							  valid_from_column);
 		stmts := pgcdc._cached(shape, 2);
@@ -2026,24 +2050,9 @@ BEGIN
 								  valid_from_column);
 		tracked := pgcdc._tracked(target, changes, key_columns, track_columns, args.data_cols);
 		stmts := ARRAY[
-			-- Is this batch plain?  One pass over the routing columns only (a
-			-- view over staged events does not build its rows for it).  Bad
-			-- ops, null positions or times take the staged path, which says
-			-- what is wrong.
-			pgcdc._prepared(format($f$
-				SELECT pg_catalog.count(*) FILTER (WHERE c.%1$I IS NULL OR c.%1$I NOT IN ('I', 'U', 'D')
-					OR %2$s OR %3$s OR %4$s) = 0
-				  FROM %5$s c$f$,
-				op_column,
-				(SELECT string_agg(format('c.%I IS NULL', x), ' OR ') FROM unnest(args.seq_cols) x)
-				|| CASE WHEN valid_from_column IS NULL THEN ''
-						ELSE format(' OR c.%I IS NULL', valid_from_column) END,
-				CASE WHEN pgcdc._has_column(changes, 'unchanged_toast', 'text[]')
-					 THEN 'c.unchanged_toast IS NOT NULL' ELSE 'false' END,
-				CASE WHEN pgcdc._has_column(changes, '_old_key', 'jsonb')
-					 THEN format('(c.%I = ''U'' AND c._old_key IS NOT NULL)', op_column)
-					 ELSE 'false' END,
-				pgcdc._qname(changes))),
+			-- is the batch plain (null positions or times are not)
+			pgcdc._prepared(pgcdc._plain_sql(changes, op_column,
+											 array_remove(args.seq_cols || valid_from_column, NULL))),
 			pgcdc._prepared(pgcdc._scd2_fast_sql(target, changes, key_columns, op_column,
 												 args.seq, args.vf, args.data_cols, tracked))];
 		PERFORM set_config(shape, array_to_string(stmts, ' '), false);
@@ -2334,8 +2343,9 @@ BEGIN
 	-- arguments and prepared the statements.
 	tomb := pgcdc._keeps_tombstones(target, soft_delete);
 	IF target IS NOT NULL AND changes IS NOT NULL THEN
-		shape := pgcdc._shape('{apply_mirror,_mirror_statements,_tombstone_sql}', target, changes,
-							  key_columns::text, soft_delete::text, op_column, tomb::text);
+		shape := pgcdc._shape('{apply_mirror,_mirror_statements,_stage_args,_plain_sql,_tombstone_sql}',
+							  target, changes, key_columns::text, soft_delete::text, op_column,
+							  tomb::text);
 		stmts := pgcdc._cached(shape, 2);
 	END IF;
 	IF stmts IS NULL THEN
@@ -2396,8 +2406,6 @@ AS $$
 DECLARE
 	data_cols text[];
 	vals text[];
-	has_ut boolean;
-	has_ok boolean;
 	-- the event is newer than the row
 	newer text := $f$(t._source_lsn IS NULL
 		OR ROW(t._source_lsn, coalesce(t._source_seq, 0))
@@ -2412,29 +2420,12 @@ BEGIN
 		RAISE EXCEPTION 'changes % lacks _source_lsn pg_lsn or _source_seq integer', changes
 			USING ERRCODE = '42703';
 	END IF;
-	PERFORM pgcdc._check_columns(key_columns, 'key_columns', target, changes);
-	IF op_column IS NULL THEN
-		RAISE EXCEPTION 'op_column must not be null' USING ERRCODE = '22004';
-	END IF;
-	IF NOT EXISTS (SELECT 1 FROM pgcdc._columns(changes) c WHERE c.attname = op_column) THEN
-		RAISE EXCEPTION 'op column "%" does not exist in %', op_column, changes
-			USING ERRCODE = '42703';
-	END IF;
-	data_cols := pgcdc._check_reserved(pgcdc._shared_columns(target, changes));
-	has_ut := pgcdc._has_column(changes, 'unchanged_toast', 'text[]');
-	has_ok := pgcdc._has_column(changes, '_old_key', 'jsonb');
+	-- the key and op columns, as the staged path checks them
+	SELECT a.data_cols INTO data_cols
+	  FROM pgcdc._stage_args(target, changes, key_columns, '_source_lsn,_source_seq', op_column,
+							 NULL) a;
 
-	-- Is this batch plain?  One pass over the routing columns only (a view
-	-- over staged events does not build its rows for it).
-	plain := pgcdc._prepared(format($f$
-		SELECT pg_catalog.count(*) FILTER (WHERE c.%1$I IS NULL OR c.%1$I NOT IN ('I', 'U', 'D')
-			OR c._source_lsn IS NULL OR c._source_seq IS NULL OR %2$s OR %3$s) = 0
-		  FROM %4$s c$f$,
-		op_column,
-		CASE WHEN has_ut THEN 'c.unchanged_toast IS NOT NULL' ELSE 'false' END,
-		CASE WHEN has_ok THEN format('(c.%I = ''U'' AND c._old_key IS NOT NULL)', op_column)
-			 ELSE 'false' END,
-		pgcdc._qname(changes)));
+	plain := pgcdc._prepared(pgcdc._plain_sql(changes, op_column, '{_source_lsn,_source_seq}'));
 
 	-- Each key's last event, then every write in one statement: the
 	-- sub-statements see the target as it was and touch disjoint rows
