@@ -16,6 +16,15 @@
 
 #include "consumer.h"
 
+/* Map i's staging table: its rows of the batch, in pgcdc_ord order. */
+static const char *
+staging_table(ApplyJob *b, int i, char *buf, size_t len)
+{
+	snprintf(buf, len, "pg_temp.pgcdc_%s_%d",
+			 strcmp(b->p->maps[i].mode, "append") == 0 ? "events" : "changes", i);
+	return buf;
+}
+
 /* Map i's one event "ord" alone in pgcdc_one_N (isolating a failure). */
 static bool
 stage_one(ApplyJob *b, int i, const char *ord)
@@ -65,7 +74,7 @@ apply_map(ApplyJob *b, int i, const char *ord, long *quarantined)
 
 		appendPQExpBuffer(sql,
 						  "INSERT INTO %s (_op, _source_lsn, _source_seq, _xid, _commit_ts, _key, _new, _old, _received_at) "
-						  "SELECT e.op, e.commit_lsn, e.seq, (e.j->>'xid')::bigint, e.ts, e.j->'key', e.j->'new', "
+						  "SELECT e.op, e._source_lsn, e._source_seq, (e.j->>'xid')::bigint, e._commit_ts, e.j->'key', e.j->'new', "
 						  "  e.j->'old', pg_catalog.now() "
 						  "FROM (SELECT e.*, e.raw::jsonb AS j FROM pg_temp.pgcdc_events_%d e "
 						  "      WHERE $1::bigint IS NULL OR e.pgcdc_ord = $1::bigint) e "
@@ -165,13 +174,12 @@ quarantine_event(ApplyJob *b, int i, const char *ord, const char *code,
 	char		sql[160];
 	PGresult   *res = NULL;
 	char	   *json;
+	char		table[64];
 
-	if (strcmp(m->mode, "append") == 0)
-		snprintf(sql, sizeof(sql), "SELECT raw, NULL, NULL FROM pg_temp.pgcdc_events_%d "
-				 "WHERE pgcdc_ord = $1::bigint", i);
-	else
-		snprintf(sql, sizeof(sql), "SELECT NULL, pgcdc_raw_off, pgcdc_raw_len FROM pg_temp.pgcdc_changes_%d "
-				 "WHERE pgcdc_ord = $1::bigint", i);
+	/* append maps keep the JSON in the row; the others, its place in the job's file */
+	snprintf(sql, sizeof(sql), "SELECT %s FROM %s WHERE pgcdc_ord = $1::bigint",
+			 strcmp(m->mode, "append") == 0 ? "raw, NULL, NULL" : "NULL, pgcdc_raw_off, pgcdc_raw_len",
+			 staging_table(b, i, table, sizeof(table)));
 	res = exec_ok(b->conn, sql, 1, q);
 	json = res && PQntuples(res) == 1 ? event_json(b, res) : NULL;
 	PQclear(res);
@@ -196,13 +204,10 @@ isolate_map(ApplyJob *b, int i, long *quarantined)
 	char		sql[160];
 	PGresult   *ords;
 	int			n;
+	char		table[64];
 
-	if (strcmp(m->mode, "append") == 0)
-		snprintf(sql, sizeof(sql), "SELECT pgcdc_ord, op, commit_lsn, seq FROM pg_temp.pgcdc_events_%d "
-				 "ORDER BY pgcdc_ord", i);
-	else
-		snprintf(sql, sizeof(sql), "SELECT pgcdc_ord, op, _source_lsn, _source_seq FROM pg_temp.pgcdc_changes_%d "
-				 "ORDER BY pgcdc_ord", i);
+	snprintf(sql, sizeof(sql), "SELECT pgcdc_ord, op, _source_lsn, _source_seq FROM %s ORDER BY pgcdc_ord",
+			 staging_table(b, i, table, sizeof(table)));
 	ords = exec_ok(b->conn, sql, 0, NULL);
 	if (ords == NULL)
 		return false;

@@ -214,7 +214,7 @@ create_session_tables(Batch *b)
 			appendPQExpBuffer(sql,
 							  "DROP TABLE IF EXISTS pg_temp.pgcdc_events_%d; "
 							  "CREATE TEMP TABLE pgcdc_events_%d (pgcdc_ord bigint NOT NULL, op text NOT NULL, "
-							  "commit_lsn pg_catalog.pg_lsn, seq integer, ts timestamptz, raw text NOT NULL) "
+							  "_source_lsn pg_catalog.pg_lsn, _source_seq integer, _commit_ts timestamptz, raw text NOT NULL) "
 							  "ON COMMIT DELETE ROWS;",
 							  i, i);
 			continue;
@@ -254,7 +254,7 @@ start_copy(Batch *b, int i)
 
 	/* CSV with separators that text rarely contains; fields are quoted (csv_field) */
 	if (strcmp(m->mode, "append") == 0)
-		appendPQExpBuffer(sql, "COPY pg_temp.pgcdc_events_%d (pgcdc_ord, op, commit_lsn, seq, ts, raw) ", i);
+		appendPQExpBuffer(sql, "COPY pg_temp.pgcdc_events_%d (pgcdc_ord, op, _source_lsn, _source_seq, _commit_ts, raw) ", i);
 	else
 		appendPQExpBuffer(sql, "COPY pg_temp.pgcdc_changes_%d (pgcdc_ord, op, _source_lsn, _source_seq, "
 						  "_commit_ts, unchanged_toast, _old_key, pgcdc_raw_off, pgcdc_raw_len, %s) ",
