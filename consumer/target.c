@@ -474,6 +474,7 @@ static const SystemColumn scd2_columns[] = {
 	{"_source_seq", "integer"},
 	{"_sequence", "numeric[]"},
 	{"_last_sequence", "numeric[]"},
+	{"_last_at", "timestamptz"},
 	{NULL, NULL}
 };
 
@@ -651,7 +652,7 @@ target_prepare_tables(PGconn *conn, PGconn *source, Pipeline *p)
 					  "  AND attname = ANY ($2::text[]) AND attname <> ALL (coalesce($3::text[], '{}')) "
 					  "  AND attname NOT IN ('_source_lsn', '_source_seq', '_synced_at', '_is_deleted', "
 					  "      '_valid_from', '_valid_to', '_is_current', '_version', '_row_hash', "
-					  "      '_sequence', '_last_sequence') "
+					  "      '_sequence', '_last_sequence', '_last_at') "
 					  "ORDER BY attnum",
 					  4, cp);
 		destroyPQExpBuffer(srccols);

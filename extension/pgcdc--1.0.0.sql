@@ -324,34 +324,42 @@ END
 $$;
 
 -- Columns every SCD2 history table has (besides the source's columns).
+-- The position columns (not in the spec's list) are how scd2_apply_changes
+-- recognises replays and late arrivals; scd2_merge does without them.
 CREATE FUNCTION pgcdc._scd2_system_columns()
-RETURNS TABLE (attname text, atttype text) LANGUAGE sql IMMUTABLE
+RETURNS TABLE (attname text, atttype text, is_position boolean) LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	VALUES ('_valid_from', 'timestamp with time zone'),
-		   ('_valid_to', 'timestamp with time zone'),
-		   ('_is_current', 'boolean'),
-		   ('_is_deleted', 'boolean'),
-		   ('_version', 'integer'),
-		   ('_row_hash', 'bytea'),
-		   ('_source_lsn', 'pg_lsn'),
-		   ('_source_seq', 'integer'),
-		   ('_sequence', 'numeric[]'),
-		   ('_last_sequence', 'numeric[]')
+	VALUES ('_valid_from', 'timestamp with time zone', false),
+		   ('_valid_to', 'timestamp with time zone', false),
+		   ('_is_current', 'boolean', false),
+		   ('_is_deleted', 'boolean', false),
+		   ('_version', 'integer', false),
+		   ('_row_hash', 'bytea', false),
+		   ('_source_lsn', 'pg_lsn', false),
+		   ('_source_seq', 'integer', false),
+		   ('_sequence', 'numeric[]', true),
+		   ('_last_sequence', 'numeric[]', true),
+		   ('_last_at', 'timestamp with time zone', true)
 $$;
 
-CREATE FUNCTION pgcdc._check_scd2(target regclass)
-RETURNS regclass LANGUAGE plpgsql STABLE
+-- A target with the spec's system columns is an SCD2 table; with positions,
+-- the position columns it lacks are added (as the consumer adds system
+-- columns to an existing target).
+CREATE FUNCTION pgcdc._check_scd2(target regclass, positions boolean DEFAULT false)
+RETURNS regclass LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	missing record;
+	added text;
 BEGIN
 	PERFORM pgcdc._check_table(target, 'target');
 	SELECT s.attname, s.atttype INTO missing
 	  FROM pgcdc._scd2_system_columns() s
 	 WHERE NOT EXISTS (SELECT 1 FROM pgcdc._columns(target) c
 						WHERE c.attname = s.attname AND c.atttype = s.atttype)
+	   AND NOT s.is_position
 	 LIMIT 1;
 	IF FOUND THEN
 		RAISE EXCEPTION 'table % is not an SCD2 history table', target
@@ -359,7 +367,38 @@ BEGIN
 				  DETAIL = format('Column %I of type %s is missing.', missing.attname, missing.atttype),
 				  HINT = 'Create it with pgcdc.create_history_table.';
 	END IF;
+	IF positions THEN
+		SELECT string_agg(format('ADD COLUMN %I %s', s.attname, s.atttype), ', ') INTO added
+		  FROM pgcdc._scd2_system_columns() s
+		 WHERE s.is_position AND NOT EXISTS (SELECT 1 FROM pgcdc._columns(target) c
+										   WHERE c.attname = s.attname);
+		IF added IS NOT NULL THEN
+			EXECUTE format('ALTER TABLE %s %s', target, added);
+			RAISE NOTICE 'added the position columns scd2_apply_changes needs to table %', target;
+		END IF;
+		-- a column of that name but another type is not ours
+		PERFORM pgcdc._check_scd2_types(target);
+	END IF;
 	RETURN target;
+END
+$$;
+
+CREATE FUNCTION pgcdc._check_scd2_types(target regclass)
+RETURNS void LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	wrong record;
+BEGIN
+	SELECT s.attname, s.atttype INTO wrong
+	  FROM pgcdc._scd2_system_columns() s JOIN pgcdc._columns(target) c USING (attname)
+	 WHERE c.atttype <> s.atttype
+	 LIMIT 1;
+	IF FOUND THEN
+		RAISE EXCEPTION 'table % is not an SCD2 history table', target
+			USING ERRCODE = '42809',
+				  DETAIL = format('Column %I is not of type %s.', wrong.attname, wrong.atttype);
+	END IF;
 END
 $$;
 
@@ -880,8 +919,9 @@ $$;
  * _valid_to); the current version has _valid_to = 'infinity'.  _sequence is
  * the source position (sequence_by, as numeric[]) of the change that opened
  * the version and _last_sequence that of the last change applied to it
- * (including the delete that closed it): together they recognise replays
- * and late arrivals.  Versions written by scd2_merge have neither.
+ * (a change of untracked columns only, or the delete that closed it), and
+ * _last_at that change's time: together they recognise replays and late
+ * arrivals.  Versions written by scd2_merge have none of them.
  * ------------------------------------------------------------------------ */
 
 CREATE FUNCTION pgcdc._key_of(rel regclass)
@@ -945,6 +985,7 @@ BEGIN
 			ADD COLUMN _source_seq integer,
 			ADD COLUMN _sequence numeric[],
 			ADD COLUMN _last_sequence numeric[],
+			ADD COLUMN _last_at timestamptz,
 			ADD CONSTRAINT %I CHECK (_valid_from < _valid_to),
 			ADD CONSTRAINT %I CHECK (_is_current = (_valid_to = 'infinity'))$f$,
 		tgt, left((parse_ident(tgt))[2], 50) || '_interval',
@@ -1531,7 +1572,7 @@ BEGIN
 	-- run 0: changes to the current version before anything opens or closes
 	EXECUTE format($f$
 		UPDATE %1$s t SET %2$s _row_hash = r.pgcdc_h, _is_deleted = false,
-			   _last_sequence = r.pgcdc_seq
+			   _last_sequence = r.pgcdc_seq, _last_at = r.pgcdc_t
 		  FROM (SELECT DISTINCT ON (%3$s) w.* FROM pg_temp._pgcdc_w w
 				 WHERE w.pgcdc_run = 0 AND w.pgcdc_op <> 'D'
 				 ORDER BY %3$s, w.pgcdc_seq DESC) r
@@ -1550,7 +1591,8 @@ BEGIN
 	EXECUTE format($f$
 		UPDATE %1$s t SET _valid_to = b.pgcdc_t, _is_current = false,
 			   _last_sequence = CASE WHEN b.pgcdc_op = 'D' THEN b.pgcdc_seq
-									 ELSE t._last_sequence END
+									 ELSE t._last_sequence END,
+			   _last_at = CASE WHEN b.pgcdc_op = 'D' THEN b.pgcdc_t ELSE t._last_at END
 		  FROM pg_temp._pgcdc_w b
 		 WHERE b.pgcdc_run = 1 AND b.pgcdc_kind IN ('new', 'change', 'close')
 		   AND %2$s AND t._is_current$f$,
@@ -1559,10 +1601,11 @@ BEGIN
 	-- one version per opening run, ended by the next run's start
 	EXECUTE format($f$
 		INSERT INTO %1$s (%2$s, _valid_from, _valid_to, _is_current, _is_deleted, _version,
-						  _row_hash, _source_lsn, _source_seq, _sequence, _last_sequence)
+						  _row_hash, _source_lsn, _source_seq, _sequence, _last_sequence, _last_at)
 		SELECT %3$s, b.pgcdc_t, coalesce(b.pgcdc_next_t, 'infinity'), b.pgcdc_next_t IS NULL, false,
 			   coalesce(b.pgcdc_l_version, 0) + b.pgcdc_open_no, v.pgcdc_h, b.pgcdc_lsn, b.pgcdc_lseq,
-			   b.pgcdc_seq, CASE WHEN b.pgcdc_next_op = 'D' THEN b.pgcdc_next_seq ELSE v.pgcdc_seq END
+			   b.pgcdc_seq, CASE WHEN b.pgcdc_next_op = 'D' THEN b.pgcdc_next_seq ELSE v.pgcdc_seq END,
+			   CASE WHEN b.pgcdc_next_op = 'D' THEN b.pgcdc_next_t ELSE v.pgcdc_t END
 		  FROM (SELECT w.*, lead(w.pgcdc_t) OVER x AS pgcdc_next_t, lead(w.pgcdc_op) OVER x AS pgcdc_next_op,
 					   lead(w.pgcdc_seq) OVER x AS pgcdc_next_seq,
 					   count(*) FILTER (WHERE w.pgcdc_kind IN ('new', 'change')) OVER x AS pgcdc_open_no
@@ -1604,8 +1647,8 @@ BEGIN
 	EXECUTE format('DELETE FROM %s t WHERE %s AND t._valid_from >= $2', target, older)
 	USING seq, t;
 	GET DIAGNOSTICS n = ROW_COUNT;
-	EXECUTE format('UPDATE %s t SET _valid_to = $2, _is_current = false, _last_sequence = $1 '
-				   'WHERE %s', target, older)
+	EXECUTE format('UPDATE %s t SET _valid_to = $2, _is_current = false, _last_sequence = $1, '
+				   '_last_at = $2 WHERE %s', target, older)
 	USING seq, t;
 	GET DIAGNOSTICS m = ROW_COUNT;
 	RETURN n + m;
@@ -1616,10 +1659,20 @@ $$;
  * Late changes (at or before their key's last applied position), one at a
  * time in source order: they are rare, and each touches one key's versions.
  * A change falls in the version A with the greatest opening position not
- * after it.  It is a replay (skipped) when it opened A or is not after the
- * last change applied to A; otherwise it splits A (or fills the gap after a
- * delete), and later versions keep their values and intervals (their
- * _version numbers shift by one).  Returns {inserted, updated, deleted}.
+ * after it.  It is a replay (skipped) when it opened A, or is the delete
+ * that closed A.  After that delete it fills the gap before the next
+ * version (a re-insert); a delete inside A ends A early, and at A's start
+ * removes A (A never was), unless a later change at that instant won; a
+ * change of the
+ * tracked columns splits A, and the second part keeps what was applied to
+ * A after the change (e.g. the delete that closed it), except that A
+ * resumes at a later change of untracked columns only (it had A's tracked
+ * values: _last_at tells when; of several such changes only the last is
+ * known); a change of untracked columns alone updates A when nothing
+ * later was applied to it.
+ * Later versions keep their values and intervals (their _version numbers
+ * shift by one).  Replaying any of these changes finds the history it made
+ * and changes nothing.  Returns {inserted, updated, deleted}.
  */
 CREATE FUNCTION pgcdc._scd2_late(target regclass, key_columns text[], data_cols text[],
 								 tracked text[], toast_cols text[])
@@ -1635,7 +1688,7 @@ DECLARE
 	h bytea;
 	counts bigint[] := '{0,0,0}';
 	find text := format($f$
-		SELECT t.ctid, t._sequence, t._last_sequence, t._valid_from, t._valid_to,
+		SELECT t.ctid, t._sequence, t._last_sequence, t._last_at, t._valid_from, t._valid_to,
 			   t._is_current, %s AS row_hash
 		  FROM %s t, pg_temp._pgcdc_stage s
 		 WHERE s.pgcdc_rn = $1 AND %s
@@ -1660,10 +1713,53 @@ DECLARE
 		target);
 	insert_version text := format($f$
 		INSERT INTO %s (%s, _valid_from, _valid_to, _is_current, _is_deleted, _version,
-						_row_hash, _source_lsn, _source_seq, _sequence, _last_sequence)
-		SELECT %s, $3, $4, $5, false, 0, r.pgcdc_h, s.pgcdc_lsn, s.pgcdc_lseq, s.pgcdc_seq, s.pgcdc_seq
-		  FROM (%s) r, pg_temp._pgcdc_stage s WHERE s.pgcdc_rn = $1$f$,
+						_row_hash, _source_lsn, _source_seq, _sequence, _last_sequence, _last_at)
+		SELECT %s, $3, $4, $5, false, 0, r.pgcdc_h, s.pgcdc_lsn, s.pgcdc_lseq, s.pgcdc_seq, $6, $7
+		  FROM (%s) r, pg_temp._pgcdc_stage s WHERE s.pgcdc_rn = $1
+		RETURNING ctid$f$,
 		target, pgcdc._list(data_cols), pgcdc._list(data_cols, 'r'), resolved);
+	-- the late row's values become A's (its position $3 at $4)
+	absorb text := format('UPDATE %s t SET %s _row_hash = r.pgcdc_h, _last_sequence = $3, '
+						  '_last_at = $4 FROM (%s) r WHERE t.ctid = $2', target,
+						  (SELECT coalesce(string_agg(format('%I = r.%I, ', c, c), ''), '')
+							 FROM unnest(vals) c), resolved);
+	-- A ends at its last change (of untracked columns only, which had A's
+	-- tracked values); a copy of A, opened by that change, goes on from there
+	resume text := format($f$
+		WITH a AS (SELECT * FROM %1$s WHERE ctid = $1),
+			 u AS (UPDATE %1$s SET _valid_to = _last_at, _is_current = false,
+								   _last_sequence = _sequence, _last_at = _valid_from
+					WHERE ctid = $1 RETURNING 1)
+		INSERT INTO %1$s (%2$s, _valid_from, _valid_to, _is_current, _is_deleted, _version,
+						  _row_hash, _source_lsn, _source_seq, _sequence, _last_sequence, _last_at)
+		SELECT %3$s, a._last_at, a._valid_to, a._is_current, a._is_deleted, 0, a._row_hash,
+			   a._source_lsn, a._source_seq, a._last_sequence, a._last_sequence, a._last_at
+		  FROM a WHERE (SELECT pg_catalog.count(*) FROM u) = 1$f$,
+		target, pgcdc._list(data_cols), pgcdc._list(data_cols, 'a'));
+	-- version $1 and the next one, now with the same tracked values (a late
+	-- change made the next one's change a no-op), become one: the next one
+	-- is absorbed, unless a delete closed $1
+	merge_next text := format($f$
+		WITH x AS (SELECT t.*, %3$s AS pgcdc_h FROM %1$s t WHERE t.ctid = $1),
+			 n AS (DELETE FROM %1$s t USING x
+					WHERE %2$s AND t._valid_from = x._valid_to
+					  AND NOT (x._last_at = x._valid_to AND x._last_sequence > x._sequence)
+					  AND %4$s IS NOT DISTINCT FROM x.pgcdc_h
+				   RETURNING t.*)
+		UPDATE %1$s t SET %5$s _valid_to = n._valid_to, _is_current = n._is_current,
+			   _is_deleted = n._is_deleted, _row_hash = n._row_hash,
+			   _last_sequence = n._last_sequence, _last_at = n._last_at
+		  FROM n WHERE t.ctid = $1$f$,
+		target, pgcdc._key_join('t', 'x', target, key_columns), pgcdc._hash_expr(tracked, 't'),
+		pgcdc._hash_expr(tracked, 't'),
+		(SELECT coalesce(string_agg(format('%I = n.%I, ', c, c), ''), '') FROM unnest(vals) c));
+	-- the version before version $1
+	prev text := format($f$
+		SELECT p.ctid FROM %1$s p, %1$s a
+		 WHERE a.ctid = $1 AND %2$s AND p._valid_from < a._valid_from
+		 ORDER BY p._valid_from DESC LIMIT 1$f$,
+		target, pgcdc._key_join('p', 'a', target, key_columns));
+	tid tid;
 	renumber text := format($f$
 		UPDATE %1$s t SET _version = x.n
 		  FROM (SELECT h.ctid AS tid, row_number() OVER (ORDER BY h._valid_from) AS n
@@ -1676,49 +1772,103 @@ BEGIN
 			  ORDER BY st.pgcdc_seq, st.pgcdc_rn LOOP
 		EXECUTE format(find, '<=', 'DESC', 'DESC') INTO a USING s.pgcdc_rn;
 		EXECUTE format(find, '>', 'ASC', 'ASC') INTO n USING s.pgcdc_rn;
-		CONTINUE WHEN a.ctid IS NOT NULL AND (a._sequence = s.pgcdc_seq
-											  OR s.pgcdc_seq <= a._last_sequence);
+		-- the change that opened A, replayed
+		CONTINUE WHEN a.ctid IS NOT NULL AND a._sequence = s.pgcdc_seq;
 		IF a.ctid IS NULL THEN
 			-- before the key's first version
 			CONTINUE WHEN s.pgcdc_op = 'D' OR n.ctid IS NULL OR s.pgcdc_vf >= n._valid_from;
-			EXECUTE insert_version USING s.pgcdc_rn, NULL::tid, s.pgcdc_vf, n._valid_from, false;
+			EXECUTE insert_version INTO tid
+					USING s.pgcdc_rn, NULL::tid, s.pgcdc_vf, n._valid_from, false, s.pgcdc_seq,
+						  s.pgcdc_vf;
+			EXECUTE merge_next USING tid;
 			EXECUTE renumber USING s.pgcdc_rn;
 			counts[1] := counts[1] + 1;
-		ELSIF NOT a._is_current AND (n.ctid IS NULL OR a._valid_to < n._valid_from) THEN
-			-- in the gap after a delete: a re-insert (or a replayed delete)
-			CONTINUE WHEN s.pgcdc_op = 'D' OR n.ctid IS NULL;
+		ELSIF NOT a._is_current AND (n.ctid IS NULL OR a._valid_to < n._valid_from)
+			  AND s.pgcdc_seq >= a._last_sequence THEN
+			-- after the delete that closed A (or that delete, replayed): in
+			-- the gap before the next version, a re-insert
+			CONTINUE WHEN s.pgcdc_op = 'D' OR n.ctid IS NULL OR s.pgcdc_seq = a._last_sequence;
 			t := greatest(s.pgcdc_vf, a._valid_to);
 			CONTINUE WHEN t >= n._valid_from;
-			EXECUTE insert_version USING s.pgcdc_rn, NULL::tid, t, n._valid_from, false;
+			EXECUTE insert_version INTO tid
+					USING s.pgcdc_rn, NULL::tid, t, n._valid_from, false, s.pgcdc_seq, t;
+			EXECUTE merge_next USING tid;
 			EXECUTE renumber USING s.pgcdc_rn;
 			counts[1] := counts[1] + 1;
 		ELSIF s.pgcdc_op = 'D' THEN
 			t := greatest(s.pgcdc_vf, a._valid_from);
-			CONTINUE WHEN t >= a._valid_to OR t = a._valid_from;
-			EXECUTE format('UPDATE %s SET _valid_to = $2, _is_current = false, '
-						   '_last_sequence = $3 WHERE ctid = $1', target)
-			USING a.ctid, t, s.pgcdc_seq;
-			counts[3] := counts[3] + 1;
-		ELSE
-			EXECUTE format('SELECT pgcdc_h FROM (%s) r', resolved) INTO h USING s.pgcdc_rn, a.ctid;
-			CONTINUE WHEN h IS NOT DISTINCT FROM a.row_hash;
-			t := greatest(s.pgcdc_vf, a._valid_from);
 			CONTINUE WHEN t >= a._valid_to;
-			IF t = a._valid_from THEN
-				-- same instant as A's start and later in order: A's state is this
-				EXECUTE format('UPDATE %s t SET %s _row_hash = r.pgcdc_h, _last_sequence = $3 '
-							   'FROM (%s) r WHERE t.ctid = $2', target,
-							   (SELECT coalesce(string_agg(format('%I = r.%I, ', c, c), ''), '')
-								  FROM unnest(vals) c), resolved)
-				USING s.pgcdc_rn, a.ctid, s.pgcdc_seq;
+			IF a._last_sequence > s.pgcdc_seq AND a._last_at > t AND a._last_at < a._valid_to THEN
+				-- a change absorbed into A after the delete re-inserted A's values
+				EXECUTE resume USING a.ctid;
+				EXECUTE format(find, '<=', 'DESC', 'DESC') INTO a USING s.pgcdc_rn;
+			END IF;
+			IF t > a._valid_from THEN
+				-- a delete inside A ends it early
+				EXECUTE format('UPDATE %s SET _valid_to = $2, _is_current = false, '
+							   '_last_sequence = $3, _last_at = $2 WHERE ctid = $1', target)
+				USING a.ctid, t, s.pgcdc_seq;
 			ELSE
-				-- split A at t; the second part carries the late change
-				EXECUTE format('UPDATE %s SET _valid_to = $2, _is_current = false WHERE ctid = $1',
-							   target)
-				USING a.ctid, t;
-				EXECUTE insert_version USING s.pgcdc_rn, a.ctid, t, a._valid_to, a._is_current;
+				-- at the instant A started: a later change at that instant won
+				CONTINUE WHEN s.pgcdc_seq <= a._last_sequence;
+				-- else A never was, and the version before it ends with this
+				-- delete (recorded there even after a gap, so that a replay of
+				-- A's change finds it)
+				EXECUTE prev INTO tid USING a.ctid;
+				EXECUTE format('DELETE FROM %s WHERE ctid = $1', target) USING a.ctid;
+				IF tid IS NOT NULL THEN
+					EXECUTE format('UPDATE %s SET _last_sequence = $2, _last_at = $3 WHERE ctid = $1',
+								   target)
+					USING tid, s.pgcdc_seq, t;
+				END IF;
 				EXECUTE renumber USING s.pgcdc_rn;
 			END IF;
+			counts[3] := counts[3] + 1;
+		ELSE
+			t := greatest(s.pgcdc_vf, a._valid_from);
+			-- at the next version's start: a later change at the same instant won
+			CONTINUE WHEN t >= a._valid_to;
+			EXECUTE format('SELECT pgcdc_h FROM (%s) r', resolved) INTO h USING s.pgcdc_rn, a.ctid;
+			IF a._last_sequence > s.pgcdc_seq AND a._last_at > t AND a._last_at < a._valid_to
+			   AND h IS DISTINCT FROM a.row_hash THEN
+				-- a change absorbed into A after this one put A's tracked
+				-- values back: A resumes then, this one lasts until then
+				EXECUTE resume USING a.ctid;
+				EXECUTE format(find, '<=', 'DESC', 'DESC') INTO a USING s.pgcdc_rn;
+			END IF;
+			-- at A's start, before what A holds now: a later change at the
+			-- same instant won
+			CONTINUE WHEN t = a._valid_from AND s.pgcdc_seq <= a._last_sequence;
+			IF h IS NOT DISTINCT FROM a.row_hash OR t = a._valid_from THEN
+				-- no tracked change: its untracked values are A's when nothing
+				-- later was applied to A; at A's start its values are A's
+				CONTINUE WHEN s.pgcdc_seq <= a._last_sequence;
+				EXECUTE absorb USING s.pgcdc_rn, a.ctid, s.pgcdc_seq, t;
+				CONTINUE WHEN h IS NOT DISTINCT FROM a.row_hash;
+				-- A's new values may equal its neighbours'
+				EXECUTE merge_next USING a.ctid;
+				EXECUTE prev INTO tid USING a.ctid;
+				IF tid IS NOT NULL THEN
+					EXECUTE merge_next USING tid;
+				END IF;
+			ELSE
+				-- split A at t; the second part carries the late change and
+				-- keeps what was applied to A after it (e.g. the delete that
+				-- closed A)
+				EXECUTE format('UPDATE %s SET _valid_to = $2, _is_current = false, '
+							   '_last_sequence = $3, _last_at = $4 WHERE ctid = $1', target)
+				USING a.ctid, t,
+					  CASE WHEN a._last_sequence < s.pgcdc_seq THEN a._last_sequence
+						   ELSE a._sequence END,
+					  CASE WHEN a._last_sequence < s.pgcdc_seq THEN a._last_at
+						   ELSE a._valid_from END;
+				EXECUTE insert_version INTO tid
+						USING s.pgcdc_rn, a.ctid, t, a._valid_to, a._is_current,
+							  greatest(s.pgcdc_seq, a._last_sequence),
+							  CASE WHEN a._last_sequence > s.pgcdc_seq THEN a._last_at ELSE t END;
+				EXECUTE merge_next USING tid;
+			END IF;
+			EXECUTE renumber USING s.pgcdc_rn;
 			counts[2] := counts[2] + 1;
 		END IF;
 	END LOOP;
@@ -1907,7 +2057,11 @@ WITH pgcdc_s AS MATERIALIZED (
 									 CASE WHEN u.pgcdc_op = 'D' THEN u.pgcdc_seq
 										  ELSE t._last_sequence END
 								 WHEN u.pgcdc_next_op = 'D' THEN u.pgcdc_next_seq
-								 ELSE u.pgcdc_seq END
+								 ELSE u.pgcdc_seq END,
+		   _last_at = CASE WHEN u.pgcdc_cur = 'close' THEN
+							   CASE WHEN u.pgcdc_op = 'D' THEN u.pgcdc_t ELSE t._last_at END
+						   WHEN u.pgcdc_next_op = 'D' THEN u.pgcdc_next_t
+						   ELSE u.pgcdc_t END
 	  FROM pgcdc_w u
 	 -- by row position: a TID scan, not a join with the whole target
 	 WHERE t.ctid = ANY (ARRAY(SELECT u.pgcdc_l_tid FROM pgcdc_w u WHERE u.pgcdc_cur IS NOT NULL))
@@ -1918,10 +2072,11 @@ WITH pgcdc_s AS MATERIALIZED (
 	-- after pgcdc_upd and pgcdc_del: the unique index on current rows
 	-- checks as rows go in
 	INSERT INTO %12$s (%23$s, _valid_from, _valid_to, _is_current, _is_deleted, _version,
-					   _row_hash, _source_lsn, _source_seq, _sequence, _last_sequence)
+					   _row_hash, _source_lsn, _source_seq, _sequence, _last_sequence, _last_at)
 	SELECT %24$s, x.pgcdc_o_t, coalesce(x.pgcdc_next_t, 'infinity'), x.pgcdc_next_t IS NULL, false,
 		   coalesce(x.pgcdc_l_version, 0) + x.pgcdc_open_no, x.pgcdc_h, x.pgcdc_o_lsn, x.pgcdc_o_lseq,
-		   x.pgcdc_o_seq, CASE WHEN x.pgcdc_next_op = 'D' THEN x.pgcdc_next_seq ELSE x.pgcdc_seq END
+		   x.pgcdc_o_seq, CASE WHEN x.pgcdc_next_op = 'D' THEN x.pgcdc_next_seq ELSE x.pgcdc_seq END,
+		   CASE WHEN x.pgcdc_next_op = 'D' THEN x.pgcdc_next_t ELSE x.pgcdc_t END
 	  FROM pgcdc_w x
 	 WHERE x.pgcdc_last AND x.pgcdc_o_open AND x.pgcdc_run > 0
 	   AND (SELECT g.pgcdc_ok FROM pgcdc_go g)
@@ -2041,7 +2196,7 @@ BEGIN
 		stmts := pgcdc._cached(shape, 2);
 	END IF;
 	IF stmts IS NULL THEN
-		PERFORM pgcdc._check_scd2(target);
+		PERFORM pgcdc._check_scd2(target, positions => true);
 	END IF;
 	-- Serialise writers of this target; readers are not blocked.
 	EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', target);
