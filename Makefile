@@ -7,7 +7,11 @@ EXTVERSION := $(shell sed -n "s/^default_version[[:space:]]*=[[:space:]]*'\([^']
 
 MODULE_big  = pgcdc
 OBJS       := $(patsubst %.c,%.o,$(sort $(wildcard decoder/*.c extension/*.c)))
-DATA       := $(sort $(wildcard extension/pgcdc--*.sql))
+# The install script is built from its parts in extension/sql/ (as pgvector
+# builds its own); upgrade scripts pgcdc--X--Y.sql are written by hand.
+EXTSQL     := extension/pgcdc--$(EXTVERSION).sql
+DATA_built  = $(EXTSQL)
+DATA       := $(filter-out $(EXTSQL),$(sort $(wildcard extension/pgcdc--*.sql)))
 PGFILEDESC  = "pgcdc - change data capture for PostgreSQL"
 PG_CPPFLAGS = -I$(CURDIR)/include -DPGCDC_VERSION='"$(EXTVERSION)"'
 
@@ -25,6 +29,9 @@ EXTRA_CLEAN = tmp_check_regress tmp_check_iso output_iso
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+$(EXTSQL): $(sort $(wildcard extension/sql/*.sql))
+	for f in $^; do cat $$f; echo; done >$@
 
 # The consumer has its own PGXS Makefile (PROGRAM); build it alongside.
 ifneq ($(wildcard consumer/Makefile),)

@@ -1,0 +1,414 @@
+/* ------------------------------------------------------------------------
+ * 2. Internal helpers
+ * ------------------------------------------------------------------------ */
+
+-- Raise an error; usable inside SQL expressions (CASE ... ELSE pgcdc._fail()).
+CREATE FUNCTION pgcdc._fail(code text, message text, detail text DEFAULT NULL,
+							hint text DEFAULT NULL)
+RETURNS timestamptz LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF detail IS NULL AND hint IS NULL THEN
+		RAISE EXCEPTION USING ERRCODE = code, MESSAGE = message;
+	ELSIF detail IS NULL THEN
+		RAISE EXCEPTION USING ERRCODE = code, MESSAGE = message, HINT = hint;
+	ELSIF hint IS NULL THEN
+		RAISE EXCEPTION USING ERRCODE = code, MESSAGE = message, DETAIL = detail;
+	END IF;
+	RAISE EXCEPTION USING ERRCODE = code, MESSAGE = message, DETAIL = detail, HINT = hint;
+END
+$$;
+
+-- Canonical form of a table name given in SQL identifier syntax, as regclass
+-- input reads it: 'orders', 'public.orders', '"My Schema"."Orders"'.
+-- Unqualified names take default_schema (the caller's current_schema()).
+CREATE FUNCTION pgcdc._qualify(name text, default_schema text, arg text)
+RETURNS text LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	parts text[];
+BEGIN
+	IF name IS NULL THEN
+		RAISE EXCEPTION '% must not be null', arg USING ERRCODE = '22004';
+	END IF;
+	BEGIN
+		parts := parse_ident(name);
+	EXCEPTION WHEN invalid_parameter_value THEN
+		parts := NULL;
+	END;
+	IF parts IS NULL OR cardinality(parts) > 2 OR '' = ANY (parts) THEN
+		RAISE EXCEPTION 'invalid table name for %: %', arg, name
+			USING ERRCODE = '42602',
+				  HINT = 'Write the name as SQL does: orders, public.orders or "My Schema"."Orders".';
+	END IF;
+	IF cardinality(parts) = 1 THEN
+		IF default_schema IS NULL THEN
+			RAISE EXCEPTION 'no schema has been selected to hold %', name
+				USING ERRCODE = '3F000';
+		END IF;
+		parts := ARRAY[default_schema, parts[1]];
+	END IF;
+	RETURN format('%I.%I', parts[1], parts[2]);
+END
+$$;
+
+-- The user columns of a relation, in column order.
+CREATE FUNCTION pgcdc._columns(rel regclass)
+RETURNS TABLE (attname text, atttype text, typid oid, notnull boolean)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid, a.attnotnull
+	  FROM pg_attribute a
+	 WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+	 ORDER BY a.attnum
+$$;
+
+-- Check a text[] of column names: not null, no null or duplicate element,
+-- every name a column of each relation given.  Returns the array.
+CREATE FUNCTION pgcdc._check_columns(cols text[], arg text, VARIADIC rels regclass[])
+RETURNS text[] LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	c text;
+	r regclass;
+BEGIN
+	IF cols IS NULL THEN
+		RAISE EXCEPTION '% must not be null', arg USING ERRCODE = '22004';
+	END IF;
+	IF cardinality(cols) = 0 THEN
+		RAISE EXCEPTION '% must not be empty', arg USING ERRCODE = '22023';
+	END IF;
+	IF array_position(cols, NULL) IS NOT NULL THEN
+		RAISE EXCEPTION '% must not contain null', arg USING ERRCODE = '22004';
+	END IF;
+	IF (SELECT count(DISTINCT x) FROM unnest(cols) x) <> cardinality(cols) THEN
+		RAISE EXCEPTION '% names a column twice', arg USING ERRCODE = '42701';
+	END IF;
+	FOREACH r IN ARRAY rels LOOP
+		FOREACH c IN ARRAY cols LOOP
+			IF NOT EXISTS (SELECT 1 FROM pgcdc._columns(r) WHERE attname = c) THEN
+				RAISE EXCEPTION 'column "%" named in % does not exist in %', c, arg, r
+					USING ERRCODE = '42703';
+			END IF;
+		END LOOP;
+	END LOOP;
+	RETURN cols;
+END
+$$;
+
+-- A regclass argument: not null, and a table; or, for a relation that is only read (inputs: a
+-- snapshot, a change table), a view, materialized view or foreign table too.
+CREATE FUNCTION pgcdc._check_table(rel regclass, arg text, inputs boolean DEFAULT false)
+RETURNS regclass LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF rel IS NULL THEN
+		RAISE EXCEPTION '% must not be null', arg USING ERRCODE = '22004';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = rel AND relkind = ANY (
+				   CASE WHEN inputs THEN '{r,p,v,m,f}'::"char"[] ELSE '{r,p}'::"char"[] END)) THEN
+		RAISE EXCEPTION '% % is not a table%', arg, rel, CASE WHEN inputs THEN ' or view' ELSE '' END
+			USING ERRCODE = '42809';
+	END IF;
+	RETURN rel;
+END
+$$;
+
+-- Internal column names in the generated SQL start with pgcdc_; user
+-- columns must not, or they would be shadowed.
+CREATE FUNCTION pgcdc._check_reserved(cols text[])
+RETURNS text[] LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	bad text;
+BEGIN
+	SELECT c INTO bad FROM unnest(cols) c WHERE c LIKE 'pgcdc\_%' LIMIT 1;
+	IF bad IS NOT NULL THEN
+		RAISE EXCEPTION 'column name "%" is reserved: names starting with pgcdc_ are pgcdc''s', bad
+			USING ERRCODE = '42939';
+	END IF;
+	RETURN cols;
+END
+$$;
+
+-- Columns every SCD2 history table has (besides the source's columns).
+-- The position columns (not in the spec's list) are how scd2_apply_changes
+-- recognises replays and late arrivals; scd2_merge does without them.
+CREATE FUNCTION pgcdc._scd2_system_columns()
+RETURNS TABLE (attname text, atttype text, is_position boolean) LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	VALUES ('_valid_from', 'timestamp with time zone', false),
+		   ('_valid_to', 'timestamp with time zone', false),
+		   ('_is_current', 'boolean', false),
+		   ('_is_deleted', 'boolean', false),
+		   ('_version', 'integer', false),
+		   ('_row_hash', 'bytea', false),
+		   ('_source_lsn', 'pg_lsn', false),
+		   ('_source_seq', 'integer', false),
+		   ('_sequence', 'numeric[]', true),
+		   ('_last_sequence', 'numeric[]', true),
+		   ('_last_at', 'timestamp with time zone', true)
+$$;
+
+-- A target with the spec's system columns is an SCD2 table; with positions,
+-- the position columns it lacks are added (as the consumer adds system
+-- columns to an existing target).
+CREATE FUNCTION pgcdc._check_scd2(target regclass, positions boolean DEFAULT false)
+RETURNS regclass LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	missing record;
+	added text;
+BEGIN
+	PERFORM pgcdc._check_table(target, 'target');
+	SELECT s.attname, s.atttype INTO missing
+	  FROM pgcdc._scd2_system_columns() s
+	 WHERE NOT EXISTS (SELECT 1 FROM pgcdc._columns(target) c
+						WHERE c.attname = s.attname AND c.atttype = s.atttype)
+	   AND NOT s.is_position
+	 LIMIT 1;
+	IF FOUND THEN
+		RAISE EXCEPTION 'table % is not an SCD2 history table', target
+			USING ERRCODE = '42809',
+				  DETAIL = format('Column %I of type %s is missing.', missing.attname, missing.atttype),
+				  HINT = 'Create it with pgcdc.create_history_table.';
+	END IF;
+	IF positions THEN
+		SELECT string_agg(format('ADD COLUMN %I %s', s.attname, s.atttype), ', ') INTO added
+		  FROM pgcdc._scd2_system_columns() s
+		 WHERE s.is_position AND NOT EXISTS (SELECT 1 FROM pgcdc._columns(target) c
+										   WHERE c.attname = s.attname);
+		IF added IS NOT NULL THEN
+			EXECUTE format('ALTER TABLE %s %s', target, added);
+			RAISE NOTICE 'added the position columns scd2_apply_changes needs to table %', target;
+		END IF;
+		-- a column of that name but another type is not ours
+		PERFORM pgcdc._check_scd2_types(target);
+	END IF;
+	RETURN target;
+END
+$$;
+
+CREATE FUNCTION pgcdc._check_scd2_types(target regclass)
+RETURNS void LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	wrong record;
+BEGIN
+	SELECT s.attname, s.atttype INTO wrong
+	  FROM pgcdc._scd2_system_columns() s JOIN pgcdc._columns(target) c USING (attname)
+	 WHERE c.atttype <> s.atttype
+	 LIMIT 1;
+	IF FOUND THEN
+		RAISE EXCEPTION 'table % is not an SCD2 history table', target
+			USING ERRCODE = '42809',
+				  DETAIL = format('Column %I is not of type %s.', wrong.attname, wrong.atttype);
+	END IF;
+END
+$$;
+
+-- SQL text comparing l.col and r.col for equality with the type's own
+-- default equality operator, schema-qualified (OPERATOR(schema.=)), so that
+-- a key of a type from another schema (citext, ...) still compares right
+-- while nothing is looked up on the caller's path.
+CREATE FUNCTION pgcdc._eq(l text, r text, typid oid)
+RETURNS text LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	opr text;
+BEGIN
+	SELECT format('OPERATOR(%I.%s)', n.nspname, o.oprname) INTO opr
+	  FROM pg_opclass c
+	  JOIN pg_am am ON am.oid = c.opcmethod AND am.amname = 'btree'
+	  JOIN pg_amop ao ON ao.amopfamily = c.opcfamily AND ao.amopstrategy = 3
+					 AND ao.amoplefttype = c.opcintype AND ao.amoprighttype = c.opcintype
+	  JOIN pg_operator o ON o.oid = ao.amopopr
+	  JOIN pg_namespace n ON n.oid = o.oprnamespace
+	 WHERE c.opcdefault
+	   AND (c.opcintype = typid
+			OR c.opcintype = (SELECT t.typbasetype FROM pg_type t WHERE t.oid = typid))
+	 LIMIT 1;
+	IF opr IS NULL THEN
+		RAISE EXCEPTION 'key column type % has no default btree operator class',
+			format_type(typid, NULL) USING ERRCODE = '42883';
+	END IF;
+	RETURN format('%s %s %s', l, opr, r);
+END
+$$;
+
+-- rel's schema-qualified name, also for a temporary table (whose regclass
+-- text is unqualified and could be taken for a CTE of the same name).
+CREATE FUNCTION pgcdc._qname(rel regclass)
+RETURNS text LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT format('%I.%I', n.nspname, c.relname)
+	  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+	 WHERE c.oid = rel
+$$;
+
+-- "l.k1 = r.k1 AND l.k2 = r.k2" for the key columns of rel.
+CREATE FUNCTION pgcdc._key_join(l text, r text, rel regclass, keys text[])
+RETURNS text LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT string_agg(pgcdc._eq(format('%s.%I', l, k), format('%s.%I', r, k), c.typid),
+					  ' AND ' ORDER BY o)
+	  FROM unnest(keys) WITH ORDINALITY AS u(k, o)
+	  JOIN pgcdc._columns(rel) c ON c.attname = u.k
+$$;
+
+-- "prefix.a, prefix.b" (or "a, b" when prefix is null).
+CREATE FUNCTION pgcdc._list(cols text[], prefix text DEFAULT NULL)
+RETURNS text LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce(string_agg(CASE WHEN prefix IS NULL THEN quote_ident(c)
+									ELSE prefix || '.' || quote_ident(c) END,
+							   ', ' ORDER BY o), '')
+	  FROM unnest(cols) WITH ORDINALITY AS u(c, o)
+$$;
+
+-- NULL-safe, delimiter-free hash of some columns: SHA-256 of the binary
+-- (send) image of ROW(columns), which holds each value's type, length and
+-- bytes, and is the same whatever the session's DateStyle or TimeZone.
+CREATE FUNCTION pgcdc._hash_expr(cols text[], prefix text)
+RETURNS text LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT format('pg_catalog.sha256(pg_catalog.record_send(ROW(%s)::record))',
+				  CASE WHEN cardinality(cols) = 0 THEN 'NULL::integer'
+					   ELSE pgcdc._list(cols, prefix) END)
+$$;
+
+-- "ROW(a.x, a.y)::record OPERATOR(pg_catalog.*=) ROW(b.x, b.y)::record":
+-- binary-image equality as REFRESH MATERIALIZED VIEW CONCURRENTLY uses it;
+-- NULLs compare as values and no type needs an equality operator.
+CREATE FUNCTION pgcdc._same_expr(cols text[], l text, r text)
+RETURNS text LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE WHEN cardinality(cols) = 0 THEN 'true'
+				ELSE format('ROW(%s)::record OPERATOR(pg_catalog.*=) ROW(%s)::record',
+							pgcdc._list(cols, l), pgcdc._list(cols, r)) END
+$$;
+
+-- Work tables live in pg_temp and are dropped at commit; a second call in
+-- the same transaction drops the previous call's first.
+CREATE FUNCTION pgcdc._drop_temp(VARIADIC names text[])
+RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n text;
+BEGIN
+	FOREACH n IN ARRAY names LOOP
+		IF to_regclass('pg_temp.' || quote_ident(n)) IS NOT NULL THEN
+			EXECUTE format('DROP TABLE pg_temp.%I', n);
+		END IF;
+	END LOOP;
+END
+$$;
+
+-- The name of a session prepared statement for query, prepared on first use:
+-- generated SQL is planned once per session and shape (the name is the
+-- text's md5) and re-planned by PostgreSQL only when a table it reads
+-- changes.  A statement of that name with other text (prepared by someone
+-- else in this session) is replaced, never run.
+CREATE FUNCTION pgcdc._prepared(query text, types text DEFAULT NULL)
+RETURNS text LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	-- the parameter types (if any) are part of the name, after the text
+	stmt text := 'pgcdc_' || md5(query || coalesce(E'\n' || types, ''));
+	want text := format('PREPARE %I%s AS %s', stmt,
+						CASE WHEN types IS NOT NULL THEN '(' || types || ')' ELSE '' END, query);
+	have text;
+BEGIN
+	SELECT p.statement INTO have FROM pg_prepared_statements p WHERE p.name = stmt;
+	IF have IS DISTINCT FROM want THEN
+		IF have IS NOT NULL THEN
+			EXECUTE format('DEALLOCATE %I', stmt);
+		END IF;
+		EXECUTE want;
+	END IF;
+	RETURN stmt;
+END
+$$;
+
+-- The name of a session setting that holds the statements a function
+-- prepared for a call of this shape: everything their text depends on (the
+-- arguments, the names and columns of both relations, the source of the
+-- functions in code that write them), hashed.  A later call of the same
+-- shape runs them without checking and generating them again.
+CREATE FUNCTION pgcdc._shape(code text[], target regclass, changes regclass, VARIADIC args text[])
+RETURNS text LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT 'pgcdc.shape_' || md5(concat_ws(E'\n',
+		(SELECT string_agg(quote_nullable(a), ',' ORDER BY o) FROM unnest(args) WITH ORDINALITY u(a, o)),
+		(SELECT string_agg(concat_ws(' ', quote_ident(n.nspname), quote_ident(c.relname), c.relkind,
+									 a.attnum, quote_ident(a.attname), a.atttypid, a.atttypmod),
+						   ',' ORDER BY c.oid = target DESC, a.attnum)
+		   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		   JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+		  WHERE c.oid IN (target, changes)),
+		(SELECT string_agg(md5(p.prosrc), ',' ORDER BY p.proname)
+		   FROM pg_proc p
+		  WHERE p.pronamespace = 'pgcdc'::regnamespace AND p.proname = ANY (code))))
+$$;
+
+-- The statements cached under shape, if all n are still prepared (DEALLOCATE
+-- ALL or an aborted transaction loses them) and each is one _prepared made:
+-- its name is the md5 of its text.
+CREATE FUNCTION pgcdc._cached(shape text, n integer)
+RETURNS text[] LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	stmts text[] := string_to_array(current_setting(shape, true), ' ');
+BEGIN
+	IF cardinality(stmts) = n AND
+	   (SELECT count(*) FROM pg_prepared_statements p
+		 WHERE p.name = ANY (stmts)
+		   AND p.name = 'pgcdc_' || md5(substr(p.statement,
+											   length(format('PREPARE %I AS ', p.name)) + 1))) = n THEN
+		RETURN stmts;
+	END IF;
+	RETURN NULL;
+END
+$$;
+
+-- The query that says whether a batch of change rows is plain: ops I, U and
+-- D only, none of the columns not_null null, no unchanged TOAST, no key
+-- change.  One pass over the routing columns only (a view over staged
+-- events does not build its rows for it).  A batch that is not plain takes
+-- the staged path, which also says what is wrong with a bad one.
+CREATE FUNCTION pgcdc._plain_sql(changes regclass, op_column text, not_null text[])
+RETURNS text LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT format($f$
+		SELECT pg_catalog.count(*) FILTER (WHERE c.%1$I IS NULL OR c.%1$I NOT IN ('I', 'U', 'D')
+			OR %2$s OR %3$s OR %4$s) = 0
+		  FROM %5$s c$f$,
+		op_column,
+		coalesce((SELECT string_agg(format('c.%I IS NULL', x), ' OR ') FROM unnest(not_null) x), 'false'),
+		CASE WHEN pgcdc._has_column(changes, 'unchanged_toast', 'text[]')
+			 THEN 'c.unchanged_toast IS NOT NULL' ELSE 'false' END,
+		CASE WHEN pgcdc._has_column(changes, '_old_key', 'jsonb')
+			 THEN format('(c.%I = ''U'' AND c._old_key IS NOT NULL)', op_column)
+			 ELSE 'false' END,
+		pgcdc._qname(changes))
+$$;

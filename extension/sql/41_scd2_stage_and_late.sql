@@ -1,0 +1,677 @@
+/* ------------------------------------------------------------------------
+ * 4b. SCD2: scd2_apply_changes' staged path
+ *
+ * Batches the one-statement path (42) does not take: truncates, unchanged
+ * TOAST, key changes, late changes and replays.
+ * ------------------------------------------------------------------------ */
+
+/*
+ * Staging.  Both scd2_apply_changes and apply_mirror first copy the change
+ * rows into one temporary table, pg_temp._pgcdc_stage: the data columns the
+ * target shares with the changes table (cast to the target's types), and
+ *   pgcdc_op	 I, U, D or T
+ *   pgcdc_seq	 the source position as numeric[] (sequence_by, converted)
+ *   pgcdc_vf	 the effective time (valid_from_column, else now())
+ *   pgcdc_ut	 unchanged TOAST columns not yet resolved (see below)
+ *   pgcdc_lsn, pgcdc_lseq	_source_lsn and _source_seq when the changes have them
+ *   pgcdc_rn	 row number in source order
+ * A U whose optional _old_key jsonb holds a different key becomes a D of the
+ * old key followed by the U of the new one.  A column listed in the optional
+ * unchanged_toast text[] column takes the value of the same key's latest
+ * earlier change in the batch; what is left in pgcdc_ut is resolved against
+ * the target by the caller.
+ */
+
+-- The SQL expression that turns changes column col into a numeric, so that
+-- one or several sequence_by columns order as a numeric[].
+CREATE FUNCTION pgcdc._seq_expr(changes regclass, col text)
+RETURNS text LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	typ oid;
+BEGIN
+	SELECT c.typid INTO typ FROM pgcdc._columns(changes) c WHERE c.attname = col;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'sequence_by column "%" does not exist in %', col, changes
+			USING ERRCODE = '42703';
+	END IF;
+	RETURN CASE
+		WHEN typ IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'numeric'::regtype)
+			THEN format('c.%I::numeric', col)
+		WHEN typ = 'pg_lsn'::regtype
+			THEN format('(c.%I OPERATOR(pg_catalog.-) ''0/0''::pg_lsn)', col)
+		WHEN typ IN ('timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype)
+			THEN format('pg_catalog.date_part(''epoch'', c.%I)::numeric', col)
+		ELSE pgcdc._fail('42804',
+			format('sequence_by column "%s" of %s has type %s, which cannot order changes',
+				   col, changes, format_type(typ, NULL)),
+			NULL, 'Use integer, numeric, pg_lsn or timestamp columns.')::text
+	END;
+END
+$$;
+
+CREATE FUNCTION pgcdc._has_column(rel regclass, col text, typ regtype)
+RETURNS boolean LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT EXISTS (SELECT 1 FROM pgcdc._columns(rel) c WHERE c.attname = col AND c.typid = typ)
+$$;
+
+-- Check the arguments that describe change rows and return their SQL:
+-- seq, the source position as numeric[]; vf, the effective time; seq_cols,
+-- the sequence_by columns; data_cols, the columns shared with target.
+CREATE FUNCTION pgcdc._stage_args(target regclass, changes regclass, key_columns text[],
+								  sequence_by text, op_column text, valid_from_column text,
+								  OUT seq text, OUT vf text, OUT seq_cols text[],
+								  OUT data_cols text[])
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	vf_type oid;
+BEGIN
+	PERFORM pgcdc._check_table(changes, 'changes', inputs => true);
+	PERFORM pgcdc._check_columns(key_columns, 'key_columns', target, changes);
+	IF op_column IS NULL THEN
+		RAISE EXCEPTION 'op_column must not be null' USING ERRCODE = '22004';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM pgcdc._columns(changes) c WHERE c.attname = op_column) THEN
+		RAISE EXCEPTION 'op column "%" does not exist in %', op_column, changes
+			USING ERRCODE = '42703';
+	END IF;
+	IF sequence_by IS NULL THEN
+		RAISE EXCEPTION 'sequence_by must not be null' USING ERRCODE = '22004';
+	END IF;
+	-- one column named as it is, else a comma-separated list of them
+	seq_cols := CASE WHEN EXISTS (SELECT 1 FROM pgcdc._columns(changes) c
+								   WHERE c.attname = sequence_by)
+					 THEN ARRAY[sequence_by]
+					 ELSE ARRAY(SELECT btrim(x) FROM unnest(string_to_array(sequence_by, ',')) x) END;
+	seq := format('ARRAY[%s]::numeric[]',
+				  (SELECT string_agg(pgcdc._seq_expr(changes, x), ', ') FROM unnest(seq_cols) x));
+	IF valid_from_column IS NULL THEN
+		vf := 'pg_catalog.now()';
+	ELSE
+		SELECT c.typid INTO vf_type FROM pgcdc._columns(changes) c
+		 WHERE c.attname = valid_from_column;
+		IF NOT FOUND THEN
+			RAISE EXCEPTION 'valid_from column "%" does not exist in %', valid_from_column, changes
+				USING ERRCODE = '42703';
+		ELSIF vf_type NOT IN ('timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype) THEN
+			RAISE EXCEPTION 'valid_from column "%" of % must be a timestamp, not %',
+				valid_from_column, changes, format_type(vf_type, NULL) USING ERRCODE = '42804';
+		END IF;
+		vf := format('c.%I::timestamptz', valid_from_column);
+	END IF;
+	data_cols := pgcdc._check_reserved(pgcdc._shared_columns(target, changes));
+END
+$$;
+
+CREATE FUNCTION pgcdc._stage(target regclass, changes regclass, key_columns text[],
+							 sequence_by text, op_column text, valid_from_column text,
+							 OUT data_cols text[], OUT toast_cols text[])
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	args record;
+	seq text;
+	vf text;
+	old_keys text;
+	cols text;
+	keys text;
+	bad record;
+	col text;
+BEGIN
+	args := pgcdc._stage_args(target, changes, key_columns, sequence_by, op_column,
+							  valid_from_column);
+	seq := args.seq;
+	vf := args.vf;
+	data_cols := args.data_cols;
+	cols := pgcdc._cast_list(target, changes, data_cols, 'c');
+	keys := pgcdc._list(key_columns);
+
+	PERFORM pgcdc._drop_temp('_pgcdc_stage');
+	IF pgcdc._has_column(changes, '_old_key', 'jsonb') THEN
+		-- the old key's columns, typed as the target's, for key-changing updates
+		old_keys := format($f$
+			SELECT %s, %s FROM %s c,
+				   LATERAL pg_catalog.jsonb_populate_record(NULL::%s, c._old_key) AS k
+			 WHERE c.%I = 'U' AND c._old_key IS NOT NULL
+			   AND ROW(%s)::record OPERATOR(pg_catalog.*<>) ROW(%s)::record$f$,
+			(SELECT string_agg(CASE WHEN d = ANY (key_columns) THEN format('k.%I', d)
+									ELSE format('NULL::%s', t.atttype) END || format(' AS %I', d),
+							   ', ' ORDER BY o)
+			   FROM unnest(data_cols) WITH ORDINALITY u(d, o)
+			   JOIN pgcdc._columns(target) t ON t.attname = d),
+			'pgcdc_extra_columns', changes, target, op_column,
+			pgcdc._list(key_columns, 'k'),
+			(SELECT string_agg(format('(c.%I)::%s', k, t.atttype), ', ' ORDER BY o)
+			   FROM unnest(key_columns) WITH ORDINALITY u(k, o)
+			   JOIN pgcdc._columns(target) t ON t.attname = k));
+	END IF;
+
+	EXECUTE format($f$
+		CREATE TEMP TABLE _pgcdc_stage ON COMMIT DROP AS
+		SELECT x.*, row_number() OVER (ORDER BY x.pgcdc_seq, x.pgcdc_sub) AS pgcdc_rn
+		  FROM (SELECT %1$s, c.%2$I::text AS pgcdc_op, %3$s AS pgcdc_seq,
+					   %4$s AS pgcdc_vf, %5$s AS pgcdc_ut, %6$s AS pgcdc_lsn,
+					   %7$s AS pgcdc_lseq, 1 AS pgcdc_sub
+				  FROM %8$s c
+				%9$s) x$f$,
+		cols, op_column, seq, vf,
+		CASE WHEN pgcdc._has_column(changes, 'unchanged_toast', 'text[]')
+			 THEN 'c.unchanged_toast' ELSE 'NULL::text[]' END,
+		CASE WHEN pgcdc._has_column(changes, '_source_lsn', 'pg_lsn')
+			 THEN 'c._source_lsn' ELSE 'NULL::pg_lsn' END,
+		CASE WHEN pgcdc._has_column(changes, '_source_seq', 'int4')
+			 THEN 'c._source_seq' ELSE 'NULL::integer' END,
+		changes,
+		CASE WHEN old_keys IS NULL THEN ''
+			 ELSE 'UNION ALL ' || replace(old_keys, 'pgcdc_extra_columns', format(
+				'''D'', %s, %s, NULL::text[], %s, %s, 0',
+				seq, vf,
+				CASE WHEN pgcdc._has_column(changes, '_source_lsn', 'pg_lsn')
+					 THEN 'c._source_lsn' ELSE 'NULL::pg_lsn' END,
+				CASE WHEN pgcdc._has_column(changes, '_source_seq', 'int4')
+					 THEN 'c._source_seq' ELSE 'NULL::integer' END)) END);
+
+	EXECUTE format($f$
+		SELECT pgcdc_op, pgcdc_seq::text AS seq, ROW(%s)::text AS k,
+			   pgcdc_seq IS NULL OR pg_catalog.array_position(pgcdc_seq, NULL) IS NOT NULL AS null_seq,
+			   pgcdc_vf IS NULL AS null_vf
+		  FROM pg_temp._pgcdc_stage
+		 WHERE pgcdc_op IS NULL OR pgcdc_op NOT IN ('I', 'U', 'D', 'T')
+			OR pgcdc_seq IS NULL OR pg_catalog.array_position(pgcdc_seq, NULL) IS NOT NULL
+			OR pgcdc_vf IS NULL
+			OR (pgcdc_op <> 'T' AND (%s))
+		 LIMIT 1$f$,
+		keys, (SELECT string_agg(format('%I IS NULL', k), ' OR ') FROM unnest(key_columns) k))
+	INTO bad;
+	IF bad.pgcdc_op IS NULL AND bad.k IS NOT NULL THEN
+		RAISE EXCEPTION 'null op in changes %', changes USING ERRCODE = '22004';
+	ELSIF bad.pgcdc_op NOT IN ('I', 'U', 'D', 'T') THEN
+		RAISE EXCEPTION 'unknown op "%" in changes %', bad.pgcdc_op, changes
+			USING ERRCODE = '22023', HINT = 'Ops are I, U, D and T.';
+	ELSIF bad.null_seq THEN
+		RAISE EXCEPTION 'null sequence_by value in changes %', changes USING ERRCODE = '22004';
+	ELSIF bad.null_vf THEN
+		RAISE EXCEPTION 'null valid_from value in changes %', changes USING ERRCODE = '22004';
+	ELSIF bad.k IS NOT NULL THEN
+		RAISE EXCEPTION 'null key in changes %', changes
+			USING ERRCODE = '23502',
+				  DETAIL = format('Key columns: %s.', array_to_string(key_columns, ', '));
+	END IF;
+
+	-- unchanged TOAST: carry the key's latest earlier value in the batch
+	IF pgcdc._has_column(changes, 'unchanged_toast', 'text[]') THEN
+		-- the alias must not be a possible data column name: pgcdc_ is reserved
+		FOR col IN SELECT DISTINCT t.pgcdc_col FROM pg_temp._pgcdc_stage s,
+						  unnest(s.pgcdc_ut) AS t(pgcdc_col)
+					WHERE t.pgcdc_col = ANY (data_cols) LOOP
+			EXECUTE format($f$
+				UPDATE pg_temp._pgcdc_stage s
+				   SET %1$I = f.pgcdc_v, pgcdc_ut = pg_catalog.array_remove(s.pgcdc_ut, %2$L)
+				  FROM (SELECT x.pgcdc_rn, x.pgcdc_grp,
+							   pg_catalog.first_value(x.%1$I) OVER (PARTITION BY %3$s, x.pgcdc_grp
+																	ORDER BY x.pgcdc_seq) AS pgcdc_v
+						  FROM (SELECT y.*, pg_catalog.count(*) FILTER (
+									WHERE NOT (%2$L = ANY (coalesce(y.pgcdc_ut, '{}'))))
+									OVER (PARTITION BY %3$s ORDER BY y.pgcdc_seq) AS pgcdc_grp
+								  FROM pg_temp._pgcdc_stage y
+								 WHERE y.pgcdc_op IN ('I', 'U')) x) f
+				 WHERE s.pgcdc_rn = f.pgcdc_rn AND %2$L = ANY (s.pgcdc_ut) AND f.pgcdc_grp > 0$f$,
+				col, col, keys);
+		END LOOP;
+		toast_cols := ARRAY(SELECT DISTINCT t.pgcdc_col
+							  FROM pg_temp._pgcdc_stage s, unnest(s.pgcdc_ut) AS t(pgcdc_col)
+							 WHERE t.pgcdc_col = ANY (data_cols) AND t.pgcdc_col <> ALL (key_columns));
+	ELSE
+		toast_cols := '{}';
+	END IF;
+END
+$$;
+
+/*
+ * One segment of scd2_apply_changes: the staged I/U/D rows with lo < seq < hi
+ * (between two truncates), applied set-based.  Per key, in source order:
+ *   - a change at or before the key's last applied position is late (or a
+ *     replay) and is left in pg_temp._pgcdc_late for _scd2_late;
+ *   - effective time pgcdc_t = the running maximum of valid_from, never
+ *     before the key's latest version (a source clock going backwards
+ *     cannot invert an interval);
+ *   - changes with equal pgcdc_t collapse into the last of them;
+ *   - each change is classified (kind): new (opens a version where there was
+ *     none), change (tracked columns differ from the state before: opens a
+ *     version), close (delete), noop (no tracked change: its untracked values
+ *     update the version it falls in), overwrite / drop (at the same time as
+ *     the current version's start: replace it in place / remove it);
+ *   - run numbers each version-opening or closing change; a version's
+ *     values are the last I/U of its run.
+ * Returns {inserted, updated, deleted}.
+ */
+CREATE FUNCTION pgcdc._scd2_segment(target regclass, key_columns text[], data_cols text[],
+									tracked text[], toast_cols text[],
+									lo numeric[], hi numeric[])
+RETURNS bigint[] LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	keys text := pgcdc._list(key_columns);
+	vals text[] := ARRAY(SELECT c FROM unnest(data_cols) c WHERE c <> ALL (key_columns));
+	resolved text;
+	counts bigint[];
+BEGIN
+	PERFORM pgcdc._drop_temp('_pgcdc_latest', '_pgcdc_w', '_pgcdc_late');
+	-- each key's latest version
+	EXECUTE format($f$
+		CREATE TEMP TABLE _pgcdc_latest ON COMMIT DROP AS
+		SELECT k.*, l.*
+		  FROM (SELECT DISTINCT %1$s FROM pg_temp._pgcdc_stage s
+				 WHERE s.pgcdc_op <> 'T' AND ($1 IS NULL OR s.pgcdc_seq > $1)
+				   AND ($2 IS NULL OR s.pgcdc_seq < $2)) k
+		  LEFT JOIN LATERAL (
+				SELECT t._version AS pgcdc_l_version, t._valid_from AS pgcdc_l_from,
+					   t._valid_to AS pgcdc_l_to, t._is_current AS pgcdc_l_cur,
+					   t._is_deleted AS pgcdc_l_del, %5$s AS pgcdc_l_hash,
+					   t._last_sequence AS pgcdc_l_last %2$s
+				  FROM %3$s t WHERE %4$s
+				 ORDER BY t._valid_from DESC LIMIT 1) l ON true$f$,
+		pgcdc._list(key_columns, 's'),
+		(SELECT coalesce(string_agg(format(', t.%I AS %I', c, 'pgcdc_l_' || c), ''), '')
+		   FROM unnest(toast_cols) c),
+		target, pgcdc._key_join('t', 'k', target, key_columns),
+		-- recomputed, not _row_hash: track_columns may differ from the last call
+		pgcdc._hash_expr(tracked, 't'))
+	USING lo, hi;
+
+	EXECUTE format($f$
+		CREATE TEMP TABLE _pgcdc_late ON COMMIT DROP AS
+		SELECT s.pgcdc_rn FROM pg_temp._pgcdc_stage s JOIN pg_temp._pgcdc_latest l ON %s
+		 WHERE s.pgcdc_op <> 'T' AND ($1 IS NULL OR s.pgcdc_seq > $1)
+		   AND ($2 IS NULL OR s.pgcdc_seq < $2) AND s.pgcdc_seq <= l.pgcdc_l_last$f$,
+		pgcdc._key_join('s', 'l', target, key_columns))
+	USING lo, hi;
+
+	-- values with unresolved unchanged TOAST taken from the current version
+	resolved := (SELECT string_agg(
+					CASE WHEN c = ANY (toast_cols)
+						 THEN format('CASE WHEN %L = ANY (s.pgcdc_ut) AND l.pgcdc_l_cur '
+									 'THEN l.%I ELSE s.%I END AS %I', c, 'pgcdc_l_' || c, c, c)
+						 ELSE format('s.%I', c) END, ', ' ORDER BY o)
+				   FROM unnest(vals) WITH ORDINALITY u(c, o));
+
+	EXECUTE format($f$
+		CREATE TEMP TABLE _pgcdc_w ON COMMIT DROP AS
+		WITH inorder AS (
+			SELECT %1$s %2$s, s.pgcdc_op, s.pgcdc_seq, s.pgcdc_rn, s.pgcdc_lsn, s.pgcdc_lseq,
+				   l.pgcdc_l_version, l.pgcdc_l_from, l.pgcdc_l_cur, l.pgcdc_l_del, l.pgcdc_l_hash,
+				   greatest(max(s.pgcdc_vf) OVER (PARTITION BY %3$s ORDER BY s.pgcdc_seq),
+							CASE WHEN l.pgcdc_l_cur THEN l.pgcdc_l_from ELSE l.pgcdc_l_to END)
+					 AS pgcdc_t
+			  FROM pg_temp._pgcdc_stage s JOIN pg_temp._pgcdc_latest l ON %4$s
+			 WHERE s.pgcdc_op <> 'T' AND ($1 IS NULL OR s.pgcdc_seq > $1)
+			   AND ($2 IS NULL OR s.pgcdc_seq < $2)
+			   AND NOT coalesce(s.pgcdc_seq <= l.pgcdc_l_last, false)
+		), collapsed AS (
+			SELECT c.*, %5$s AS pgcdc_h,
+				   row_number() OVER (PARTITION BY %6$s, pgcdc_t ORDER BY pgcdc_seq DESC) AS pgcdc_dup
+			  FROM inorder c
+		), p AS (
+			SELECT c.*, row_number() OVER w = 1 AS pgcdc_first,
+				   CASE WHEN row_number() OVER w = 1
+						THEN coalesce(c.pgcdc_l_cur AND NOT c.pgcdc_l_del, false)
+						ELSE lag(c.pgcdc_op) OVER w <> 'D' END AS pgcdc_prior,
+				   CASE WHEN row_number() OVER w = 1 THEN c.pgcdc_l_hash
+						ELSE lag(c.pgcdc_h) OVER w END AS pgcdc_prior_h
+			  FROM collapsed c WHERE c.pgcdc_dup = 1
+			WINDOW w AS (PARTITION BY %6$s ORDER BY pgcdc_seq)
+		), k AS (
+			SELECT p.*,
+				   CASE WHEN p.pgcdc_op = 'D' THEN
+							CASE WHEN NOT p.pgcdc_prior THEN 'noop'
+								 WHEN p.pgcdc_first AND p.pgcdc_t = p.pgcdc_l_from THEN 'drop'
+								 ELSE 'close' END
+						WHEN p.pgcdc_first AND coalesce(p.pgcdc_l_cur, false)
+							 AND p.pgcdc_t = p.pgcdc_l_from THEN
+							CASE WHEN p.pgcdc_l_del OR p.pgcdc_h IS DISTINCT FROM p.pgcdc_l_hash
+								 THEN 'overwrite' ELSE 'noop' END
+						WHEN NOT p.pgcdc_prior THEN 'new'
+						WHEN p.pgcdc_h IS DISTINCT FROM p.pgcdc_prior_h THEN 'change'
+						ELSE 'noop' END AS pgcdc_kind
+			  FROM p
+		)
+		SELECT k.*, count(*) FILTER (WHERE k.pgcdc_kind IN ('new', 'change', 'close', 'drop'))
+						OVER (PARTITION BY %6$s ORDER BY pgcdc_seq) AS pgcdc_run
+		  FROM k$f$,
+		pgcdc._list(key_columns, 's'),
+		CASE WHEN resolved IS NULL THEN '' ELSE ', ' || resolved END,
+		pgcdc._list(key_columns, 's'),
+		pgcdc._key_join('s', 'l', target, key_columns),
+		pgcdc._hash_expr(tracked, 'c'),
+		keys)
+	USING lo, hi;
+
+	-- run 0: changes to the current version before anything opens or closes
+	EXECUTE format($f$
+		UPDATE %1$s t SET %2$s _row_hash = r.pgcdc_h, _is_deleted = false,
+			   _last_sequence = r.pgcdc_seq, _last_at = r.pgcdc_t
+		  FROM (SELECT DISTINCT ON (%3$s) w.* FROM pg_temp._pgcdc_w w
+				 WHERE w.pgcdc_run = 0 AND w.pgcdc_op <> 'D'
+				 ORDER BY %3$s, w.pgcdc_seq DESC) r
+		 WHERE %4$s AND t._is_current$f$,
+		target,
+		(SELECT coalesce(string_agg(format('%I = r.%I, ', c, c), ''), '') FROM unnest(vals) c),
+		pgcdc._list(key_columns, 'w'), pgcdc._key_join('t', 'r', target, key_columns));
+
+	-- a delete at the very instant the current version started: it never was
+	EXECUTE format($f$
+		DELETE FROM %1$s t USING pg_temp._pgcdc_w b
+		 WHERE b.pgcdc_kind = 'drop' AND %2$s AND t._is_current$f$,
+		target, pgcdc._key_join('t', 'b', target, key_columns));
+
+	-- close the current version at the first change that opens or deletes
+	EXECUTE format($f$
+		UPDATE %1$s t SET _valid_to = b.pgcdc_t, _is_current = false,
+			   _last_sequence = CASE WHEN b.pgcdc_op = 'D' THEN b.pgcdc_seq
+									 ELSE t._last_sequence END,
+			   _last_at = CASE WHEN b.pgcdc_op = 'D' THEN b.pgcdc_t ELSE t._last_at END
+		  FROM pg_temp._pgcdc_w b
+		 WHERE b.pgcdc_run = 1 AND b.pgcdc_kind IN ('new', 'change', 'close')
+		   AND %2$s AND t._is_current$f$,
+		target, pgcdc._key_join('t', 'b', target, key_columns));
+
+	-- one version per opening run, ended by the next run's start
+	EXECUTE format($f$
+		INSERT INTO %1$s (%2$s, _valid_from, _valid_to, _is_current, _is_deleted, _version,
+						  _row_hash, _source_lsn, _source_seq, _sequence, _last_sequence, _last_at)
+		SELECT %3$s, b.pgcdc_t, coalesce(b.pgcdc_next_t, 'infinity'), b.pgcdc_next_t IS NULL, false,
+			   coalesce(b.pgcdc_l_version, 0) + b.pgcdc_open_no, v.pgcdc_h, b.pgcdc_lsn, b.pgcdc_lseq,
+			   b.pgcdc_seq, CASE WHEN b.pgcdc_next_op = 'D' THEN b.pgcdc_next_seq ELSE v.pgcdc_seq END,
+			   CASE WHEN b.pgcdc_next_op = 'D' THEN b.pgcdc_next_t ELSE v.pgcdc_t END
+		  FROM (SELECT w.*, lead(w.pgcdc_t) OVER x AS pgcdc_next_t, lead(w.pgcdc_op) OVER x AS pgcdc_next_op,
+					   lead(w.pgcdc_seq) OVER x AS pgcdc_next_seq,
+					   count(*) FILTER (WHERE w.pgcdc_kind IN ('new', 'change')) OVER x AS pgcdc_open_no
+				  FROM pg_temp._pgcdc_w w
+				 WHERE w.pgcdc_kind IN ('new', 'change', 'close', 'drop')
+				WINDOW x AS (PARTITION BY %4$s ORDER BY w.pgcdc_seq)) b
+		  JOIN (SELECT DISTINCT ON (%4$s, w.pgcdc_run) w.* FROM pg_temp._pgcdc_w w
+				 WHERE w.pgcdc_op <> 'D'
+				 ORDER BY %4$s, w.pgcdc_run, w.pgcdc_seq DESC) v
+			ON %5$s AND v.pgcdc_run = b.pgcdc_run
+		 WHERE b.pgcdc_kind IN ('new', 'change')$f$,
+		target, pgcdc._list(data_cols), pgcdc._list(data_cols, 'v'),
+		pgcdc._list(key_columns, 'w'), pgcdc._key_join('v', 'b', target, key_columns));
+
+	EXECUTE $f$
+		SELECT ARRAY[count(*) FILTER (WHERE pgcdc_kind = 'new'
+									  OR pgcdc_kind = 'overwrite' AND pgcdc_l_del),
+					 count(*) FILTER (WHERE pgcdc_kind = 'change'
+									  OR pgcdc_kind = 'overwrite' AND NOT pgcdc_l_del),
+					 count(*) FILTER (WHERE pgcdc_kind IN ('close', 'drop'))]
+		  FROM pg_temp._pgcdc_w$f$ INTO counts;
+	RETURN counts;
+END
+$$;
+
+-- A truncate at position seq and time t closes every current version that
+-- is older than it (a replayed truncate finds none).
+CREATE FUNCTION pgcdc._scd2_truncate(target regclass, seq numeric[], t timestamptz)
+RETURNS bigint LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint;
+	m bigint;
+	older text := $f$t._is_current AND coalesce(t._sequence, '{}') < $1
+					 AND coalesce(t._last_sequence, '{}') < $1$f$;
+BEGIN
+	-- versions that started at (or, clock gone backwards, after) t never were
+	EXECUTE format('DELETE FROM %s t WHERE %s AND t._valid_from >= $2', target, older)
+	USING seq, t;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	EXECUTE format('UPDATE %s t SET _valid_to = $2, _is_current = false, _last_sequence = $1, '
+				   '_last_at = $2 WHERE %s', target, older)
+	USING seq, t;
+	GET DIAGNOSTICS m = ROW_COUNT;
+	RETURN n + m;
+END
+$$;
+
+/*
+ * Late changes (at or before their key's last applied position), one at a
+ * time in source order: they are rare, and each touches one key's versions.
+ * A change falls in the version A with the greatest opening position not
+ * after it.  It is a replay (skipped) when it opened A, or is the delete
+ * that closed A.  After that delete it fills the gap before the next
+ * version (a re-insert); a delete inside A ends A early, and at A's start
+ * removes A (A never was), unless a later change at that instant won; a
+ * change of the
+ * tracked columns splits A, and the second part keeps what was applied to
+ * A after the change (e.g. the delete that closed it), except that A
+ * resumes at a later change of untracked columns only (it had A's tracked
+ * values: _last_at tells when; of several such changes only the last is
+ * known); a change of untracked columns alone updates A when nothing
+ * later was applied to it.
+ * Later versions keep their values and intervals (their _version numbers
+ * shift by one).  Replaying any of these changes finds the history it made
+ * and changes nothing.  Returns {inserted, updated, deleted}.
+ */
+CREATE FUNCTION pgcdc._scd2_late(target regclass, key_columns text[], data_cols text[],
+								 tracked text[], toast_cols text[])
+RETURNS bigint[] LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	vals text[] := ARRAY(SELECT c FROM unnest(data_cols) c WHERE c <> ALL (key_columns));
+	s record;
+	a record;
+	n record;
+	t timestamptz;
+	h bytea;
+	counts bigint[] := '{0,0,0}';
+	find text := format($f$
+		SELECT t.ctid, t._sequence, t._last_sequence, t._last_at, t._valid_from, t._valid_to,
+			   t._is_current, %s AS row_hash
+		  FROM %s t, pg_temp._pgcdc_stage s
+		 WHERE s.pgcdc_rn = $1 AND %s
+		   AND coalesce(t._sequence, '{}') %%s s.pgcdc_seq
+		 ORDER BY coalesce(t._sequence, '{}') %%s, t._valid_from %%s LIMIT 1$f$,
+		pgcdc._hash_expr(tracked, 't'), target, pgcdc._key_join('t', 's', target, key_columns));
+	-- the late row's values, unchanged TOAST taken from version $2
+	resolved text := format($f$
+		SELECT %s %s, %s AS pgcdc_h
+		  FROM (SELECT %s %s FROM pg_temp._pgcdc_stage s LEFT JOIN %s a ON a.ctid = $2
+				 WHERE s.pgcdc_rn = $1) r$f$,
+		pgcdc._list(key_columns, 'r'),
+		(SELECT coalesce(string_agg(format(', r.%I', c), ''), '') FROM unnest(vals) c),
+		pgcdc._hash_expr(tracked, 'r'),
+		pgcdc._list(key_columns, 's'),
+		(SELECT coalesce(string_agg(
+			CASE WHEN c = ANY (toast_cols)
+				 THEN format(', CASE WHEN %L = ANY (s.pgcdc_ut) THEN a.%I ELSE s.%I END AS %I',
+							 c, c, c, c)
+				 ELSE format(', s.%I', c) END, ''), '')
+		   FROM unnest(vals) c),
+		target);
+	insert_version text := format($f$
+		INSERT INTO %s (%s, _valid_from, _valid_to, _is_current, _is_deleted, _version,
+						_row_hash, _source_lsn, _source_seq, _sequence, _last_sequence, _last_at)
+		SELECT %s, $3, $4, $5, false, 0, r.pgcdc_h, s.pgcdc_lsn, s.pgcdc_lseq, s.pgcdc_seq, $6, $7
+		  FROM (%s) r, pg_temp._pgcdc_stage s WHERE s.pgcdc_rn = $1
+		RETURNING ctid$f$,
+		target, pgcdc._list(data_cols), pgcdc._list(data_cols, 'r'), resolved);
+	-- the late row's values become A's (its position $3 at $4)
+	absorb text := format('UPDATE %s t SET %s _row_hash = r.pgcdc_h, _last_sequence = $3, '
+						  '_last_at = $4 FROM (%s) r WHERE t.ctid = $2', target,
+						  (SELECT coalesce(string_agg(format('%I = r.%I, ', c, c), ''), '')
+							 FROM unnest(vals) c), resolved);
+	-- A ends at its last change (of untracked columns only, which had A's
+	-- tracked values); a copy of A, opened by that change, goes on from there
+	resume text := format($f$
+		WITH a AS (SELECT * FROM %1$s WHERE ctid = $1),
+			 u AS (UPDATE %1$s SET _valid_to = _last_at, _is_current = false,
+								   _last_sequence = _sequence, _last_at = _valid_from
+					WHERE ctid = $1 RETURNING 1)
+		INSERT INTO %1$s (%2$s, _valid_from, _valid_to, _is_current, _is_deleted, _version,
+						  _row_hash, _source_lsn, _source_seq, _sequence, _last_sequence, _last_at)
+		SELECT %3$s, a._last_at, a._valid_to, a._is_current, a._is_deleted, 0, a._row_hash,
+			   a._source_lsn, a._source_seq, a._last_sequence, a._last_sequence, a._last_at
+		  FROM a WHERE (SELECT pg_catalog.count(*) FROM u) = 1$f$,
+		target, pgcdc._list(data_cols), pgcdc._list(data_cols, 'a'));
+	-- version $1 and the next one, now with the same tracked values (a late
+	-- change made the next one's change a no-op), become one: the next one
+	-- is absorbed, unless a delete closed $1
+	merge_next text := format($f$
+		WITH x AS (SELECT t.*, %3$s AS pgcdc_h FROM %1$s t WHERE t.ctid = $1),
+			 n AS (DELETE FROM %1$s t USING x
+					WHERE %2$s AND t._valid_from = x._valid_to
+					  AND NOT (x._last_at = x._valid_to AND x._last_sequence > x._sequence)
+					  AND %4$s IS NOT DISTINCT FROM x.pgcdc_h
+				   RETURNING t.*)
+		UPDATE %1$s t SET %5$s _valid_to = n._valid_to, _is_current = n._is_current,
+			   _is_deleted = n._is_deleted, _row_hash = n._row_hash,
+			   _last_sequence = n._last_sequence, _last_at = n._last_at
+		  FROM n WHERE t.ctid = $1$f$,
+		target, pgcdc._key_join('t', 'x', target, key_columns), pgcdc._hash_expr(tracked, 't'),
+		pgcdc._hash_expr(tracked, 't'),
+		(SELECT coalesce(string_agg(format('%I = n.%I, ', c, c), ''), '') FROM unnest(vals) c));
+	-- the version before version $1
+	prev text := format($f$
+		SELECT p.ctid FROM %1$s p, %1$s a
+		 WHERE a.ctid = $1 AND %2$s AND p._valid_from < a._valid_from
+		 ORDER BY p._valid_from DESC LIMIT 1$f$,
+		target, pgcdc._key_join('p', 'a', target, key_columns));
+	tid tid;
+	renumber text := format($f$
+		UPDATE %1$s t SET _version = x.n
+		  FROM (SELECT h.ctid AS tid, row_number() OVER (ORDER BY h._valid_from) AS n
+				  FROM %1$s h, pg_temp._pgcdc_stage s WHERE s.pgcdc_rn = $1 AND %2$s) x
+		 WHERE t.ctid = x.tid AND t._version <> x.n$f$,
+		target, pgcdc._key_join('h', 's', target, key_columns));
+BEGIN
+	FOR s IN SELECT st.pgcdc_rn, st.pgcdc_op, st.pgcdc_seq, st.pgcdc_vf
+			   FROM pg_temp._pgcdc_late l JOIN pg_temp._pgcdc_stage st USING (pgcdc_rn)
+			  ORDER BY st.pgcdc_seq, st.pgcdc_rn LOOP
+		EXECUTE format(find, '<=', 'DESC', 'DESC') INTO a USING s.pgcdc_rn;
+		EXECUTE format(find, '>', 'ASC', 'ASC') INTO n USING s.pgcdc_rn;
+		-- the change that opened A, replayed
+		CONTINUE WHEN a.ctid IS NOT NULL AND a._sequence = s.pgcdc_seq;
+		IF a.ctid IS NULL THEN
+			-- before the key's first version
+			CONTINUE WHEN s.pgcdc_op = 'D' OR n.ctid IS NULL OR s.pgcdc_vf >= n._valid_from;
+			EXECUTE insert_version INTO tid
+					USING s.pgcdc_rn, NULL::tid, s.pgcdc_vf, n._valid_from, false, s.pgcdc_seq,
+						  s.pgcdc_vf;
+			EXECUTE merge_next USING tid;
+			EXECUTE renumber USING s.pgcdc_rn;
+			counts[1] := counts[1] + 1;
+		ELSIF NOT a._is_current AND (n.ctid IS NULL OR a._valid_to < n._valid_from)
+			  AND s.pgcdc_seq >= a._last_sequence THEN
+			-- after the delete that closed A (or that delete, replayed): in
+			-- the gap before the next version, a re-insert
+			CONTINUE WHEN s.pgcdc_op = 'D' OR n.ctid IS NULL OR s.pgcdc_seq = a._last_sequence;
+			t := greatest(s.pgcdc_vf, a._valid_to);
+			CONTINUE WHEN t >= n._valid_from;
+			EXECUTE insert_version INTO tid
+					USING s.pgcdc_rn, NULL::tid, t, n._valid_from, false, s.pgcdc_seq, t;
+			EXECUTE merge_next USING tid;
+			EXECUTE renumber USING s.pgcdc_rn;
+			counts[1] := counts[1] + 1;
+		ELSIF s.pgcdc_op = 'D' THEN
+			t := greatest(s.pgcdc_vf, a._valid_from);
+			CONTINUE WHEN t >= a._valid_to;
+			IF a._last_sequence > s.pgcdc_seq AND a._last_at > t AND a._last_at < a._valid_to THEN
+				-- a change absorbed into A after the delete re-inserted A's values
+				EXECUTE resume USING a.ctid;
+				EXECUTE format(find, '<=', 'DESC', 'DESC') INTO a USING s.pgcdc_rn;
+			END IF;
+			IF t > a._valid_from THEN
+				-- a delete inside A ends it early
+				EXECUTE format('UPDATE %s SET _valid_to = $2, _is_current = false, '
+							   '_last_sequence = $3, _last_at = $2 WHERE ctid = $1', target)
+				USING a.ctid, t, s.pgcdc_seq;
+			ELSE
+				-- at the instant A started: a later change at that instant won
+				CONTINUE WHEN s.pgcdc_seq <= a._last_sequence;
+				-- else A never was, and the version before it ends with this
+				-- delete (recorded there even after a gap, so that a replay of
+				-- A's change finds it)
+				EXECUTE prev INTO tid USING a.ctid;
+				EXECUTE format('DELETE FROM %s WHERE ctid = $1', target) USING a.ctid;
+				IF tid IS NOT NULL THEN
+					EXECUTE format('UPDATE %s SET _last_sequence = $2, _last_at = $3 WHERE ctid = $1',
+								   target)
+					USING tid, s.pgcdc_seq, t;
+				END IF;
+				EXECUTE renumber USING s.pgcdc_rn;
+			END IF;
+			counts[3] := counts[3] + 1;
+		ELSE
+			t := greatest(s.pgcdc_vf, a._valid_from);
+			-- at the next version's start: a later change at the same instant won
+			CONTINUE WHEN t >= a._valid_to;
+			EXECUTE format('SELECT pgcdc_h FROM (%s) r', resolved) INTO h USING s.pgcdc_rn, a.ctid;
+			IF a._last_sequence > s.pgcdc_seq AND a._last_at > t AND a._last_at < a._valid_to
+			   AND h IS DISTINCT FROM a.row_hash THEN
+				-- a change absorbed into A after this one put A's tracked
+				-- values back: A resumes then, this one lasts until then
+				EXECUTE resume USING a.ctid;
+				EXECUTE format(find, '<=', 'DESC', 'DESC') INTO a USING s.pgcdc_rn;
+			END IF;
+			-- at A's start, before what A holds now: a later change at the
+			-- same instant won
+			CONTINUE WHEN t = a._valid_from AND s.pgcdc_seq <= a._last_sequence;
+			IF h IS NOT DISTINCT FROM a.row_hash OR t = a._valid_from THEN
+				-- no tracked change: its untracked values are A's when nothing
+				-- later was applied to A; at A's start its values are A's
+				CONTINUE WHEN s.pgcdc_seq <= a._last_sequence;
+				EXECUTE absorb USING s.pgcdc_rn, a.ctid, s.pgcdc_seq, t;
+				CONTINUE WHEN h IS NOT DISTINCT FROM a.row_hash;
+				-- A's new values may equal its neighbours'
+				EXECUTE merge_next USING a.ctid;
+				EXECUTE prev INTO tid USING a.ctid;
+				IF tid IS NOT NULL THEN
+					EXECUTE merge_next USING tid;
+				END IF;
+			ELSE
+				-- split A at t; the second part carries the late change and
+				-- keeps what was applied to A after it (e.g. the delete that
+				-- closed A)
+				EXECUTE format('UPDATE %s SET _valid_to = $2, _is_current = false, '
+							   '_last_sequence = $3, _last_at = $4 WHERE ctid = $1', target)
+				USING a.ctid, t,
+					  CASE WHEN a._last_sequence < s.pgcdc_seq THEN a._last_sequence
+						   ELSE a._sequence END,
+					  CASE WHEN a._last_sequence < s.pgcdc_seq THEN a._last_at
+						   ELSE a._valid_from END;
+				EXECUTE insert_version INTO tid
+						USING s.pgcdc_rn, a.ctid, t, a._valid_to, a._is_current,
+							  greatest(s.pgcdc_seq, a._last_sequence),
+							  CASE WHEN a._last_sequence > s.pgcdc_seq THEN a._last_at ELSE t END;
+				EXECUTE merge_next USING tid;
+			END IF;
+			EXECUTE renumber USING s.pgcdc_rn;
+			counts[2] := counts[2] + 1;
+		END IF;
+	END LOOP;
+	RETURN counts;
+END
+$$;
+
+CREATE FUNCTION pgcdc._sum(a bigint[], b bigint[])
+RETURNS bigint[] LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT array_agg(x + y ORDER BY o) FROM unnest(a, b) WITH ORDINALITY u(x, y, o) $$;
+
+-- One segment: in-order changes set-based, then its late changes.
+CREATE FUNCTION pgcdc._scd2_run(target regclass, key_columns text[], data_cols text[],
+								tracked text[], toast_cols text[], lo numeric[], hi numeric[])
+RETURNS bigint[] LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT pgcdc._sum(
+		pgcdc._scd2_segment(target, key_columns, data_cols, tracked, toast_cols, lo, hi),
+		pgcdc._scd2_late(target, key_columns, data_cols, tracked, toast_cols))
+$$;

@@ -1,0 +1,383 @@
+/* ------------------------------------------------------------------------
+ * 5. Mirror apply
+ *
+ * The target row equals the source row after the last event for its key.
+ * An event applies only when it is newer than the row's (_source_lsn,
+ * _source_seq), so replays and quarantine replays never move a row back in
+ * time; a row without a position (loaded by a snapshot copy) is older than
+ * any event.  Delete removes the row, or with soft_delete sets _is_deleted.
+ * Truncate empties the target (rows written by events after it stay).
+ * ------------------------------------------------------------------------ */
+
+CREATE FUNCTION pgcdc._check_mirror(target regclass, soft_delete boolean)
+RETURNS void LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	missing record;
+BEGIN
+	PERFORM pgcdc._check_table(target, 'target');
+	SELECT m.attname, m.atttype INTO missing
+	  FROM (VALUES ('_source_lsn', 'pg_lsn'), ('_source_seq', 'integer'),
+				   ('_synced_at', 'timestamp with time zone'),
+				   ('_is_deleted', CASE WHEN soft_delete THEN 'boolean' END)) m(attname, atttype)
+	 WHERE m.atttype IS NOT NULL
+	   AND NOT EXISTS (SELECT 1 FROM pgcdc._columns(target) c
+						WHERE c.attname = m.attname AND c.atttype = m.atttype)
+	 LIMIT 1;
+	IF FOUND THEN
+		RAISE EXCEPTION 'table % is not a mirror target', target
+			USING ERRCODE = '42809',
+				  DETAIL = format('Column %I of type %s is missing.', missing.attname, missing.atttype),
+				  HINT = 'Add the mirror system columns _source_lsn pg_lsn, _source_seq integer, '
+						 '_synced_at timestamptz, and _is_deleted boolean for soft delete.';
+	END IF;
+END
+$$;
+
+/*
+ * Should apply_mirror keep tombstones for what it hard-deletes from target?
+ * Only while the target has open quarantined events (what a replay could
+ * bring back), and only for a caller who may read the quarantine and write
+ * tombstones (one who cannot replay has nothing to protect).
+ */
+CREATE FUNCTION pgcdc._keeps_tombstones(target regclass, soft_delete boolean)
+RETURNS boolean LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF soft_delete OR NOT has_table_privilege('pgcdc.quarantine', 'SELECT')
+	   OR NOT has_table_privilege('pgcdc.mirror_tombstone', 'INSERT, UPDATE') THEN
+		RETURN false;
+	END IF;
+	RETURN EXISTS (SELECT 1 FROM pgcdc.quarantine q
+					WHERE q.status = 'open' AND q.target IS NOT NULL
+					  AND to_regclass(q.target) = _keeps_tombstones.target);
+END
+$$;
+
+-- "INSERT INTO pgcdc.mirror_tombstone ... SELECT ... FROM src" for the
+-- deleted keys in src (key columns, pgcdc_lsn, pgcdc_lseq): the newer
+-- tombstone of a key wins.
+CREATE FUNCTION pgcdc._tombstone_sql(target regclass, key_columns text[], src text)
+RETURNS text LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT format($f$
+		INSERT INTO pgcdc.mirror_tombstone AS x (target, key, source_lsn, source_seq)
+		SELECT %L, pg_catalog.jsonb_build_object(%s), d.pgcdc_lsn, d.pgcdc_lseq FROM %s d
+		ON CONFLICT (target, key) DO UPDATE
+		   SET source_lsn = EXCLUDED.source_lsn, source_seq = EXCLUDED.source_seq
+		 WHERE ROW(x.source_lsn, x.source_seq) OPERATOR(pg_catalog.<)
+			   ROW(EXCLUDED.source_lsn, EXCLUDED.source_seq)$f$,
+		pgcdc._qname(target),
+		(SELECT string_agg(format('%L, d.%I', k, k), ', ' ORDER BY o)
+		   FROM unnest(key_columns) WITH ORDINALITY u(k, o)),
+		src)
+$$;
+
+/*
+ * Is a quarantined event older than a tombstone of its key (or a truncate)
+ * in target?  The event is staged in pg_temp._pgcdc_q.
+ */
+CREATE FUNCTION pgcdc._under_tombstone(target regclass, key_columns text[])
+RETURNS boolean LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	buried boolean;
+BEGIN
+	EXECUTE format($f$
+		SELECT EXISTS (SELECT 1 FROM pg_temp._pgcdc_q c, pgcdc.mirror_tombstone x
+						WHERE x.target = $1
+						  AND x.key IN ('{}'::jsonb, pg_catalog.jsonb_build_object(%s))
+						  AND ROW(x.source_lsn, x.source_seq) OPERATOR(pg_catalog.>)
+							  ROW(c._source_lsn, c._source_seq))$f$,
+		(SELECT string_agg(format('%L, c.%I', k, k), ', ' ORDER BY o)
+		   FROM unnest(key_columns) WITH ORDINALITY u(k, o)))
+	INTO buried USING pgcdc._qname(target);
+	RETURN buried;
+END
+$$;
+
+/*
+ * The general mirror apply: changes staged by _stage (truncates, unchanged
+ * TOAST, key-changing updates), then each key's last event.  apply_mirror
+ * has checked the arguments.
+ */
+CREATE FUNCTION pgcdc._mirror_staged(target regclass, changes regclass, key_columns text[],
+									 soft_delete boolean, op_column text)
+RETURNS TABLE (inserted bigint, updated bigint, deleted bigint, skipped bigint)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	st record;
+	vals text[];
+	keys text;
+	last_t numeric[];
+	tr record;
+	total bigint;
+	n bigint;
+	tomb boolean := pgcdc._keeps_tombstones(target, soft_delete);
+	-- the event is newer than the row
+	newer text := $f$(t._source_lsn IS NULL
+		OR ROW(t._source_lsn, coalesce(t._source_seq, 0))
+		   OPERATOR(pg_catalog.<) ROW(m.pgcdc_lsn, m.pgcdc_lseq))$f$;
+BEGIN
+	st := pgcdc._stage(target, changes, key_columns, '_source_lsn,_source_seq', op_column, NULL);
+	vals := ARRAY(SELECT c FROM unnest(st.data_cols) c WHERE c <> ALL (key_columns));
+	keys := pgcdc._list(key_columns);
+	inserted := 0; updated := 0; deleted := 0;
+
+	-- the last truncate empties what is older than it
+	SELECT s.pgcdc_seq, s.pgcdc_lsn, s.pgcdc_lseq INTO tr FROM pg_temp._pgcdc_stage s
+	 WHERE s.pgcdc_op = 'T' ORDER BY s.pgcdc_seq DESC LIMIT 1;
+	last_t := tr.pgcdc_seq;
+	IF last_t IS NOT NULL THEN
+		EXECUTE format(CASE WHEN soft_delete
+			THEN 'UPDATE %s t SET _is_deleted = true, _source_lsn = $2, _source_seq = $3, '
+				 '_synced_at = pg_catalog.now() WHERE %s'
+			ELSE 'DELETE FROM %s t WHERE %s' END,
+			target, $f$(t._source_lsn IS NULL OR
+				ARRAY[t._source_lsn OPERATOR(pg_catalog.-) '0/0'::pg_lsn,
+					  coalesce(t._source_seq, 0)]::numeric[] < $1)$f$)
+		USING last_t, tr.pgcdc_lsn, tr.pgcdc_lseq;
+		GET DIAGNOSTICS n = ROW_COUNT;
+		deleted := deleted + n;
+		IF tomb THEN
+			-- every key older than the truncate is gone
+			EXECUTE pgcdc._tombstone_sql(target, '{}',
+										 '(SELECT $1::pg_lsn AS pgcdc_lsn, $2::integer AS pgcdc_lseq)')
+			USING tr.pgcdc_lsn, tr.pgcdc_lseq;
+		END IF;
+	END IF;
+
+	-- each key's last event after that
+	PERFORM pgcdc._drop_temp('_pgcdc_m');
+	EXECUTE format($f$
+		CREATE TEMP TABLE _pgcdc_m ON COMMIT DROP AS
+		SELECT DISTINCT ON (%1$s) s.* FROM pg_temp._pgcdc_stage s
+		 WHERE s.pgcdc_op <> 'T' AND ($1 IS NULL OR s.pgcdc_seq > $1)
+		 ORDER BY %1$s, s.pgcdc_seq DESC$f$, keys)
+	USING last_t;
+
+	IF soft_delete THEN
+		EXECUTE format($f$
+			UPDATE %s t SET _is_deleted = true, _source_lsn = m.pgcdc_lsn,
+				   _source_seq = m.pgcdc_lseq, _synced_at = pg_catalog.now()
+			  FROM pg_temp._pgcdc_m m
+			 WHERE m.pgcdc_op = 'D' AND %s AND %s$f$,
+			target, pgcdc._key_join('t', 'm', target, key_columns), newer);
+	ELSE
+		EXECUTE format($f$
+			DELETE FROM %s t USING pg_temp._pgcdc_m m
+			 WHERE m.pgcdc_op = 'D' AND %s AND %s$f$,
+			target, pgcdc._key_join('t', 'm', target, key_columns), newer);
+	END IF;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	deleted := deleted + n;
+	skipped := -n;
+	IF tomb THEN
+		-- every key the batch ends deleted, whether or not the target had it
+		EXECUTE pgcdc._tombstone_sql(target, key_columns,
+			'(SELECT * FROM pg_temp._pgcdc_m WHERE pgcdc_op OPERATOR(pg_catalog.=) ''D'')');
+	END IF;
+
+	EXECUTE format($f$
+		UPDATE %s t SET %s _source_lsn = m.pgcdc_lsn, _source_seq = m.pgcdc_lseq,
+			   _synced_at = pg_catalog.now() %s
+		  FROM pg_temp._pgcdc_m m
+		 WHERE m.pgcdc_op IN ('I', 'U') AND %s AND %s$f$,
+		target,
+		(SELECT coalesce(string_agg(
+			CASE WHEN c = ANY (st.toast_cols)
+				 THEN format('%I = CASE WHEN %L = ANY (m.pgcdc_ut) THEN t.%I ELSE m.%I END, ',
+							 c, c, c, c)
+				 ELSE format('%I = m.%I, ', c, c) END, ''), '') FROM unnest(vals) c),
+		CASE WHEN soft_delete THEN ', _is_deleted = false' ELSE '' END,
+		pgcdc._key_join('t', 'm', target, key_columns), newer);
+	GET DIAGNOSTICS updated = ROW_COUNT;
+
+	EXECUTE format($f$
+		INSERT INTO %s (%s, _source_lsn, _source_seq, _synced_at)
+		SELECT %s, m.pgcdc_lsn, m.pgcdc_lseq, pg_catalog.now()
+		  FROM pg_temp._pgcdc_m m
+		 WHERE m.pgcdc_op IN ('I', 'U')
+		   AND NOT EXISTS (SELECT 1 FROM %s t WHERE %s)$f$,
+		target, pgcdc._list(st.data_cols), pgcdc._list(st.data_cols, 'm'),
+		target, pgcdc._key_join('t', 'm', target, key_columns));
+	GET DIAGNOSTICS inserted = ROW_COUNT;
+
+	-- skipped: a key's last event that was not newer than the row (or
+	-- deleted a row that is not there)
+	SELECT count(*) INTO total FROM pg_temp._pgcdc_m;
+	skipped := skipped + total - inserted - updated;
+	RETURN NEXT;
+END
+$$;
+
+/*
+ * Apply a batch of change rows to a mirror target.  Each key ends as its
+ * last event left it, unless the row already holds a newer event (the
+ * (_source_lsn, _source_seq) guard).  A batch of plain inserts, updates and
+ * deletes (the common one) is applied by one prepared statement reading the
+ * changes once; truncates, unchanged TOAST and key-changing updates go
+ * through _mirror_staged.
+ */
+CREATE FUNCTION pgcdc.apply_mirror(target regclass, changes regclass, key_columns text[],
+								   soft_delete boolean DEFAULT false,
+								   op_column text DEFAULT 'op')
+RETURNS TABLE (inserted bigint, updated bigint, deleted bigint, skipped bigint)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	plain boolean;
+	c bigint[];			-- inserted, updated, deleted, keys in the batch
+	tomb boolean;
+	shape text;
+	stmts text[];		-- prepared: is the batch plain, and the one-statement apply
+BEGIN
+	IF soft_delete IS NULL THEN
+		RAISE EXCEPTION 'soft_delete must not be null' USING ERRCODE = '22004';
+	END IF;
+	-- A call of the same shape earlier in this session checked the
+	-- arguments and prepared the statements.
+	tomb := pgcdc._keeps_tombstones(target, soft_delete);
+	IF target IS NOT NULL AND changes IS NOT NULL THEN
+		shape := pgcdc._shape('{apply_mirror,_mirror_statements,_stage_args,_plain_sql,_tombstone_sql}',
+							  target, changes, key_columns::text, soft_delete::text, op_column,
+							  tomb::text);
+		stmts := pgcdc._cached(shape, 2);
+	END IF;
+	IF stmts IS NULL THEN
+		stmts := pgcdc._mirror_statements(target, changes, key_columns, soft_delete, op_column, tomb);
+		IF shape IS NOT NULL THEN
+			PERFORM set_config(shape, array_to_string(stmts, ' '), false);
+		END IF;
+	END IF;
+
+	EXECUTE 'EXECUTE ' || quote_ident(stmts[1]) INTO plain;
+	IF NOT plain THEN
+		RETURN QUERY SELECT * FROM pgcdc._mirror_staged(target, changes, key_columns,
+														 soft_delete, op_column);
+		RETURN;
+	END IF;
+	IF EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a
+				 ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+			   WHERE i.indrelid = target AND i.indisvalid AND a.attname = key_columns[1]) THEN
+		c := pgcdc._mirror_by_index(stmts[2]);
+	ELSE
+		EXECUTE 'EXECUTE ' || quote_ident(stmts[2]) INTO c;
+	END IF;
+	inserted := c[1];
+	updated := c[2];
+	deleted := c[3];
+	skipped := c[4] - c[1] - c[2] - c[3];
+	RETURN NEXT;
+END
+$$;
+
+/*
+ * Run apply_mirror's one statement on a target with an index on its key.
+ * The statement is planned once, from the first batch's estimates; however
+ * small the target was then, each key must be looked up in that index, not
+ * found by hashing the whole target: a plan made on a small target would
+ * otherwise read all of it on every later batch.
+ */
+CREATE FUNCTION pgcdc._mirror_by_index(stmt text)
+RETURNS bigint[] LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET enable_hashjoin = off
+SET enable_mergejoin = off
+AS $$
+DECLARE
+	counts bigint[];
+BEGIN
+	EXECUTE 'EXECUTE ' || quote_ident(stmt) INTO counts;
+	RETURN counts;
+END
+$$;
+
+-- apply_mirror's checks, and its two statements, prepared.
+CREATE FUNCTION pgcdc._mirror_statements(target regclass, changes regclass, key_columns text[],
+										 soft_delete boolean, op_column text, tomb boolean)
+RETURNS text[] LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	data_cols text[];
+	vals text[];
+	-- the event is newer than the row
+	newer text := $f$(t._source_lsn IS NULL
+		OR ROW(t._source_lsn, coalesce(t._source_seq, 0))
+		   OPERATOR(pg_catalog.<) ROW(m.pgcdc_lsn, m.pgcdc_lseq))$f$;
+	keyjoin text;
+	plain text;
+BEGIN
+	PERFORM pgcdc._check_mirror(target, soft_delete);
+	PERFORM pgcdc._check_table(changes, 'changes', inputs => true);
+	IF NOT pgcdc._has_column(changes, '_source_lsn', 'pg_lsn')
+	   OR NOT pgcdc._has_column(changes, '_source_seq', 'int4') THEN
+		RAISE EXCEPTION 'changes % lacks _source_lsn pg_lsn or _source_seq integer', changes
+			USING ERRCODE = '42703';
+	END IF;
+	-- the key and op columns, as the staged path checks them
+	SELECT a.data_cols INTO data_cols
+	  FROM pgcdc._stage_args(target, changes, key_columns, '_source_lsn,_source_seq', op_column,
+							 NULL) a;
+
+	plain := pgcdc._prepared(pgcdc._plain_sql(changes, op_column, '{_source_lsn,_source_seq}'));
+
+	-- Each key's last event, then every write in one statement: the
+	-- sub-statements see the target as it was and touch disjoint rows
+	-- (one event per key).
+	vals := ARRAY(SELECT c FROM unnest(data_cols) c WHERE c <> ALL (key_columns));
+	keyjoin := pgcdc._key_join('t', 'm', target, key_columns);
+	RETURN ARRAY[plain, pgcdc._prepared(format($f$
+		WITH pgcdc_m AS MATERIALIZED (
+			SELECT DISTINCT ON (%1$s) x.* FROM (
+				SELECT %2$s, c.%3$I::text AS pgcdc_op, c._source_lsn AS pgcdc_lsn,
+					   c._source_seq AS pgcdc_lseq FROM %4$s c) x
+			 WHERE %13$s
+			 ORDER BY %1$s, x.pgcdc_lsn DESC, x.pgcdc_lseq DESC),
+		pgcdc_d AS (%5$s RETURNING 1)%14$s,
+		pgcdc_u AS (UPDATE %6$s t SET %7$s _source_lsn = m.pgcdc_lsn, _source_seq = m.pgcdc_lseq,
+					 _synced_at = pg_catalog.now() %8$s
+				FROM pgcdc_m m WHERE m.pgcdc_op OPERATOR(pg_catalog.<>) 'D' AND %9$s AND %10$s
+			  RETURNING 1),
+		pgcdc_i AS (INSERT INTO %6$s (%11$s, _source_lsn, _source_seq, _synced_at)
+			  SELECT %12$s, m.pgcdc_lsn, m.pgcdc_lseq, pg_catalog.now() FROM pgcdc_m m
+			   WHERE m.pgcdc_op OPERATOR(pg_catalog.<>) 'D'
+				 AND NOT EXISTS (SELECT 1 FROM %6$s t WHERE %9$s)
+			  RETURNING 1)
+		SELECT ARRAY[(SELECT pg_catalog.count(*) FROM pgcdc_i), (SELECT pg_catalog.count(*) FROM pgcdc_u),
+					 (SELECT pg_catalog.count(*) FROM pgcdc_d), (SELECT pg_catalog.count(*) FROM pgcdc_m)]$f$,
+		pgcdc._list(key_columns, 'x'),
+		pgcdc._cast_list(target, changes, data_cols, 'c'),
+		op_column, pgcdc._qname(changes),
+		format(CASE WHEN soft_delete
+			THEN 'UPDATE %1$s t SET _is_deleted = true, _source_lsn = m.pgcdc_lsn, '
+				 '_source_seq = m.pgcdc_lseq, _synced_at = pg_catalog.now() '
+				 'FROM pgcdc_m m WHERE m.pgcdc_op OPERATOR(pg_catalog.=) ''D'' AND %2$s AND %3$s'
+			ELSE 'DELETE FROM %1$s t USING pgcdc_m m '
+				 'WHERE m.pgcdc_op OPERATOR(pg_catalog.=) ''D'' AND %2$s AND %3$s' END,
+			pgcdc._qname(target), keyjoin, newer),
+		pgcdc._qname(target),
+		(SELECT coalesce(string_agg(format('%I = m.%I, ', c, c), ''), '') FROM unnest(vals) c),
+		CASE WHEN soft_delete THEN ', _is_deleted = false' ELSE '' END,
+		keyjoin, newer,
+		pgcdc._list(data_cols), pgcdc._list(data_cols, 'm'),
+		-- a null key fails the batch before anything is written
+		format('(%s) OR pgcdc._fail(''23502'', %L, %L) IS NULL',
+			   (SELECT string_agg(format('x.%I IS NOT NULL', k), ' AND ') FROM unnest(key_columns) k),
+			   format('null key in changes %s', changes),
+			   format('Key columns: %s.', array_to_string(key_columns, ', '))),
+		-- while older events are quarantined: a tombstone for every key the
+		-- batch ends deleted, whether or not the target had it
+		CASE WHEN tomb THEN format(', pgcdc_t AS (%s)', pgcdc._tombstone_sql(target, key_columns,
+				'(SELECT * FROM pgcdc_m WHERE pgcdc_op OPERATOR(pg_catalog.=) ''D'')'))
+			 ELSE '' END))];
+END
+$$;

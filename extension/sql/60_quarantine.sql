@@ -1,0 +1,334 @@
+/* ------------------------------------------------------------------------
+ * 6. Rules and quarantine
+ *
+ * A quarantined event is kept in the decoder's event format (SPEC section
+ * 1: op, commit_lsn, seq, ts, schema, table, key, new, old,
+ * unchanged_toast), so that quarantine_replay can stage it again exactly as
+ * the consumer would.
+ * ------------------------------------------------------------------------ */
+
+CREATE FUNCTION pgcdc.quarantine_event(pipeline text, source_table text, target text,
+									   event jsonb, error_code text, error_message text,
+									   error_detail text DEFAULT NULL)
+RETURNS bigint LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	result bigint;
+BEGIN
+	IF event IS NULL OR jsonb_typeof(event) <> 'object' THEN
+		RAISE EXCEPTION 'event must be a JSON object' USING ERRCODE = '22023';
+	END IF;
+	IF error_code IS NULL OR error_code !~ '^[0-9A-Z]{5}$' THEN
+		RAISE EXCEPTION 'error_code must be a SQLSTATE, not %', coalesce(error_code, 'null')
+			USING ERRCODE = '22023';
+	END IF;
+	INSERT INTO pgcdc.quarantine (pipeline, source_table, target, commit_lsn, seq, op, event,
+								  error_code, error_message, error_detail)
+	VALUES (pipeline,
+			coalesce(source_table, format('%I.%I', event->>'schema', event->>'table')),
+			target, (event->>'commit_lsn')::pg_lsn, (event->>'seq')::integer, event->>'op',
+			event, error_code, coalesce(error_message, ''), error_detail)
+	RETURNING id INTO result;
+	RETURN result;
+END
+$$;
+
+-- The staged change row (as jsonb) in the decoder's event format.
+CREATE FUNCTION pgcdc._event_of(r jsonb, op_column text, source_table text)
+RETURNS jsonb LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT jsonb_strip_nulls(jsonb_build_object(
+		'op', r->op_column,
+		'commit_lsn', r->'_source_lsn',
+		'seq', r->'_source_seq',
+		'ts', r->'_commit_ts',
+		'schema', (parse_ident(source_table))[1],
+		'table', (parse_ident(source_table))[2],
+		'unchanged_toast', r->'unchanged_toast'))
+		-- pgcdc_ columns are a stager's own (never data: the prefix is reserved)
+		|| jsonb_build_object('new', coalesce(
+			(SELECT jsonb_object_agg(e.key, e.value)
+			   FROM jsonb_each(r - ARRAY[op_column, '_source_lsn', '_source_seq',
+										 '_commit_ts', 'unchanged_toast', '_old_key']) e
+			  WHERE e.key NOT LIKE 'pgcdc\_%'), '{}'))
+$$;
+
+/*
+ * pgcdc.apply_rules: move the I/U rows of a staging table that fail one of
+ * the rules of (pipeline, source_table) into the quarantine, SQLSTATE 23514;
+ * returns how many.  A rule passes when its expression is true or null, as
+ * a CHECK constraint does.
+ */
+CREATE FUNCTION pgcdc._apply_rules(caller_schema text, pipeline text, source_table text,
+								   changes regclass, target text, op_column text)
+RETURNS bigint LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	src text;
+	tgt text;
+	r pgcdc.rule;
+	n bigint;
+	total bigint := 0;
+BEGIN
+	PERFORM pgcdc._pipeline_must_exist(pipeline);
+	src := pgcdc._qualify(source_table, caller_schema, 'source_table');
+	tgt := CASE WHEN target IS NULL THEN NULL
+				ELSE pgcdc._qualify(target, caller_schema, 'target') END;
+	PERFORM pgcdc._check_table(changes, 'changes');
+	IF op_column IS NULL OR NOT EXISTS (SELECT 1 FROM pgcdc._columns(changes) c
+										 WHERE c.attname = op_column) THEN
+		RAISE EXCEPTION 'op column "%" does not exist in %', op_column, changes
+			USING ERRCODE = '42703';
+	END IF;
+	FOR r IN SELECT * FROM pgcdc.rule x
+			  WHERE x.pipeline = _apply_rules.pipeline AND x.source_table = src
+			  ORDER BY x.name LOOP
+		EXECUTE format($f$
+			WITH bad AS (
+				DELETE FROM %1$s c WHERE c.%2$I IN ('I', 'U') AND NOT coalesce(%3$s, true)
+				RETURNING pg_catalog.to_jsonb(c) AS row
+			)
+			INSERT INTO pgcdc.quarantine (pipeline, source_table, target, commit_lsn, seq, op,
+										  event, error_code, error_message, error_detail)
+			SELECT $1, $2, $3, (b.row->>'_source_lsn')::pg_lsn, (b.row->>'_source_seq')::integer,
+				   b.row->>%4$L, pgcdc._event_of(b.row, %4$L, $2), '23514',
+				   pg_catalog.format('row violates rule "%%s" of %%s', $4, $2),
+				   pg_catalog.format('Failing check: %%s.', $5)
+			  FROM bad b$f$,
+			changes, op_column, pgcdc._paren(r.check_expr), op_column)
+		USING pipeline, src, tgt, r.name, r.check_expr;
+		GET DIAGNOSTICS n = ROW_COUNT;
+		total := total + n;
+	END LOOP;
+	RETURN total;
+END
+$$;
+
+CREATE FUNCTION pgcdc.apply_rules(pipeline text, source_table text, changes regclass,
+								  target text DEFAULT NULL, op_column text DEFAULT 'op')
+RETURNS bigint LANGUAGE sql
+AS $$
+	SELECT pgcdc._apply_rules(pg_catalog.current_schema(), $1, $2, $3, $4, $5)
+$$;
+
+-- Stage one quarantined event into pg_temp._pgcdc_q, shaped like the
+-- consumer's staging table for target, and check the rules again.
+CREATE FUNCTION pgcdc._stage_event(q pgcdc.quarantine, target regclass)
+RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r pgcdc.rule;
+	bad boolean;
+	cols text[] := ARRAY(SELECT c.attname FROM pgcdc._columns(target) c
+						  WHERE c.attname NOT IN (SELECT attname FROM pgcdc._scd2_system_columns())
+							AND c.attname NOT IN ('_synced_at', '_is_deleted'));
+BEGIN
+	PERFORM pgcdc._drop_temp('_pgcdc_q');
+	EXECUTE format($f$
+		CREATE TEMP TABLE _pgcdc_q ON COMMIT DROP AS
+		SELECT $1->>'op' AS op, ($1->>'commit_lsn')::pg_lsn AS _source_lsn,
+			   ($1->>'seq')::integer AS _source_seq, ($1->>'ts')::timestamptz AS _commit_ts,
+			   %s,
+			   ARRAY(SELECT pg_catalog.jsonb_array_elements_text(
+						 coalesce($1->'unchanged_toast', '[]'))) AS unchanged_toast,
+			   CASE WHEN $1->>'op' = 'U' THEN $1->'key' END AS _old_key
+		  FROM pg_catalog.jsonb_populate_record(NULL::%s,
+				   coalesce($1->'new', $1->'old', $1->'key', '{}')) r$f$,
+		pgcdc._list(cols, 'r'), target)
+	USING q.event;
+	FOR r IN SELECT * FROM pgcdc.rule x
+			  WHERE x.pipeline = q.pipeline AND x.source_table = q.source_table
+			  ORDER BY x.name LOOP
+		EXECUTE format('SELECT NOT coalesce(%s, true) FROM pg_temp._pgcdc_q c '
+					   'WHERE c.op IN (''I'', ''U'')', pgcdc._paren(r.check_expr)) INTO bad;
+		IF bad THEN
+			RAISE EXCEPTION 'row violates rule "%" of %', r.name, q.source_table
+				USING ERRCODE = '23514', DETAIL = format('Failing check: %s.', r.check_expr);
+		END IF;
+	END LOOP;
+END
+$$;
+
+-- Apply one quarantined event to every target its table maps name.
+-- A target's key: its primary key or replica identity index, else (history
+-- tables) the columns of its first unique index.
+CREATE FUNCTION pgcdc._target_key(rel regclass)
+RETURNS text[] LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce(pgcdc._key_of(rel),
+		   (SELECT array_agg(a.attname::text ORDER BY k.o)
+			  FROM (SELECT i.indkey, i.indnkeyatts
+					  FROM pg_index i
+					 WHERE i.indrelid = rel AND i.indisunique
+					 ORDER BY i.indexrelid LIMIT 1) i
+			 CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, o)
+			  JOIN pg_attribute a ON a.attrelid = rel AND a.attnum = k.attnum
+			 WHERE k.o <= i.indnkeyatts))
+$$;
+
+CREATE FUNCTION pgcdc._replay_one(q pgcdc.quarantine)
+RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	m pgcdc.table_map;
+	keys text[];
+	found_map boolean := false;
+BEGIN
+	FOR m IN SELECT * FROM pgcdc.table_map x
+			  WHERE x.pipeline = q.pipeline AND x.source_table = q.source_table
+				AND (q.target IS NULL OR x.target = q.target) LOOP
+		found_map := true;
+		IF to_regclass(m.target) IS NULL THEN
+			RAISE EXCEPTION 'target % of quarantined event % does not exist', m.target, q.id
+				USING ERRCODE = '42P01';
+		END IF;
+		IF m.mode = 'append' THEN
+			EXECUTE format($f$
+				INSERT INTO %s (_op, _source_lsn, _source_seq, _xid, _commit_ts, _key, _new, _old,
+								_received_at)
+				SELECT $1->>'op', ($1->>'commit_lsn')::pg_lsn, ($1->>'seq')::integer,
+					   ($1->>'xid')::bigint, ($1->>'ts')::timestamptz, $1->'key', $1->'new',
+					   $1->'old', pg_catalog.now()
+				 WHERE NOT EXISTS (SELECT 1 FROM %s t
+									WHERE t._source_lsn = ($1->>'commit_lsn')::pg_lsn
+									  AND t._source_seq = ($1->>'seq')::integer)$f$,
+				m.target, m.target)
+			USING q.event;
+			CONTINUE;
+		END IF;
+		PERFORM pgcdc._stage_event(q, m.target::regclass);
+		-- the map's key, else the event's, else the target's own unique key
+		-- (events quarantined by a rule carry no key object)
+		keys := coalesce(m.key_columns,
+						 NULLIF(ARRAY(SELECT jsonb_object_keys(q.event->'key')), '{}'),
+						 pgcdc._target_key(m.target::regclass));
+		IF cardinality(keys) = 0 THEN
+			RAISE EXCEPTION 'no key columns for % in pipeline "%"', m.target, q.pipeline
+				USING ERRCODE = '22023', HINT = 'Set key_columns in the table map.';
+		END IF;
+		IF m.mode = 'mirror' THEN
+			-- a row deleted after the event stays deleted
+			IF m.soft_delete OR NOT pgcdc._under_tombstone(m.target::regclass, keys) THEN
+				PERFORM pgcdc.apply_mirror(m.target::regclass, 'pg_temp._pgcdc_q', keys,
+										   m.soft_delete);
+			END IF;
+		ELSE
+			PERFORM pgcdc.scd2_apply_changes(m.target::regclass, 'pg_temp._pgcdc_q', keys,
+											 '_source_lsn,_source_seq', 'op', m.track_columns,
+											 '_commit_ts');
+		END IF;
+	END LOOP;
+	IF NOT found_map THEN
+		RAISE EXCEPTION 'pipeline "%" has no table map for % of quarantined event %',
+			q.pipeline, coalesce(q.target, q.source_table), q.id USING ERRCODE = '42704';
+	END IF;
+END
+$$;
+
+CREATE FUNCTION pgcdc._quarantine_row(id bigint)
+RETURNS pgcdc.quarantine LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	q pgcdc.quarantine;
+BEGIN
+	SELECT * INTO q FROM pgcdc.quarantine x WHERE x.id = _quarantine_row.id FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'quarantined event % does not exist', id USING ERRCODE = '42704';
+	ELSIF q.status <> 'open' THEN
+		RAISE EXCEPTION 'quarantined event % is already %', id, q.status USING ERRCODE = '55000';
+	END IF;
+	RETURN q;
+END
+$$;
+
+/*
+ * Re-apply open quarantined events (one, or those of a pipeline, or all) in
+ * source order, each in its own subtransaction through the same guarded
+ * apply as the consumer: an event older than what the target holds changes
+ * nothing.  A failure records the new error and counts an attempt.
+ */
+-- Tombstones of targets without open quarantined events protect nothing.
+CREATE FUNCTION pgcdc._purge_tombstones()
+RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF has_table_privilege('pgcdc.mirror_tombstone', 'DELETE') THEN
+		DELETE FROM pgcdc.mirror_tombstone x
+		 WHERE NOT EXISTS (SELECT 1 FROM pgcdc.quarantine q
+							WHERE q.status = 'open' AND q.target IS NOT NULL
+							  AND to_regclass(q.target) = to_regclass(x.target));
+	END IF;
+END
+$$;
+
+CREATE FUNCTION pgcdc.quarantine_replay(id bigint DEFAULT NULL, pipeline text DEFAULT NULL)
+RETURNS TABLE (applied bigint, failed bigint)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	q pgcdc.quarantine;
+	code text;
+	msg text;
+	detail text;
+BEGIN
+	applied := 0; failed := 0;
+	IF id IS NOT NULL THEN
+		q := pgcdc._quarantine_row(id);
+		IF pipeline IS NOT NULL AND q.pipeline IS DISTINCT FROM pipeline THEN
+			RAISE EXCEPTION 'quarantined event % is not from pipeline "%"', id, pipeline
+				USING ERRCODE = '22023';
+		END IF;
+	ELSIF pipeline IS NOT NULL THEN
+		PERFORM pgcdc._pipeline_must_exist(pipeline);
+	END IF;
+	FOR q IN SELECT * FROM pgcdc.quarantine x
+			  WHERE x.status = 'open'
+				AND (quarantine_replay.id IS NULL OR x.id = quarantine_replay.id)
+				AND (quarantine_replay.pipeline IS NULL OR x.pipeline = quarantine_replay.pipeline)
+			  ORDER BY x.commit_lsn, x.seq, x.id
+			  FOR UPDATE LOOP
+		BEGIN
+			PERFORM pgcdc._replay_one(q);
+			UPDATE pgcdc.quarantine x
+			   SET status = 'replayed', resolved_at = now(), attempts = x.attempts + 1
+			 WHERE x.id = q.id;
+			applied := applied + 1;
+		EXCEPTION WHEN OTHERS THEN
+			GET STACKED DIAGNOSTICS code = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
+									detail = PG_EXCEPTION_DETAIL;
+			UPDATE pgcdc.quarantine x
+			   SET attempts = x.attempts + 1, error_code = code, error_message = msg,
+				   error_detail = nullif(detail, '')
+			 WHERE x.id = q.id;
+			failed := failed + 1;
+		END;
+	END LOOP;
+	PERFORM pgcdc._purge_tombstones();
+	RETURN NEXT;
+END
+$$;
+
+CREATE FUNCTION pgcdc.quarantine_discard(id bigint, note text)
+RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF id IS NULL THEN
+		RAISE EXCEPTION 'id must not be null' USING ERRCODE = '22004';
+	END IF;
+	PERFORM pgcdc._quarantine_row(id);
+	UPDATE pgcdc.quarantine x
+	   SET status = 'discarded', resolved_at = now(), note = quarantine_discard.note
+	 WHERE x.id = quarantine_discard.id;
+	PERFORM pgcdc._purge_tombstones();
+END
+$$;
