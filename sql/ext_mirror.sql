@@ -272,6 +272,25 @@ INSERT INTO staging (op, _source_lsn, _source_seq, id, status, amount, doc) VALU
 SELECT * FROM pgcdc.apply_mirror('orders', 'staging', '{id}');
 SELECT count(*) AS tombstones FROM pgcdc.mirror_tombstone;
 
+-- an update that changes the key and leaves a TOASTed column unchanged: the
+-- value comes from the old key (earlier in the batch, through a chain of key
+-- changes, or from the target's row)
+CREATE TABLE keyed (id int PRIMARY KEY, v text, big text, _source_lsn pg_lsn, _source_seq int,
+					_synced_at timestamptz);
+CREATE TABLE keyed_changes (op text, _source_lsn pg_lsn, _source_seq int, id int, v text, big text,
+							unchanged_toast text[], _old_key jsonb);
+INSERT INTO keyed_changes VALUES
+	('I', '0/10', 1, 1, 'a', 'BIG', NULL, NULL),
+	('U', '0/20', 1, 2, 'a', NULL, '{big}', '{"id": 1}'),
+	('U', '0/30', 1, 3, 'b', NULL, '{big}', '{"id": 2}'),
+	('U', '0/40', 1, 3, 'c', NULL, '{big}', NULL);
+SELECT * FROM pgcdc.apply_mirror('keyed', 'keyed_changes', '{id}');
+TRUNCATE keyed_changes;
+INSERT INTO keyed_changes VALUES ('U', '0/50', 1, 4, 'd', NULL, '{big}', '{"id": 3}');
+SELECT * FROM pgcdc.apply_mirror('keyed', 'keyed_changes', '{id}');
+SELECT id, v, big FROM keyed;
+DROP TABLE keyed, keyed_changes;
+
 DROP EXTENSION pgcdc;
 DROP VIEW m;
 DROP TABLE orders, orders_soft, staging, bare, short_names, canary;

@@ -456,6 +456,26 @@ DROP FUNCTION ord_apply;
 DROP VIEW ord_diff;
 DROP TABLE ord, ord_ref, ord_late, ord_all, ord_changes;
 
+-- an update that changes the key and leaves a TOASTed column unchanged: the
+-- new key's version takes the value from the old key (earlier in the batch,
+-- through a chain of key changes, or from its current version)
+CREATE TABLE keyed (id int PRIMARY KEY, v text, big text);
+SELECT pgcdc.create_history_table('keyed', 'keyed_hist');
+CREATE TABLE keyed_changes (op text, _source_lsn pg_lsn, _source_seq int, _commit_ts timestamptz,
+							id int, v text, big text, unchanged_toast text[], _old_key jsonb);
+INSERT INTO keyed_changes VALUES
+	('I', '0/10', 1, '2024-01-01', 1, 'a', 'BIG', NULL, NULL),
+	('U', '0/20', 1, '2024-01-02', 2, 'a', NULL, '{big}', '{"id": 1}'),
+	('U', '0/30', 1, '2024-01-03', 3, 'b', NULL, '{big}', '{"id": 2}');
+SELECT * FROM pgcdc.scd2_apply_changes('keyed_hist', 'keyed_changes', '{id}', '_source_lsn,_source_seq',
+									   valid_from_column => '_commit_ts');
+TRUNCATE keyed_changes;
+INSERT INTO keyed_changes VALUES ('U', '0/50', 1, '2024-01-05', 4, 'd', NULL, '{big}', '{"id": 3}');
+SELECT * FROM pgcdc.scd2_apply_changes('keyed_hist', 'keyed_changes', '{id}', '_source_lsn,_source_seq',
+									   valid_from_column => '_commit_ts');
+SELECT id, v, big, _valid_from::date, _valid_to::date, _is_current FROM keyed_hist ORDER BY _valid_from;
+DROP TABLE keyed, keyed_hist, keyed_changes;
+
 -- A history table made by hand with the spec's system columns only: merges
 -- work as they are; scd2_apply_changes adds the position columns it needs
 CREATE TABLE plain_src (id int PRIMARY KEY, v text);
