@@ -94,6 +94,22 @@ classify(PGconn *a, PGconn *b)
 	return EXIT_ERROR;
 }
 
+/*
+ * Whether both servers were reached once.  Until then a connection that
+ * fails is an error to report, not to retry (as pg_recvlogical does): a
+ * wrong host, database, role or password does not fix itself.
+ */
+static bool connected_once = false;
+
+static int
+connect_failed(const char *which)
+{
+	if (connected_once)
+		return RUN_RETRY;
+	log_hint("Check --%s. Connections lost after the first one are retried with backoff.", which);
+	return EXIT_ERROR;
+}
+
 static int
 run_once(void)
 {
@@ -106,14 +122,21 @@ run_once(void)
 
 	memset(&last_sql_error, 0, sizeof(last_sql_error));
 	if ((target = target_connect(opts.target)) == NULL)
+	{
+		rc = connect_failed("target");
 		goto done;
+	}
 	if (!target_lock_pipeline(target, opts.pipeline) || !target_setup_origin(target, opts.pipeline))
 	{
 		rc = stop_requested ? EXIT_DONE : classify(target, NULL);
 		goto done;
 	}
 	if ((source = target_connect(opts.source)) == NULL)
+	{
+		rc = connect_failed("source");
 		goto done;
+	}
+	connected_once = true;
 	log_msg(LOG_INFO, "pipeline \"%s\": source %s, target %s", opts.pipeline,
 			conn_describe(source), conn_describe(target));
 
@@ -122,10 +145,18 @@ run_once(void)
 		rc = classify(target, source);
 		goto done;
 	}
+	if (p.paused && opts.exit_when_caught_up)
+	{
+		/* nothing gets applied: "caught up" would be a lie */
+		log_msg(LOG_ERROR, "pipeline \"%s\" is paused: nothing was applied", p.name);
+		log_hint("Resume it with pgcdc.resume_pipeline('%s').", p.name);
+		rc = EXIT_ERROR;
+		goto done;
+	}
 	if (p.paused)
 	{
 		log_msg(LOG_INFO, "pipeline \"%s\" is paused; waiting (pgcdc.resume_pipeline resumes it)", p.name);
-		rc = opts.exit_when_caught_up ? EXIT_DONE : RUN_PAUSED;
+		rc = RUN_PAUSED;
 		goto done;
 	}
 	if (!source_check(source, &p, &slot_exists) || !target_prepare_tables(target, source, &p))
@@ -191,6 +222,23 @@ done:
 	PQfinish(target);
 	pipeline_free(&p);
 	return rc;
+}
+
+/* A connection string libpq cannot parse is bad usage, not a reason to retry. */
+static void
+check_conninfo(const char *which, const char *conninfo)
+{
+	char	   *err = NULL;
+	PQconninfoOption *parsed = PQconninfoParse(conninfo, &err);
+
+	if (parsed == NULL)
+	{
+		/* libpq's message ends with a newline; the conninfo may hold a password */
+		fprintf(stderr, "pgcdc_consumer: invalid --%s: %s", which, err ? err : "out of memory\n");
+		fprintf(stderr, "Try \"pgcdc_consumer --help\" for more information.\n");
+		exit(EXIT_USAGE);
+	}
+	PQconninfoFree(parsed);
 }
 
 /* Sleep, but wake for a stop request and keep answering metrics. */
@@ -307,6 +355,8 @@ main(int argc, char **argv)
 		fprintf(stderr, "Try \"pgcdc_consumer --help\" for more information.\n");
 		exit(EXIT_USAGE);
 	}
+	check_conninfo("source", opts.source);
+	check_conninfo("target", opts.target);
 
 	pqsignal(SIGINT, handle_stop);
 	pqsignal(SIGTERM, handle_stop);

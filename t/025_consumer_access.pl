@@ -148,13 +148,26 @@ same_rows($src, 'acct', $dst, 'mart.acct_hist WHERE _is_current', 'id, v, note',
 
 # --- A CA that did not sign the server certificate is refused.
 (my $wrong = $src_conn) =~ s/ca\.crt/other.crt/;
-my $h = start_consumer(consumer_cmd($wrong, $dst_conn, 'p', '--exit-when-caught-up'), "$log.wrongca");
-sleep 2;
-kill9_consumer($h);
-my $wrong_log = slurp_log("$log.wrongca");
-like($wrong_log, qr/could not connect: .*certificate verify failed/, 'a wrong CA is refused with the SSL error');
-like($wrong_log, qr/retrying in 1 s/, 'and retried like any lost connection');
-append_to_file($log, $wrong_log);
+($rc, $err) = run_consumer(consumer_cmd($wrong, $dst_conn, 'p', '--exit-when-caught-up'), $log, 30);
+is($rc, 1, 'a wrong CA on the first connection exits 1');
+like($err, qr/could not connect: .*certificate verify failed.*\nHINT:  Check --source\./,
+	'with the SSL error and a hint');
+
+# --- A first connection that fails is final; a bad connection string is bad usage.
+($rc, $err) = run_consumer(consumer_cmd($src, $dst->connstr('nosuchdb'), 'p', '--exit-when-caught-up'), $log, 30);
+is($rc, 1, 'a target database that does not exist exits 1');
+like($err, qr/database "nosuchdb" does not exist.*\nHINT:  Check --target\./, 'and says so');
+($rc, $err) = run_consumer(consumer_cmd($src, 'bogusopt=1', 'p', '--exit-when-caught-up'), $log, 30);
+is($rc, 2, 'a connection string libpq cannot parse exits 2');
+like($err, qr/invalid --target: invalid connection option "bogusopt"/, 'naming the option');
+
+# --- A paused pipeline: --exit-when-caught-up cannot catch up.
+$dst->safe_psql('postgres', "SELECT pgcdc.pause_pipeline('p')");
+($rc, $err) = run_consumer(consumer_cmd($src, $dst, 'p', '--exit-when-caught-up'), $log, 30);
+is($rc, 1, 'a paused pipeline with --exit-when-caught-up exits 1');
+like($err, qr/pipeline "p" is paused: nothing was applied\nHINT:  Resume it with pgcdc.resume_pipeline/,
+	'and says why');
+$dst->safe_psql('postgres', "SELECT pgcdc.resume_pipeline('p')");
 
 # --- Errors that a retry cannot fix: one line, a hint, status 1.
 ($rc, $err) = run_consumer(consumer_cmd($src, $dst, 'nope', '--exit-when-caught-up'), $log);
@@ -250,10 +263,8 @@ like($all, qr/as cdc_src/, 'the log names the user, not the password');
 
 # A wrong password: the error names the user, not the password.
 (my $badpw = $dst_conn) =~ s/\Q$dst_pw\E/Wrong-pw-1234/;
-$h = start_consumer(consumer_cmd($src_conn, $badpw, 'p', '--exit-when-caught-up'), "$log.badpw");
-sleep 2;
-kill9_consumer($h);
-my $badpw_log = slurp_log("$log.badpw");
+($rc, my $badpw_log) = run_consumer(consumer_cmd($src_conn, $badpw, 'p', '--exit-when-caught-up'), "$log.badpw", 30);
+is($rc, 1, 'a wrong password on the first connection exits 1');
 like($badpw_log, qr/password authentication failed for user "cdc_tgt"/, 'a wrong password is reported');
 unlike($badpw_log, qr/Wrong-pw-1234|\Q$src_pw\E/, 'without the password');
 
