@@ -516,9 +516,12 @@ add_missing_columns(PGconn *conn, TableMap *m, const SystemColumn *cols, bool *a
 
 /*
  * An existing target gets the system columns it lacks.  A plain table made
- * an scd2 target also gets the unique index on current keys that keeps two
- * current versions of a key from ever existing, and loses the defaults that
- * were only there for its existing rows.
+ * an scd2 target becomes a history table as create_history_table makes
+ * them: its unique constraints and indexes go (a history holds many rows
+ * per key: its primary key would refuse every second version), the unique
+ * index on current keys (two current versions of a key never exist) and
+ * the one on (key, _valid_from) come, and the defaults that were only there
+ * for its existing rows go.
  */
 static bool
 complete_target(PGconn *conn, TableMap *m)
@@ -538,15 +541,32 @@ complete_target(PGconn *conn, TableMap *m)
 		{
 			const char *params[2] = {m->target, m->key_columns};
 			PGresult   *res = exec_ok(conn,
-									  "SELECT pg_catalog.format('CREATE UNIQUE INDEX ON %s (%s) WHERE _is_current; "
+									  "SELECT (SELECT pg_catalog.string_agg(CASE WHEN c.conname IS NOT NULL "
+									  "          THEN pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT %I; ', "
+									  "                                 $1::pg_catalog.regclass, c.conname) "
+									  "          ELSE pg_catalog.format('DROP INDEX %s; ', i.indexrelid::pg_catalog.regclass) END, '') "
+									  "          FROM pg_catalog.pg_index i "
+									  "          LEFT JOIN pg_catalog.pg_constraint c ON c.conindid = i.indexrelid "
+									  "           AND c.conrelid = i.indrelid AND c.contype IN ('p', 'u') "
+									  "         WHERE i.indrelid = $1::pg_catalog.regclass AND i.indisunique "
+									  "           AND i.indpred IS NULL), "
+									  "  pg_catalog.format('CREATE UNIQUE INDEX ON %s (%s) WHERE _is_current; "
+									  "CREATE UNIQUE INDEX ON %s (%s, _valid_from); "
 									  "ALTER TABLE %s ALTER _valid_from DROP DEFAULT, ALTER _valid_to DROP DEFAULT, "
 									  "ALTER _is_current DROP DEFAULT, ALTER _version DROP DEFAULT', "
-									  "$1::pg_catalog.regclass, "
-									  "(SELECT pg_catalog.string_agg(pg_catalog.quote_ident(k), ', ') "
-									  "   FROM pg_catalog.unnest($2::text[]) k), $1::pg_catalog.regclass)",
+									  "$1::pg_catalog.regclass, k.list, $1::pg_catalog.regclass, k.list, "
+									  "$1::pg_catalog.regclass) "
+									  "FROM (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(k), ', ') AS list "
+									  "        FROM pg_catalog.unnest($2::text[]) k) k",
 									  2, params);
 
-			ok = res != NULL && exec_cmd(conn, PQgetvalue(res, 0, 0));
+			if (res != NULL && !PQgetisnull(res, 0, 0))
+			{
+				log_msg(LOG_INFO, "target %s: dropping its unique constraints and indexes: a history holds many rows per key",
+						m->target);
+				ok = exec_cmd(conn, PQgetvalue(res, 0, 0));
+			}
+			ok = ok && res != NULL && exec_cmd(conn, PQgetvalue(res, 0, 1));
 			PQclear(res);
 		}
 	}

@@ -20,7 +20,7 @@ INSERT INTO c VALUES (1, 'a', 'x'), (2, 'b', 'y');
 });
 $dst->safe_psql('postgres', q{
 CREATE TABLE c_mirror (id int PRIMARY KEY, name text, city text);
-CREATE TABLE c_hist (id int NOT NULL, name text, city text);
+CREATE TABLE c_hist (id int PRIMARY KEY, name text UNIQUE, city text);
 INSERT INTO c_hist VALUES (1, 'a', 'x'), (2, 'b', 'y');
 CREATE TABLE c_log (note text);
 SELECT pgcdc.create_pipeline('p');
@@ -33,6 +33,14 @@ my $cmd = consumer_cmd($src, $dst, 'p', '--snapshot', 'never', '--exit-when-caug
 my ($rc, $err) = run_consumer($cmd, $log);
 is($rc, 0, 'first run completes the targets') or diag($err);
 like($err, qr/added the scd2 system columns to target public\.c_hist/, 'the log says what was added');
+like($err, qr/target public\.c_hist: dropping its unique constraints and indexes/,
+	'and that the plain table\'s unique constraints go');
+is($dst->safe_psql('postgres', q{
+SELECT string_agg(pg_get_indexdef(indexrelid), '; ' ORDER BY indexrelid) FROM pg_index
+ WHERE indrelid = 'c_hist'::regclass}),
+	'CREATE UNIQUE INDEX c_hist_id_idx ON public.c_hist USING btree (id) WHERE _is_current; '
+	  . 'CREATE UNIQUE INDEX c_hist_id__valid_from_idx ON public.c_hist USING btree (id, _valid_from)',
+	'the primary key and the unique constraint became the history indexes');
 
 is($dst->safe_psql('postgres', q{
 SELECT string_agg(attname, ',' ORDER BY attnum) FROM pg_attribute
