@@ -65,8 +65,9 @@ INSERT INTO orders (id, code, qty, doc, js, j) VALUES (1, 'again', 100, big_doc(
  (7, 'seven', 7, NULL, '[1,  2]', '"s"');
 UPDATE orders SET qty = 101 WHERE id = 1;
 UPDATE orders SET id = 2 WHERE id = 7;
-UPDATE orders SET id = 30 WHERE id = 1;
-UPDATE orders SET id = 31, qty = 31 WHERE id = 30;
+INSERT INTO orders (id, code, doc) VALUES (40, 'forty', big_doc(40));
+UPDATE orders SET id = 41 WHERE id = 40;
+UPDATE orders SET id = 42, qty = 42 WHERE id = 41;
 UPDATE items SET stock = 4 WHERE sku = 'a';
 UPDATE items SET price = 1.25, secret = 'changed' WHERE sku = 'a';
 UPDATE items SET stock = 3 WHERE sku = 'a';
@@ -121,8 +122,9 @@ SELECT pgcdc.add_table('$pipeline', 'public.items', 'public.items_hist', 'scd2',
 			"SELECT count(*) FROM orders_hist WHERE id = 1 AND doc IS NULL"),
 		'0', "$label: unchanged TOAST is carried into new versions, never NULL");
 	is( $dst->safe_psql('postgres',
-			"SELECT string_agg(id || ':' || md5(doc), ',' ORDER BY _valid_from) FROM orders_hist WHERE id IN (30, 31)"),
-		$src->safe_psql('postgres', "SELECT '30:' || md5(doc) || ',31:' || md5(doc) FROM orders WHERE id = 31"),
+			"SELECT string_agg(id || ':' || md5(doc), ',' ORDER BY _valid_from) FROM orders_hist WHERE id IN (40, 41, 42)"),
+		$src->safe_psql('postgres',
+			"SELECT '40:' || md5(doc) || ',41:' || md5(doc) || ',42:' || md5(doc) FROM orders WHERE id = 42"),
 		"$label: key updates carry unchanged TOAST from the old key, through a chain");
 	is( $dst->safe_psql('postgres',
 			"SELECT count(*) FILTER (WHERE _is_current) || '/' || count(*) FROM orders_hist WHERE id IN (3, 20)"),
