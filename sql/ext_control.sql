@@ -57,6 +57,9 @@ SELECT pipeline, source_table, target, mode FROM pgcdc.table_map ORDER BY pipeli
 SELECT pgcdc.add_table('nope', 'customers');
 SELECT pgcdc.add_table('shop', 'customers', 'c2', 'history');
 SELECT pgcdc.add_table('shop', 'customers', 'c2', NULL);
+-- (a source table in another database: its columns cannot be checked here)
+SELECT pgcdc.add_table('shop', 'elsewhere.t', 'c2', key_columns => '{_source_lsn}');
+SELECT pgcdc.add_table('shop', 'elsewhere.t', 'c2', 'scd2', track_columns => '{name,_valid_from}');
 SELECT pgcdc.add_table('shop', '"My Schema"."Orders"');
 SELECT pgcdc.add_table('ops', 'customers', 'Customers_Mirror');
 SELECT pgcdc.add_table('shop', 'customers', 'c3', 'scd2', soft_delete => true);

@@ -119,6 +119,7 @@ SELECT * FROM pgcdc.scd2_merge('customer_history', 'customer', '{nosuch}');
 SELECT * FROM pgcdc.scd2_merge('customer_history', 'customer', '{id}', '{nosuch}');
 SELECT * FROM pgcdc.scd2_merge('customer_history', 'customer', '{id}', '{_version}');
 SELECT * FROM pgcdc.scd2_merge('customer_history', 'customer', '{id}', valid_at => NULL);
+SELECT * FROM pgcdc.scd2_merge('customer_history', 'customer', '{id}', hard_deletes => NULL);
 SELECT * FROM pgcdc.scd2_merge('customer_history', 'customer', '{id}', valid_at => 'infinity');
 SELECT * FROM pgcdc.scd2_merge('customer_history', 'customer', '{id}', hard_deletes => 'purge');
 SELECT count(*) AS rows_after FROM customer_history;

@@ -118,12 +118,15 @@ DECLARE
 	tgt text;
 	other pgcdc.table_map;
 	result pgcdc.table_map;
+	named text[];
 BEGIN
 	PERFORM pgcdc._pipeline_must_exist(pipeline);
 	src := pgcdc._qualify(source_table, caller_schema, 'source_table');
 	tgt := CASE WHEN target IS NULL THEN src
 				ELSE pgcdc._qualify(target, caller_schema, 'target') END;
-	IF mode IS NULL OR mode NOT IN ('mirror', 'scd2', 'append') THEN
+	IF mode IS NULL THEN
+		RAISE EXCEPTION 'mode must not be null' USING ERRCODE = '22004';
+	ELSIF mode NOT IN ('mirror', 'scd2', 'append') THEN
 		RAISE EXCEPTION 'unknown mode "%" for table map of %', mode, src
 			USING ERRCODE = '22023', HINT = 'Mode is one of mirror, scd2 or append.';
 	END IF;
@@ -141,6 +144,15 @@ BEGIN
 	PERFORM pgcdc._check_optional_columns(key_columns, 'key_columns', src, tgt);
 	PERFORM pgcdc._check_optional_columns(track_columns, 'track_columns', src, tgt);
 	PERFORM pgcdc._check_optional_columns(ignore_columns, 'ignore_columns', src);
+	-- the targets' system columns are the consumer's to write
+	named := ARRAY(SELECT c FROM unnest(coalesce(key_columns, '{}') || coalesce(track_columns, '{}')) c
+					WHERE c = ANY (ARRAY['_source_lsn', '_source_seq', '_synced_at', '_is_deleted', '_op',
+										 '_xid', '_commit_ts', '_key', '_new', '_old', '_received_at'])
+					   OR c IN (SELECT s.attname FROM pgcdc._scd2_system_columns() s));
+	IF named <> '{}' THEN
+		RAISE EXCEPTION 'key_columns and track_columns must not name system columns of a target'
+			USING ERRCODE = '22023', DETAIL = format('Named: %s.', array_to_string(named, ', '));
+	END IF;
 	IF key_columns && ignore_columns OR track_columns && ignore_columns THEN
 		RAISE EXCEPTION 'ignore_columns overlaps key_columns or track_columns'
 			USING ERRCODE = '22023';

@@ -202,11 +202,14 @@ BEGIN
 	PERFORM pgcdc._check_scd2(target);
 	PERFORM pgcdc._check_table(snapshot, 'snapshot', inputs => true);
 	PERFORM pgcdc._check_columns(key_columns, 'key_columns', target, snapshot);
-	IF valid_at IS NULL OR NOT isfinite(valid_at) THEN
-		RAISE EXCEPTION 'valid_at must be a finite time, not %', coalesce(valid_at::text, 'null')
-			USING ERRCODE = '22023';
+	IF valid_at IS NULL THEN
+		RAISE EXCEPTION 'valid_at must not be null' USING ERRCODE = '22004';
+	ELSIF NOT isfinite(valid_at) THEN
+		RAISE EXCEPTION 'valid_at must be a finite time, not %', valid_at USING ERRCODE = '22023';
 	END IF;
-	IF hard_deletes IS NULL OR hard_deletes NOT IN ('ignore', 'invalidate', 'new_record') THEN
+	IF hard_deletes IS NULL THEN
+		RAISE EXCEPTION 'hard_deletes must not be null' USING ERRCODE = '22004';
+	ELSIF hard_deletes NOT IN ('ignore', 'invalidate', 'new_record') THEN
 		RAISE EXCEPTION 'unknown hard_deletes "%"', hard_deletes
 			USING ERRCODE = '22023', HINT = 'Use ignore, invalidate or new_record.';
 	END IF;
