@@ -86,13 +86,24 @@ metrics_poll(void)
 
 	if (listen_fd < 0 || (fd = accept(listen_fd, NULL, NULL)) < 0)
 		return;
-	/* the request itself does not matter; read what has arrived */
+	/* the request line is in the first segment: GET /metrics is all we serve */
 	{
 		struct timeval tv = {0, 200000};
+		ssize_t		n;
+		static const char not_found[] = "HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\n"
+			"Content-Length: 24\r\nConnection: close\r\n\r\nmetrics are at /metrics\n";
 
 		setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-		if (recv(fd, req, sizeof(req), 0) < 0)
+		if ((n = recv(fd, req, sizeof(req) - 1, 0)) < 0)
 		{
+			close(fd);
+			return;
+		}
+		req[n] = '\0';
+		if (strncmp(req, "GET /metrics", 12) != 0 || (req[12] != ' ' && req[12] != '?'))
+		{
+			if (send(fd, not_found, sizeof(not_found) - 1, MSG_NOSIGNAL) < 0)
+				log_msg(LOG_DEBUG, "could not answer a metrics request: %m");
 			close(fd);
 			return;
 		}

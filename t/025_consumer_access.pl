@@ -109,6 +109,7 @@ like($metrics, qr{^HTTP/1\.[01] 200}, 'metrics answer 200');
 like($metrics, qr/^pgcdc_events_total\{pipeline="p"\} (\d+)$/m, 'events counter');
 like($metrics, qr/^# TYPE pgcdc_lag_bytes gauge$/m, 'lag gauge with its type');
 like($metrics, qr/^pgcdc_batches_total\{pipeline="p"\} [1-9]/m, 'batches counted');
+like(http_get($metrics_port, '/'), qr{^HTTP/1\.[01] 404}, 'any other path is 404');
 
 # --- A second consumer on the same pipeline is refused.
 my ($rc, $err) = run_consumer(consumer_cmd($src_conn, $dst_conn, 'p', '--exit-when-caught-up'), $log, 30);
