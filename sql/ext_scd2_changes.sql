@@ -142,7 +142,8 @@ SELECT * FROM pgcdc.scd2_apply_changes('account_history', 'changes', '{id}', 'se
 SELECT id, tier, length(doc) AS doc_length, _valid_from::date, _valid_to::date, _version
   FROM account_history WHERE id = 8 ORDER BY _valid_from;
 
--- a source clock that goes backwards never inverts an interval
+-- a source clock that goes backwards never inverts an interval, nor merges
+-- two transactions: the change before it lasts 1 µs
 TRUNCATE changes;
 INSERT INTO changes (op, seq, ts, id, owner, tier, balance, doc) VALUES
 	('I', 60, '2024-06-10', 9, 'di', 'a', 1, NULL),
@@ -151,6 +152,8 @@ INSERT INTO changes (op, seq, ts, id, owner, tier, balance, doc) VALUES
 SELECT * FROM pgcdc.scd2_apply_changes('account_history', 'changes', '{id}', 'seq',
 									   valid_from_column => 'ts');
 SELECT * FROM h WHERE id = 9 ORDER BY valid_from;
+SELECT tier, _valid_from, _valid_to - _valid_from AS length FROM account_history
+ WHERE id = 9 AND NOT _is_current ORDER BY _valid_from;
 
 -- CDC-shaped changes: order by (_source_lsn, _source_seq), time from _commit_ts
 CREATE TABLE cdc (op text, _source_lsn pg_lsn, _source_seq int, _commit_ts timestamptz,

@@ -266,13 +266,48 @@ END
 $$;
 
 /*
+ * Effective times.  inner yields a key's changes (the key columns, unqualified,
+ * pgcdc_seq, pgcdc_vf) and pgcdc_t0, the time its latest version started (or
+ * ended, if a delete closed it); this adds pgcdc_t, per key in source order:
+ *   - changes with equal valid_from in a row are one group (one source
+ *     transaction): one time, so that they collapse;
+ *   - a group's time is its valid_from, but never before the previous
+ *     group's time plus 1 µs (the first group: t0 itself when its
+ *     valid_from equals t0, the same instant, else t0 plus 1 µs).
+ * So a source clock that goes backwards neither inverts an interval nor
+ * merges two transactions into one version: N changes still give N versions
+ * (the one before lasts 1 µs).  Closed form, with g the group number:
+ * pgcdc_t = greatest(vf, max over earlier rows of (vf - g µs) + g µs,
+ * t0 + g µs).
+ */
+CREATE FUNCTION pgcdc._times_sql(inner_sql text, keys text)
+RETURNS text LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT format($f$
+		SELECT y.*, greatest(y.pgcdc_vf,
+				   pg_catalog.max(y.pgcdc_vf - y.pgcdc_g * interval '1 microsecond') OVER pgcdc_w
+					 + y.pgcdc_g * interval '1 microsecond',
+				   y.pgcdc_t0 + y.pgcdc_g * interval '1 microsecond') AS pgcdc_t
+		  FROM (SELECT x.*, pg_catalog.sum(x.pgcdc_step) OVER pgcdc_w AS pgcdc_g
+				  FROM (SELECT z.*,
+							   (CASE WHEN pg_catalog.lag(z.pgcdc_vf) OVER pgcdc_w IS NULL
+									 THEN z.pgcdc_vf IS DISTINCT FROM z.pgcdc_t0
+									 ELSE z.pgcdc_vf <> pg_catalog.lag(z.pgcdc_vf) OVER pgcdc_w
+								END)::integer AS pgcdc_step
+						  FROM (%1$s) z
+						WINDOW pgcdc_w AS (PARTITION BY %2$s ORDER BY z.pgcdc_seq)) x
+				WINDOW pgcdc_w AS (PARTITION BY %2$s ORDER BY x.pgcdc_seq)) y
+		WINDOW pgcdc_w AS (PARTITION BY %2$s ORDER BY y.pgcdc_seq)$f$, inner_sql, keys)
+$$;
+
+/*
  * One segment of scd2_apply_changes: the staged I/U/D rows with lo < seq < hi
  * (between two truncates), applied set-based.  Per key, in source order:
  *   - a change at or before the key's last applied position is late (or a
  *     replay) and is left in pg_temp._pgcdc_late for _scd2_late;
- *   - effective time pgcdc_t = the running maximum of valid_from, never
- *     before the key's latest version (a source clock going backwards
- *     cannot invert an interval);
+ *   - effective time pgcdc_t (_times_sql), never before the key's latest
+ *     version;
  *   - changes with equal pgcdc_t collapse into the last of them;
  *   - each change is classified (kind): new (opens a version where there was
  *     none), change (tracked columns differ from the state before: opens a
@@ -336,19 +371,10 @@ BEGIN
 
 	EXECUTE format($f$
 		CREATE TEMP TABLE _pgcdc_w ON COMMIT DROP AS
-		WITH inorder AS (
-			SELECT %1$s %2$s, s.pgcdc_op, s.pgcdc_seq, s.pgcdc_rn, s.pgcdc_lsn, s.pgcdc_lseq,
-				   l.pgcdc_l_version, l.pgcdc_l_from, l.pgcdc_l_cur, l.pgcdc_l_del, l.pgcdc_l_hash,
-				   greatest(max(s.pgcdc_vf) OVER (PARTITION BY %3$s ORDER BY s.pgcdc_seq),
-							CASE WHEN l.pgcdc_l_cur THEN l.pgcdc_l_from ELSE l.pgcdc_l_to END)
-					 AS pgcdc_t
-			  FROM pg_temp._pgcdc_stage s JOIN pg_temp._pgcdc_latest l ON %4$s
-			 WHERE s.pgcdc_op <> 'T' AND ($1 IS NULL OR s.pgcdc_seq > $1)
-			   AND ($2 IS NULL OR s.pgcdc_seq < $2)
-			   AND NOT coalesce(s.pgcdc_seq <= l.pgcdc_l_last, false)
+		WITH inorder AS (%1$s
 		), collapsed AS (
-			SELECT c.*, %5$s AS pgcdc_h,
-				   row_number() OVER (PARTITION BY %6$s, pgcdc_t ORDER BY pgcdc_seq DESC) AS pgcdc_dup
+			SELECT c.*, %2$s AS pgcdc_h,
+				   row_number() OVER (PARTITION BY %3$s, pgcdc_t ORDER BY pgcdc_seq DESC) AS pgcdc_dup
 			  FROM inorder c
 		), p AS (
 			SELECT c.*, row_number() OVER w = 1 AS pgcdc_first,
@@ -358,7 +384,7 @@ BEGIN
 				   CASE WHEN row_number() OVER w = 1 THEN c.pgcdc_l_hash
 						ELSE lag(c.pgcdc_h) OVER w END AS pgcdc_prior_h
 			  FROM collapsed c WHERE c.pgcdc_dup = 1
-			WINDOW w AS (PARTITION BY %6$s ORDER BY pgcdc_seq)
+			WINDOW w AS (PARTITION BY %3$s ORDER BY pgcdc_seq)
 		), k AS (
 			SELECT p.*,
 				   CASE WHEN p.pgcdc_op = 'D' THEN
@@ -375,12 +401,19 @@ BEGIN
 			  FROM p
 		)
 		SELECT k.*, count(*) FILTER (WHERE k.pgcdc_kind IN ('new', 'change', 'close', 'drop'))
-						OVER (PARTITION BY %6$s ORDER BY pgcdc_seq) AS pgcdc_run
+						OVER (PARTITION BY %3$s ORDER BY pgcdc_seq) AS pgcdc_run
 		  FROM k$f$,
-		pgcdc._list(key_columns, 's'),
-		CASE WHEN resolved IS NULL THEN '' ELSE ', ' || resolved END,
-		pgcdc._list(key_columns, 's'),
-		pgcdc._key_join('s', 'l', target, key_columns),
+		pgcdc._times_sql(format($i$
+			SELECT %1$s %2$s, s.pgcdc_op, s.pgcdc_seq, s.pgcdc_vf, s.pgcdc_rn, s.pgcdc_lsn, s.pgcdc_lseq,
+				   l.pgcdc_l_version, l.pgcdc_l_from, l.pgcdc_l_cur, l.pgcdc_l_del, l.pgcdc_l_hash,
+				   CASE WHEN l.pgcdc_l_cur THEN l.pgcdc_l_from ELSE l.pgcdc_l_to END AS pgcdc_t0
+			  FROM pg_temp._pgcdc_stage s JOIN pg_temp._pgcdc_latest l ON %3$s
+			 WHERE s.pgcdc_op <> 'T' AND ($1 IS NULL OR s.pgcdc_seq > $1)
+			   AND ($2 IS NULL OR s.pgcdc_seq < $2)
+			   AND NOT coalesce(s.pgcdc_seq <= l.pgcdc_l_last, false)$i$,
+			pgcdc._list(key_columns, 's'),
+			CASE WHEN resolved IS NULL THEN '' ELSE ', ' || resolved END,
+			pgcdc._key_join('s', 'l', target, key_columns)), keys),
 		pgcdc._hash_expr(tracked, 'c'),
 		keys)
 	USING lo, hi;

@@ -11,9 +11,9 @@
  *   - a key with one change here needs no window: it is its own first and
  *     last change, and its own run;
  *   - a key with several goes through windows in (key, sequence) order:
- *     pgcdc_t as there; collapse: a change is dropped when the next one's
- *     valid_from is not after its pgcdc_t (both would have the same
- *     pgcdc_t); kind from the change before (lag); a run is a
+ *     pgcdc_t as there (_times_sql); collapse: a change is dropped when the
+ *     next one has the same valid_from (the same group, the same pgcdc_t);
+ *     kind from the change before (lag); a run is a
  *     version-opening or closing change and the changes after it up to the
  *     next one: its last row holds the version's values, and its opening
  *     change (the greatest so far: pgcdc_t and the sequence increase) the
@@ -99,15 +99,14 @@ WITH pgcdc_s AS MATERIALIZED (
 			  FROM (SELECT x.*, %15$s AS pgcdc_kind
 					  FROM (SELECT x.*, l.pgcdc_l_tid, l.pgcdc_l_version, l.pgcdc_l_from,
 								   l.pgcdc_l_cur, l.pgcdc_l_del, l.pgcdc_l_hash,
-								   greatest(x.pgcdc_vf, %17$s) AS pgcdc_t
+								   -- as _times_sql gives it for one change
+								   greatest(x.pgcdc_vf, %17$s + CASE WHEN x.pgcdc_vf = %17$s
+										THEN interval '0' ELSE interval '1 microsecond' END) AS pgcdc_t
 							  FROM pgcdc_s x JOIN pgcdc_l l ON %16$s AND l.pgcdc_n = 1) x) x) x
 ), pgcdc_a AS (
 	-- keys with several: pgcdc_t; a change is collapsed into the next one
-	-- when that one's time is not later (they would have the same pgcdc_t)
-	SELECT %14$s, greatest(pg_catalog.max(x.pgcdc_vf) OVER w, %17$s) AS pgcdc_t,
-		   pg_catalog.lead(x.pgcdc_vf) OVER w AS pgcdc_next_vf
-	  FROM pgcdc_s x JOIN pgcdc_l l ON %16$s AND l.pgcdc_n > 1
-	WINDOW w AS (%19$s)
+	-- when that one is of the same group (the same valid_from: the same time)
+	%25$s
 ), pgcdc_k AS (
 	-- collapsed, classified, and the next change
 	SELECT x.*, %20$s AS pgcdc_kind, pg_catalog.lag(x.pgcdc_op) OVER w AS pgcdc_prev_op,
@@ -115,7 +114,7 @@ WITH pgcdc_s AS MATERIALIZED (
 		   pg_catalog.lead(x.pgcdc_op) OVER w AS pgcdc_next_op,
 		   pg_catalog.lead(x.pgcdc_seq) OVER w AS pgcdc_next_seq
 	  FROM pgcdc_a x
-	 WHERE x.pgcdc_next_vf IS NULL OR x.pgcdc_next_vf > x.pgcdc_t
+	 WHERE x.pgcdc_next_vf IS NULL OR x.pgcdc_next_vf <> x.pgcdc_vf
 	WINDOW w AS (%19$s)
 ), pgcdc_r AS (
 	-- runs; pgcdc_t and pgcdc_seq increase, so the greatest of the opening
@@ -239,7 +238,13 @@ SELECT CASE WHEN (SELECT g.pgcdc_ok FROM pgcdc_go g) THEN ARRAY[
 		(SELECT coalesce(string_agg(format('%1$I = CASE WHEN u.pgcdc_cur = ''values'' THEN u.%1$I '
 										   'ELSE t.%1$I END, ', c), ''), '')
 		   FROM unnest(vals) c),												-- 22
-		pgcdc._list(data_cols), pgcdc._list(data_cols, 'x'));
+		pgcdc._list(data_cols), pgcdc._list(data_cols, 'x'),
+		pgcdc._times_sql(format($i$
+			SELECT %1$s, %2$s AS pgcdc_t0, pg_catalog.lead(x.pgcdc_vf) OVER w AS pgcdc_next_vf
+			  FROM pgcdc_s x JOIN pgcdc_l l ON %3$s AND l.pgcdc_n > 1
+			WINDOW w AS (%4$s)$i$,
+			joined, t0, pgcdc._key_join('x', 'l', target, key_columns), w),
+			pgcdc._list(key_columns)));						-- 25
 END
 $$;
 
