@@ -310,6 +310,14 @@ SELECT * FROM apply_both('{name}');
 UPDATE item_changes SET unchanged_toast = '{}';
 SELECT * FROM pgcdc.scd2_apply_changes('item_staged', 'item_changes', '{k1,k2}', '_source_lsn,_source_seq');
 SELECT count(*) FROM item_fast WHERE k1 = 8;
+-- two changes of one key at one position: an error on both paths
+TRUNCATE item_changes;
+INSERT INTO item_changes (op, _source_lsn, _source_seq, _commit_ts, k1, k2, name) VALUES
+	('I', '0/E00', 1, '2024-03-06', 9, 'a', 'nine'), ('U', '0/E00', 1, '2024-03-06', 9, 'a', 'NINE');
+SELECT * FROM pgcdc.scd2_apply_changes('item_fast', 'item_changes', '{k1,k2}', '_source_lsn,_source_seq');
+UPDATE item_changes SET unchanged_toast = '{}';
+SELECT * FROM pgcdc.scd2_apply_changes('item_staged', 'item_changes', '{k1,k2}', '_source_lsn,_source_seq');
+SELECT count(*) FROM item_fast WHERE k1 = 9;
 DROP VIEW item_diff, fast_runs;
 DROP FUNCTION apply_both;
 DROP TABLE item, item_fast, item_staged, item_changes;

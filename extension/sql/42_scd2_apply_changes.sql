@@ -2,6 +2,27 @@
  * 4c. SCD2: scd2_apply_changes
  * ------------------------------------------------------------------------ */
 
+-- Two changes of one key at one position have no order: an error, on both
+-- paths (the staged rows are checked here).
+CREATE FUNCTION pgcdc._check_positions(changes regclass, key_columns text[])
+RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	dup record;
+BEGIN
+	EXECUTE format($f$
+		SELECT ROW(%1$s)::text AS k FROM pg_temp._pgcdc_stage s
+		 WHERE s.pgcdc_op <> 'T' GROUP BY %1$s, s.pgcdc_seq HAVING pg_catalog.count(*) > 1 LIMIT 1$f$,
+		pgcdc._list(key_columns, 's'))
+	INTO dup;
+	IF dup.k IS NOT NULL THEN
+		RAISE EXCEPTION 'two changes in % have the same key and sequence_by value', changes
+			USING ERRCODE = '21000', DETAIL = format('Key: %s.', dup.k);
+	END IF;
+END
+$$;
+
 /*
  * The common batch in one statement, prepared once per session and shape:
  * only I, U and D, no unchanged TOAST, no key change, no truncate, and every
@@ -11,9 +32,11 @@
  *   - a key with one change here needs no window: it is its own first and
  *     last change, and its own run;
  *   - a key with several goes through windows in (key, sequence) order:
- *     pgcdc_t as there (_times_sql); collapse: a change is dropped when the
- *     next one has the same valid_from (the same group, the same pgcdc_t);
- *     kind from the change before (lag); a run is a
+ *     pgcdc_t as there (_times_sql) while the source clock goes forward,
+ *     which is the running maximum of valid_from (a clock gone backwards
+ *     sends the batch to the staged path); collapse: a change is dropped
+ *     when the next one's valid_from is not after its pgcdc_t (both have
+ *     the same pgcdc_t); kind from the change before (lag); a run is a
  *     version-opening or closing change and the changes after it up to the
  *     next one: its last row holds the version's values, and its opening
  *     change (the greatest so far: pgcdc_t and the sequence increase) the
@@ -22,8 +45,8 @@
  * and the close by the change after them; or run 1's close alone) or a
  * DELETE (drop); then the new versions are inserted.
  * The statement returns {inserted, updated, deleted, change rows}, or NULL
- * when some change is late or a replay: then nothing was written, and the
- * caller stages.  scd2_apply_changes prepares it, _scd2_fast runs it.
+ * when some change is late or a replay, or the clock went backwards: then
+ * nothing was written, and the caller stages.  scd2_apply_changes prepares it, _scd2_fast runs it.
  */
 CREATE FUNCTION pgcdc._scd2_fast_sql(target regclass, changes regclass, key_columns text[],
 									 op_column text, seq text, vf text, data_cols text[],
@@ -90,7 +113,7 @@ WITH pgcdc_s AS MATERIALIZED (
 	SELECT x.*, x.pgcdc_kind IN ('new', 'change') AS pgcdc_o_open, x.pgcdc_t AS pgcdc_o_t,
 		   x.pgcdc_seq AS pgcdc_o_seq,
 		   x.pgcdc_lsn AS pgcdc_o_lsn, x.pgcdc_lseq AS pgcdc_o_lseq, true AS pgcdc_last,
-		   %18$s AS pgcdc_cur
+		   %18$s AS pgcdc_cur, false AS pgcdc_back
 	  FROM (SELECT x.*, (x.pgcdc_kind IN ('new', 'change', 'close', 'drop'))::integer AS pgcdc_run,
 				   (x.pgcdc_kind IN ('new', 'change'))::integer AS pgcdc_open_no,
 				   NULL::text AS pgcdc_prev_op, NULL::text AS pgcdc_next_kind,
@@ -105,8 +128,17 @@ WITH pgcdc_s AS MATERIALIZED (
 							  FROM pgcdc_s x JOIN pgcdc_l l ON %16$s AND l.pgcdc_n = 1) x) x) x
 ), pgcdc_a AS (
 	-- keys with several: pgcdc_t; a change is collapsed into the next one
-	-- when that one is of the same group (the same valid_from: the same time)
-	%25$s
+	-- when that one's time is not later (they have the same pgcdc_t).  A
+	-- clock gone backwards (pgcdc_back) is left to the staged path.
+	SELECT %14$s, greatest(pg_catalog.max(x.pgcdc_vf) OVER w, %17$s) AS pgcdc_t,
+		   pg_catalog.lead(x.pgcdc_vf) OVER w AS pgcdc_next_vf,
+		   coalesce(x.pgcdc_vf < greatest(pg_catalog.max(x.pgcdc_vf) OVER (w ROWS BETWEEN UNBOUNDED
+						PRECEDING AND 1 PRECEDING), %17$s), false) AS pgcdc_back,
+		   -- two changes of a key at one position: which came first?
+		   CASE WHEN pg_catalog.lead(x.pgcdc_seq) OVER w = x.pgcdc_seq
+				THEN pgcdc._fail('21000', %25$L, %26$L || ROW(%9$s)::text || '.') END AS pgcdc_dup
+	  FROM pgcdc_s x JOIN pgcdc_l l ON %16$s AND l.pgcdc_n > 1
+	WINDOW w AS (%19$s)
 ), pgcdc_k AS (
 	-- collapsed, classified, and the next change
 	SELECT x.*, %20$s AS pgcdc_kind, pg_catalog.lag(x.pgcdc_op) OVER w AS pgcdc_prev_op,
@@ -114,7 +146,8 @@ WITH pgcdc_s AS MATERIALIZED (
 		   pg_catalog.lead(x.pgcdc_op) OVER w AS pgcdc_next_op,
 		   pg_catalog.lead(x.pgcdc_seq) OVER w AS pgcdc_next_seq
 	  FROM pgcdc_a x
-	 WHERE x.pgcdc_next_vf IS NULL OR x.pgcdc_next_vf <> x.pgcdc_vf
+	 WHERE x.pgcdc_next_vf IS NULL OR x.pgcdc_next_vf > x.pgcdc_t
+		OR x.pgcdc_back			-- kept, to be seen by pgcdc_ok
 	WINDOW w AS (%19$s)
 ), pgcdc_r AS (
 	-- runs; pgcdc_t and pgcdc_seq increase, so the greatest of the opening
@@ -146,12 +179,15 @@ WITH pgcdc_s AS MATERIALIZED (
 				 OR x.pgcdc_next_kind IN ('new', 'change', 'close', 'drop') AS pgcdc_last,
 			   %18$s AS pgcdc_cur
 		  FROM pgcdc_r x) x
+), pgcdc_ok AS MATERIALIZED (
+	SELECT (SELECT g.pgcdc_ok FROM pgcdc_go g)
+		   AND NOT EXISTS (SELECT FROM pgcdc_w w WHERE w.pgcdc_back) AS pgcdc_ok
 ), pgcdc_del AS (
 	-- a delete at the very instant the current version started: it never was
 	DELETE FROM %12$s t USING pgcdc_w u
 	 WHERE t.ctid = ANY (ARRAY(SELECT u.pgcdc_l_tid FROM pgcdc_w u WHERE u.pgcdc_kind = 'drop'))
 	   AND t.ctid = u.pgcdc_l_tid AND u.pgcdc_kind = 'drop'
-	   AND (SELECT g.pgcdc_ok FROM pgcdc_go g)
+	   AND (SELECT g.pgcdc_ok FROM pgcdc_ok g)
 	RETURNING 1
 ), pgcdc_upd AS (
 	UPDATE %12$s t
@@ -175,7 +211,7 @@ WITH pgcdc_s AS MATERIALIZED (
 	 -- by row position: a TID scan, not a join with the whole target
 	 WHERE t.ctid = ANY (ARRAY(SELECT u.pgcdc_l_tid FROM pgcdc_w u WHERE u.pgcdc_cur IS NOT NULL))
 	   AND t.ctid = u.pgcdc_l_tid AND u.pgcdc_cur IS NOT NULL
-	   AND (SELECT g.pgcdc_ok FROM pgcdc_go g)
+	   AND (SELECT g.pgcdc_ok FROM pgcdc_ok g)
 	RETURNING 1
 ), pgcdc_ins AS (
 	-- after pgcdc_upd and pgcdc_del: the unique index on current rows
@@ -188,12 +224,12 @@ WITH pgcdc_s AS MATERIALIZED (
 		   CASE WHEN x.pgcdc_next_op = 'D' THEN x.pgcdc_next_t ELSE x.pgcdc_t END
 	  FROM pgcdc_w x
 	 WHERE x.pgcdc_last AND x.pgcdc_o_open AND x.pgcdc_run > 0
-	   AND (SELECT g.pgcdc_ok FROM pgcdc_go g)
+	   AND (SELECT g.pgcdc_ok FROM pgcdc_ok g)
 	   AND (SELECT pg_catalog.count(*) FROM pgcdc_upd) >= 0
 	   AND (SELECT pg_catalog.count(*) FROM pgcdc_del) >= 0
 	RETURNING 1
 )
-SELECT CASE WHEN (SELECT g.pgcdc_ok FROM pgcdc_go g) THEN ARRAY[
+SELECT CASE WHEN (SELECT g.pgcdc_ok FROM pgcdc_ok g) THEN ARRAY[
 		   pg_catalog.count(*) FILTER (WHERE x.pgcdc_kind = 'new'
 									   OR x.pgcdc_kind = 'overwrite' AND x.pgcdc_l_del),
 		   pg_catalog.count(*) FILTER (WHERE x.pgcdc_kind = 'change'
@@ -234,17 +270,12 @@ SELECT CASE WHEN (SELECT g.pgcdc_ok FROM pgcdc_go g) THEN ARRAY[
 			 'x.pgcdc_l_version, x.pgcdc_l_del, x.pgcdc_kind, x.pgcdc_run, x.pgcdc_open_no, '
 			 'x.pgcdc_next_kind, x.pgcdc_next_t, x.pgcdc_next_op, x.pgcdc_next_seq, '
 			 'x.pgcdc_o_open, x.pgcdc_o_t, x.pgcdc_o_seq, x.pgcdc_o_lsn, x.pgcdc_o_lseq, '
-			 'x.pgcdc_last, x.pgcdc_cur',
+			 'x.pgcdc_last, x.pgcdc_cur, x.pgcdc_back',
 		(SELECT coalesce(string_agg(format('%1$I = CASE WHEN u.pgcdc_cur = ''values'' THEN u.%1$I '
 										   'ELSE t.%1$I END, ', c), ''), '')
 		   FROM unnest(vals) c),												-- 22
 		pgcdc._list(data_cols), pgcdc._list(data_cols, 'x'),
-		pgcdc._times_sql(format($i$
-			SELECT %1$s, %2$s AS pgcdc_t0, pg_catalog.lead(x.pgcdc_vf) OVER w AS pgcdc_next_vf
-			  FROM pgcdc_s x JOIN pgcdc_l l ON %3$s AND l.pgcdc_n > 1
-			WINDOW w AS (%4$s)$i$,
-			joined, t0, pgcdc._key_join('x', 'l', target, key_columns), w),
-			pgcdc._list(key_columns)));						-- 25
+		format('two changes in %s have the same key and sequence_by value', changes), 'Key: ');	-- 25
 END
 $$;
 
@@ -344,6 +375,7 @@ BEGIN
 	END IF;
 
 	st := pgcdc._stage(target, changes, key_columns, sequence_by, op_column, valid_from_column);
+	PERFORM pgcdc._check_positions(changes, key_columns);
 	tracked := pgcdc._tracked(target, changes, key_columns, track_columns, st.data_cols);
 	-- truncates cut the batch into segments applied in order
 	FOR tr IN SELECT s.pgcdc_seq, s.pgcdc_vf FROM pg_temp._pgcdc_stage s
