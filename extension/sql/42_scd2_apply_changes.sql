@@ -132,8 +132,9 @@ WITH pgcdc_s AS MATERIALIZED (
 	-- clock gone backwards (pgcdc_back) is left to the staged path.
 	SELECT %14$s, greatest(pg_catalog.max(x.pgcdc_vf) OVER w, %17$s) AS pgcdc_t,
 		   pg_catalog.lead(x.pgcdc_vf) OVER w AS pgcdc_next_vf,
-		   coalesce(x.pgcdc_vf < greatest(pg_catalog.max(x.pgcdc_vf) OVER (w ROWS BETWEEN UNBOUNDED
-						PRECEDING AND 1 PRECEDING), %17$s), false) AS pgcdc_back,
+		   -- (the running maximum passed it: an earlier change, or the
+		   -- latest version, is later)
+		   greatest(pg_catalog.max(x.pgcdc_vf) OVER w, %17$s) > x.pgcdc_vf AS pgcdc_back,
 		   -- two changes of a key at one position: which came first?
 		   CASE WHEN pg_catalog.lead(x.pgcdc_seq) OVER w = x.pgcdc_seq
 				THEN pgcdc._fail('21000', %25$L, %26$L || ROW(%9$s)::text || '.') END AS pgcdc_dup
