@@ -47,6 +47,7 @@ struct Batch
 	int			done_pipe[2];	/* the apply thread writes a byte when it ends */
 	/* per job, as jobs[]: */
 	FILE	   *spill[2];		/* its COPY rows, each after a SpillHeader */
+	char	   *buffers[4];		/* stdio buffers of spill[] and jobs[].raw */
 	Compactor  *compact[2];		/* its mirror keys */
 	bool	   *has_rules;		/* per map, read by the apply thread */
 	PQExpBuffer line;			/* the COPY line being built */
@@ -110,11 +111,17 @@ batch_new(PGconn *target, Pipeline *p)
 		batch_free(b);
 		return NULL;
 	}
-	/* every event passes through these files: write and read them in large pieces */
+	/*
+	 * Every event passes through these files: write and read them in large
+	 * pieces.  (glibc ignores the size of a buffer it is to allocate itself,
+	 * and uses 4 kB: a write() for every ten events.)
+	 */
 	for (i = 0; i < 2; i++)
 	{
-		setvbuf(b->spill[i], NULL, _IOFBF, SPILL_BUFFER);
-		setvbuf(b->jobs[i].raw, NULL, _IOFBF, SPILL_BUFFER);
+		b->buffers[2 * i] = pg_malloc(SPILL_BUFFER);
+		b->buffers[2 * i + 1] = pg_malloc(SPILL_BUFFER);
+		setvbuf(b->spill[i], b->buffers[2 * i], _IOFBF, SPILL_BUFFER);
+		setvbuf(b->jobs[i].raw, b->buffers[2 * i + 1], _IOFBF, SPILL_BUFFER);
 	}
 	fcntl(b->done_pipe[0], F_SETFL, O_NONBLOCK);
 	b->line = createPQExpBuffer();
@@ -143,6 +150,8 @@ batch_free(Batch *b)
 			fclose(b->spill[i]);
 		compact_free(b->compact[i]);
 	}
+	for (i = 0; i < 4; i++)
+		free(b->buffers[i]);	/* after fclose, which may still write from them */
 	free(b->has_rules);
 	for (i = 0; i < 2; i++)
 		if (b->done_pipe[i] >= 0)
