@@ -536,7 +536,8 @@ complete_target(PGconn *conn, TableMap *m)
 		ok = add_missing_columns(conn, m, append_columns, &added);
 	else
 	{
-		ok = add_missing_columns(conn, m, scd2_columns, &added);
+		/* all or nothing: a restart must not find the columns without the indexes */
+		ok = exec_cmd(conn, "BEGIN") && add_missing_columns(conn, m, scd2_columns, &added);
 		if (ok && added)
 		{
 			const char *params[2] = {m->target, m->key_columns};
@@ -569,6 +570,7 @@ complete_target(PGconn *conn, TableMap *m)
 			ok = ok && res != NULL && exec_cmd(conn, PQgetvalue(res, 0, 1));
 			PQclear(res);
 		}
+		ok = exec_cmd(conn, ok ? "COMMIT" : "ROLLBACK") && ok;
 	}
 	if (ok && added)
 		log_msg(LOG_INFO, "added the %s system columns to target %s", m->mode, m->target);
