@@ -5,8 +5,8 @@
  *		pgcdc.scd2_apply_changes, or an INSERT for append targets), rules
  *		(pgcdc.apply_rules) first; then the checkpoint and the batch log,
  *		and COMMIT.  If the batch fails, it is retried map by map and then
- *		event by event inside savepoints, and only the events that still
- *		fail go to pgcdc.quarantine with their SQLSTATE.
+ *		by halves of a map's events inside savepoints, and only the events
+ *		that fail alone go to pgcdc.quarantine with their SQLSTATE.
  *
  *		Everything here runs on the job's connection and touches no global
  *		state but the thread's own last_sql_error: the stream goes on
@@ -25,20 +25,20 @@ staging_table(ApplyJob *b, int i, char *buf, size_t len)
 	return buf;
 }
 
-/* Map i's one event "ord" alone in pgcdc_one_N (isolating a failure). */
+/* Map i's events lo..hi (pgcdc_ord) alone in pgcdc_one_N (isolating a failure). */
 static bool
-stage_one(ApplyJob *b, int i, const char *ord)
+stage_range(ApplyJob *b, int i, const char *lo, const char *hi)
 {
 	char		sql[256];
-	const char *params[1] = {ord};
+	const char *params[2] = {lo, hi};
 	PGresult   *res;
 
 	snprintf(sql, sizeof(sql), "DELETE FROM pg_temp.pgcdc_one_%d", i);
 	if (!exec_cmd(b->conn, sql))
 		return false;
 	snprintf(sql, sizeof(sql), "INSERT INTO pg_temp.pgcdc_one_%d SELECT * FROM pg_temp.pgcdc_changes_%d "
-			 "WHERE pgcdc_ord = $1::bigint", i, i);
-	res = exec_ok(b->conn, sql, 1, params);
+			 "WHERE pgcdc_ord BETWEEN $1::bigint AND $2::bigint", i, i);
+	res = exec_ok(b->conn, sql, 2, params);
 	PQclear(res);
 	return res != NULL;
 }
@@ -57,9 +57,9 @@ map_has_rules(ApplyJob *b, TableMap *m)
 	return has;
 }
 
-/* Apply map i's staged rows (all, or the one event "ord") with one call. */
+/* Apply map i's staged rows (all, or the events lo..hi) with one call. */
 static bool
-apply_map(ApplyJob *b, int i, const char *ord, long *quarantined)
+apply_map(ApplyJob *b, int i, const char *lo, const char *hi, long *quarantined)
 {
 	TableMap   *m = &b->p->maps[i];
 	PQExpBuffer sql = createPQExpBuffer();
@@ -70,28 +70,28 @@ apply_map(ApplyJob *b, int i, const char *ord, long *quarantined)
 
 	if (strcmp(m->mode, "append") == 0)
 	{
-		const char *params[1] = {ord};
+		const char *params[2] = {lo, hi};
 
 		appendPQExpBuffer(sql,
 						  "INSERT INTO %s (_op, _source_lsn, _source_seq, _xid, _commit_ts, _key, _new, _old, _received_at) "
 						  "SELECT e.op, e._source_lsn, e._source_seq, (e.j->>'xid')::bigint, e._commit_ts, e.j->'key', e.j->'new', "
 						  "  e.j->'old', pg_catalog.now() "
 						  "FROM (SELECT e.*, e.raw::jsonb AS j FROM pg_temp.pgcdc_events_%d e "
-						  "      WHERE $1::bigint IS NULL OR e.pgcdc_ord = $1::bigint) e "
+						  "      WHERE $1::bigint IS NULL OR e.pgcdc_ord BETWEEN $1::bigint AND $2::bigint) e "
 						  "ORDER BY e.pgcdc_ord ON CONFLICT DO NOTHING",
 						  m->target, i);
-		res = exec_ok(b->conn, sql->data, 1, params);
+		res = exec_ok(b->conn, sql->data, 2, params);
 		destroyPQExpBuffer(sql);
 		PQclear(res);
 		return res != NULL;
 	}
 
-	if (ord != NULL && !stage_one(b, i, ord))
+	if (lo != NULL && !stage_range(b, i, lo, hi))
 	{
 		destroyPQExpBuffer(sql);
 		return false;
 	}
-	snprintf(changes, sizeof(changes), "pg_temp.pgcdc_%s_%d", ord ? "one" : "changes", i);
+	snprintf(changes, sizeof(changes), "pg_temp.pgcdc_%s_%d", lo ? "one" : "changes", i);
 	if (map_has_rules(b, m))
 	{
 		const char *params[4] = {b->p->name, m->source_table, changes, m->target};
@@ -194,16 +194,57 @@ quarantine_event(ApplyJob *b, int i, const char *ord, const char *code,
 }
 
 /*
- * Map i failed as a whole: apply its events one by one, each in a
- * savepoint; an event that fails is quarantined with its error.
+ * Apply the events ords[lo..hi) of map i in a savepoint; if that fails,
+ * the two halves, and so on: an event that fails alone is quarantined with
+ * its error.  One bad event among n costs about 2 log2(n) calls, not n.
+ * Halves keep the source order, so applying them one after the other
+ * gives what applying them together would.
  */
+static bool
+isolate_range(ApplyJob *b, int i, PGresult *ords, int lo, int hi, long *quarantined)
+{
+	TableMap   *m = &b->p->maps[i];
+	SqlError	e;
+	bool		ok;
+
+	if (!savepoint(b, "SAVEPOINT", "pgcdc_event"))
+		return false;
+	quiet_sql_errors = true;
+	ok = apply_map(b, i, PQgetvalue(ords, lo, 0), PQgetvalue(ords, hi - 1, 0), quarantined);
+	quiet_sql_errors = false;
+	if (ok)
+		return savepoint(b, "RELEASE SAVEPOINT", "pgcdc_event");
+	/* the error is replaced by the rollback: keep it */
+	e = last_sql_error;
+	if (sql_error_is_transient(&e))
+	{
+		log_msg(LOG_ERROR, "could not apply an event of %s to %s: %s (SQLSTATE %s)",
+				m->source_table, m->target, e.message, e.code);
+		return false;
+	}
+	if (!savepoint(b, "ROLLBACK TO SAVEPOINT", "pgcdc_event") ||
+		!savepoint(b, "RELEASE SAVEPOINT", "pgcdc_event"))
+		return false;
+	if (hi - lo > 1)
+		return isolate_range(b, i, ords, lo, lo + (hi - lo) / 2, quarantined) &&
+			isolate_range(b, i, ords, lo + (hi - lo) / 2, hi, quarantined);
+	if (!quarantine_event(b, i, PQgetvalue(ords, lo, 0), e.code, e.message, e.detail[0] ? e.detail : NULL))
+		return false;
+	/* named as the source knows it: commit LSN and position */
+	log_msg(LOG_INFO, "quarantined %s event %s:%s of %s for %s: %s (SQLSTATE %s)",
+			PQgetvalue(ords, lo, 1), PQgetvalue(ords, lo, 2), PQgetvalue(ords, lo, 3),
+			m->source_table, m->target, e.message, e.code);
+	(*quarantined)++;
+	return true;
+}
+
+/* Map i failed as a whole: find the events that fail (isolate_range). */
 static bool
 isolate_map(ApplyJob *b, int i, long *quarantined)
 {
-	TableMap   *m = &b->p->maps[i];
 	char		sql[160];
 	PGresult   *ords;
-	int			n;
+	bool		ok;
 	char		table[64];
 
 	snprintf(sql, sizeof(sql), "SELECT pgcdc_ord, op, _source_lsn, _source_seq FROM %s ORDER BY pgcdc_ord",
@@ -211,45 +252,9 @@ isolate_map(ApplyJob *b, int i, long *quarantined)
 	ords = exec_ok(b->conn, sql, 0, NULL);
 	if (ords == NULL)
 		return false;
-	for (n = 0; n < PQntuples(ords); n++)
-	{
-		const char *ord = PQgetvalue(ords, n, 0);
-		bool		ok;
-
-		if (!savepoint(b, "SAVEPOINT", "pgcdc_event"))
-			break;
-		quiet_sql_errors = true;
-		ok = apply_map(b, i, ord, quarantined);
-		quiet_sql_errors = false;
-		if (ok)
-		{
-			if (!savepoint(b, "RELEASE SAVEPOINT", "pgcdc_event"))
-				break;
-			continue;
-		}
-		/* the error is replaced by the rollback: keep it */
-		{
-			SqlError	e = last_sql_error;
-
-			if (sql_error_is_transient(&e))
-			{
-				log_msg(LOG_ERROR, "could not apply an event of %s to %s: %s (SQLSTATE %s)",
-						m->source_table, m->target, e.message, e.code);
-				break;
-			}
-			if (!savepoint(b, "ROLLBACK TO SAVEPOINT", "pgcdc_event") ||
-				!quarantine_event(b, i, ord, e.code, e.message, e.detail[0] ? e.detail : NULL))
-				break;
-			/* named as the source knows it: commit LSN and position */
-			log_msg(LOG_INFO, "quarantined %s event %s:%s of %s for %s: %s (SQLSTATE %s)",
-					PQgetvalue(ords, n, 1), PQgetvalue(ords, n, 2), PQgetvalue(ords, n, 3),
-					m->source_table, m->target, e.message, e.code);
-			(*quarantined)++;
-		}
-	}
-	n = n == PQntuples(ords);
+	ok = PQntuples(ords) == 0 || isolate_range(b, i, ords, 0, PQntuples(ords), quarantined);
 	PQclear(ords);
-	return n;
+	return ok;
 }
 
 /* The checkpoint and the batch log, in the batch's transaction. */
@@ -301,7 +306,7 @@ record_batch(ApplyJob *b, long quarantined, int64_t started_us)
 static bool
 apply_batch(ApplyJob *b, int64_t started_us)
 {
-	long		quarantined = 0;
+	long		quarantined = b->refused;	/* by the staging COPY, already */
 	bool		ok = true;
 	int			i;
 
@@ -313,7 +318,7 @@ apply_batch(ApplyJob *b, int64_t started_us)
 		quiet_sql_errors = true;
 		for (i = 0; i < b->p->nmaps && ok; i++)
 			if (b->per_map[i] > 0)
-				ok = apply_map(b, i, NULL, &quarantined);
+				ok = apply_map(b, i, NULL, NULL, &quarantined);
 		quiet_sql_errors = false;
 		if (!ok && sql_error_is_transient(&last_sql_error))
 		{
@@ -327,7 +332,7 @@ apply_batch(ApplyJob *b, int64_t started_us)
 					b->events, last_sql_error.code, last_sql_error.message);
 			if (!savepoint(b, "ROLLBACK TO SAVEPOINT", "pgcdc_batch"))
 				return false;
-			quarantined = 0;
+			quarantined = b->refused;
 			for (i = 0; i < b->p->nmaps; i++)
 			{
 				if (b->per_map[i] == 0)
@@ -335,7 +340,7 @@ apply_batch(ApplyJob *b, int64_t started_us)
 				if (!savepoint(b, "SAVEPOINT", "pgcdc_map"))
 					return false;
 				quiet_sql_errors = true;
-				ok = apply_map(b, i, NULL, &quarantined);
+				ok = apply_map(b, i, NULL, NULL, &quarantined);
 				quiet_sql_errors = false;
 				if (ok)
 				{

@@ -61,7 +61,16 @@ typedef struct SpillHeader
 {
 	uint32_t	len;
 	int32_t		map;
+	int64_t		raw_off;		/* the event's JSON in the job's raw file (not append) */
+	uint32_t	raw_len;
 } SpillHeader;
+
+/* A line held in memory while the lines a COPY refused are found. */
+typedef struct SpillRow
+{
+	SpillHeader h;
+	char	   *data;
+} SpillRow;
 
 /*
  * An anonymous file for a batch: in $TMPDIR (default /tmp), removed at once
@@ -315,7 +324,7 @@ end_copy(Batch *b)
 	res = PQgetResult(b->conn);
 	ok = PQresultStatus(res) == PGRES_COMMAND_OK;
 	if (!ok)
-		log_msg(LOG_ERROR, "could not stage events in the target: %s", conn_error(b->conn));
+		keep_sql_error(b->conn, res);
 	PQclear(res);
 	while ((res = PQgetResult(b->conn)) != NULL)
 		PQclear(res);
@@ -324,7 +333,7 @@ end_copy(Batch *b)
 
 /* COPY map i's rows of job k to the target, less the moot ones. */
 static bool
-send_map(Batch *b, int k, int i, PQExpBuffer row)
+copy_spill(Batch *b, int k, int i, PQExpBuffer row)
 {
 	char		chunk[65536];
 	FILE	   *spill = b->spill[k];
@@ -383,6 +392,149 @@ copy_failed:
 	return false;
 }
 
+/* COPY the rows v[0..n) of map i. */
+static bool
+copy_rows(Batch *b, int i, SpillRow *v, long n)
+{
+	if (!start_copy(b, i))
+		return false;
+	for (long r = 0; r < n; r++)
+		if (PQputCopyData(b->conn, v[r].data, (int) v[r].h.len) != 1)
+		{
+			log_msg(LOG_ERROR, "could not stage events in the target: %s", conn_error(b->conn));
+			return false;
+		}
+	return end_copy(b);
+}
+
+/* A refused row: its event goes to the quarantine with the COPY's error. */
+static bool
+quarantine_row(Batch *b, int k, int i, const SpillRow *row, const SqlError *e)
+{
+	ApplyJob   *j = &b->jobs[k];
+	TableMap   *m = &b->p->maps[i];
+	char	   *json = pg_malloc(row->h.raw_len + 1);
+	const char *params[7] = {b->p->name, m->source_table, m->target, json, e->code, e->message,
+	e->detail[0] ? e->detail : NULL};
+	PGresult   *res = NULL;
+
+	if (fseeko(j->raw, (off_t) row->h.raw_off, SEEK_SET) != 0 ||
+		fread(json, 1, row->h.raw_len, j->raw) != row->h.raw_len)
+		log_msg(LOG_ERROR, "could not read an event back from the batch's file: %m");
+	else
+	{
+		json[row->h.raw_len] = '\0';
+		res = exec_ok(b->conn, "SELECT pgcdc.quarantine_event($1, $2, $3, $4::jsonb, $5, $6, $7)",
+					  7, params);
+	}
+	if (res != NULL)
+	{
+		log_msg(LOG_INFO, "quarantined an event of %s for %s: the target's types refuse it: %s (SQLSTATE %s)",
+				m->source_table, m->target, e->message, e->code);
+		j->refused++;
+	}
+	free(json);
+	PQclear(res);
+	return res != NULL;
+}
+
+/*
+ * COPY v[0..n); if the target's types refuse a row (a value too long, not
+ * of its type, out of a domain), find it by halves, each half in a
+ * savepoint, and quarantine it: the others are staged.
+ */
+static bool
+copy_or_split(Batch *b, int k, int i, SpillRow *v, long n)
+{
+	SqlError	e;
+	bool		ok;
+
+	if (!exec_cmd(b->conn, "SAVEPOINT pgcdc_part"))
+		return false;
+	quiet_sql_errors = true;
+	ok = copy_rows(b, i, v, n);
+	quiet_sql_errors = false;
+	if (ok)
+		return exec_cmd(b->conn, "RELEASE SAVEPOINT pgcdc_part");
+	e = last_sql_error;
+	if (sql_error_is_transient(&e) || !exec_cmd(b->conn, "ROLLBACK TO SAVEPOINT pgcdc_part") ||
+		!exec_cmd(b->conn, "RELEASE SAVEPOINT pgcdc_part"))
+		return false;
+	if (n == 1)
+		return quarantine_row(b, k, i, &v[0], &e);
+	return copy_or_split(b, k, i, v, n / 2) && copy_or_split(b, k, i, v + n / 2, n - n / 2);
+}
+
+/* The rows of map i that copy_spill sends, in memory. */
+static SpillRow *
+read_rows(Batch *b, int k, int i, long *n)
+{
+	FILE	   *spill = b->spill[k];
+	SpillRow   *v = pg_malloc(sizeof(SpillRow) * Max(b->jobs[k].per_map[i], 1));
+	SpillHeader h;
+	long		line = 0;
+
+	*n = 0;
+	rewind(spill);
+	while (fread(&h, sizeof(h), 1, spill) == 1)
+	{
+		line++;
+		if (h.map != i || (!b->has_rules[i] && compact_dead(b->compact[k], line)))
+		{
+			if (fseeko(spill, h.len, SEEK_CUR) != 0)
+				break;
+			continue;
+		}
+		v[*n].h = h;
+		v[*n].data = pg_malloc(h.len);
+		if (fread(v[*n].data, 1, h.len, spill) != h.len)
+			break;
+		(*n)++;
+	}
+	return v;
+}
+
+/*
+ * COPY map i's rows of job k, in a savepoint: if the target's types refuse
+ * some of them (SQLSTATE class 22 or 23), they are found and quarantined,
+ * and the others staged; the batch goes on.  (An append map's rows are
+ * text: nothing to refuse.)
+ */
+static bool
+send_map(Batch *b, int k, int i, PQExpBuffer row)
+{
+	SpillRow   *v;
+	long		n;
+	bool		ok;
+	SqlError	e;
+
+	if (!exec_cmd(b->conn, "SAVEPOINT pgcdc_copy"))
+		return false;
+	quiet_sql_errors = true;
+	ok = copy_spill(b, k, i, row);
+	quiet_sql_errors = false;
+	if (ok)
+		return exec_cmd(b->conn, "RELEASE SAVEPOINT pgcdc_copy");
+	e = last_sql_error;
+	if (strcmp(b->p->maps[i].mode, "append") == 0 || sql_error_is_transient(&e) ||
+		(strncmp(e.code, "22", 2) != 0 && strncmp(e.code, "23", 2) != 0))
+	{
+		log_msg(LOG_ERROR, "could not stage events of %s for %s: %s (SQLSTATE %s)",
+				b->p->maps[i].source_table, b->p->maps[i].target, e.message, e.code);
+		return false;
+	}
+	log_msg(LOG_INFO, "%s refused events of %s (SQLSTATE %s: %s); finding them",
+			b->p->maps[i].target, b->p->maps[i].source_table, e.code, e.message);
+	if (!exec_cmd(b->conn, "ROLLBACK TO SAVEPOINT pgcdc_copy"))
+		return false;
+	v = read_rows(b, k, i, &n);
+	ok = copy_or_split(b, k, i, v, n) && exec_cmd(b->conn, "RELEASE SAVEPOINT pgcdc_copy");
+	for (long r = 0; r < n; r++)
+		free(v[r].data);
+	free(v);
+	return ok;
+}
+
 /*
  * Open the target transaction of job k and COPY its rows there, one COPY
  * per table map (in the apply thread).
@@ -394,6 +546,7 @@ send_spill(Batch *b, int k)
 	bool		ok;
 
 	b->jobs[k].moot = 0;
+	b->jobs[k].refused = 0;
 	if (!b->tables_ready && !create_session_tables(b))
 		return false;
 	if (!load_rules(b) || !exec_cmd(b->conn, "BEGIN"))
@@ -535,9 +688,9 @@ event_line(Batch *b, int i, const EventInfo *ev, const char *json, size_t len, o
 }
 
 static bool
-spill_line(Batch *b, int map)
+spill_line(Batch *b, int map, off_t raw_off, size_t raw_len)
 {
-	SpillHeader h = {(uint32_t) b->line->len, map};
+	SpillHeader h = {(uint32_t) b->line->len, map, (int64_t) raw_off, (uint32_t) raw_len};
 
 	if (fwrite(&h, sizeof(h), 1, b->spill[b->fill]) != 1 ||
 		fwrite(b->line->data, 1, b->line->len, b->spill[b->fill]) != b->line->len)
@@ -603,7 +756,7 @@ batch_add_event(Batch *b, const EventInfo *ev, const char *json, size_t len)
 			log_msg(LOG_ERROR, "could not read the row of an event: %.200s", json);
 			return false;
 		}
-		if (!spill_line(b, i))
+		if (!spill_line(b, i, raw_off, len))
 			return false;
 		note_key(b, i, ev, j->lines);
 		j->per_map[i]++;

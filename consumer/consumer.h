@@ -165,6 +165,7 @@ extern __thread SqlError last_sql_error;	/* of the last statement that failed */
 extern __thread bool quiet_sql_errors;	/* failures expected: log them at DEBUG */
 
 extern bool sql_error_is_transient(const SqlError *e);
+extern void keep_sql_error(PGconn *conn, const PGresult *res);
 extern PGconn *target_connect(const char *conninfo);
 extern bool target_lock_pipeline(PGconn *conn, const char *pipeline);
 extern bool target_setup_origin(PGconn *conn, const char *pipeline);
@@ -217,6 +218,7 @@ typedef struct ApplyJob
 	off_t		raw_len;
 	Lsn			source_lsn;		/* the source's position when the job started */
 	long		moot;			/* rows not sent: a later event on the key replaced them */
+	long		refused;		/* rows the staging COPY refused: quarantined */
 	/* results */
 	bool		ok;
 	long		quarantined;

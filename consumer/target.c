@@ -30,6 +30,15 @@ exec_ok(PGconn *conn, const char *sql, int nparams, const char *const *params)
 
 	if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
 		return res;
+	keep_sql_error(conn, res);
+	PQclear(res);
+	return NULL;
+}
+
+/* Keep a failed result's error in last_sql_error, and log it. */
+void
+keep_sql_error(PGconn *conn, const PGresult *res)
+{
 	copy_field(last_sql_error.code, sizeof(last_sql_error.code),
 			   PQresultErrorField(res, PG_DIAG_SQLSTATE));
 	if (last_sql_error.code[0] == '\0')
@@ -43,8 +52,6 @@ exec_ok(PGconn *conn, const char *sql, int nparams, const char *const *params)
 	/* one line: the message and its SQLSTATE, not the statement's context */
 	log_msg(quiet_sql_errors ? LOG_DEBUG : LOG_ERROR, "%s (SQLSTATE %s)",
 			last_sql_error.message, last_sql_error.code);
-	PQclear(res);
-	return NULL;
 }
 
 /*

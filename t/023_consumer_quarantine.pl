@@ -161,6 +161,60 @@ is( $dst->safe_psql('postgres',
 		  . "|| ' discarded' FROM pgcdc.quarantine WHERE pipeline = 'r'"),
 	"$failing open, $failing discarded", 'pipeline r: the first attempt\'s events are closed, not doubled');
 
+# Values the target's types refuse at staging (a narrower varchar, a domain
+# CHECK): those events are quarantined with the SQLSTATE, the rest applied.
+$src->safe_psql('postgres', q{
+CREATE TABLE tags (id int PRIMARY KEY, code text, score int);
+INSERT INTO tags VALUES (1, 'ok', 1);
+});
+$dst->safe_psql('postgres', q{
+CREATE DOMAIN small_score AS int CHECK (VALUE < 100);
+CREATE TABLE tags_mirror (id int PRIMARY KEY, code varchar(5), score small_score);
+SELECT pgcdc.create_pipeline('t');
+SELECT pgcdc.add_table('t', 'public.tags', 'public.tags_mirror', 'mirror');
+SELECT pgcdc.add_table('t', 'public.tags', 'public.tags_hist', 'scd2');
+});
+my $tcmd = consumer_cmd($src, $dst, 't', '--exit-when-caught-up');
+($rc, $err) = run_consumer($tcmd, $log);
+is($rc, 0, 'pipeline t: snapshot') or diag($err);
+$src->safe_psql('postgres', q{
+BEGIN;
+INSERT INTO tags SELECT g, 'c' || g, g FROM generate_series(2, 40) g;
+INSERT INTO tags VALUES (41, 'much too long', 1), (42, 'fine', 500);
+COMMIT;
+UPDATE tags SET score = 2 WHERE id = 2;
+});
+($rc, $err) = run_consumer($tcmd, $log);
+is($rc, 0, 'pipeline t: values the target refuses do not stop the pipeline') or diag($err);
+is( $dst->safe_psql('postgres',
+		"SELECT string_agg(target || ':' || error_code, ',' ORDER BY target, error_code) FROM pgcdc.quarantine "
+		  . "WHERE pipeline = 't' AND status = 'open'"),
+	'public.tags_mirror:22001,public.tags_mirror:23514',
+	'pipeline t: the refused events are quarantined with their SQLSTATEs (the history has no such types)');
+is($dst->safe_psql('postgres', q{SELECT count(*) || '/' || sum(score) FROM tags_mirror}),
+	$src->safe_psql('postgres', q{SELECT count(*) || '/' || sum(score) FROM tags WHERE id NOT IN (41, 42)}),
+	'pipeline t: every other event, and the later transaction, applied');
+is($dst->safe_psql('postgres', "SELECT count(*) FROM pgcdc.batch WHERE pipeline = 't' AND status = 'partial' AND quarantined = 2"),
+	'1', 'pipeline t: the batch with the refused events is partial, counting them');
+# One event failing a target CHECK in a large transaction: found by halves,
+# the other 1,999 applied.
+$dst->safe_psql('postgres', 'ALTER TABLE tags_mirror ADD CONSTRAINT id_not_1500 CHECK (id <> 1500)');
+$src->safe_psql('postgres', q{INSERT INTO tags SELECT g, 'b', 1 FROM generate_series(1001, 3000) g});
+($rc, $err) = run_consumer($tcmd, $log);
+is($rc, 0, 'pipeline t: a large transaction with one failing event') or diag($err);
+is( $dst->safe_psql('postgres',
+		"SELECT count(*) FROM tags_mirror WHERE id > 1000"),
+	'1999', 'pipeline t: all its other events applied');
+is( $dst->safe_psql('postgres',
+		"SELECT error_code || ':' || (event->'new'->>'id') FROM pgcdc.quarantine WHERE pipeline = 't' AND error_code = '23514' "
+		  . "AND error_message LIKE '%id_not_1500%'"),
+	'23514:1500', 'pipeline t: and that one quarantined');
+$dst->safe_psql('postgres', 'ALTER TABLE tags_mirror DROP CONSTRAINT id_not_1500');
+$dst->safe_psql('postgres', 'ALTER TABLE tags_mirror ALTER code TYPE text, ALTER score TYPE int');
+is($dst->safe_psql('postgres', "SELECT applied || '/' || failed FROM pgcdc.quarantine_replay(pipeline => 't')"),
+	'3/0', 'pipeline t: replayed after the target was widened and the constraint dropped');
+same_rows($src, 'tags', $dst, 'tags_mirror', 'id, code, score', 'id', 'pipeline t: mirror equals source');
+
 # The SQLSTATE a rule violation is quarantined with (the extension's choice).
 sub rule_code
 {
