@@ -31,6 +31,9 @@ typedef uint64_t Lsn;
 #define EXIT_DONE	0
 #define EXIT_ERROR	1
 #define EXIT_USAGE	2
+/* run_once's other outcomes: retry after a backoff; paused, look again later */
+#define RUN_RETRY	(-1)
+#define RUN_PAUSED	(-2)
 
 typedef enum SnapshotMode
 {
@@ -90,6 +93,7 @@ typedef struct Pipeline
 	char	   *slot_name;
 	bool		paused;
 	char	   *decoder_options;	/* extra decoder options from pipeline.options */
+	char	   *digest;			/* of its row and table maps, to see them change */
 	int			nmaps;
 	TableMap   *maps;
 	/* the checkpoint: the last source transaction applied */
@@ -136,6 +140,7 @@ extern Stats stats;
 extern volatile sig_atomic_t stop_requested;
 
 /* log.c */
+#define LOG_WARNING	(-1)
 #define LOG_ERROR	0
 #define LOG_INFO	1
 #define LOG_DEBUG	2
@@ -165,6 +170,7 @@ extern __thread SqlError last_sql_error;	/* of the last statement that failed */
 extern __thread bool quiet_sql_errors;	/* failures expected: log them at DEBUG */
 
 extern bool sql_error_is_transient(const SqlError *e);
+extern int	target_pipeline_changed(PGconn *conn, const Pipeline *p);
 extern void keep_sql_error(PGconn *conn, const PGresult *res);
 extern PGconn *target_connect(const char *conninfo);
 extern bool target_lock_pipeline(PGconn *conn, const char *pipeline);

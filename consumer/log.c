@@ -31,7 +31,7 @@ log_msg(int level, const char *fmt,...)
 	gmtime_r(&tv.tv_sec, &tm);
 	strftime(ts, sizeof(ts), "%Y-%m-%d %H:%M:%S", &tm);
 	n = snprintf(line, sizeof(line), "%s.%03d UTC pgcdc_consumer[%d] %s: ", ts, (int) (tv.tv_usec / 1000),
-				 (int) getpid(), level == LOG_ERROR ? "ERROR" : level == LOG_INFO ? "LOG" : "DEBUG");
+				 (int) getpid(), level == LOG_ERROR ? "ERROR" : level == LOG_WARNING ? "WARNING" : level == LOG_INFO ? "LOG" : "DEBUG");
 	errno = save_errno;
 	va_start(ap, fmt);
 	vsnprintf(line + n, sizeof(line) - n - 1, fmt, ap);

@@ -15,8 +15,6 @@
 
 #include "consumer.h"
 
-#define RUN_RETRY	(-1)
-#define RUN_PAUSED	(-2)
 
 ConsumerOptions opts = {
 	.snapshot = SNAPSHOT_INITIAL,

@@ -26,6 +26,8 @@ struct Stream
 
 /* Microseconds between the Unix and the PostgreSQL epoch (2000-01-01). */
 #define PG_EPOCH_OFFSET_US INT64CONST(946684800000000)
+/* how often a running consumer looks whether its pipeline changed */
+#define PIPELINE_CHECK_US INT64CONST(5000000)
 
 static void
 put_u64(char *buf, uint64_t v)
@@ -122,6 +124,28 @@ source_check(PGconn *source, Pipeline *p, bool *slot_exists)
 		ok = false;
 	}
 	PQclear(res);
+
+	/*
+	 * The decoder names a change of a partition after the partition: a map
+	 * of a partitioned table would copy its rows and then see no change.
+	 */
+	for (int i = 0; i < p->nmaps && ok; i++)
+	{
+		const char *tp[1] = {p->maps[i].source_table};
+
+		res = exec_ok(source, "SELECT relkind = 'p' FROM pg_catalog.pg_class "
+					  "WHERE oid = pg_catalog.to_regclass($1)", 1, tp);
+		if (res == NULL)
+			return false;
+		if (PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0)
+		{
+			log_msg(LOG_ERROR, "source table %s is partitioned: its changes are decoded under its partitions' names",
+					p->maps[i].source_table);
+			log_hint("Map each partition instead: pgcdc.add_table for each, each into its own target.");
+			ok = false;
+		}
+		PQclear(res);
+	}
 	return ok;
 }
 
@@ -393,6 +417,7 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 	Lsn			caught_up_at = InvalidLsn;
 	int64_t		last_progress_us = now_us();
 	int64_t		last_lsn_poll_us = 0;
+	int64_t		last_def_check_us = now_us();
 	int			result = -1;
 
 	if (b == NULL)
@@ -425,6 +450,28 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 
 		if (!finish_batch(s, b, false))
 			goto done;
+
+		/*
+		 * A pipeline paused, or its table maps changed, while we run: stop
+		 * between transactions, dropping the batch being filled (its
+		 * transactions come again), and start over (run_once).  Looked at
+		 * while the apply thread leaves the target connection free.
+		 */
+		if (!s->in_xact && !batch_pending(b) && now - last_def_check_us >= PIPELINE_CHECK_US)
+		{
+			int			changed = target_pipeline_changed(target, p);
+
+			last_def_check_us = now;
+			if (changed != 0)
+			{
+				if (changed == 1)
+					log_msg(LOG_INFO, "pipeline \"%s\" was paused: stopping", p->name);
+				else if (changed == 2)
+					log_msg(LOG_INFO, "pipeline \"%s\" or its table maps changed: starting over", p->name);
+				result = changed == 1 ? RUN_PAUSED : RUN_RETRY;
+				goto done;
+			}
+		}
 
 		/*
 		 * Whole source transactions, up to batch-size events or batch-ms;

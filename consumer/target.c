@@ -95,6 +95,36 @@ notice_to_log(void *arg, const char *message)
 	log_msg(LOG_DEBUG, "server: %.*s", (int) (n > 0 && message[n - 1] == '\n' ? n - 1 : n), message);
 }
 
+/* What a running consumer must notice: the pipeline's row and table maps. */
+#define PIPELINE_DIGEST \
+	"pg_catalog.md5(p::text || coalesce((SELECT pg_catalog.string_agg(m::text, ',' ORDER BY m.source_table, m.target) " \
+	"FROM pgcdc.table_map m WHERE m.pipeline = p.name), ''))"
+
+/*
+ * Has the pipeline changed since it was loaded?  0 no, 1 it was paused,
+ * 2 it changed otherwise (table maps added, removed or altered; options;
+ * the pipeline dropped), -1 the query failed.
+ */
+int
+target_pipeline_changed(PGconn *conn, const Pipeline *p)
+{
+	const char *params[1] = {p->name};
+	PGresult   *res = exec_ok(conn, "SELECT p.paused, " PIPELINE_DIGEST
+							  " FROM pgcdc.pipeline p WHERE p.name = $1", 1, params);
+	int			changed;
+
+	if (res == NULL)
+		return -1;
+	if (PQntuples(res) == 0)
+		changed = 2;
+	else if (strcmp(PQgetvalue(res, 0, 0), "t") == 0)
+		changed = 1;
+	else
+		changed = p->digest && strcmp(PQgetvalue(res, 0, 1), p->digest) != 0 ? 2 : 0;
+	PQclear(res);
+	return changed;
+}
+
 PGconn *
 target_connect(const char *conninfo)
 {
@@ -292,8 +322,9 @@ target_load_pipeline(PGconn *conn, PGconn *source, Pipeline *p)
 				  "SELECT slot_name, paused, "
 				  "       (SELECT pg_catalog.string_agg(pg_catalog.format('%I %L', key, value), ', ') "
 				  "          FROM pg_catalog.jsonb_each_text(options) "
-				  "         WHERE key = ANY ('{include-types,numeric-as-string,origin,exclude-tables,actions}')) "
-				  "FROM pgcdc.pipeline WHERE name = $1", 1, params);
+				  "         WHERE key = ANY ('{include-types,numeric-as-string,origin,exclude-tables,actions}')), "
+				  "       " PIPELINE_DIGEST " "
+				  "FROM pgcdc.pipeline p WHERE name = $1", 1, params);
 	if (res == NULL)
 	{
 		log_hint("Is the pgcdc extension installed in the target database (CREATE EXTENSION pgcdc)?");
@@ -309,6 +340,7 @@ target_load_pipeline(PGconn *conn, PGconn *source, Pipeline *p)
 	p->slot_name = get_str(res, 0, 0);
 	p->paused = strcmp(PQgetvalue(res, 0, 1), "t") == 0;
 	p->decoder_options = get_str(res, 0, 2);
+	p->digest = get_str(res, 0, 3);
 	PQclear(res);
 
 	res = exec_ok(conn,
@@ -647,6 +679,16 @@ target_prepare_tables(PGconn *conn, PGconn *source, Pipeline *p)
 			PQclear(res);
 			if (!create_target(conn, source, p, m))
 				return false;
+			/* the snapshot happened once, for the maps there were then */
+			if (p->has_checkpoint)
+			{
+				log_msg(LOG_WARNING, "target %s was created now, after pipeline \"%s\" took its snapshot: "
+						"the rows %s held before are not copied, only changes from now on",
+						m->target, p->name, m->source_table);
+				log_hint("Copy them yourself (the mirror keeps newer rows), or take the snapshot of "
+						 "every table again: stop the consumer, drop slot \"%s\" on the source and delete the "
+						 "pipeline's row of pgcdc.checkpoint.", p->slot_name);
+			}
 		}
 		else
 		{
@@ -729,6 +771,7 @@ pipeline_free(Pipeline *p)
 	free(p->maps);
 	free(p->slot_name);
 	free(p->decoder_options);
+	free(p->digest);
 	p->maps = NULL;
 	p->nmaps = 0;
 	p->slot_name = NULL;

@@ -182,6 +182,20 @@ is($rc, 1, 'a target without the extension exits 1');
 like($err, qr/relation "pgcdc.pipeline" does not exist.*\nHINT:  Is the pgcdc extension installed/,
 	'and hints at CREATE EXTENSION');
 
+# A partitioned source table: its changes come under the partitions' names.
+$src->safe_psql('postgres', q{
+CREATE TABLE parted (id int PRIMARY KEY, v text) PARTITION BY RANGE (id);
+CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (100);
+});
+$dst->safe_psql('postgres', q{
+SELECT pgcdc.create_pipeline('part');
+SELECT pgcdc.add_table('part', 'public.parted', 'public.parted_mirror');
+});
+($rc, $err) = run_consumer(consumer_cmd($src, $dst, 'part', '--exit-when-caught-up'), $log, 30);
+is($rc, 1, 'a partitioned source table exits 1');
+like($err, qr/source table public\.parted is partitioned: its changes are decoded under its partitions' names\nHINT:  Map each partition/,
+	'and says to map the partitions');
+
 # --heartbeat: with only uncaptured tables written, the slot still advances.
 my $hb = start_consumer(consumer_cmd($src, $dst, 'p', '--heartbeat', 1, '--status-interval', 1), $log);
 $src->safe_psql('postgres', 'CREATE TABLE other AS SELECT g FROM generate_series(1, 10000) g');

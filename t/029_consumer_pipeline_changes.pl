@@ -1,0 +1,79 @@
+# A running consumer notices its pipeline change: pause_pipeline stops it
+# applying (resume_pipeline starts it again), add_table and remove_table
+# take effect without a restart, and a target created after the snapshot
+# says that the rows from before were not copied.
+use strict;
+use warnings;
+use lib 't';
+use ConsumerTest;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(usleep);
+
+my $src = new_node('source', no_extension => 1);
+my $dst = new_node('target');
+my $log = "$PostgreSQL::Test::Utils::log_path/consumer_changes.log";
+
+$src->safe_psql('postgres', q{
+CREATE TABLE a (id int PRIMARY KEY, v text);
+CREATE TABLE b (id int PRIMARY KEY, v text);
+INSERT INTO a VALUES (1, 'a1');
+INSERT INTO b VALUES (1, 'b1'), (2, 'b2');
+});
+$dst->safe_psql('postgres', q{
+SELECT pgcdc.create_pipeline('p');
+SELECT pgcdc.add_table('p', 'public.a', 'public.a_mirror');
+});
+
+# wait until the log has grown by a line matching $re
+sub wait_for_log
+{
+	my ($re, $from) = @_;
+	for (1 .. 300)
+	{
+		return 1 if substr(slurp_log($log), $from) =~ $re;
+		usleep(100_000);
+	}
+	return 0;
+}
+
+my $h = start_consumer(consumer_cmd($src, $dst, 'p', '--batch-ms', 50), $log);
+$src->safe_psql('postgres', "INSERT INTO a VALUES (2, 'a2')");
+ok(wait_for_row($dst, "SELECT EXISTS (SELECT FROM a_mirror WHERE id = 2)"), 'streaming');
+
+# --- pause and resume while it runs
+my $at = length(slurp_log($log));
+$dst->safe_psql('postgres', "SELECT pgcdc.pause_pipeline('p')");
+ok(wait_for_log(qr/pipeline "p" was paused: stopping/, $at), 'a pause is noticed by the running consumer');
+$src->safe_psql('postgres', "INSERT INTO a VALUES (3, 'while paused')");
+sleep 2;
+is($dst->safe_psql('postgres', 'SELECT count(*) FROM a_mirror WHERE id = 3'), '0', 'nothing is applied while paused');
+$dst->safe_psql('postgres', "SELECT pgcdc.resume_pipeline('p')");
+ok(wait_for_row($dst, "SELECT EXISTS (SELECT FROM a_mirror WHERE id = 3)"), 'resumed: the change made meanwhile comes');
+
+# --- a table map added while it runs
+$at = length(slurp_log($log));
+$dst->safe_psql('postgres', "SELECT pgcdc.add_table('p', 'public.b', 'public.b_mirror')");
+ok(wait_for_log(qr/pipeline "p" or its table maps changed: starting over/, $at), 'an added table map is noticed');
+ok(wait_for_log(qr/WARNING: target public\.b_mirror was created now, after pipeline "p" took its snapshot/, $at),
+	'the target created after the snapshot says its old rows were not copied');
+$src->safe_psql('postgres', "INSERT INTO b VALUES (3, 'b3')");
+ok(wait_for_row($dst, "SELECT EXISTS (SELECT FROM b_mirror WHERE id = 3)"), 'the added table streams');
+is($dst->safe_psql('postgres', 'SELECT string_agg(id::text, \',\' ORDER BY id) FROM b_mirror'), '3',
+	'(only its changes from then on)');
+
+# --- a table map removed while it runs
+$at = length(slurp_log($log));
+$dst->safe_psql('postgres', "SELECT pgcdc.remove_table('p', 'public.a', 'public.a_mirror')");
+ok(wait_for_log(qr/pipeline "p" or its table maps changed: starting over/, $at), 'a removed table map is noticed');
+ok(wait_for_log(qr/streaming from slot/, $at), 'and streaming goes on');
+$src->safe_psql('postgres', "INSERT INTO a VALUES (4, 'after removal'); INSERT INTO b VALUES (4, 'b4')");
+ok(wait_for_row($dst, "SELECT EXISTS (SELECT FROM b_mirror WHERE id = 4)"), 'the other map still streams');
+is($dst->safe_psql('postgres', 'SELECT count(*) FROM a_mirror WHERE id = 4'), '0',
+	'the removed map gets nothing more');
+
+is(stop_consumer($h), 0, 'SIGTERM stops it with status 0');
+$src->stop;
+$dst->stop;
+done_testing();
