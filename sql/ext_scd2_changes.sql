@@ -422,6 +422,15 @@ INSERT INTO ord_all VALUES (1, 1, 'a', 'I', 1, '2024-01-01', 1), (1, 2, 'b', 'U'
 SELECT id, x, y, _valid_from::date, _valid_to::date, _is_current, _version, _sequence, _last_sequence
   FROM ord_apply('{1,2,2}', '{x}');
 SELECT * FROM ord_diff;
+-- a late change at a version's very start (later in order than the change
+-- that opened it) that puts the values of the version before back: one
+-- version, as in order
+TRUNCATE ord_all;
+INSERT INTO ord_all VALUES (1, 1, 'a', 'I', 1, '2024-01-01', 1), (1, 2, 'b', 'U', 2, '2024-01-02', 1),
+	(1, 1, 'c', 'U', 3, '2024-01-02', 2), (1, 3, 'd', 'U', 4, '2024-01-04', 1);
+SELECT id, x, y, _valid_from::date, _valid_to::date, _is_current, _version, _sequence, _last_sequence
+  FROM ord_apply('{1,2}', '{x}');
+SELECT * FROM ord_diff;
 -- Random changes to a few keys, cut into random batches applied in random
 -- order with random replays, give the history of applying them in order.
 -- (Not here: a delete that arrives when its key has no version open, and

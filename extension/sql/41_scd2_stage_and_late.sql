@@ -569,7 +569,7 @@ DECLARE
 		target, pgcdc._list(data_cols), pgcdc._list(data_cols, 'r'), resolved);
 	-- the late row's values become A's (its position $3 at $4)
 	absorb text := format('UPDATE %s t SET %s _row_hash = r.pgcdc_h, _last_sequence = $3, '
-						  '_last_at = $4 FROM (%s) r WHERE t.ctid = $2', target,
+						  '_last_at = $4 FROM (%s) r WHERE t.ctid = $2 RETURNING t.ctid', target,
 						  (SELECT coalesce(string_agg(format('%I = r.%I, ', c, c), ''), '')
 							 FROM unnest(vals) c), resolved);
 	-- A ends at its last change (of untracked columns only, which had A's
@@ -598,7 +598,8 @@ DECLARE
 		UPDATE %1$s t SET %5$s _valid_to = n._valid_to, _is_current = n._is_current,
 			   _is_deleted = n._is_deleted, _row_hash = n._row_hash,
 			   _last_sequence = n._last_sequence, _last_at = n._last_at
-		  FROM n WHERE t.ctid = $1$f$,
+		  FROM n WHERE t.ctid = $1
+		RETURNING t.ctid$f$,
 		target, pgcdc._key_join('t', 'x', target, key_columns), pgcdc._hash_expr(tracked, 't'),
 		pgcdc._hash_expr(tracked, 't'),
 		(SELECT coalesce(string_agg(format('%I = n.%I, ', c, c), ''), '') FROM unnest(vals) c));
@@ -609,6 +610,7 @@ DECLARE
 		 ORDER BY p._valid_from DESC LIMIT 1$f$,
 		target, pgcdc._key_join('p', 'a', target, key_columns));
 	tid tid;
+	tid2 tid;
 	renumber text := format($f$
 		UPDATE %1$s t SET _version = x.n
 		  FROM (SELECT h.ctid AS tid, row_number() OVER (ORDER BY h._valid_from) AS n
@@ -692,11 +694,12 @@ BEGIN
 				-- no tracked change: its untracked values are A's when nothing
 				-- later was applied to A; at A's start its values are A's
 				CONTINUE WHEN s.pgcdc_seq <= a._last_sequence;
-				EXECUTE absorb USING s.pgcdc_rn, a.ctid, s.pgcdc_seq, t;
+				EXECUTE absorb INTO tid USING s.pgcdc_rn, a.ctid, s.pgcdc_seq, t;
 				CONTINUE WHEN h IS NOT DISTINCT FROM a.row_hash;
-				-- A's new values may equal its neighbours'
-				EXECUTE merge_next USING a.ctid;
-				EXECUTE prev INTO tid USING a.ctid;
+				-- A's new values may equal its neighbours' (each update moves A:
+				-- tid follows it)
+				EXECUTE merge_next INTO tid2 USING tid;
+				EXECUTE prev INTO tid USING coalesce(tid2, tid);
 				IF tid IS NOT NULL THEN
 					EXECUTE merge_next USING tid;
 				END IF;
