@@ -367,6 +367,35 @@ apply_batch(ApplyJob *b, int64_t started_us)
 	return true;
 }
 
+/*
+ * A batch that did not commit (it will be retried) leaves a 'failed' row in
+ * the batch log, in a transaction of its own, so that pgcdc.status shows a
+ * stuck pipeline and why.  Best effort: the connection may be gone.
+ */
+void
+record_failed_batch(ApplyJob *b, const SqlError *e)
+{
+	char		first[32],
+				commit[32],
+				error[1100];
+	const char *params[4] = {b->p->name, first, commit, error};
+	PGresult   *res;
+
+	if (PQstatus(b->conn) != CONNECTION_OK)
+		return;
+	quiet_sql_errors = true;
+	if (PQtransactionStatus(b->conn) != PQTRANS_IDLE)
+		(void) exec_cmd(b->conn, "ROLLBACK");
+	format_lsn(b->first_lsn, first);
+	format_lsn(b->last_commit_lsn, commit);
+	snprintf(error, sizeof(error), "%s (SQLSTATE %s)", e->message, e->code);
+	res = exec_ok(b->conn,
+				  "INSERT INTO pgcdc.batch (pipeline, first_lsn, last_lsn, finished_at, status, error) "
+				  "VALUES ($1, $2, $3, pg_catalog.clock_timestamp(), 'failed', $4)", 4, params);
+	PQclear(res);
+	quiet_sql_errors = false;
+}
+
 bool
 apply_job(ApplyJob *b)
 {

@@ -824,6 +824,8 @@ apply_thread(void *arg)
 			strcpy(j->error.message, "could not stage the batch");
 		}
 	}
+	if (!j->ok)
+		record_failed_batch(j, &j->error);
 	__atomic_store_n(&b->done, true, __ATOMIC_RELEASE);
 	if (write(b->done_pipe[1], "x", 1) != 1)
 		log_msg(LOG_ERROR, "could not signal the end of a batch: %m");

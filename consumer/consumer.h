@@ -234,6 +234,7 @@ typedef struct ApplyJob
 
 /* apply.c */
 extern bool apply_job(ApplyJob *job);
+extern void record_failed_batch(ApplyJob *job, const SqlError *e);
 
 /* compact.c */
 typedef struct Compactor Compactor;

@@ -1,7 +1,8 @@
 # A running consumer notices its pipeline change: pause_pipeline stops it
 # applying (resume_pipeline starts it again), add_table and remove_table
 # take effect without a restart, and a target created after the snapshot
-# says that the rows from before were not copied.
+# says that the rows from before were not copied.  A batch that keeps
+# failing shows in pgcdc.status.
 use strict;
 use warnings;
 use lib 't';
@@ -72,6 +73,24 @@ $src->safe_psql('postgres', "INSERT INTO a VALUES (4, 'after removal'); INSERT I
 ok(wait_for_row($dst, "SELECT EXISTS (SELECT FROM b_mirror WHERE id = 4)"), 'the other map still streams');
 is($dst->safe_psql('postgres', 'SELECT count(*) FROM a_mirror WHERE id = 4'), '0',
 	'the removed map gets nothing more');
+
+# --- a batch that keeps failing with an error worth a retry (here a trigger
+# raising a serialization failure) shows in pgcdc.status, and the pipeline
+# recovers once the cause is gone
+$dst->safe_psql('postgres', q{
+CREATE FUNCTION stall() RETURNS trigger LANGUAGE plpgsql AS
+  $$ BEGIN RAISE EXCEPTION 'try again later' USING ERRCODE = '40001'; END $$;
+CREATE TRIGGER stall BEFORE INSERT ON b_mirror FOR EACH ROW EXECUTE FUNCTION stall();
+});
+$src->safe_psql('postgres', "INSERT INTO b VALUES (5, 'b5')");
+ok( wait_for_row($dst,
+		"SELECT last_batch_status = 'failed' AND last_batch_error LIKE 'try again later (SQLSTATE 40001)%' "
+		  . "FROM pgcdc.status WHERE pipeline = 'p'"),
+	'a batch that failed and will be retried shows in pgcdc.status with its error');
+$dst->safe_psql('postgres', 'DROP TRIGGER stall ON b_mirror');
+ok(wait_for_row($dst, "SELECT EXISTS (SELECT FROM b_mirror WHERE id = 5)"), 'the retry applies it once the cause is gone');
+ok(wait_for_row($dst, "SELECT last_batch_status = 'ok' FROM pgcdc.status WHERE pipeline = 'p'"),
+	'and pgcdc.status is ok again');
 
 is(stop_consumer($h), 0, 'SIGTERM stops it with status 0');
 $src->stop;
