@@ -377,8 +377,9 @@ record_failed_batch(ApplyJob *b, const SqlError *e)
 {
 	char		first[32],
 				commit[32],
+				source[32],
 				error[1100];
-	const char *params[4] = {b->p->name, first, commit, error};
+	const char *params[5] = {b->p->name, first, commit, error, source};
 	PGresult   *res;
 
 	if (PQstatus(b->conn) != CONNECTION_OK)
@@ -389,9 +390,13 @@ record_failed_batch(ApplyJob *b, const SqlError *e)
 	format_lsn(b->first_lsn, first);
 	format_lsn(b->last_commit_lsn, commit);
 	snprintf(error, sizeof(error), "%s (SQLSTATE %s)", e->message, e->code);
+	/* and the source's position as last seen: lag_bytes grows while it is stuck */
+	format_lsn(b->source_lsn, source);
 	res = exec_ok(b->conn,
+				  "WITH c AS (UPDATE pgcdc.checkpoint SET source_lsn = greatest(source_lsn, $5::pg_catalog.pg_lsn), "
+				  "                  source_seen_at = pg_catalog.clock_timestamp() WHERE pipeline = $1) "
 				  "INSERT INTO pgcdc.batch (pipeline, first_lsn, last_lsn, finished_at, status, error) "
-				  "VALUES ($1, $2, $3, pg_catalog.clock_timestamp(), 'failed', $4)", 4, params);
+				  "VALUES ($1, $2, $3, pg_catalog.clock_timestamp(), 'failed', $4)", 5, params);
 	PQclear(res);
 	quiet_sql_errors = false;
 }

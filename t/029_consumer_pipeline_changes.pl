@@ -41,6 +41,8 @@ sub wait_for_log
 
 my $h = start_consumer(consumer_cmd($src, $dst, 'p', '--batch-ms', 50), $log);
 $src->safe_psql('postgres', "INSERT INTO a VALUES (2, 'a2')");
+# (the consumer creates the target first)
+ok(wait_for_row($dst, "SELECT to_regclass('public.a_mirror') IS NOT NULL"), 'the target is created');
 ok(wait_for_row($dst, "SELECT EXISTS (SELECT FROM a_mirror WHERE id = 2)"), 'streaming');
 
 # --- pause and resume while it runs
@@ -85,8 +87,8 @@ CREATE TRIGGER stall BEFORE INSERT ON b_mirror FOR EACH ROW EXECUTE FUNCTION sta
 $src->safe_psql('postgres', "INSERT INTO b VALUES (5, 'b5')");
 ok( wait_for_row($dst,
 		"SELECT last_batch_status = 'failed' AND last_batch_error LIKE 'try again later (SQLSTATE 40001)%' "
-		  . "FROM pgcdc.status WHERE pipeline = 'p'"),
-	'a batch that failed and will be retried shows in pgcdc.status with its error');
+		  . "AND lag_bytes > 0 FROM pgcdc.status WHERE pipeline = 'p'"),
+	'a batch that failed and will be retried shows in pgcdc.status with its error, and the lag');
 $dst->safe_psql('postgres', 'DROP TRIGGER stall ON b_mirror');
 ok(wait_for_row($dst, "SELECT EXISTS (SELECT FROM b_mirror WHERE id = 5)"), 'the retry applies it once the cause is gone');
 ok(wait_for_row($dst, "SELECT last_batch_status = 'ok' FROM pgcdc.status WHERE pipeline = 'p'"),
