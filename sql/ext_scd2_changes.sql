@@ -496,6 +496,19 @@ SELECT * FROM pgcdc.scd2_apply_changes('keyed_hist', 'keyed_changes', '{id}', '_
 SELECT id, v, big, _valid_from::date, _valid_to::date, _is_current FROM keyed_hist ORDER BY _valid_from;
 DROP TABLE keyed, keyed_hist, keyed_changes;
 
+-- a late change with unchanged TOAST takes the value of the version it splits
+CREATE TABLE toasted (id int PRIMARY KEY, x int, big text);
+SELECT pgcdc.create_history_table('toasted', 'toasted_hist');
+CREATE TABLE toasted_changes (op text, seq int, ts timestamptz, id int, x int, big text, unchanged_toast text[]);
+INSERT INTO toasted_changes VALUES ('I', 1, '2024-01-01', 1, 1, 'BIG', NULL),
+	('U', 3, '2024-01-03', 1, 3, NULL, '{big}');
+SELECT * FROM pgcdc.scd2_apply_changes('toasted_hist', 'toasted_changes', '{id}', 'seq', valid_from_column => 'ts');
+TRUNCATE toasted_changes;
+INSERT INTO toasted_changes VALUES ('U', 2, '2024-01-02', 1, 2, NULL, '{big}');
+SELECT * FROM pgcdc.scd2_apply_changes('toasted_hist', 'toasted_changes', '{id}', 'seq', valid_from_column => 'ts');
+SELECT x, big, _valid_from::date, _valid_to::date, _version FROM toasted_hist ORDER BY _valid_from;
+DROP TABLE toasted, toasted_hist, toasted_changes;
+
 -- A history table made by hand with the spec's system columns only: merges
 -- work as they are; scd2_apply_changes adds the position columns it needs
 CREATE TABLE plain_src (id int PRIMARY KEY, v text);

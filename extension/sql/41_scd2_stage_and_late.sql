@@ -707,15 +707,17 @@ BEGIN
 				-- split A at t; the second part carries the late change and
 				-- keeps what was applied to A after it (e.g. the delete that
 				-- closed A)
+				-- (the update moves A: its unchanged TOAST is read from where it is now)
 				EXECUTE format('UPDATE %s SET _valid_to = $2, _is_current = false, '
-							   '_last_sequence = $3, _last_at = $4 WHERE ctid = $1', target)
+							   '_last_sequence = $3, _last_at = $4 WHERE ctid = $1 RETURNING ctid', target)
+				INTO tid2
 				USING a.ctid, t,
 					  CASE WHEN a._last_sequence < s.pgcdc_seq THEN a._last_sequence
 						   ELSE a._sequence END,
 					  CASE WHEN a._last_sequence < s.pgcdc_seq THEN a._last_at
 						   ELSE a._valid_from END;
 				EXECUTE insert_version INTO tid
-						USING s.pgcdc_rn, a.ctid, t, a._valid_to, a._is_current,
+						USING s.pgcdc_rn, tid2, t, a._valid_to, a._is_current,
 							  greatest(s.pgcdc_seq, a._last_sequence),
 							  CASE WHEN a._last_sequence > s.pgcdc_seq THEN a._last_at ELSE t END;
 				EXECUTE merge_next USING tid;
