@@ -39,8 +39,10 @@ SELECT * FROM pgcdc.scd2_merge('customer_history', 'customer', '{id}', '{name,ci
 							   valid_at => '2024-01-05');
 SELECT * FROM h ORDER BY id, valid_from;
 
--- the deleted key comes back: a new version after the gap
+-- the deleted key comes back: a new version after the gap (not before its
+-- last version ended: versions of a key never overlap)
 INSERT INTO customer VALUES (2, 'Bob', 'Rome', 1);
+SELECT * FROM pgcdc.scd2_merge('customer_history', 'customer', '{id}', valid_at => '2024-01-02');
 SELECT * FROM pgcdc.scd2_merge('customer_history', 'customer', '{id}', valid_at => '2024-01-06');
 SELECT * FROM h WHERE id = 2 ORDER BY valid_from;
 

@@ -264,7 +264,16 @@ WITH diff AS MATERIALIZED (
 	 WHERE t.ctid = d.pgcdc_tid AND d.pgcdc_kind = 'touched'
 ), ins AS (
 	INSERT INTO %1$s (%11$s, _valid_from, _valid_to, _is_current, _is_deleted, _version, _row_hash)
-	SELECT %12$s, $1, 'infinity', true, false,
+	SELECT %12$s,
+		   -- a key back after its versions were closed: not before the last one ended
+		   CASE WHEN d.pgcdc_kind <> 'new'
+					 OR $1 >= coalesce((SELECT max(h._valid_to) FROM %1$s h WHERE %13$s), '-infinity')
+				THEN $1
+				ELSE pgcdc._fail('22023',
+					pg_catalog.format('valid_at %%s is earlier than the end of the last version of key %%s in %%s',
+									  $1, ROW(%16$s)::text, %9$L),
+					NULL, 'Versions of a key never overlap; pass a later valid_at.') END,
+		   'infinity', true, false,
 		   coalesce(d.pgcdc_version, (SELECT max(h._version) FROM %1$s h WHERE %13$s), 0) + 1,
 		   %14$s
 	  FROM diff d
@@ -295,7 +304,8 @@ SELECT count(*) FILTER (WHERE pgcdc_kind IN ('new', 'back')),
 		pgcdc._list(data_cols), pgcdc._list(data_cols, 'd'),
 		pgcdc._key_join('h', 'd', target, key_columns),
 		pgcdc._hash_expr(tracked, 'd'),
-		pgcdc._list(data_cols, 'h'));
+		pgcdc._list(data_cols, 'h'),
+		pgcdc._list(key_columns, 'd'));
 	IF cardinality(untracked) = 0 THEN
 		sql := regexp_replace(sql, '\), touched AS \(.*?\), ins AS \(', '), ins AS (');
 	END IF;
