@@ -19,14 +19,28 @@
 
 PG_FUNCTION_INFO_V1(pgcdc_parse_rule_expr);
 
+/*
+ * A subquery, or what shows a call to be an aggregate or window function
+ * (OVER, *, DISTINCT, ORDER BY, FILTER, WITHIN GROUP): a rule judges one row.
+ * (A plain aggregate call such as sum(x) looks like any function here; the
+ * check against the table, in SQL, refuses it.)
+ */
 static bool
-contains_sublink(Node *node, void *context)
+forbidden_node(Node *node, void *context)
 {
 	if (node == NULL)
 		return false;
 	if (IsA(node, SubLink))
 		return true;
-	return raw_expression_tree_walker(node, contains_sublink, context);
+	if (IsA(node, FuncCall))
+	{
+		FuncCall   *f = (FuncCall *) node;
+
+		if (f->over != NULL || f->agg_star || f->agg_distinct || f->agg_order != NIL ||
+			f->agg_filter != NULL || f->agg_within_group)
+			return true;
+	}
+	return raw_expression_tree_walker(node, forbidden_node, context);
 }
 
 /*
@@ -90,7 +104,7 @@ pgcdc_parse_rule_expr(PG_FUNCTION_ARGS)
 		list_length(select->targetList) != 1)
 		goto bad;
 	target = linitial_node(ResTarget, select->targetList);
-	if (target->name != NULL || contains_sublink(target->val, NULL))
+	if (target->name != NULL || forbidden_node(target->val, NULL))
 		goto bad;
 
 	PG_RETURN_VOID();
@@ -99,6 +113,6 @@ bad:
 	ereport(ERROR,
 			(errcode(ERRCODE_SYNTAX_ERROR),
 			 errmsg("check_expr is not a single expression: %s", expr),
-			 errhint("A rule is one boolean expression over the row's columns, such as amount >= 0, without subqueries.")));
+			 errhint("A rule is one boolean expression over the row's columns, such as amount >= 0, without subqueries, aggregates or window functions.")));
 	PG_RETURN_VOID();			/* keep compiler quiet */
 }

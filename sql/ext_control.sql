@@ -97,6 +97,10 @@ SELECT name, check_expr FROM pgcdc.add_rule('ops', 'audit.events', 'r', 'true --
 SELECT pgcdc.add_rule('ops', 'audit.events', 'r2', 'x > (SELECT max(id) FROM customers)');
 SELECT pgcdc.add_rule('ops', 'audit.events', 'r2', 'x > 1 FROM customers');
 SELECT pgcdc.add_rule('ops', 'audit.events', 'r2', 'x >');
+-- a rule judges one row: no aggregate or window function
+SELECT pgcdc.add_rule('ops', 'audit.events', 'r2', 'count(*) > 0');
+SELECT pgcdc.add_rule('ops', 'audit.events', 'r2', 'row_number() OVER () > 0');
+SELECT pgcdc.add_rule('shop', '"My Schema"."Orders"', 'r', 'sum("Total") > 0');
 SELECT pgcdc.add_rule('ops', 'audit.events', 'r2', NULL);
 SELECT pgcdc.add_rule('ops', 'audit.events', NULL, 'true');
 SELECT pgcdc.add_rule('nope', 'audit.events', 'r2', 'true');

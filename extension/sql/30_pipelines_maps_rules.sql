@@ -244,8 +244,8 @@ BEGIN
 	END IF;
 	PERFORM pgcdc._parse_rule_expr(check_expr);
 	IF rel IS NOT NULL THEN
-		EXECUTE format('SELECT CASE WHEN %s THEN 1 END FROM %s LIMIT 0',
-					   pgcdc._paren(check_expr), rel);
+		-- where apply_rules puts it: boolean, one row at a time (no aggregate)
+		EXECUTE format('SELECT 1 FROM %s WHERE %s LIMIT 0', rel, pgcdc._paren(check_expr));
 	END IF;
 END
 $$;
