@@ -200,12 +200,14 @@ BEGIN
 	GET DIAGNOSTICS updated = ROW_COUNT;
 
 	EXECUTE format($f$
-		INSERT INTO %s (%s, _source_lsn, _source_seq, _synced_at)
-		SELECT %s, m.pgcdc_lsn, m.pgcdc_lseq, pg_catalog.now()
+		INSERT INTO %s (%s, _source_lsn, _source_seq, _synced_at%s)
+		SELECT %s, m.pgcdc_lsn, m.pgcdc_lseq, pg_catalog.now()%s
 		  FROM pg_temp._pgcdc_m m
 		 WHERE m.pgcdc_op IN ('I', 'U')
 		   AND NOT EXISTS (SELECT 1 FROM %s t WHERE %s)$f$,
-		target, pgcdc._list(st.data_cols), pgcdc._list(st.data_cols, 'm'),
+		-- _is_deleted false, not the column's default (a table made by hand may have none)
+		target, pgcdc._list(st.data_cols), CASE WHEN soft_delete THEN ', _is_deleted' ELSE '' END,
+		pgcdc._list(st.data_cols, 'm'), CASE WHEN soft_delete THEN ', false' ELSE '' END,
 		target, pgcdc._key_join('t', 'm', target, key_columns));
 	GET DIAGNOSTICS inserted = ROW_COUNT;
 
@@ -347,8 +349,8 @@ BEGIN
 					 _synced_at = pg_catalog.now() %8$s
 				FROM pgcdc_m m WHERE m.pgcdc_op OPERATOR(pg_catalog.<>) 'D' AND %9$s AND %10$s
 			  RETURNING 1),
-		pgcdc_i AS (INSERT INTO %6$s (%11$s, _source_lsn, _source_seq, _synced_at)
-			  SELECT %12$s, m.pgcdc_lsn, m.pgcdc_lseq, pg_catalog.now() FROM pgcdc_m m
+		pgcdc_i AS (INSERT INTO %6$s (%11$s, _source_lsn, _source_seq, _synced_at%15$s)
+			  SELECT %12$s, m.pgcdc_lsn, m.pgcdc_lseq, pg_catalog.now()%16$s FROM pgcdc_m m
 			   WHERE m.pgcdc_op OPERATOR(pg_catalog.<>) 'D'
 				 AND NOT EXISTS (SELECT 1 FROM %6$s t WHERE %9$s)
 			  RETURNING 1)
@@ -378,6 +380,9 @@ BEGIN
 		-- batch ends deleted, whether or not the target had it
 		CASE WHEN tomb THEN format(', pgcdc_t AS (%s)', pgcdc._tombstone_sql(target, key_columns,
 				'(SELECT * FROM pgcdc_m WHERE pgcdc_op OPERATOR(pg_catalog.=) ''D'')'))
-			 ELSE '' END))];
+			 ELSE '' END,
+		-- _is_deleted false, not the column's default (a table made by hand may have none)
+		CASE WHEN soft_delete THEN ', _is_deleted' ELSE '' END,
+		CASE WHEN soft_delete THEN ', false' ELSE '' END))];
 END
 $$;
