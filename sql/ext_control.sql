@@ -120,6 +120,12 @@ VALUES ('shop', '0/900', '0/1000', 'ok', NULL), ('shop', '0/1000', '0/1050', 'pa
 SELECT pgcdc.quarantine_event('shop', NULL, NULL,
 	'{"op": "I", "commit_lsn": "0/1000", "seq": 1, "schema": "public", "table": "customers", "new": {"id": 1}}',
 	'23505', 'duplicate key');
+-- table names are stored as table_map holds them; the pipeline must exist
+SELECT pgcdc.quarantine_event('shop', 'customers', '"My Schema"."Orders"', '{"op": "I"}', '23505',
+							  'duplicate key') AS qid \gset
+SELECT source_table, target FROM pgcdc.quarantine WHERE id = :qid;
+DELETE FROM pgcdc.quarantine WHERE target = '"My Schema"."Orders"';
+SELECT pgcdc.quarantine_event('nope', 'customers', 'c', '{"op": "I"}', '23505', 'duplicate key');
 SELECT pipeline, slot_name, paused, commit_lsn, end_lsn, lag_bytes, lag_seconds, transactions,
 	   events, open_quarantine, last_batch_status, last_batch_error
   FROM pgcdc.status ORDER BY pipeline;

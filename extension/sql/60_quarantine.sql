@@ -7,15 +7,17 @@
  * the consumer would.
  * ------------------------------------------------------------------------ */
 
-CREATE FUNCTION pgcdc.quarantine_event(pipeline text, source_table text, target text,
-									   event jsonb, error_code text, error_message text,
-									   error_detail text DEFAULT NULL)
+CREATE FUNCTION pgcdc._quarantine_event(caller_schema text, pipeline text, source_table text,
+										target text, event jsonb, error_code text,
+										error_message text, error_detail text)
 RETURNS bigint LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	result bigint;
 BEGIN
+	-- replay finds the event's table map by pipeline and target: they must name one
+	PERFORM pgcdc._pipeline_must_exist(pipeline);
 	IF event IS NULL OR jsonb_typeof(event) <> 'object' THEN
 		RAISE EXCEPTION 'event must be a JSON object' USING ERRCODE = '22023';
 	END IF;
@@ -23,15 +25,26 @@ BEGIN
 		RAISE EXCEPTION 'error_code must be a SQLSTATE, not %', coalesce(error_code, 'null')
 			USING ERRCODE = '22023';
 	END IF;
+	-- names as table_map holds them (schema-qualified, quoted where needed)
+	source_table := CASE WHEN source_table IS NULL
+						 THEN format('%I.%I', event->>'schema', event->>'table')
+						 ELSE pgcdc._qualify(source_table, caller_schema, 'source_table') END;
+	target := CASE WHEN target IS NOT NULL THEN pgcdc._qualify(target, caller_schema, 'target') END;
 	INSERT INTO pgcdc.quarantine (pipeline, source_table, target, commit_lsn, seq, op, event,
 								  error_code, error_message, error_detail)
-	VALUES (pipeline,
-			coalesce(source_table, format('%I.%I', event->>'schema', event->>'table')),
-			target, (event->>'commit_lsn')::pg_lsn, (event->>'seq')::integer, event->>'op',
-			event, error_code, coalesce(error_message, ''), error_detail)
+	VALUES (pipeline, source_table, target, (event->>'commit_lsn')::pg_lsn, (event->>'seq')::integer,
+			event->>'op', event, error_code, coalesce(error_message, ''), error_detail)
 	RETURNING id INTO result;
 	RETURN result;
 END
+$$;
+
+CREATE FUNCTION pgcdc.quarantine_event(pipeline text, source_table text, target text,
+									   event jsonb, error_code text, error_message text,
+									   error_detail text DEFAULT NULL)
+RETURNS bigint LANGUAGE sql
+AS $$
+	SELECT pgcdc._quarantine_event(pg_catalog.current_schema(), $1, $2, $3, $4, $5, $6, $7)
 $$;
 
 -- The staged change row (as jsonb) in the decoder's event format.
