@@ -85,6 +85,9 @@ typedef struct TableMap
 	int			nkeys;			/* key columns among the data columns (0: unknown) */
 	int		   *keyidx;			/* ... their indexes */
 	char	   *data_types;		/* SQL list: quoted column and its target type */
+	int			nsrc;			/* the source table's columns when loaded */
+	char	  **srcnames;
+	bool		new_column;		/* an event had a column not among them */
 } TableMap;
 
 typedef struct Pipeline
@@ -171,6 +174,7 @@ extern __thread bool quiet_sql_errors;	/* failures expected: log them at DEBUG *
 
 extern bool sql_error_is_transient(const SqlError *e);
 extern int	target_pipeline_changed(PGconn *conn, const Pipeline *p);
+extern void target_note_new_column(const char *source_table);
 extern void keep_sql_error(PGconn *conn, const PGresult *res);
 extern PGconn *target_connect(const char *conninfo);
 extern bool target_lock_pipeline(PGconn *conn, const char *pipeline);

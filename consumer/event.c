@@ -433,16 +433,29 @@ row_values(TableMap *m, JsonSpan obj)
 		start = s.p;
 		if (!skip_value(&s))
 			return false;
-		for (int k = 0; k < m->ncols; k++)
 		{
-			int			j = (next + k) % m->ncols;
+			int			k;
 
-			if (strcmp(m->colnames[j], name) == 0)
+			for (k = 0; k < m->ncols; k++)
 			{
-				m->values[j].ptr = start;
-				m->values[j].len = s.p - start;
-				next = j + 1;
-				break;
+				int			j = (next + k) % m->ncols;
+
+				if (strcmp(m->colnames[j], name) == 0)
+				{
+					m->values[j].ptr = start;
+					m->values[j].len = s.p - start;
+					next = j + 1;
+					break;
+				}
+			}
+			/* not a data column: ignored, lacking in the target, or new at the source */
+			if (k == m->ncols && !m->new_column)
+			{
+				int			c;
+
+				for (c = 0; c < m->nsrc && strcmp(m->srcnames[c], name) != 0; c++)
+					;
+				m->new_column = c == m->nsrc && m->nsrc > 0;
 			}
 		}
 		skip_ws(&s);

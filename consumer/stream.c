@@ -457,6 +457,21 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 		 * transactions come again), and start over (run_once).  Looked at
 		 * while the apply thread leaves the target connection free.
 		 */
+		/*
+		 * An event had a column its source table did not have when the maps
+		 * were loaded: start over between transactions, dropping the batch
+		 * being filled, so that targets get the column (target.c).
+		 */
+		if (!s->in_xact)
+			for (int i = 0; i < p->nmaps; i++)
+				if (p->maps[i].new_column)
+				{
+					log_msg(LOG_INFO, "source table %s has a new column: starting over", p->maps[i].source_table);
+					target_note_new_column(p->maps[i].source_table);
+					result = RUN_RETRY;
+					goto done;
+				}
+
 		if (!s->in_xact && !batch_pending(b) && now - last_def_check_us >= PIPELINE_CHECK_US)
 		{
 			int			changed = target_pipeline_changed(target, p);

@@ -653,6 +653,71 @@ set_data_columns(TableMap *m, PGresult *res)
 	destroyPQExpBuffer(types);
 }
 
+/* Source tables a running consumer saw a new column of (stream.c), until handled. */
+static char **evolved = NULL;
+static int	nevolved = 0;
+
+void
+target_note_new_column(const char *source_table)
+{
+	evolved = pg_realloc(evolved, sizeof(char *) * (nevolved + 1));
+	evolved[nevolved++] = pg_strdup(source_table);
+}
+
+/*
+ * Keep the source's column names: an event with another column means the
+ * source changed while we ran (stream.c notes it and starts over).  Then,
+ * and only then (a target made with fewer columns on purpose keeps them),
+ * the source columns a mirror or scd2 target lacks (not ignored) are added,
+ * typed as at the source; one that cannot be (its type is missing in the
+ * target) is left out with a warning.
+ */
+static bool
+remember_source_columns(PGconn *conn, TableMap *m, const char *names, const char *types)
+{
+	const char *params[5] = {names, types, m->target, m->ignore_columns, m->mode};
+	PGresult   *res;
+	bool		evolve = false;
+
+	for (int e = 0; e < nevolved; e++)
+		evolve |= strcmp(evolved[e], m->source_table) == 0;
+
+	res = exec_ok(conn, "SELECT pg_catalog.unnest($1::text[])", 1, params);
+	if (res == NULL)
+		return false;
+	m->nsrc = PQntuples(res);
+	m->srcnames = pg_malloc0(sizeof(char *) * Max(m->nsrc, 1));
+	for (int c = 0; c < m->nsrc; c++)
+		m->srcnames[c] = pg_strdup(PQgetvalue(res, c, 0));
+	PQclear(res);
+	if (!evolve)
+		return true;
+
+	res = exec_ok(conn,
+				  "SELECT pg_catalog.format('ALTER TABLE %s ADD COLUMN %I %s', $3::pg_catalog.regclass, n, t), n "
+				  "FROM unnest($1::text[], $2::text[]) u(n, t) "
+				  "WHERE $5 IN ('mirror', 'scd2') AND n <> ALL (coalesce($4::text[], '{}')) "
+				  "  AND NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a "
+				  "                   WHERE a.attrelid = $3::pg_catalog.regclass AND a.attname = u.n "
+				  "                     AND a.attnum > 0 AND NOT a.attisdropped)",
+				  5, params);
+	if (res == NULL)
+		return false;
+	for (int r = 0; r < PQntuples(res); r++)
+	{
+		quiet_sql_errors = true;
+		if (exec_cmd(conn, PQgetvalue(res, r, 0)))
+			log_msg(LOG_INFO, "added column \"%s\" of source table %s to target %s",
+					PQgetvalue(res, r, 1), m->source_table, m->target);
+		else
+			log_msg(LOG_WARNING, "could not add column \"%s\" of source table %s to target %s: %s",
+					PQgetvalue(res, r, 1), m->source_table, m->target, last_sql_error.message);
+		quiet_sql_errors = false;
+	}
+	PQclear(res);
+	return true;
+}
+
 /*
  * Make every target usable: create missing ones, complete existing ones,
  * and work out the data columns the events fill (the target's columns that
@@ -697,16 +762,23 @@ target_prepare_tables(PGconn *conn, PGconn *source, Pipeline *p)
 				return false;
 		}
 
-		/* the source's column names, as a text[] literal */
+		/* the source's column names, as a text[] literal; and those the target lacks, added */
 		{
 			const char *sp[1] = {m->source_table};
 
-			res = exec_ok(source, "SELECT pg_catalog.array_agg(attname::text)::text FROM pg_catalog.pg_attribute "
+			res = exec_ok(source, "SELECT pg_catalog.array_agg(attname::text ORDER BY attnum)::text, "
+						  "pg_catalog.array_agg(pg_catalog.format_type(atttypid, atttypmod) ORDER BY attnum)::text "
+						  "FROM pg_catalog.pg_attribute "
 						  "WHERE attrelid = $1::pg_catalog.regclass AND attnum > 0 AND NOT attisdropped",
 						  1, sp);
 			if (res == NULL)
 				return false;
 			appendPQExpBufferStr(srccols, PQgetvalue(res, 0, 0));
+			if (!remember_source_columns(conn, m, PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1)))
+			{
+				PQclear(res);
+				return false;
+			}
 			PQclear(res);
 		}
 		cp[0] = m->target;
@@ -739,6 +811,10 @@ target_prepare_tables(PGconn *conn, PGconn *source, Pipeline *p)
 		set_data_columns(m, res);
 		PQclear(res);
 	}
+	/* the new columns noted by the last run are handled */
+	for (i = 0; i < nevolved; i++)
+		free(evolved[i]);
+	nevolved = 0;
 	return true;
 }
 
@@ -767,6 +843,9 @@ pipeline_free(Pipeline *p)
 		free(m->coljson);
 		free(m->values);
 		free(m->keyidx);
+		for (int c = 0; c < m->nsrc; c++)
+			free(m->srcnames[c]);
+		free(m->srcnames);
 	}
 	free(p->maps);
 	free(p->slot_name);

@@ -94,6 +94,15 @@ ok(wait_for_row($dst, "SELECT EXISTS (SELECT FROM b_mirror WHERE id = 5)"), 'the
 ok(wait_for_row($dst, "SELECT last_batch_status = 'ok' FROM pgcdc.status WHERE pipeline = 'p'"),
 	'and pgcdc.status is ok again');
 
+# --- a column added at the source while it runs is added to the targets
+$at = length(slurp_log($log));
+$src->safe_psql('postgres', "ALTER TABLE b ADD COLUMN note text; INSERT INTO b VALUES (7, 'b7', 'new column')");
+ok(wait_for_log(qr/source table public\.b has a new column: starting over/, $at), 'the new column is noticed');
+ok(wait_for_log(qr/added column "note" of source table public\.b to target public\.b_mirror/, $at),
+	'and added to the target');
+ok(wait_for_row($dst, "SELECT EXISTS (SELECT FROM b_mirror WHERE id = 7 AND note = 'new column')"),
+	'the change that brought it is applied with it');
+
 is(stop_consumer($h), 0, 'SIGTERM stops it with status 0');
 $src->stop;
 $dst->stop;
