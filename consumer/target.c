@@ -396,6 +396,14 @@ target_load_pipeline(PGconn *conn, PGconn *source, Pipeline *p)
 	return checkpoint_load(conn, p);
 }
 
+/*
+ * A target the consumer created carries this comment, after its source
+ * table's name: its columns follow the source's (a column added while the
+ * consumer was stopped is added at the next start); a target made by hand
+ * keeps the columns it was given.
+ */
+#define CREATED_MARK ": created by pgcdc_consumer, which adds the columns added there to it"
+
 /* CREATE TABLE for a target that does not exist, shaped like its source. */
 static bool
 create_target(PGconn *conn, PGconn *source, Pipeline *p, TableMap *m)
@@ -460,6 +468,16 @@ create_target(PGconn *conn, PGconn *source, Pipeline *p, TableMap *m)
 						  "_received_at timestamptz NOT NULL DEFAULT pg_catalog.now(), "
 						  "PRIMARY KEY (_source_lsn, _source_seq))", m->target);
 		ok = exec_cmd(conn, sql->data);
+	}
+	/* the mark that lets later starts add the source's new columns (remember_source_columns) */
+	if (ok)
+	{
+		const char *cp[3] = {m->target, m->source_table, CREATED_MARK};
+
+		res = exec_ok(conn, "SELECT pg_catalog.format('COMMENT ON TABLE %s IS %L', $1::pg_catalog.regclass, "
+					  "$2::text || $3::text)", 3, cp);
+		ok = res != NULL && exec_cmd(conn, PQgetvalue(res, 0, 0));
+		PQclear(res);
 	}
 	if (ok)
 		log_msg(LOG_INFO, "created %s target %s from source table %s", m->mode, m->target, m->source_table);
@@ -667,10 +685,11 @@ target_note_new_column(const char *source_table)
 /*
  * Keep the source's column names: an event with another column means the
  * source changed while we ran (stream.c notes it and starts over).  Then,
- * and only then (a target made with fewer columns on purpose keeps them),
- * the source columns a mirror or scd2 target lacks (not ignored) are added,
- * typed as at the source; one that cannot be (its type is missing in the
- * target) is left out with a warning.
+ * or at any start for a target the consumer created (CREATED_MARK; one
+ * made by hand with fewer columns keeps them), the source columns a mirror
+ * or scd2 target lacks (not ignored) are added, typed as at the source; one
+ * that cannot be (its type is missing in the target) is left out with a
+ * warning.
  */
 static bool
 remember_source_columns(PGconn *conn, TableMap *m, const char *names, const char *types)
@@ -690,6 +709,17 @@ remember_source_columns(PGconn *conn, TableMap *m, const char *names, const char
 	for (int c = 0; c < m->nsrc; c++)
 		m->srcnames[c] = pg_strdup(PQgetvalue(res, c, 0));
 	PQclear(res);
+	if (!evolve)
+	{
+		const char *mp[3] = {m->target, m->source_table, CREATED_MARK};
+
+		res = exec_ok(conn, "SELECT pg_catalog.obj_description($1::pg_catalog.regclass, 'pg_class') "
+					  "IS NOT DISTINCT FROM $2::text || $3::text", 3, mp);
+		if (res == NULL)
+			return false;
+		evolve = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+		PQclear(res);
+	}
 	if (!evolve)
 		return true;
 

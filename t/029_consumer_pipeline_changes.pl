@@ -2,7 +2,8 @@
 # applying (resume_pipeline starts it again), add_table and remove_table
 # take effect without a restart, and a target created after the snapshot
 # says that the rows from before were not copied.  A batch that keeps
-# failing shows in pgcdc.status.
+# failing shows in pgcdc.status.  A column added at the source reaches the
+# targets, whether the consumer ran then or was stopped.
 use strict;
 use warnings;
 use lib 't';
@@ -104,6 +105,32 @@ ok(wait_for_row($dst, "SELECT EXISTS (SELECT FROM b_mirror WHERE id = 7 AND note
 	'the change that brought it is applied with it');
 
 is(stop_consumer($h), 0, 'SIGTERM stops it with status 0');
+
+# --- a column added while it is stopped: added at the next start to the
+# targets it created, not to one made by hand
+$dst->safe_psql('postgres', q{
+CREATE TABLE b_narrow (id int PRIMARY KEY, v text);
+SELECT pgcdc.add_table('p', 'public.b', 'public.b_narrow');
+});
+$src->safe_psql('postgres', q{
+ALTER TABLE b ADD COLUMN qty int DEFAULT 5;
+UPDATE b SET qty = 9 WHERE id = 7;
+INSERT INTO b VALUES (8, 'b8', 'while stopped', 11);
+});
+$at = length(slurp_log($log));
+$h = start_consumer(consumer_cmd($src, $dst, 'p', '--batch-ms', 50), $log);
+ok(wait_for_row($dst, "SELECT EXISTS (SELECT FROM b_mirror WHERE id = 8)"), 'restarted: the backlog comes');
+ok(wait_for_log(qr/added column "qty" of source table public\.b to target public\.b_mirror/, $at),
+	'the column added while it was stopped is added to the target it created');
+is($dst->safe_psql('postgres', 'SELECT id, note, qty FROM b_mirror WHERE id IN (7, 8) ORDER BY id'),
+	"7|new column|9\n8|while stopped|11", 'with the values of the changes made since');
+ok(wait_for_row($dst, "SELECT EXISTS (SELECT FROM b_narrow WHERE id = 8 AND v = 'b8')"),
+	'a target made by hand gets the changes');
+is($dst->safe_psql('postgres',
+		"SELECT string_agg(attname, ',' ORDER BY attnum) FROM pg_attribute "
+		  . "WHERE attrelid = 'b_narrow'::regclass AND attnum > 0 AND attname NOT LIKE '\\_%'"),
+	'id,v', 'and keeps the columns it was made with');
+is(stop_consumer($h), 0, 'stopped again');
 $src->stop;
 $dst->stop;
 done_testing();
