@@ -626,18 +626,37 @@ BEGIN
 	IF NOT EXISTS (SELECT FROM pg_temp._pgcdc_late) THEN
 		RETURN counts;
 	END IF;
-	-- A replay of the change that opened a version changes nothing (the
-	-- first test in the loop), as long as nothing before it in the loop
-	-- changed its key's versions: so a key's leading run of such replays is
-	-- dropped here at once, set-based (a whole batch applied twice, say).
+	-- The loop's first tests skip a change without writing anything: the
+	-- replay of the change that opened a version; a delete, or a change
+	-- after the key's last version began, before its first version; a
+	-- delete in the gap after the delete that closed a version (or that
+	-- delete, replayed).  As long as nothing before it in the loop changed
+	-- its key's versions the same tests give the same answer here: so a
+	-- key's leading run of such changes is dropped at once, set-based (a
+	-- whole batch applied twice, say).  a and n are the loop's A and N.
 	EXECUTE format($f$
 		DELETE FROM pg_temp._pgcdc_late d
 		 USING (SELECT s.pgcdc_rn,
-					   pg_catalog.bool_and(EXISTS (SELECT FROM %1$s t
-												   WHERE %2$s AND t._sequence = s.pgcdc_seq))
-						 OVER (PARTITION BY %3$s ORDER BY s.pgcdc_seq, s.pgcdc_rn) AS pgcdc_replay
-				  FROM pg_temp._pgcdc_late l JOIN pg_temp._pgcdc_stage s USING (pgcdc_rn)) x
-		 WHERE d.pgcdc_rn = x.pgcdc_rn AND x.pgcdc_replay$f$,
+					   pg_catalog.bool_and(coalesce(
+						   CASE WHEN a.pgcdc_found IS NULL
+								THEN s.pgcdc_op = 'D' OR n.pgcdc_from IS NULL
+									 OR s.pgcdc_vf >= n.pgcdc_from
+								ELSE a._sequence = s.pgcdc_seq
+									 OR s.pgcdc_op = 'D' AND NOT a._is_current
+										AND (n.pgcdc_from IS NULL OR a._valid_to < n.pgcdc_from)
+										AND s.pgcdc_seq >= a._last_sequence END, false))
+						 OVER (PARTITION BY %3$s ORDER BY s.pgcdc_seq, s.pgcdc_rn) AS pgcdc_skip
+				  FROM pg_temp._pgcdc_late l JOIN pg_temp._pgcdc_stage s USING (pgcdc_rn)
+				  LEFT JOIN LATERAL (
+						SELECT true AS pgcdc_found, t._sequence, t._last_sequence, t._valid_to,
+							   t._is_current
+						  FROM %1$s t WHERE %2$s AND coalesce(t._sequence, '{}') <= s.pgcdc_seq
+						 ORDER BY coalesce(t._sequence, '{}') DESC, t._valid_from DESC LIMIT 1) a ON true
+				  LEFT JOIN LATERAL (
+						SELECT t._valid_from AS pgcdc_from
+						  FROM %1$s t WHERE %2$s AND coalesce(t._sequence, '{}') > s.pgcdc_seq
+						 ORDER BY coalesce(t._sequence, '{}') ASC, t._valid_from ASC LIMIT 1) n ON true) x
+		 WHERE d.pgcdc_rn = x.pgcdc_rn AND x.pgcdc_skip$f$,
 		target, pgcdc._key_join('t', 's', target, key_columns), pgcdc._list(key_columns, 's'));
 
 	FOR s IN SELECT st.pgcdc_rn, st.pgcdc_op, st.pgcdc_seq, st.pgcdc_vf
