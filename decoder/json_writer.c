@@ -363,7 +363,7 @@ put_date(char *p, int year, int mon, int mday)
  * are left to the output function.
  */
 static bool
-append_timestamp(StringInfo out, Timestamp ts, bool utc_suffix)
+append_timestamp(StringInfo out, Timestamp ts, bool utc_suffix, bool all_digits)
 {
 	struct pg_tm tm;
 	fsec_t		fsec;
@@ -382,11 +382,11 @@ append_timestamp(StringInfo out, Timestamp ts, bool utc_suffix)
 	p = put_digits(p, tm.tm_min, 2);
 	*p++ = ':';
 	p = put_digits(p, tm.tm_sec, 2);
-	if (fsec != 0)
+	if (fsec != 0 || all_digits)
 	{
 		*p++ = '.';
 		p = put_digits(p, fsec, 6);
-		while (p[-1] == '0')
+		while (!all_digits && p[-1] == '0')
 			p--;
 	}
 	if (utc_suffix)
@@ -397,6 +397,17 @@ append_timestamp(StringInfo out, Timestamp ts, bool utc_suffix)
 	*p++ = '"';
 	json_append_bytes(out, buf, p - buf);
 	return true;
+}
+
+/*
+ * The "ts" field: a commit time, always with six fractional digits
+ * ("2026-11-29 05:28:32.120000+00") so that fixed-pattern parsers read it.
+ */
+void
+json_append_commit_time(StringInfo out, TimestampTz ts)
+{
+	if (!append_timestamp(out, ts, true, true))
+		json_append_cstring(out, timestamptz_to_str(ts));
 }
 
 static bool
@@ -525,7 +536,7 @@ json_append_value(StringInfo out, Datum value, PgcdcValueKind kind,
 			}
 		case PGCDC_VAL_TIMESTAMPTZ:
 		case PGCDC_VAL_TIMESTAMP:
-			if (!append_timestamp(out, DatumGetTimestamp(value), kind == PGCDC_VAL_TIMESTAMPTZ))
+			if (!append_timestamp(out, DatumGetTimestamp(value), kind == PGCDC_VAL_TIMESTAMPTZ, false))
 				json_append_cstring(out, OutputFunctionCall(output, value));
 			break;
 		case PGCDC_VAL_DATE:

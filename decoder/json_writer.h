@@ -8,6 +8,7 @@
 
 #include "postgres.h"
 #include "access/xlogdefs.h"
+#include "datatype/timestamp.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 
@@ -60,6 +61,7 @@ extern PgcdcValueKind json_value_kind(Oid typid);
 extern void json_append_string(StringInfo out, const char *s, int len);
 extern void json_append_cstring(StringInfo out, const char *s);
 extern void json_append_lsn(StringInfo out, XLogRecPtr lsn);
+extern void json_append_commit_time(StringInfo out, TimestampTz ts);
 extern void json_append_uint64(StringInfo out, uint64 v);
 extern void json_append_value(StringInfo out, Datum value, PgcdcValueKind kind,
 							  FmgrInfo *output, bool numeric_as_string);

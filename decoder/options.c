@@ -177,14 +177,22 @@ parse_pattern_list(const char *optname, const char *value)
 	return result;
 }
 
-/* Split a comma-separated list where '\' escapes a comma or backslash. */
+/*
+ * Split a comma-separated list where '\' escapes a comma, backslash or
+ * blank; unescaped blanks around an item are dropped, as in "tables".
+ */
 static List *
 parse_escaped_list(const char *optname, const char *value)
 {
 	List	   *result = NIL;
 	StringInfoData item;
+	int			keep = 0;		/* item's length without trailing blanks */
 	const char *p;
 
+	if (value[strspn(value, " \t")] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("pgcdc option \"%s\" must name at least one item", optname)));
 	initStringInfo(&item);
 	for (p = value;; p++)
 	{
@@ -197,16 +205,24 @@ parse_escaped_list(const char *optname, const char *value)
 						 errmsg("invalid value for pgcdc option \"%s\": \"%s\"", optname, value),
 						 errdetail("The value ends with a backslash.")));
 			appendStringInfoChar(&item, *p);
+			keep = item.len;
 		}
 		else if (*p == ',' || *p == '\0')
 		{
-			result = lappend(result, pstrdup(item.data));
+			result = lappend(result, pnstrdup(item.data, keep));
 			resetStringInfo(&item);
+			keep = 0;
 			if (*p == '\0')
 				break;
 		}
+		else if ((*p == ' ' || *p == '\t') && item.len == 0)
+			continue;
 		else
+		{
 			appendStringInfoChar(&item, *p);
+			if (*p != ' ' && *p != '\t')
+				keep = item.len;
+		}
 	}
 	return result;
 }
@@ -223,6 +239,11 @@ parse_actions(const char *value)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid value for pgcdc option \"actions\": \"%s\"", value),
+				 errhint("Valid actions are insert, update, delete and truncate.")));
+	if (names == NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("pgcdc option \"actions\" must name at least one action"),
 				 errhint("Valid actions are insert, update, delete and truncate.")));
 	foreach(lc, names)
 	{

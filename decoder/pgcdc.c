@@ -19,6 +19,7 @@
 #include "replication/logical.h"
 #include "replication/origin.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
@@ -56,6 +57,8 @@ static const char *const pinned_settings[][2] = {
 	{"extra_float_digits", "1"},
 	{"bytea_output", "hex"},
 	{"lc_monetary", "C"},
+	/* type names (include-types, regtype values) and regclass values */
+	{"search_path", "pg_catalog"},
 };
 
 /*
@@ -157,7 +160,7 @@ pgcdc_begin(LogicalDecodingContext *ctx, ReorderBufferTXN *txn)
 	json_append_lsn(&data->xact_ids, txn->final_lsn);
 	resetStringInfo(&data->xact_ts);
 	appendStringInfoString(&data->xact_ts, "\"ts\":");
-	json_append_cstring(&data->xact_ts, timestamptz_to_str(PGCDC_TXN_COMMIT_TIME(txn)));
+	json_append_commit_time(&data->xact_ts, PGCDC_TXN_COMMIT_TIME(txn));
 	data->seq = 0;
 	data->begin_sent = false;
 
@@ -265,6 +268,42 @@ write_key(StringInfo out, const char *name, PgcdcRelEntry *entry,
 	appendStringInfoCharMacro(out, '}');
 }
 
+/*
+ * Whether an update changed its key.  PostgreSQL logs the old key of an
+ * update also when the key did not change but is stored out of line: then
+ * the new row has it as unchanged TOAST, or equal.
+ */
+static bool
+key_changed(PgcdcRelEntry *entry, TupleDesc desc)
+{
+	int			i;
+
+	for (i = 0; i < entry->nkeys; i++)
+	{
+		int			k = entry->keys[i];
+		Form_pg_attribute att = TupleDescAttr(desc, k);
+		Datum		o = entry->old_values[k];
+		Datum		n = entry->new_values[k];
+
+		if (entry->old_nulls[k] != entry->new_nulls[k])
+			return true;
+		if (entry->new_nulls[k] || is_unchanged_toast(&entry->cols[k], n, false))
+			continue;
+		if (att->attlen == -1)
+		{
+			struct varlena *ov = pg_detoast_datum_packed((struct varlena *) DatumGetPointer(o));
+			struct varlena *nv = pg_detoast_datum_packed((struct varlena *) DatumGetPointer(n));
+
+			if (VARSIZE_ANY_EXHDR(ov) != VARSIZE_ANY_EXHDR(nv) ||
+				memcmp(VARDATA_ANY(ov), VARDATA_ANY(nv), VARSIZE_ANY_EXHDR(ov)) != 0)
+				return true;
+		}
+		else if (!datumIsEqual(o, n, att->attbyval, att->attlen))
+			return true;
+	}
+	return false;
+}
+
 static void
 write_unchanged_toast(StringInfo out, PgcdcRelEntry *entry, Datum *values, bool *nulls)
 {
@@ -354,7 +393,8 @@ pgcdc_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	{
 		if (entry->replident == REPLICA_IDENTITY_FULL)
 			write_row(out, ",\"old\":", entry, entry->old_values, entry->old_nulls, nas);
-		else if (change->action == REORDER_BUFFER_CHANGE_UPDATE)
+		else if (change->action == REORDER_BUFFER_CHANGE_UPDATE &&
+				 (newtuple == NULL || key_changed(entry, desc)))
 			write_key(out, ",\"old\":", entry, entry->old_values, entry->old_nulls, nas);
 	}
 

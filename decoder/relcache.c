@@ -65,6 +65,18 @@ publication_callback(Datum arg, int cacheid, uint32 hashvalue)
 		invalidate_all();
 }
 
+/*
+ * A schema or type renamed: entries hold the schema name (header, tables
+ * filter) and type names (include-types), and no relcache invalidation
+ * comes for the tables in that schema or with that type.
+ */
+static void
+names_callback(Datum arg, int cacheid, uint32 hashvalue)
+{
+	if (RelCache != NULL)
+		invalidate_all();
+}
+
 void
 pgcdc_relcache_init(const PgcdcOptions *opts)
 {
@@ -88,6 +100,8 @@ pgcdc_relcache_init(const PgcdcOptions *opts)
 		CacheRegisterRelcacheCallback(relcache_callback, (Datum) 0);
 		CacheRegisterSyscacheCallback(PUBLICATIONOID, publication_callback, (Datum) 0);
 		CacheRegisterSyscacheCallback(PUBLICATIONRELMAP, publication_callback, (Datum) 0);
+		CacheRegisterSyscacheCallback(NAMESPACEOID, names_callback, (Datum) 0);
+		CacheRegisterSyscacheCallback(TYPEOID, names_callback, (Datum) 0);
 #ifdef PGCDC_HAVE_SCHEMA_PUBLICATIONS
 		CacheRegisterSyscacheCallback(PUBLICATIONNAMESPACEMAP, publication_callback, (Datum) 0);
 #endif

@@ -39,6 +39,8 @@ SELECT try_options('tables', 'public.a,,public.b');
 SELECT try_options('tables', '');
 SELECT try_options('exclude-tables', 'public.a\');
 SELECT try_options('message-prefixes', 'a\');
+SELECT try_options('message-prefixes', ' ');
+SELECT try_options('actions', '');
 SELECT try_options('publications', '');
 SELECT try_options('publications', 'a,"b');
 -- a publication that does not exist fails at the first change, as in pgoutput

@@ -67,8 +67,31 @@ SELECT n, xids, tss, max_seq = n AND distinct_seq = n AS seq_1_to_n, changes = n
        b_ord = first_ord AND c_ord = last_ord AS b_first_c_last
 FROM x ORDER BY commit_lsn::pg_lsn;
 
--- the commit timestamp is ISO 8601 in UTC
-SELECT bool_and(e->>'ts' ~ '^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?\+00$') AS ts_utc FROM raw;
+-- the commit timestamp is ISO 8601 in UTC, always with six fractional digits
+SELECT bool_and(e->>'ts' ~ '^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}\+00$') AS ts_utc FROM raw;
+
+-- a schema or type renamed: the events after it have the new names, in the
+-- session that decoded the ones before it too
+CREATE SCHEMA ev_s1;
+CREATE TYPE ev_s1.colour AS ENUM ('red');
+CREATE TABLE ev_s1.r (id int PRIMARY KEY, c ev_s1.colour);
+SELECT count(*) > 0 AS drained FROM pg_logical_slot_get_changes('ev_slot', NULL, NULL);
+INSERT INTO ev_s1.r VALUES (1, 'red');
+SELECT data::jsonb->>'schema' AS schema, data::jsonb->'types' AS types
+  FROM pg_logical_slot_get_changes('ev_slot', NULL, NULL, 'include-transaction', 'false', 'include-types', 'true');
+ALTER SCHEMA ev_s1 RENAME TO ev_s2;
+ALTER TYPE ev_s2.colour RENAME TO hue;
+INSERT INTO ev_s2.r VALUES (2, 'red');
+SELECT data::jsonb->>'schema' AS schema, data::jsonb->'types' AS types
+  FROM pg_logical_slot_get_changes('ev_slot', NULL, NULL, 'include-transaction', 'false', 'include-types', 'true');
+-- and the names do not depend on the caller's search_path
+SET search_path = ev_s2, public;
+INSERT INTO ev_s2.r VALUES (3, 'red');
+SELECT data::jsonb->>'schema' AS schema, data::jsonb->'types' AS types
+  FROM pg_logical_slot_get_changes('ev_slot', NULL, NULL, 'include-transaction', 'false', 'include-types', 'true');
+SHOW search_path;
+RESET search_path;
+DROP SCHEMA ev_s2 CASCADE;
 
 SELECT pg_drop_replication_slot('ev_slot');
 DROP TABLE ev_t, ev_parent;

@@ -67,6 +67,9 @@ SELECT opt_workload();
 SELECT * FROM ev('opt_slot', 'messages', 'false', 'tables', 'public.none');
 SELECT opt_workload();
 SELECT * FROM ev('opt_slot', 'message-prefixes', 'audit,other', 'tables', 'public.none');
+-- blanks around a prefix are dropped, as in tables
+SELECT opt_workload();
+SELECT * FROM ev('opt_slot', 'message-prefixes', 'other , debug', 'tables', 'public.none');
 
 -- include-types and numeric-as-string
 SELECT opt_workload();

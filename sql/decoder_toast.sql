@@ -45,5 +45,18 @@ FROM (SELECT data::jsonb AS e
       FROM pg_logical_slot_get_changes('tt_slot', NULL, NULL, 'include-transaction', 'false')) s
 GROUP BY 1 ORDER BY 1;
 
+-- a key stored out of line is logged as the old key by every update, changed or
+-- not: "old" only when it changed
+CREATE TABLE tt_key (k text PRIMARY KEY, v int);
+ALTER TABLE tt_key ALTER COLUMN k SET STORAGE EXTERNAL;
+INSERT INTO tt_key VALUES (repeat('k', 2600), 1);
+UPDATE tt_key SET v = 2;
+UPDATE tt_key SET k = repeat('j', 2600), v = 3;
+UPDATE tt_key SET k = repeat('j', 2600), v = 4;
+SELECT e->>'op' AS op, e->'new'->>'v' AS v, length(e->'key'->>'k') AS key_len, left(e->'key'->>'k', 1) AS key,
+       e ? 'old' AS has_old, left(e->'old'->>'k', 1) AS old_key, e->'unchanged_toast' AS unchanged_toast
+FROM (SELECT data::jsonb AS e
+      FROM pg_logical_slot_get_changes('tt_slot', NULL, NULL, 'include-transaction', 'false')) s;
+
 SELECT pg_drop_replication_slot('tt_slot');
-DROP TABLE tt, tt_full;
+DROP TABLE tt, tt_full, tt_key;
