@@ -128,6 +128,31 @@ append_u_escape(StringInfo out, pg_wchar cp)
 	json_append_bytes(out, buf, 6);
 }
 
+/* One non-ASCII character of UTF-8 text as \uXXXX (two for a surrogate pair). */
+static const unsigned char *
+append_non_ascii(StringInfo out, const unsigned char *p, const unsigned char *end)
+{
+	int			l = pg_utf_mblen(p);
+
+	if (p + l <= end && pg_utf8_islegal(p, l))
+	{
+		pg_wchar	cp = utf8_to_unicode(p);
+
+		if (cp > 0xFFFF)
+		{
+			cp -= 0x10000;
+			append_u_escape(out, 0xD800 + (cp >> 10));
+			append_u_escape(out, 0xDC00 + (cp & 0x3FF));
+		}
+		else
+			append_u_escape(out, cp);
+		return p + l;
+	}
+	/* SQL_ASCII data that is not UTF-8: keep the byte, as Latin-1 */
+	append_u_escape(out, *p);
+	return p + 1;
+}
+
 /* Non-UTF-8 database: convert, then escape everything outside ASCII. */
 static void
 append_string_ascii(StringInfo out, const char *s, int len)
@@ -144,7 +169,6 @@ append_string_ascii(StringInfo out, const char *s, int len)
 	while (p < end)
 	{
 		unsigned char c = *p;
-		int			l;
 
 		if (c < 0x80)
 		{
@@ -155,27 +179,7 @@ append_string_ascii(StringInfo out, const char *s, int len)
 			p++;
 			continue;
 		}
-		l = pg_utf_mblen(p);
-		if (p + l <= end && pg_utf8_islegal(p, l))
-		{
-			pg_wchar	cp = utf8_to_unicode(p);
-
-			if (cp > 0xFFFF)
-			{
-				cp -= 0x10000;
-				append_u_escape(out, 0xD800 + (cp >> 10));
-				append_u_escape(out, 0xDC00 + (cp & 0x3FF));
-			}
-			else
-				append_u_escape(out, cp);
-			p += l;
-		}
-		else
-		{
-			/* SQL_ASCII data that is not UTF-8: keep the byte, as Latin-1 */
-			append_u_escape(out, c);
-			p++;
-		}
+		p = append_non_ascii(out, p, end);
 	}
 	appendStringInfoCharMacro(out, '"');
 }
@@ -324,10 +328,27 @@ append_json_text(StringInfo out, const char *s, int len)
 
 	if (!utf8_database)
 	{
+		/*
+		 * As text values: the event must be valid in the database encoding
+		 * and as UTF-8, so everything outside ASCII (only ever inside JSON
+		 * strings) goes out as \u escapes.
+		 */
+		const unsigned char *p;
+		const unsigned char *end;
+
 		s = pg_server_to_any(s, len, PG_UTF8);
-		len = strlen(s);
+		p = (const unsigned char *) s;
+		end = p + strlen(s);
+		while (p < end)
+		{
+			if (*p < 0x80)
+				appendStringInfoCharMacro(out, (char) *p++);
+			else
+				p = append_non_ascii(out, p, end);
+		}
 	}
-	json_append_bytes(out, s, len);
+	else
+		json_append_bytes(out, s, len);
 	for (i = start; i < out->len; i++)
 	{
 		if (out->data[i] == '\n' || out->data[i] == '\r')

@@ -168,12 +168,16 @@ DROP TYPE rt_pair; DROP DOMAIN rt_price; DROP DOMAIN rt_posint; DROP TYPE rt_moo
 \set regress_db :DBNAME
 CREATE DATABASE pgcdc_latin1 ENCODING 'LATIN1' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C';
 \c pgcdc_latin1
-CREATE TABLE l1 (id int PRIMARY KEY, t text);
+CREATE TABLE l1 (id int PRIMARY KEY, t text, j json, jb jsonb);
 SELECT 'init' FROM pg_create_logical_replication_slot('l1_slot', 'pgcdc');
-INSERT INTO l1 VALUES (1, 'caf' || chr(233) || ' "' || chr(255) || '"');
+INSERT INTO l1 VALUES (1, 'caf' || chr(233) || ' "' || chr(255) || '"',
+					   json_build_object('caf' || chr(233), chr(255)), jsonb_build_array(chr(233)));
 SELECT data FROM pg_logical_slot_get_changes('l1_slot', NULL, NULL, 'include-transaction', 'false')
 \gset
 SELECT :'data'::jsonb->'new'->>'t' = 'caf' || chr(233) || ' "' || chr(255) || '"' AS same,
+       -- (json keeps its text: equal as JSON, its non-ASCII now escaped)
+       (jsonb_populate_record(NULL::l1, :'data'::jsonb->'new')).j::jsonb = (SELECT j::jsonb FROM l1) AS same_json,
+       (jsonb_populate_record(NULL::l1, :'data'::jsonb->'new')).jb = (SELECT jb FROM l1) AS same_jsonb,
        substring(:'data' FROM '"t":"[^}]*') AS raw;
 SELECT pg_drop_replication_slot('l1_slot');
 \c :regress_db
