@@ -44,9 +44,10 @@ UPDATE "café" SET j = '{"é": "ü"}' WHERE id = 2;
 ($rc, $err) = run_consumer($cmd, $log);
 is($rc, 0, 'streaming from a LATIN1 database') or diag($err);
 
-my $q = 'SELECT string_agg(id || \'|\' || "naïve" || \'|\' || j::text, \' / \' ORDER BY id) FROM ';
+# json text keeps its non-ASCII characters as \u escapes (README): compare as JSON
+my $q = 'SELECT string_agg(id || \'|\' || "naïve" || \'|\' || j::jsonb::text, \' / \' ORDER BY id) FROM ';
 is($sql->($dst, 'postgres', $q . '"café_m"'), $sql->($src, 'latin', $q . '"café"'),
-	'mirror equals the LATIN1 source, names and values');
+	'mirror equals the LATIN1 source, names and values (json compared as JSON)');
 is($sql->($dst, 'postgres', 'SELECT count(*) FROM "café_h" WHERE id = 1'), '2',
 	'scd2: the update of the non-ASCII column opened a version');
 
