@@ -184,6 +184,9 @@ extern bool target_prepare_tables(PGconn *conn, PGconn *source, Pipeline *p);
 extern bool target_forget_snapshot_quarantine(PGconn *conn, Pipeline *p);
 extern void pipeline_free(Pipeline *p);
 extern PGresult *exec_ok(PGconn *conn, const char *sql, int nparams, const char *const *params);
+extern char *source_identity(PGconn *source, const char *table);
+extern PGresult *exec_ok_progress(PGconn *conn, const char *sql, int nparams,
+								  const char *const *params, const char *what);
 extern bool exec_cmd(PGconn *conn, const char *sql);
 
 /* checkpoint.c */

@@ -115,6 +115,8 @@ copy_rows(PGconn *src, PGconn *dst, TableMap *m, long *rows)
 		ok = false;
 	}
 	PQclear(res);
+	while ((res = PQgetResult(dst)) != NULL)
+		PQclear(res);
 
 	/*
 	 * An interrupted COPY OUT cannot be drained (PQgetResult would return
@@ -157,6 +159,7 @@ snapshot_table(const char *source_conninfo, const char *target_conninfo, Pipelin
 	char		lb[32];
 	long		rows = 0;
 	bool		is_append = strcmp(m->mode, "append") == 0;
+	char	   *what = psprintf("snapshot of %s into %s: applying", m->source_table, m->target);
 	PGresult   *res;
 	bool		ok;
 
@@ -197,14 +200,18 @@ snapshot_table(const char *source_conninfo, const char *target_conninfo, Pipelin
 	resetPQExpBuffer(sql);
 	if (ok && is_append)
 	{
-		const char *params[2] = {lb, snapshot_ts};
+		const char *params[3] = {lb, snapshot_ts,
+			m->key_columns ? m->key_columns : source_identity(src, m->source_table)};
 
+		/* _key as a streamed event's: the key columns (none: null) */
 		appendPQExpBuffer(sql,
-						  "INSERT INTO %s (_op, _source_lsn, _source_seq, _commit_ts, _new, _received_at) "
+						  "INSERT INTO %s (_op, _source_lsn, _source_seq, _commit_ts, _key, _new, _received_at) "
 						  "SELECT 'R', $1::pg_catalog.pg_lsn, pg_catalog.row_number() OVER (), $2::timestamptz, "
-						  "_row, pg_catalog.now() FROM pg_temp.pgcdc_snapshot",
+						  "(SELECT pg_catalog.jsonb_object_agg(k, s._row OPERATOR(pg_catalog.->) k) "
+						  "   FROM pg_catalog.unnest($3::text[]) k), "
+						  "_row, pg_catalog.now() FROM pg_temp.pgcdc_snapshot s",
 						  m->target);
-		res = exec_ok(dst, sql->data, 2, params);
+		res = exec_ok_progress(dst, sql->data, 3, params, what);
 		ok = res != NULL;
 		PQclear(res);
 	}
@@ -220,12 +227,16 @@ snapshot_table(const char *source_conninfo, const char *target_conninfo, Pipelin
 						  "'%s'::timestamptz AS _commit_ts FROM pg_temp.pgcdc_snapshot",
 						  m->data_columns, lb, snapshot_ts);
 		ok = exec_cmd(dst, sql->data) && snapshot_rules(dst, p, m);
+		if (ok)
+			log_msg(LOG_INFO, "snapshot of %s into %s: %ld rows copied, applying them",
+					m->source_table, m->target, rows);
 		res = !ok ? NULL : strcmp(m->mode, "mirror") == 0 ?
-			exec_ok(dst, "SELECT pgcdc.apply_mirror($1::pg_catalog.regclass, "
-					"'pg_temp.pgcdc_snapshot_changes', $2::text[], $3::boolean, 'op')", 3, params) :
-			exec_ok(dst, "SELECT pgcdc.scd2_apply_changes($1::pg_catalog.regclass, "
-					"'pg_temp.pgcdc_snapshot_changes', $2::text[], '_source_lsn,_source_seq', 'op', "
-					"$3::text[], '_commit_ts')", 3, params);
+			exec_ok_progress(dst, "SELECT pgcdc.apply_mirror($1::pg_catalog.regclass, "
+							 "'pg_temp.pgcdc_snapshot_changes', $2::text[], $3::boolean, 'op')", 3, params,
+							 what) :
+			exec_ok_progress(dst, "SELECT pgcdc.scd2_apply_changes($1::pg_catalog.regclass, "
+							 "'pg_temp.pgcdc_snapshot_changes', $2::text[], '_source_lsn,_source_seq', 'op', "
+							 "$3::text[], '_commit_ts')", 3, params, what);
 		ok = res != NULL;
 		PQclear(res);
 	}
@@ -235,6 +246,7 @@ snapshot_table(const char *source_conninfo, const char *target_conninfo, Pipelin
 	else
 		log_msg(LOG_ERROR, "snapshot of %s into %s failed", m->source_table, m->target);
 	destroyPQExpBuffer(sql);
+	free(what);
 	PQfinish(src);
 	PQfinish(dst);
 	return ok ? EXIT_DONE : EXIT_ERROR;

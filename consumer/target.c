@@ -6,6 +6,7 @@
  */
 #include "postgres_fe.h"
 
+#include <sys/select.h>
 #include <time.h>
 
 #include "consumer.h"
@@ -32,6 +33,59 @@ exec_ok(PGconn *conn, const char *sql, int nparams, const char *const *params)
 		return res;
 	keep_sql_error(conn, res);
 	PQclear(res);
+	return NULL;
+}
+
+/*
+ * exec_ok for a statement that may run long (a snapshot's apply): while it
+ * runs, "<what>: still running after N s" every 5 s.
+ */
+PGresult *
+exec_ok_progress(PGconn *conn, const char *sql, int nparams, const char *const *params,
+				 const char *what)
+{
+	int64_t		start = now_us();
+	int64_t		last = start;
+	PGresult   *res;
+	PGresult   *final = NULL;
+	ExecStatusType st;
+
+	if (!PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL, 0))
+	{
+		keep_sql_error(conn, NULL);
+		return NULL;
+	}
+	while (PQisBusy(conn))
+	{
+		int			sock = PQsocket(conn);
+		fd_set		in;
+		struct timeval tv = {1, 0};
+
+		if (sock < 0)
+			break;
+		FD_ZERO(&in);
+		FD_SET(sock, &in);
+		if (select(sock + 1, &in, NULL, NULL, &tv) < 0 && errno != EINTR)
+			break;
+		if (!PQconsumeInput(conn))
+			break;
+		if (now_us() - last >= 5000000)
+		{
+			last = now_us();
+			log_msg(LOG_INFO, "%s: still running after %.0f s", what, (last - start) / 1e6);
+		}
+	}
+	/* the last result is the statement's (or its error) */
+	while ((res = PQgetResult(conn)) != NULL)
+	{
+		PQclear(final);
+		final = res;
+	}
+	st = PQresultStatus(final);
+	if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
+		return final;
+	keep_sql_error(conn, final);
+	PQclear(final);
 	return NULL;
 }
 
@@ -288,7 +342,7 @@ target_forget_snapshot_quarantine(PGconn *conn, Pipeline *p)
 }
 
 /* The source's key for a table without key_columns: its replica identity. */
-static char *
+char *
 source_identity(PGconn *source, const char *table)
 {
 	const char *params[1] = {table};

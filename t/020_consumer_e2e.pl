@@ -157,6 +157,9 @@ SELECT pgcdc.add_table('$pipeline', 'public.items', 'public.items_hist', 'scd2',
 	is($dst->safe_psql('postgres', "SELECT count(*) FROM orders_log WHERE _op = 'R'"),
 		'3', "$label: the snapshot's rows are 'R' events in the append log");
 	is( $dst->safe_psql('postgres',
+			"SELECT count(*) FROM orders_log WHERE _op = 'R' AND _key = jsonb_build_object('id', _new->'id')"),
+		'3', "$label: with their key in _key, as streamed events have it");
+	is( $dst->safe_psql('postgres',
 			"SELECT _new->>'doc' = (SELECT doc FROM orders_mirror WHERE id = 1) FROM orders_log "
 			  . "WHERE _op = 'I' AND (_new->>'id')::int = 1"),
 		't', "$label: the append log keeps whole new rows");
