@@ -252,6 +252,56 @@ pause_seconds(int seconds)
 	}
 }
 
+/*
+ * Blank passwords in our own argv, which ps and /proc/PID/cmdline show for
+ * as long as we run: "password=..." in a conninfo, and "user:...@" in a URI.
+ */
+static void
+hide_passwords(int argc, char **argv)
+{
+	for (int i = 1; i < argc; i++)
+	{
+		char	   *p = argv[i];
+		char	   *q;
+		const char *ends = strstr(argv[i], "://") ? "&#" : " ";	/* URI parameter, or keyword value */
+
+		while ((q = strstr(p, "password")) != NULL)
+		{
+			q += strlen("password");
+			while (*q == ' ')
+				q++;
+			if (*q == '=')
+			{
+				for (q++; *q == ' '; q++)
+					;
+				if (*q == '\'')
+				{
+					/* a quoted value: up to the closing quote (\' and \\ escape) */
+					for (q++; *q != '\0' && *q != '\''; q++)
+					{
+						if (*q == '\\' && q[1] != '\0')
+							*q++ = 'x';
+						*q = 'x';
+					}
+				}
+				else
+					for (; *q != '\0' && strchr(ends, *q) == NULL; q++)
+						*q = 'x';
+			}
+			p = q;
+		}
+		if ((q = strstr(argv[i], "://")) != NULL)
+		{
+			char	   *at = strchr(q + 3, '@');
+			char	   *colon = strchr(q + 3, ':');
+
+			if (at != NULL && colon != NULL && colon < at && strcspn(q + 3, "/?") > (size_t) (at - q - 3))
+				for (q = colon + 1; q < at; q++)
+					*q = 'x';
+		}
+	}
+}
+
 int
 main(int argc, char **argv)
 {
@@ -270,7 +320,7 @@ main(int argc, char **argv)
 		{"max-backoff", required_argument, NULL, 9},
 		{"verbose", no_argument, NULL, 'v'},
 		{"version", no_argument, NULL, 'V'},
-		{"help", no_argument, NULL, '?'},
+		{"help", no_argument, NULL, 10},
 		{NULL, 0, NULL, 0}
 	};
 	int			c;
@@ -336,6 +386,17 @@ main(int argc, char **argv)
 			case 'V':
 				printf("pgcdc_consumer (pgcdc) %s\n", PGCDC_VERSION);
 				exit(EXIT_DONE);
+			case 10:
+				usage();
+				exit(EXIT_DONE);
+			case '?':
+				/* -? asks for help; getopt says '?' for an unknown option too */
+				if (strcmp(argv[optind - 1], "-?") == 0)
+				{
+					usage();
+					exit(EXIT_DONE);
+				}
+				/* FALLTHROUGH */
 			default:
 				fprintf(stderr, "Try \"pgcdc_consumer --help\" for more information.\n");
 				exit(EXIT_USAGE);
@@ -355,6 +416,9 @@ main(int argc, char **argv)
 	}
 	check_conninfo("source", opts.source);
 	check_conninfo("target", opts.target);
+	opts.source = pg_strdup(opts.source);
+	opts.target = pg_strdup(opts.target);
+	hide_passwords(argc, argv);
 
 	pqsignal(SIGINT, handle_stop);
 	pqsignal(SIGTERM, handle_stop);

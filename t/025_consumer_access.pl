@@ -97,6 +97,10 @@ my $first = start_consumer(
 ok(wait_for_row($dst, 'SELECT count(*) > 0 FROM pgcdc.checkpoint'), 'a non-superuser pair takes the snapshot');
 $src->safe_psql('postgres', "UPDATE acct SET v = v + 1 WHERE id <= 10; DELETE FROM acct WHERE id = 100;");
 ok(wait_for_row($dst, 'SELECT NOT EXISTS (SELECT 1 FROM mart.acct WHERE id = 100)'), 'and streams');
+# ps and /proc show a process's arguments to every local user
+my $cmdline = slurp_file('/proc/' . $first->{KIDS}[0]{PID} . '/cmdline');
+like($cmdline, qr/user=cdc_src password=x+ /, 'the running consumer blanked the passwords in its arguments');
+unlike($cmdline, qr/\Q$src_pw\E|\Q$dst_pw\E/, 'neither password is in its command line');
 is( $src->safe_psql('postgres',
 		"SELECT count(*) FILTER (WHERE s.ssl) || '/' || count(*) FROM pg_stat_activity a "
 		  . "JOIN pg_stat_ssl s USING (pid) WHERE a.usename = 'cdc_src'"),
