@@ -36,6 +36,7 @@ child_sigterm(int sig)
 	char		errbuf[256];
 
 	child_stop = 1;
+	stop_requested = 1;
 	for (int i = 0; i < lengthof(child_cancel); i++)
 		if (child_cancel[i])
 			PQcancel(child_cancel[i], errbuf, sizeof(errbuf));
@@ -111,7 +112,8 @@ copy_rows(PGconn *src, PGconn *dst, TableMap *m, long *rows)
 	res = PQgetResult(dst);
 	if (PQresultStatus(res) != PGRES_COMMAND_OK)
 	{
-		log_msg(LOG_ERROR, "could not load %s: %s", m->target, conn_error(dst));
+		if (!child_stop)
+			log_msg(LOG_ERROR, "could not load %s: %s", m->target, conn_error(dst));
 		ok = false;
 	}
 	PQclear(res);
@@ -243,6 +245,8 @@ snapshot_table(const char *source_conninfo, const char *target_conninfo, Pipelin
 	ok = ok && !child_stop && exec_cmd(dst, "COMMIT");
 	if (ok)
 		log_msg(LOG_INFO, "snapshot of %s into %s: %ld rows", m->source_table, m->target, rows);
+	else if (child_stop)
+		log_msg(LOG_INFO, "snapshot of %s into %s stopped, nothing of it kept", m->source_table, m->target);
 	else
 		log_msg(LOG_ERROR, "snapshot of %s into %s failed", m->source_table, m->target);
 	destroyPQExpBuffer(sql);
@@ -392,6 +396,8 @@ snapshot_run(const char *source_conninfo, PGconn *target, Pipeline *p,
 	destroyPQExpBuffer(tconn);
 	if (failed > 0 || stop_requested || next < p->nmaps)
 	{
+		if (stop_requested)
+			log_msg(LOG_INFO, "initial snapshot stopped: the next start takes it again");
 		free(ts);
 		return false;
 	}

@@ -104,7 +104,9 @@ keep_sql_error(PGconn *conn, const PGresult *res)
 	copy_field(last_sql_error.detail, sizeof(last_sql_error.detail),
 			   PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL));
 	/* one line: the message and its SQLSTATE, not the statement's context */
-	log_msg(quiet_sql_errors ? LOG_DEBUG : LOG_ERROR, "%s (SQLSTATE %s)",
+	/* a statement we cancelled because we are stopping is no error */
+	log_msg(quiet_sql_errors || (stop_requested && strcmp(last_sql_error.code, "57014") == 0) ?
+			LOG_DEBUG : LOG_ERROR, "%s (SQLSTATE %s)",
 			last_sql_error.message, last_sql_error.code);
 }
 

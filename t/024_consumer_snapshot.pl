@@ -35,6 +35,9 @@ my $t0 = time;
 is(stop_consumer($first), 0, 'SIGTERM during the snapshot exits 0');
 cmp_ok(time - $t0, '<=', 3, 'and promptly');
 is($dst->safe_psql('postgres', 'SELECT count(*) FROM pgcdc.checkpoint'), '0', 'an interrupted snapshot leaves no checkpoint');
+my $stopped_log = slurp_log($log);
+like($stopped_log, qr/initial snapshot stopped: the next start takes it again/, 'the log says the snapshot stopped');
+unlike($stopped_log, qr/ ERROR: /, 'a stop is no error: the cancelled copy logs none');
 
 my $consumer = start_consumer(consumer_cmd($src, $dst, 'p', '--batch-ms', 100), $log);
 ok(wait_for_row($dst, 'SELECT count(*) > 0 FROM pgcdc.checkpoint', 100), 'the snapshot finishes');
