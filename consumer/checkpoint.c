@@ -103,3 +103,30 @@ checkpoint_set(PGconn *conn, Pipeline *p, Lsn lsn, const char *commit_ts)
 	p->ckpt_commit_lsn = p->ckpt_end_lsn = lsn;
 	return true;
 }
+
+/*
+ * A paused pipeline applies nothing, but the source goes on: record where
+ * it is, so pgcdc.status and the metrics show the lag growing.  Best
+ * effort: a failure here only leaves the lag as it was.
+ */
+void
+checkpoint_note_source(PGconn *target, PGconn *source, Pipeline *p)
+{
+	PGresult   *res;
+
+	quiet_sql_errors = true;
+	if (p->has_checkpoint)
+		stats.applied_lsn = p->ckpt_end_lsn;
+	res = exec_ok(source, "SELECT pg_catalog.pg_current_wal_lsn()", 0, NULL);
+	if (res != NULL)
+	{
+		const char *params[2] = {p->name, PQgetvalue(res, 0, 0)};
+
+		parse_lsn(params[1], &stats.source_lsn);
+		PQclear(exec_ok(target,
+						"UPDATE pgcdc.checkpoint SET source_lsn = GREATEST(source_lsn, $2::pg_catalog.pg_lsn), "
+						"source_seen_at = pg_catalog.now() WHERE pipeline = $1", 2, params));
+		PQclear(res);
+	}
+	quiet_sql_errors = false;
+}

@@ -195,6 +195,7 @@ extern bool checkpoint_advance(PGconn *conn, Pipeline *p, Lsn commit_lsn, Lsn en
 							   const char *commit_ts, long xacts, long events, long quarantined,
 							   Lsn source_lsn, double *lag_seconds);
 extern bool checkpoint_set(PGconn *conn, Pipeline *p, Lsn lsn, const char *commit_ts);
+extern void checkpoint_note_source(PGconn *target, PGconn *source, Pipeline *p);
 
 /* stream.c */
 typedef struct Stream Stream;

@@ -27,6 +27,7 @@ ConsumerOptions opts = {
 };
 Stats		stats;
 volatile sig_atomic_t stop_requested = 0;
+static bool was_paused = false;
 
 static void
 usage(void)
@@ -153,10 +154,17 @@ run_once(void)
 	}
 	if (p.paused)
 	{
-		log_msg(LOG_INFO, "pipeline \"%s\" is paused; waiting (pgcdc.resume_pipeline resumes it)", p.name);
+		/* said once, not at every look (every 5 s) */
+		if (!was_paused)
+			log_msg(LOG_INFO, "pipeline \"%s\" is paused; waiting (pgcdc.resume_pipeline resumes it)", p.name);
+		was_paused = true;
+		checkpoint_note_source(target, source, &p);
 		rc = RUN_PAUSED;
 		goto done;
 	}
+	if (was_paused)
+		log_msg(LOG_INFO, "pipeline \"%s\" was resumed", p.name);
+	was_paused = false;
 	if (!source_check(source, &p, &slot_exists) || !target_prepare_tables(target, source, &p))
 	{
 		rc = classify(target, source);

@@ -53,8 +53,19 @@ ok(wait_for_log(qr/pipeline "p" was paused: stopping/, $at), 'a pause is noticed
 $src->safe_psql('postgres', "INSERT INTO a VALUES (3, 'while paused')");
 sleep 2;
 is($dst->safe_psql('postgres', 'SELECT count(*) FROM a_mirror WHERE id = 3'), '0', 'nothing is applied while paused');
+# the lag shows, and grows, while paused: the consumer looks every 5 s
+for my $id (5, 6)
+{
+	$src->safe_psql('postgres', "INSERT INTO a VALUES ($id, 'while paused')");
+	my $lsn = $src->safe_psql('postgres', 'SELECT pg_current_wal_lsn()');
+	ok( wait_for_row($dst, "SELECT source_lsn >= '$lsn' AND lag_bytes > 0 FROM pgcdc.status WHERE pipeline = 'p'"),
+		"pgcdc.status shows the source moving on while paused ($id)");
+}
+my @waiting = slurp_log($log) =~ /pipeline "p" is paused; waiting/g;
+is(scalar @waiting, 1, 'the pause is logged once, not at every look');
 $dst->safe_psql('postgres', "SELECT pgcdc.resume_pipeline('p')");
-ok(wait_for_row($dst, "SELECT EXISTS (SELECT FROM a_mirror WHERE id = 3)"), 'resumed: the change made meanwhile comes');
+ok(wait_for_row($dst, "SELECT count(*) = 3 FROM a_mirror WHERE id IN (3, 5, 6)"), 'resumed: the changes made meanwhile come');
+like(slurp_log($log), qr/pipeline "p" was resumed/, 'the resume is logged');
 
 # --- a table map added while it runs
 $at = length(slurp_log($log));
