@@ -277,6 +277,9 @@ record_batch(ApplyJob *b, long quarantined, int64_t started_us)
 							b->last_ts[0] ? b->last_ts : NULL, b->xacts, b->events, quarantined,
 							b->source_lsn, &b->lag_seconds))
 		return false;
+	/* heartbeats and markers move the checkpoint; a log row for each would be noise */
+	if (b->events == 0 && quarantined == 0)
+		return true;
 
 	format_lsn(b->first_lsn, first);
 	format_lsn(b->last_commit_lsn, commit);

@@ -201,6 +201,8 @@ like($err, qr/source table public\.parted is partitioned: its changes are decode
 	'and says to map the partitions');
 
 # --heartbeat: with only uncaptured tables written, the slot still advances.
+my $batch_rows = $dst->safe_psql('postgres', 'SELECT count(*) FROM pgcdc.batch');
+my $ckpt_before = $dst->safe_psql('postgres', "SELECT end_lsn FROM pgcdc.checkpoint WHERE pipeline = 'p'");
 my $hb = start_consumer(consumer_cmd($src, $dst, 'p', '--heartbeat', 1, '--status-interval', 1), $log);
 $src->safe_psql('postgres', 'CREATE TABLE other AS SELECT g FROM generate_series(1, 10000) g');
 my $written = $src->safe_psql('postgres', 'SELECT pg_current_wal_lsn()');
@@ -208,6 +210,10 @@ ok( wait_for_row($src,
 		"SELECT confirmed_flush_lsn >= '$written' FROM pg_replication_slots WHERE slot_name = 'pgcdc_p'", 30),
 	'--heartbeat moves the slot past WAL of uncaptured tables');
 is(stop_consumer($hb), 0, 'the heartbeat run stops cleanly');
+cmp_ok($dst->safe_psql('postgres', "SELECT end_lsn FROM pgcdc.checkpoint WHERE pipeline = 'p'"), 'ne', $ckpt_before,
+	'heartbeats move the checkpoint');
+is($dst->safe_psql('postgres', 'SELECT count(*) FROM pgcdc.batch'), $batch_rows,
+	'but write no batch log rows: they applied nothing');
 
 $src->safe_psql('postgres', "SELECT pg_drop_replication_slot('pgcdc_p')");
 ($rc, $err) = run_consumer(consumer_cmd($src, $dst, 'p', '--exit-when-caught-up'), $log);
