@@ -260,10 +260,19 @@ stream_start(Stream *s, Pipeline *p, Lsn start)
 	PGresult   *res;
 	bool		ok;
 	int			i;
+	int			ntables = 0;
 
 	for (i = 0; i < p->nmaps; i++)
 	{
-		if (i > 0)
+		bool		seen = false;
+
+		/* a source table that feeds several targets is decoded once */
+		for (int k = 0; k < i && !seen; k++)
+			seen = strcmp(p->maps[k].source_schema, p->maps[i].source_schema) == 0 &&
+				strcmp(p->maps[k].source_name, p->maps[i].source_name) == 0;
+		if (seen)
+			continue;
+		if (ntables++ > 0)
 			appendPQExpBufferChar(tables, ',');
 		append_pattern_part(tables, p->maps[i].source_schema);
 		appendPQExpBufferChar(tables, '.');
@@ -295,8 +304,8 @@ stream_start(Stream *s, Pipeline *p, Lsn start)
 					 p->name, hint ? " " : "", hint ? hint : "");
 	}
 	else
-		log_msg(LOG_INFO, "streaming from slot \"%s\" at %s (%d tables)", p->slot_name,
-				format_lsn(start, b), p->nmaps);
+		log_msg(LOG_INFO, "streaming from slot \"%s\" at %s (source tables: %d, targets: %d)", p->slot_name,
+				start == InvalidLsn ? "its confirmed position" : format_lsn(start, b), ntables, p->nmaps);
 	PQclear(res);
 	PQfreemem(ident);
 	destroyPQExpBuffer(tables);

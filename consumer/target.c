@@ -142,13 +142,17 @@ get_str(PGresult *res, int row, int col)
 	return PQgetisnull(res, row, col) ? NULL : pg_strdup(PQgetvalue(res, row, col));
 }
 
-/* Server notices (DROP ... IF EXISTS and the like) belong in the debug log. */
+/*
+ * Server notices (DROP ... IF EXISTS and the like) belong in the debug log;
+ * a server WARNING is one of ours too.
+ */
 static void
 notice_to_log(void *arg, const char *message)
 {
 	size_t		n = strlen(message);
 
-	log_msg(LOG_DEBUG, "server: %.*s", (int) (n > 0 && message[n - 1] == '\n' ? n - 1 : n), message);
+	log_msg(strncmp(message, "WARNING:", 8) == 0 ? LOG_WARNING : LOG_DEBUG, "server: %.*s",
+			(int) (n > 0 && message[n - 1] == '\n' ? n - 1 : n), message);
 }
 
 /* What a running consumer must notice: the pipeline's row and table maps. */
