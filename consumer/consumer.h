@@ -88,6 +88,10 @@ typedef struct TableMap
 	int			nsrc;			/* the source table's columns when loaded */
 	char	  **srcnames;
 	bool		new_column;		/* an event had a column not among them */
+	bool		created;		/* the consumer made the target (it adapts it) */
+	bool	   *colwatch;		/* NOT NULL in a target we made: its absence means a drop */
+	bool		watch_any;
+	char		changed_column[NAMEDATALEN];	/* the column new_column is about */
 } TableMap;
 
 typedef struct Pipeline
@@ -157,7 +161,7 @@ extern int64_t now_us(void);
 
 /* event.c */
 extern bool event_parse(const char *json, size_t len, EventInfo *ev, char *scratch, size_t scratchlen);
-extern bool row_values(TableMap *m, JsonSpan obj);
+extern bool row_values(TableMap *m, JsonSpan obj, bool whole);
 extern bool row_fields(PQExpBuffer out, TableMap *m);
 extern bool array_literal(PQExpBuffer out, JsonSpan arr);
 
@@ -174,7 +178,8 @@ extern __thread bool quiet_sql_errors;	/* failures expected: log them at DEBUG *
 
 extern bool sql_error_is_transient(const SqlError *e);
 extern int	target_pipeline_changed(PGconn *conn, const Pipeline *p);
-extern void target_note_new_column(const char *source_table);
+extern void target_note_new_column(const char *source_table, const char *column);
+extern bool target_column_noted(const char *source_table, const char *column);
 extern void keep_sql_error(PGconn *conn, const PGresult *res);
 extern PGconn *target_connect(const char *conninfo);
 extern bool target_lock_pipeline(PGconn *conn, const char *pipeline);

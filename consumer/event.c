@@ -404,10 +404,15 @@ append_value(PQExpBuffer out, const char *v, size_t len, bool raw, bool csv)
 
 /*
  * Find the map's data columns in a row object of an event ({"col": value,
- * ...}): m->values[j] is column j's JSON value, or empty if absent.
+ * ...}): m->values[j] is column j's JSON value, or empty if absent.  A
+ * column the source did not have when the maps were loaded sets
+ * new_column, and so does (whole: every column is there) the absence of a
+ * NOT NULL column of a target we made: the source changed, and the target
+ * must follow (target.c).  A column noted once is not noted again: it may
+ * be one added and dropped since, still in older events.
  */
 bool
-row_values(TableMap *m, JsonSpan obj)
+row_values(TableMap *m, JsonSpan obj, bool whole)
 {
 	Scan		s = {obj.ptr, obj.ptr + obj.len};
 	char		name[NAMEDATALEN * 2];
@@ -455,13 +460,26 @@ row_values(TableMap *m, JsonSpan obj)
 
 				for (c = 0; c < m->nsrc && strcmp(m->srcnames[c], name) != 0; c++)
 					;
-				m->new_column = c == m->nsrc && m->nsrc > 0;
+				if (c == m->nsrc && m->nsrc > 0 && !target_column_noted(m->source_table, name))
+				{
+					m->new_column = true;
+					strlcpy(m->changed_column, name, sizeof(m->changed_column));
+				}
 			}
 		}
 		skip_ws(&s);
 		if (s.p < s.end && *s.p == ',')
 			s.p++;
 	}
+	if (whole && m->watch_any && !m->new_column)
+		for (int j = 0; j < m->ncols; j++)
+			if (m->colwatch[j] && m->values[j].ptr == NULL &&
+				!target_column_noted(m->source_table, m->colnames[j]))
+			{
+				m->new_column = true;
+				strlcpy(m->changed_column, m->colnames[j], sizeof(m->changed_column));
+				break;
+			}
 	return true;
 }
 

@@ -475,8 +475,9 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 			for (int i = 0; i < p->nmaps; i++)
 				if (p->maps[i].new_column)
 				{
-					log_msg(LOG_INFO, "source table %s has a new column: starting over", p->maps[i].source_table);
-					target_note_new_column(p->maps[i].source_table);
+					log_msg(LOG_INFO, "source table %s has a new or dropped column \"%s\": starting over",
+							p->maps[i].source_table, p->maps[i].changed_column);
+					target_note_new_column(p->maps[i].source_table, p->maps[i].changed_column);
 					result = RUN_RETRY;
 					goto done;
 				}

@@ -462,6 +462,10 @@ target_load_pipeline(PGconn *conn, PGconn *source, Pipeline *p)
  * consumer was stopped is added at the next start); a target made by hand
  * keeps the columns it was given.
  */
+/* the columns the apply functions keep themselves */
+#define TARGET_SYSTEM_COLUMNS "'_source_lsn', '_source_seq', '_synced_at', '_is_deleted', " \
+	"'_valid_from', '_valid_to', '_is_current', '_version', '_row_hash', " \
+	"'_sequence', '_last_sequence', '_last_at'"
 #define CREATED_MARK ": created by pgcdc_consumer, which adds the columns added there to it"
 
 /* CREATE TABLE for a target that does not exist, shaped like its source. */
@@ -710,6 +714,8 @@ set_data_columns(TableMap *m, PGresult *res)
 	m->coljson = pg_malloc0(sizeof(bool) * Max(n, 1));
 	m->values = pg_malloc0(sizeof(JsonSpan) * Max(n, 1));
 	m->keyidx = pg_malloc0(sizeof(int) * Max(n, 1));
+	m->colwatch = pg_malloc0(sizeof(bool) * Max(n, 1));
+	m->watch_any = false;
 	m->nkeys = 0;
 	for (int j = 0; j < n; j++)
 	{
@@ -719,6 +725,8 @@ set_data_columns(TableMap *m, PGresult *res)
 		m->coljson[j] = strcmp(PQgetvalue(res, j, 3), "t") == 0;
 		if (strcmp(PQgetvalue(res, j, 4), "t") == 0)
 			m->keyidx[m->nkeys++] = j;
+		else if (m->created && strcmp(m->mode, "append") != 0 && strcmp(PQgetvalue(res, j, 6), "t") == 0)
+			m->watch_any = m->colwatch[j] = true;
 		appendPQExpBuffer(cols, "%s%s", sep, PQgetvalue(res, j, 1));
 		appendPQExpBuffer(types, "%s%s %s", sep, PQgetvalue(res, j, 1), PQgetvalue(res, j, 2));
 	}
@@ -735,11 +743,30 @@ set_data_columns(TableMap *m, PGresult *res)
 static char **evolved = NULL;
 static int	nevolved = 0;
 
+/* Every "table"."column" that made us start over, for the process's life. */
+static char **noted = NULL;
+static int	nnoted = 0;
+
 void
-target_note_new_column(const char *source_table)
+target_note_new_column(const char *source_table, const char *column)
 {
 	evolved = pg_realloc(evolved, sizeof(char *) * (nevolved + 1));
 	evolved[nevolved++] = pg_strdup(source_table);
+	noted = pg_realloc(noted, sizeof(char *) * (nnoted + 1));
+	noted[nnoted++] = psprintf("%s.%s", source_table, column);
+}
+
+/* Did this column make us start over already?  (Rare: only asked about columns out of place.) */
+bool
+target_column_noted(const char *source_table, const char *column)
+{
+	size_t		len = strlen(source_table);
+
+	for (int i = 0; i < nnoted; i++)
+		if (strncmp(noted[i], source_table, len) == 0 && noted[i][len] == '.' &&
+			strcmp(noted[i] + len + 1, column) == 0)
+			return true;
+	return false;
 }
 
 /*
@@ -769,7 +796,6 @@ remember_source_columns(PGconn *conn, TableMap *m, const char *names, const char
 	for (int c = 0; c < m->nsrc; c++)
 		m->srcnames[c] = pg_strdup(PQgetvalue(res, c, 0));
 	PQclear(res);
-	if (!evolve)
 	{
 		const char *mp[3] = {m->target, m->source_table, CREATED_MARK};
 
@@ -777,11 +803,47 @@ remember_source_columns(PGconn *conn, TableMap *m, const char *names, const char
 					  "IS NOT DISTINCT FROM $2::text || $3::text", 3, mp);
 		if (res == NULL)
 			return false;
-		evolve = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+		m->created = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+		evolve |= m->created;
 		PQclear(res);
 	}
 	if (!evolve)
 		return true;
+
+	/*
+	 * A column dropped at the source stays in a target we made, with its
+	 * values; rows written from now on have it NULL, so it cannot stay NOT
+	 * NULL (every one of them would go to the quarantine).
+	 */
+	if (m->created)
+	{
+		const char *dp[3] = {names, m->target, m->mode};
+
+		res = exec_ok(conn,
+					  "SELECT pg_catalog.format('ALTER TABLE %s ALTER COLUMN %I DROP NOT NULL', $2::pg_catalog.regclass, "
+					  "       a.attname), a.attname "
+					  "FROM pg_catalog.pg_attribute a "
+					  "WHERE a.attrelid = $2::pg_catalog.regclass AND a.attnum > 0 AND NOT a.attisdropped "
+					  "  AND a.attnotnull AND a.attname <> ALL ($1::text[]) AND $3 IN ('mirror', 'scd2') "
+					  "  AND a.attname NOT IN (" TARGET_SYSTEM_COLUMNS ") "
+					  "  AND NOT EXISTS (SELECT FROM pg_catalog.pg_index i WHERE i.indrelid = a.attrelid "
+					  "                   AND i.indisprimary AND a.attnum = ANY (i.indkey))",
+					  3, dp);
+		if (res == NULL)
+			return false;
+		for (int r = 0; r < PQntuples(res); r++)
+		{
+			if (!exec_cmd(conn, PQgetvalue(res, r, 0)))
+			{
+				PQclear(res);
+				return false;
+			}
+			log_msg(LOG_INFO, "column \"%s\" of target %s is no longer in source table %s: it keeps its "
+					"values, is NULL in rows written from now on, and no longer NOT NULL",
+					PQgetvalue(res, r, 1), m->target, m->source_table);
+		}
+		PQclear(res);
+	}
 
 	res = exec_ok(conn,
 				  "SELECT pg_catalog.format('ALTER TABLE %s ADD COLUMN %I %s', $3::pg_catalog.regclass, n, t), n "
@@ -879,13 +941,11 @@ target_prepare_tables(PGconn *conn, PGconn *source, Pipeline *p)
 					  "SELECT attname, pg_catalog.quote_ident(attname), "
 					  "       pg_catalog.format_type(atttypid, atttypmod), "
 					  "       atttypid IN ('pg_catalog.json'::pg_catalog.regtype, 'pg_catalog.jsonb'::pg_catalog.regtype), "
-					  "       attname = ANY ($4::text[]), pg_catalog.cardinality($4::text[]) "
+					  "       attname = ANY ($4::text[]), pg_catalog.cardinality($4::text[]), attnotnull "
 					  "FROM pg_catalog.pg_attribute "
 					  "WHERE attrelid = $1::pg_catalog.regclass AND attnum > 0 AND NOT attisdropped "
 					  "  AND attname = ANY ($2::text[]) AND attname <> ALL (coalesce($3::text[], '{}')) "
-					  "  AND attname NOT IN ('_source_lsn', '_source_seq', '_synced_at', '_is_deleted', "
-					  "      '_valid_from', '_valid_to', '_is_current', '_version', '_row_hash', "
-					  "      '_sequence', '_last_sequence', '_last_at') "
+					  "  AND attname NOT IN (" TARGET_SYSTEM_COLUMNS ") "
 					  "ORDER BY attnum",
 					  4, cp);
 		destroyPQExpBuffer(srccols);
@@ -933,6 +993,7 @@ pipeline_free(Pipeline *p)
 		free(m->coljson);
 		free(m->values);
 		free(m->keyidx);
+		free(m->colwatch);
 		for (int c = 0; c < m->nsrc; c++)
 			free(m->srcnames[c]);
 		free(m->srcnames);

@@ -3,7 +3,8 @@
 # take effect without a restart, and a target created after the snapshot
 # says that the rows from before were not copied.  A batch that keeps
 # failing shows in pgcdc.status.  A column added at the source reaches the
-# targets, whether the consumer ran then or was stopped.
+# targets, whether the consumer ran then or was stopped; one dropped there
+# stays in the targets the consumer made, no longer NOT NULL.
 use strict;
 use warnings;
 use lib 't';
@@ -109,7 +110,7 @@ ok(wait_for_row($dst, "SELECT last_batch_status = 'ok' FROM pgcdc.status WHERE p
 # --- a column added at the source while it runs is added to the targets
 $at = length(slurp_log($log));
 $src->safe_psql('postgres', "ALTER TABLE b ADD COLUMN note text; INSERT INTO b VALUES (7, 'b7', 'new column')");
-ok(wait_for_log(qr/source table public\.b has a new column: starting over/, $at), 'the new column is noticed');
+ok(wait_for_log(qr/source table public\.b has a new or dropped column "note": starting over/, $at), 'the new column is noticed');
 ok(wait_for_log(qr/added column "note" of source table public\.b to target public\.b_mirror/, $at),
 	'and added to the target');
 ok(wait_for_row($dst, "SELECT EXISTS (SELECT FROM b_mirror WHERE id = 7 AND note = 'new column')"),
@@ -142,6 +143,49 @@ is($dst->safe_psql('postgres',
 		  . "WHERE attrelid = 'b_narrow'::regclass AND attnum > 0 AND attname NOT LIKE '\\_%'"),
 	'id,v', 'and keeps the columns it was made with');
 is(stop_consumer($h), 0, 'stopped again');
+
+# --- a column dropped at the source: a target the consumer made keeps it,
+# with its values, but no longer NOT NULL (or every new row would be
+# quarantined); events that still carry a column dropped since (added and
+# dropped while the consumer was stopped) do not make it start over forever
+$src->safe_psql('postgres', q{
+CREATE TABLE c (id int PRIMARY KEY, must text NOT NULL, n int NOT NULL);
+});
+$dst->safe_psql('postgres', q{
+SELECT pgcdc.add_table('p', 'public.c', 'public.c_mirror');
+SELECT pgcdc.add_table('p', 'public.c', 'public.c_hist', 'scd2');
+});
+$at = length(slurp_log($log));
+$h = start_consumer(consumer_cmd($src, $dst, 'p', '--batch-ms', 50), $log);
+ok(wait_for_row($dst, "SELECT to_regclass('public.c_hist') IS NOT NULL"), 'the targets are created');
+$src->safe_psql('postgres', "INSERT INTO c VALUES (1, 'c1', 1); UPDATE c SET n = 2 WHERE id = 1");
+ok(wait_for_row($dst, "SELECT EXISTS (SELECT FROM c_mirror WHERE id = 1 AND must = 'c1' AND n = 2)"),
+	'a table with NOT NULL columns streams');
+$src->safe_psql('postgres', "ALTER TABLE c DROP COLUMN must; INSERT INTO c VALUES (2, 20); UPDATE c SET n = 3 WHERE id = 1");
+ok(wait_for_log(qr/source table public\.c has a new or dropped column "must": starting over/, $at),
+	'a dropped column is noticed while it runs');
+ok(wait_for_log(qr/column "must" of target public\.c_hist is no longer in source table public\.c/, $at),
+	'and the scd2 target it made no longer requires it');
+ok(wait_for_row($dst, "SELECT EXISTS (SELECT FROM c_mirror WHERE id = 2)"), 'rows written after the drop are applied');
+is($dst->safe_psql('postgres', "SELECT string_agg(id || ':' || coalesce(must, '-') || ':' || n, ' ' ORDER BY id) FROM c_mirror"),
+	'1:c1:3 2:-:20', 'mirror: the old values are kept, the new rows have the column NULL');
+is( $dst->safe_psql('postgres',
+		"SELECT string_agg(id || ':' || coalesce(must, '-') || ':' || n || ':' || _is_current, ' ' ORDER BY id, _valid_from) FROM c_hist"),
+	'1:c1:1:false 1:c1:2:false 1:-:3:true 2:-:20:true', 'scd2: one version per change, the history keeps the old values');
+is($dst->safe_psql('postgres', "SELECT count(*) FROM pgcdc.quarantine WHERE source_table = 'public.c'"), '0',
+	'nothing was quarantined');
+is(stop_consumer($h), 0, 'stopped');
+
+$src->safe_psql('postgres', q{
+ALTER TABLE c ADD COLUMN tmp text;
+INSERT INTO c VALUES (3, 30, 'gone soon');
+ALTER TABLE c DROP COLUMN tmp;
+INSERT INTO c VALUES (4, 40);
+});
+my ($rc, $err) = run_consumer(consumer_cmd($src, $dst, 'p', '--exit-when-caught-up'), $log, 60);
+is($rc, 0, 'a backlog with a column added and dropped since is applied') or diag($err);
+is($dst->safe_psql('postgres', "SELECT string_agg(id::text, ',' ORDER BY id) FROM c_mirror"), '1,2,3,4',
+	'every row of it');
 $src->stop;
 $dst->stop;
 done_testing();
