@@ -178,6 +178,7 @@ extern __thread bool quiet_sql_errors;	/* failures expected: log them at DEBUG *
 
 extern bool sql_error_is_transient(const SqlError *e);
 extern int	target_pipeline_changed(PGconn *conn, const Pipeline *p);
+extern int	source_table_gone(PGconn *source, const Pipeline *p);
 extern void target_note_new_column(const char *source_table, const char *column);
 extern bool target_column_noted(const char *source_table, const char *column);
 extern void keep_sql_error(PGconn *conn, const PGresult *res);

@@ -496,6 +496,13 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 				result = changed == 1 ? RUN_PAUSED : RUN_RETRY;
 				goto done;
 			}
+			/* a source table renamed or dropped: its map would get nothing more */
+			if (changed == 0 && source_table_gone(source, p) >= 0)
+			{
+				log_msg(LOG_INFO, "a source table of pipeline \"%s\" is gone: starting over", p->name);
+				result = RUN_RETRY;
+				goto done;
+			}
 		}
 
 		/*

@@ -371,6 +371,30 @@ source_identity(PGconn *source, const char *table)
 	return result;
 }
 
+/*
+ * The first map whose source table no longer exists under its name
+ * (dropped or renamed: its changes would no longer be decoded for the
+ * map): its index, or -1 if there is none, -2 if a query failed.
+ */
+int
+source_table_gone(PGconn *source, const Pipeline *p)
+{
+	for (int i = 0; i < p->nmaps; i++)
+	{
+		const char *sp[1] = {p->maps[i].source_table};
+		PGresult   *res = exec_ok(source, "SELECT pg_catalog.to_regclass($1) IS NULL", 1, sp);
+		bool		gone;
+
+		if (res == NULL)
+			return -2;
+		gone = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+		PQclear(res);
+		if (gone)
+			return i;
+	}
+	return -1;
+}
+
 bool
 target_load_pipeline(PGconn *conn, PGconn *source, Pipeline *p)
 {
@@ -435,6 +459,21 @@ target_load_pipeline(PGconn *conn, PGconn *source, Pipeline *p)
 	}
 	PQclear(res);
 
+	{
+		int			gone = source_table_gone(source, p);
+
+		if (gone >= 0)
+		{
+			log_msg(LOG_ERROR, "source table %s of pipeline \"%s\" does not exist",
+					p->maps[gone].source_table, p->name);
+			log_hint("If it was renamed or dropped at the source, map the table it is now: "
+					 "pgcdc.remove_table('%s', '%s', '%s'), then pgcdc.add_table.",
+					 p->name, p->maps[gone].source_table, p->maps[gone].target);
+			return false;
+		}
+		if (gone == -2)
+			return false;
+	}
 	for (i = 0; i < p->nmaps; i++)
 	{
 		TableMap   *m = &p->maps[i];

@@ -1,7 +1,7 @@
 # A LATIN1 source database with non-ASCII table and column names and values,
 # applied to a UTF-8 target: names match (the decoder's \u escapes and the
 # consumer's UTF-8 sessions), values arrive intact in mirror and scd2, json
-# keeps its text.
+# equal as JSON (its non-ASCII characters come as \u escapes).
 use strict;
 use warnings;
 use utf8;

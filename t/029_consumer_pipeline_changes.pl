@@ -186,6 +186,20 @@ my ($rc, $err) = run_consumer(consumer_cmd($src, $dst, 'p', '--exit-when-caught-
 is($rc, 0, 'a backlog with a column added and dropped since is applied') or diag($err);
 is($dst->safe_psql('postgres', "SELECT string_agg(id::text, ',' ORDER BY id) FROM c_mirror"), '1,2,3,4',
 	'every row of it');
+
+# --- a mapped source table renamed while it runs: its changes would no
+# longer be captured, so the consumer stops and says which map to change
+$at = length(slurp_log($log));
+$h = start_consumer(consumer_cmd($src, $dst, 'p', '--batch-ms', 50), $log);
+ok(wait_for_log(qr/streaming from slot/, $at), 'streaming again');
+$src->safe_psql('postgres', 'ALTER TABLE c RENAME TO c_renamed');
+ok(wait_for_log(qr/a source table of pipeline "p" is gone: starting over/, $at), 'a renamed source table is noticed');
+ok( wait_for_log(
+		qr/ERROR: source table public\.c of pipeline "p" does not exist\nHINT:  If it was renamed or dropped at the source, map the table it is now: pgcdc\.remove_table\('p', 'public\.c', 'public\.c_(mirror|hist)'\)/,
+		$at),
+	'and it stops with an error that says what to do');
+$h->finish;
+is($h->full_result(0) >> 8, 1, 'with status 1');
 $src->stop;
 $dst->stop;
 done_testing();
