@@ -89,6 +89,7 @@ typedef struct TableMap
 	char	  **srcnames;
 	bool		new_column;		/* an event had a column not among them */
 	bool		created;		/* the consumer made the target (it adapts it) */
+	bool		copy_now;		/* made now, a mirror, after the pipeline's snapshot */
 	bool	   *colwatch;		/* NOT NULL in a target we made: its absence means a drop */
 	bool		watch_any;
 	char		changed_column[NAMEDATALEN];	/* the column new_column is about */
@@ -208,7 +209,7 @@ typedef struct Stream Stream;
 extern bool source_check(PGconn *source, Pipeline *p, bool *slot_exists);
 extern Stream *stream_open(const char *conninfo);
 extern PGconn *stream_conn(Stream *s);
-extern bool stream_create_slot(Stream *s, const char *slot, bool export_snapshot,
+extern bool stream_create_slot(Stream *s, const char *slot, bool temporary, bool export_snapshot,
 							   Lsn *consistent_point, char **snapshot_name);
 extern bool stream_drop_slot(PGconn *source, const char *slot);
 extern bool stream_start(Stream *s, Pipeline *p, Lsn start);
@@ -280,6 +281,7 @@ extern void batch_free(Batch *b);
 extern char *snapshot_source_time(PGconn *source);
 extern bool snapshot_run(const char *source_conninfo, PGconn *target, Pipeline *p,
 						 const char *snapshot_name, Lsn consistent_point, const char *snapshot_ts);
+extern bool snapshot_added_maps(const char *source_conninfo, PGconn *source, PGconn *target, Pipeline *p);
 
 /* metrics.c */
 extern bool metrics_listen(int port);

@@ -200,7 +200,7 @@ run_once(void)
 			rc = classify(target, source);
 			goto done;
 		}
-		if (!stream_create_slot(stream, p.slot_name, opts.snapshot == SNAPSHOT_INITIAL,
+		if (!stream_create_slot(stream, p.slot_name, false, opts.snapshot == SNAPSHOT_INITIAL,
 								&consistent, &snapshot_name))
 		{
 			free(snapshot_ts);
@@ -213,6 +213,12 @@ run_once(void)
 		free(snapshot_ts);
 		if (!ok)
 			goto done;
+	}
+
+	else if (!snapshot_added_maps(opts.source, source, target, &p))
+	{
+		rc = classify(target, source);
+		goto done;
 	}
 
 	if (!stream_start(stream, &p, p.has_checkpoint ? p.ckpt_end_lsn : InvalidLsn))

@@ -307,9 +307,10 @@ snapshot_source_time(PGconn *source)
 	return ts;
 }
 
-bool
-snapshot_run(const char *source_conninfo, PGconn *target, Pipeline *p,
-			 const char *snapshot_name, Lsn consistent_point, const char *snapshot_ts)
+/* Copy every map of p in forked children; the initial snapshot then sets the checkpoint. */
+static bool
+copy_maps(const char *source_conninfo, PGconn *target, Pipeline *p, const char *snapshot_name,
+		  Lsn consistent_point, const char *snapshot_ts, bool initial)
 {
 	pid_t	   *pids = pg_malloc0(sizeof(pid_t) * p->nmaps);
 	int			next = 0,
@@ -341,8 +342,12 @@ snapshot_run(const char *source_conninfo, PGconn *target, Pipeline *p,
 	target_conninfo = tconn->data;
 
 	ts = pg_strdup(snapshot_ts);
-	log_msg(LOG_INFO, "initial snapshot of %d tables at %s, %d at a time",
-			p->nmaps, format_lsn(consistent_point, lb), opts.snapshot_jobs);
+	if (initial)
+		log_msg(LOG_INFO, "initial snapshot of %d tables at %s, %d at a time",
+				p->nmaps, format_lsn(consistent_point, lb), opts.snapshot_jobs);
+	else
+		log_msg(LOG_INFO, "copying the rows of the mirror targets added to pipeline \"%s\" at %s (targets: %d)",
+				p->name, format_lsn(consistent_point, lb), p->nmaps);
 
 	fflush(NULL);
 	while (next < p->nmaps || running > 0)
@@ -396,10 +401,15 @@ snapshot_run(const char *source_conninfo, PGconn *target, Pipeline *p,
 	destroyPQExpBuffer(tconn);
 	if (failed > 0 || stop_requested || next < p->nmaps)
 	{
-		if (stop_requested)
+		if (stop_requested && initial)
 			log_msg(LOG_INFO, "initial snapshot stopped: the next start takes it again");
 		free(ts);
 		return false;
+	}
+	if (!initial)
+	{
+		free(ts);
+		return true;
 	}
 
 	/* every table is in: the stream starts at the consistent point */
@@ -409,4 +419,78 @@ snapshot_run(const char *source_conninfo, PGconn *target, Pipeline *p,
 		return false;
 	log_msg(LOG_INFO, "initial snapshot done at %s", lb);
 	return true;
+}
+
+bool
+snapshot_run(const char *source_conninfo, PGconn *target, Pipeline *p,
+			 const char *snapshot_name, Lsn consistent_point, const char *snapshot_ts)
+{
+	return copy_maps(source_conninfo, target, p, snapshot_name, consistent_point, snapshot_ts, true);
+}
+
+/*
+ * Mirror targets created now, after the pipeline's snapshot, get the rows
+ * their source table holds: copied at a temporary slot's consistent point
+ * P, each row at position (P, 0).  The stream then resumes from the
+ * checkpoint, before P: the mirror's position guard makes the changes
+ * before P that the copy already holds no-ops, and replays the others
+ * (keys deleted before P come and go again), so the target converges to
+ * the source.  (scd2 and append maps cannot take changes twice: they get
+ * no copy, and a warning says so; see target.c.)  If the copy fails, the
+ * targets, empty and just made, are dropped, so that the retry makes and
+ * copies them again.
+ */
+bool
+snapshot_added_maps(const char *source_conninfo, PGconn *source, PGconn *target, Pipeline *p)
+{
+	Pipeline	sub = *p;
+	Stream	   *s;
+	char	   *slot;
+	char	   *name = NULL;
+	char	   *ts = NULL;
+	Lsn			at = InvalidLsn;
+	bool		ok;
+
+	sub.nmaps = 0;
+	sub.maps = pg_malloc0(sizeof(TableMap) * Max(p->nmaps, 1));
+	for (int i = 0; i < p->nmaps; i++)
+		if (p->maps[i].copy_now)
+			sub.maps[sub.nmaps++] = p->maps[i];
+	if (sub.nmaps == 0)
+	{
+		free(sub.maps);
+		return true;
+	}
+	slot = psprintf("pgcdc_copy_%d", (int) getpid());
+	ok = (ts = snapshot_source_time(source)) != NULL &&
+		(s = stream_open(source_conninfo)) != NULL;
+	if (ok)
+	{
+		ok = stream_create_slot(s, slot, true, true, &at, &name) &&
+			copy_maps(source_conninfo, target, &sub, name, at, ts, false);
+		stream_close(s);			/* the temporary slot goes with it */
+	}
+	if (ok)
+	{
+		char		lb[32];
+
+		for (int i = 0; i < p->nmaps; i++)
+			p->maps[i].copy_now = false;
+		log_msg(LOG_INFO, "copy of the tables added to pipeline \"%s\" done at %s", p->name, format_lsn(at, lb));
+	}
+	else
+		for (int i = 0; i < sub.nmaps; i++)
+		{
+			char	   *drop = psprintf("DROP TABLE IF EXISTS %s", sub.maps[i].target);
+
+			quiet_sql_errors = true;
+			(void) exec_cmd(target, drop);
+			quiet_sql_errors = false;
+			free(drop);
+		}
+	free(name);
+	free(ts);
+	free(slot);
+	free(sub.maps);
+	return ok;
 }

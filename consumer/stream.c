@@ -184,7 +184,7 @@ stream_close(Stream *s)
 }
 
 bool
-stream_create_slot(Stream *s, const char *slot, bool export_snapshot,
+stream_create_slot(Stream *s, const char *slot, bool temporary, bool export_snapshot,
 				   Lsn *consistent_point, char **snapshot_name)
 {
 	PQExpBuffer sql = createPQExpBuffer();
@@ -192,8 +192,8 @@ stream_create_slot(Stream *s, const char *slot, bool export_snapshot,
 	PGresult   *res;
 	bool		ok;
 
-	appendPQExpBuffer(sql, "CREATE_REPLICATION_SLOT %s LOGICAL pgcdc (SNAPSHOT '%s')",
-					  ident, export_snapshot ? "export" : "nothing");
+	appendPQExpBuffer(sql, "CREATE_REPLICATION_SLOT %s%s LOGICAL pgcdc (SNAPSHOT '%s')",
+					  ident, temporary ? " TEMPORARY" : "", export_snapshot ? "export" : "nothing");
 	res = PQexec(s->conn, sql->data);
 	ok = PQresultStatus(res) == PGRES_TUPLES_OK;
 	if (!ok)
@@ -207,7 +207,8 @@ stream_create_slot(Stream *s, const char *slot, bool export_snapshot,
 	{
 		parse_lsn(PQgetvalue(res, 0, 1), consistent_point);
 		*snapshot_name = PQgetisnull(res, 0, 2) ? NULL : pg_strdup(PQgetvalue(res, 0, 2));
-		log_msg(LOG_INFO, "created replication slot \"%s\" at %s", slot, PQgetvalue(res, 0, 1));
+		log_msg(temporary ? LOG_DEBUG : LOG_INFO, "created %sreplication slot \"%s\" at %s",
+				temporary ? "temporary " : "", slot, PQgetvalue(res, 0, 1));
 	}
 	PQclear(res);
 	PQfreemem(ident);

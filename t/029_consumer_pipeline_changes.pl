@@ -1,7 +1,7 @@
 # A running consumer notices its pipeline change: pause_pipeline stops it
 # applying (resume_pipeline starts it again), add_table and remove_table
-# take effect without a restart, and a target created after the snapshot
-# says that the rows from before were not copied.  A batch that keeps
+# take effect without a restart; a mirror target created after the snapshot
+# gets a copy of its own, other modes say that old rows were not copied.  A batch that keeps
 # failing shows in pgcdc.status.  A column added at the source reaches the
 # targets, whether the consumer ran then or was stopped; one dropped there
 # stays in the targets the consumer made, no longer NOT NULL.
@@ -72,12 +72,12 @@ like(slurp_log($log), qr/pipeline "p" was resumed/, 'the resume is logged');
 $at = length(slurp_log($log));
 $dst->safe_psql('postgres', "SELECT pgcdc.add_table('p', 'public.b', 'public.b_mirror')");
 ok(wait_for_log(qr/pipeline "p" or its table maps changed: starting over/, $at), 'an added table map is noticed');
-ok(wait_for_log(qr/WARNING: target public\.b_mirror was created now, after pipeline "p" took its snapshot/, $at),
-	'the target created after the snapshot says its old rows were not copied');
+ok(wait_for_log(qr/copy of the tables added to pipeline "p" done at/, $at),
+	'a mirror target created after the snapshot gets a copy of its own');
 $src->safe_psql('postgres', "INSERT INTO b VALUES (3, 'b3')");
 ok(wait_for_row($dst, "SELECT EXISTS (SELECT FROM b_mirror WHERE id = 3)"), 'the added table streams');
-is($dst->safe_psql('postgres', 'SELECT string_agg(id::text, \',\' ORDER BY id) FROM b_mirror'), '3',
-	'(only its changes from then on)');
+is($dst->safe_psql('postgres', 'SELECT string_agg(id || v, \',\' ORDER BY id) FROM b_mirror'), '1b1,2b2,3b3',
+	'its rows from before and its changes since');
 
 # --- a table map removed while it runs
 $at = length(slurp_log($log));
@@ -158,6 +158,8 @@ SELECT pgcdc.add_table('p', 'public.c', 'public.c_hist', 'scd2');
 $at = length(slurp_log($log));
 $h = start_consumer(consumer_cmd($src, $dst, 'p', '--batch-ms', 50), $log);
 ok(wait_for_row($dst, "SELECT to_regclass('public.c_hist') IS NOT NULL"), 'the targets are created');
+ok(wait_for_log(qr/WARNING: target public\.c_hist was created now, after pipeline "p" took its snapshot/, $at),
+	'an scd2 target created after the snapshot says its old rows were not copied');
 $src->safe_psql('postgres', "INSERT INTO c VALUES (1, 'c1', 1); UPDATE c SET n = 2 WHERE id = 1");
 ok(wait_for_row($dst, "SELECT EXISTS (SELECT FROM c_mirror WHERE id = 1 AND must = 'c1' AND n = 2)"),
 	'a table with NOT NULL columns streams');
@@ -186,6 +188,34 @@ my ($rc, $err) = run_consumer(consumer_cmd($src, $dst, 'p', '--exit-when-caught-
 is($rc, 0, 'a backlog with a column added and dropped since is applied') or diag($err);
 is($dst->safe_psql('postgres', "SELECT string_agg(id::text, ',' ORDER BY id) FROM c_mirror"), '1,2,3,4',
 	'every row of it');
+
+# --- a mirror map added while the consumer is stopped, with changes to its
+# table since the checkpoint: the copy is taken after them, the stream
+# replays them from the checkpoint, and the target converges to the source
+$src->safe_psql('postgres', q{
+CREATE TABLE d (id int PRIMARY KEY, v text);
+INSERT INTO d SELECT g, 'v' || g FROM generate_series(1, 50) g;
+UPDATE d SET v = 'updated' WHERE id <= 10;
+DELETE FROM d WHERE id BETWEEN 11 AND 20;
+INSERT INTO d VALUES (15, 're-inserted');
+});
+$dst->safe_psql('postgres', "SELECT pgcdc.add_table('p', 'public.d', 'public.d_mirror')");
+$src->safe_psql('postgres', "UPDATE d SET v = 'after the map' WHERE id IN (1, 15, 30); DELETE FROM d WHERE id = 40");
+($rc, $err) = run_consumer(consumer_cmd($src, $dst, 'p', '--exit-when-caught-up'), $log, 60);
+is($rc, 0, 'a mirror map added with a backlog of changes to its table') or diag($err);
+is( $dst->safe_psql('postgres', "SELECT md5(string_agg(id || ':' || v, ',' ORDER BY id)) FROM d_mirror"),
+	$src->safe_psql('postgres', "SELECT md5(string_agg(id || ':' || v, ',' ORDER BY id)) FROM d"),
+	'its target equals the source');
+is($dst->safe_psql('postgres', "SELECT count(*) FROM d_mirror"), '40', '(40 rows)');
+# a created mirror found empty while its source is not (a copy killed with
+# -9 leaves it so) is copied again at the next start
+$dst->safe_psql('postgres', 'TRUNCATE d_mirror');
+$at = length(slurp_log($log));
+($rc, $err) = run_consumer(consumer_cmd($src, $dst, 'p', '--exit-when-caught-up'), $log, 60);
+is($rc, 0, 'a start with an emptied mirror target') or diag($err);
+like(substr(slurp_log($log), $at), qr/mirror target public\.d_mirror is empty while source table public\.d is not: copying its rows/,
+	'says it copies it again');
+is($dst->safe_psql('postgres', "SELECT count(*) FROM d_mirror"), '40', 'and does');
 
 # --- a mapped source table renamed while it runs: its changes would no
 # longer be captured, so the consumer stops and says which map to change
