@@ -214,7 +214,6 @@ run_once(void)
 		if (!ok)
 			goto done;
 	}
-
 	else if (!snapshot_added_maps(opts.source, source, target, &p))
 	{
 		rc = classify(target, source);

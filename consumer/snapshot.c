@@ -22,6 +22,9 @@
 
 #include "consumer.h"
 
+/* a child's exit status when it failed for a reason a retry may not meet */
+#define CHILD_TRANSIENT	3
+
 static volatile sig_atomic_t child_stop = 0;
 static PGcancel *volatile child_cancel[2];
 
@@ -164,9 +167,10 @@ snapshot_table(const char *source_conninfo, const char *target_conninfo, Pipelin
 	char	   *what = psprintf("snapshot of %s into %s: applying", m->source_table, m->target);
 	PGresult   *res;
 	bool		ok;
+	int			ok_status = EXIT_ERROR;	/* when not ok */
 
 	if (dst == NULL)
-		return EXIT_ERROR;
+		return CHILD_TRANSIENT;
 	child_cancel[0] = PQgetCancel(src);
 	child_cancel[1] = PQgetCancel(dst);
 	format_lsn(lsn, lb);
@@ -251,9 +255,12 @@ snapshot_table(const char *source_conninfo, const char *target_conninfo, Pipelin
 		log_msg(LOG_ERROR, "snapshot of %s into %s failed", m->source_table, m->target);
 	destroyPQExpBuffer(sql);
 	free(what);
+	if (!ok && (child_stop || PQstatus(src) == CONNECTION_BAD || PQstatus(dst) == CONNECTION_BAD ||
+				sql_error_is_transient(&last_sql_error)))
+		ok_status = CHILD_TRANSIENT;
 	PQfinish(src);
 	PQfinish(dst);
-	return ok ? EXIT_DONE : EXIT_ERROR;
+	return ok ? EXIT_DONE : ok_status;
 }
 
 /*
@@ -310,7 +317,7 @@ snapshot_source_time(PGconn *source)
 /* Copy every map of p in forked children; the initial snapshot then sets the checkpoint. */
 static bool
 copy_maps(const char *source_conninfo, PGconn *target, Pipeline *p, const char *snapshot_name,
-		  Lsn consistent_point, const char *snapshot_ts, bool initial)
+		  Lsn consistent_point, const char *snapshot_ts, bool initial, bool *transient)
 {
 	pid_t	   *pids = pg_malloc0(sizeof(pid_t) * p->nmaps);
 	int			next = 0,
@@ -391,6 +398,8 @@ copy_maps(const char *source_conninfo, PGconn *target, Pipeline *p, const char *
 		running--;
 		if (!WIFEXITED(status) || WEXITSTATUS(status) != EXIT_DONE)
 		{
+			if (!WIFEXITED(status) || WEXITSTATUS(status) == CHILD_TRANSIENT)
+				*transient = true;
 			failed++;
 			for (int i = 0; i < next; i++)
 				if (pids[i] > 0)
@@ -425,7 +434,24 @@ bool
 snapshot_run(const char *source_conninfo, PGconn *target, Pipeline *p,
 			 const char *snapshot_name, Lsn consistent_point, const char *snapshot_ts)
 {
-	return copy_maps(source_conninfo, target, p, snapshot_name, consistent_point, snapshot_ts, true);
+	bool		transient = false;
+
+	return copy_maps(source_conninfo, target, p, snapshot_name, consistent_point, snapshot_ts, true, &transient);
+}
+
+/* Drop the targets of p, made just now and empty: the next start makes and copies them again. */
+static void
+drop_targets(PGconn *target, Pipeline *p)
+{
+	for (int i = 0; i < p->nmaps; i++)
+	{
+		char	   *drop = psprintf("DROP TABLE IF EXISTS %s", p->maps[i].target);
+
+		quiet_sql_errors = true;
+		(void) exec_cmd(target, drop);
+		quiet_sql_errors = false;
+		free(drop);
+	}
 }
 
 /*
@@ -436,20 +462,26 @@ snapshot_run(const char *source_conninfo, PGconn *target, Pipeline *p,
  * before P that the copy already holds no-ops, and replays the others
  * (keys deleted before P come and go again), so the target converges to
  * the source.  (scd2 and append maps cannot take changes twice: they get
- * no copy, and a warning says so; see target.c.)  If the copy fails, the
- * targets, empty and just made, are dropped, so that the retry makes and
- * copies them again.
+ * no copy, and a warning says so; see target.c.)
+ *
+ * Stopped, or failed for a reason a retry may not meet (a lost
+ * connection), the targets are dropped and false returned: the next start
+ * makes and copies them again.  A copy the data refuses (a NULL key, say)
+ * would fail again: a warning, and its target gets only changes, as
+ * streamed events it would be quarantined one by one.
  */
 bool
 snapshot_added_maps(const char *source_conninfo, PGconn *source, PGconn *target, Pipeline *p)
 {
 	Pipeline	sub = *p;
-	Stream	   *s;
+	Stream	   *s = NULL;
 	char	   *slot;
 	char	   *name = NULL;
 	char	   *ts = NULL;
 	Lsn			at = InvalidLsn;
-	bool		ok;
+	bool		ok = false;
+	bool		transient = true;
+	char		lb[32];
 
 	sub.nmaps = 0;
 	sub.maps = pg_malloc0(sizeof(TableMap) * Max(p->nmaps, 1));
@@ -462,32 +494,28 @@ snapshot_added_maps(const char *source_conninfo, PGconn *source, PGconn *target,
 		return true;
 	}
 	slot = psprintf("pgcdc_copy_%d", (int) getpid());
-	ok = (ts = snapshot_source_time(source)) != NULL &&
-		(s = stream_open(source_conninfo)) != NULL;
-	if (ok)
+	if ((ts = snapshot_source_time(source)) != NULL && (s = stream_open(source_conninfo)) != NULL)
 	{
-		ok = stream_create_slot(s, slot, true, true, &at, &name) &&
-			copy_maps(source_conninfo, target, &sub, name, at, ts, false);
-		stream_close(s);			/* the temporary slot goes with it */
-	}
-	if (ok)
-	{
-		char		lb[32];
-
-		for (int i = 0; i < p->nmaps; i++)
-			p->maps[i].copy_now = false;
-		log_msg(LOG_INFO, "copy of the tables added to pipeline \"%s\" done at %s", p->name, format_lsn(at, lb));
-	}
-	else
-		for (int i = 0; i < sub.nmaps; i++)
+		if (stream_create_slot(s, slot, true, true, &at, &name))
 		{
-			char	   *drop = psprintf("DROP TABLE IF EXISTS %s", sub.maps[i].target);
-
-			quiet_sql_errors = true;
-			(void) exec_cmd(target, drop);
-			quiet_sql_errors = false;
-			free(drop);
+			transient = false;
+			ok = copy_maps(source_conninfo, target, &sub, name, at, ts, false, &transient);
 		}
+		else
+			transient = PQstatus(stream_conn(s)) == CONNECTION_BAD;
+		stream_close(s);		/* the temporary slot goes with it */
+	}
+	if (ok)
+		log_msg(LOG_INFO, "copy of the tables added to pipeline \"%s\" done at %s", p->name, format_lsn(at, lb));
+	else if (transient || stop_requested)
+		drop_targets(target, &sub);
+	else
+	{
+		log_msg(LOG_WARNING, "the rows of the mirror targets added to pipeline \"%s\" were not all copied "
+				"(the error is above): those not copied get only the changes from now on", p->name);
+		log_hint("Fix the rows the copy refused, then drop the target: the next start makes and copies it again.");
+		ok = true;
+	}
 	free(name);
 	free(ts);
 	free(slot);

@@ -909,53 +909,6 @@ remember_source_columns(PGconn *conn, TableMap *m, const char *names, const char
 	return true;
 }
 
-/* Does the table (a quoted name) have a row? */
-static bool
-has_rows(PGconn *conn, const char *table, bool *rows)
-{
-	char	   *sql = psprintf("SELECT EXISTS (SELECT FROM %s)", table);
-	PGresult   *res = exec_ok(conn, sql, 0, NULL);
-
-	free(sql);
-	if (res == NULL)
-		return false;
-	*rows = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
-	PQclear(res);
-	return true;
-}
-
-/*
- * A mirror target we made that is empty while its source table is not
- * (its copy was killed, or someone emptied it) is copied again (snapshot.c).
- * Not while it has open quarantined events: rows a rule refuses would be
- * copied into the quarantine again at every start.
- */
-static bool
-empty_mirror_to_copy(PGconn *conn, PGconn *source, TableMap *m, bool *copy)
-{
-	const char *tp[1] = {m->target};
-	PGresult   *res;
-	bool		open_quarantine;
-	bool		target_rows = true;
-	bool		source_rows = false;
-
-	res = exec_ok(conn, "SELECT EXISTS (SELECT FROM pgcdc.quarantine q WHERE q.target = $1 AND q.status = 'open')",
-				  1, tp);
-	if (res == NULL)
-		return false;
-	open_quarantine = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
-	PQclear(res);
-	if (!open_quarantine && !has_rows(conn, m->target, &target_rows))
-		return false;
-	if (!target_rows && !has_rows(source, m->source_table, &source_rows))
-		return false;
-	*copy = !open_quarantine && !target_rows && source_rows;
-	if (*copy)
-		log_msg(LOG_INFO, "mirror target %s is empty while source table %s is not: copying its rows",
-				m->target, m->source_table);
-	return true;
-}
-
 /*
  * Make every target usable: create missing ones, complete existing ones,
  * and work out the data columns the events fill (the target's columns that
@@ -1053,9 +1006,6 @@ target_prepare_tables(PGconn *conn, PGconn *source, Pipeline *p)
 		}
 		set_data_columns(m, res);
 		PQclear(res);
-		if (!m->copy_now && m->created && p->has_checkpoint && opts.snapshot == SNAPSHOT_INITIAL &&
-			strcmp(m->mode, "mirror") == 0 && !empty_mirror_to_copy(conn, source, m, &m->copy_now))
-			return false;
 	}
 	/* the new columns noted by the last run are handled */
 	for (i = 0; i < nevolved; i++)
