@@ -280,7 +280,8 @@ extern void batch_free(Batch *b);
 /* snapshot.c */
 extern char *snapshot_source_time(PGconn *source);
 extern bool snapshot_run(const char *source_conninfo, PGconn *target, Pipeline *p,
-						 const char *snapshot_name, Lsn consistent_point, const char *snapshot_ts);
+						 const char *snapshot_name, Lsn consistent_point, const char *snapshot_ts,
+						 bool *transient);
 extern bool snapshot_added_maps(const char *source_conninfo, PGconn *source, PGconn *target, Pipeline *p);
 
 /* metrics.c */

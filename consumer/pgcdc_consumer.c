@@ -193,6 +193,7 @@ run_once(void)
 		Lsn			consistent = InvalidLsn;
 		char	   *snapshot_name = NULL;
 		char	   *snapshot_ts = NULL;
+		bool		transient = false;
 		bool		ok;
 
 		if (opts.snapshot == SNAPSHOT_INITIAL && (snapshot_ts = snapshot_source_time(source)) == NULL)
@@ -208,9 +209,16 @@ run_once(void)
 			goto done;
 		}
 		ok = opts.snapshot != SNAPSHOT_INITIAL ||
-			snapshot_run(opts.source, target, &p, snapshot_name, consistent, snapshot_ts);
+			snapshot_run(opts.source, target, &p, snapshot_name, consistent, snapshot_ts, &transient);
 		free(snapshot_name);
 		free(snapshot_ts);
+		if (!ok && !transient && !stop_requested)
+		{
+			/* taking it again would meet the same rows: no retry loop */
+			log_msg(LOG_ERROR, "the initial snapshot of pipeline \"%s\" failed on a table's rows", p.name);
+			log_hint("The error is above. Fix those rows or the table map (e.g. its key_columns), then start again.");
+			rc = EXIT_ERROR;
+		}
 		if (!ok)
 			goto done;
 	}

@@ -368,6 +368,7 @@ copy_maps(const char *source_conninfo, PGconn *target, Pipeline *p, const char *
 			if (pid < 0)
 			{
 				log_msg(LOG_ERROR, "could not fork: %m");
+				*transient = true;
 				failed++;
 				break;
 			}
@@ -425,18 +426,21 @@ copy_maps(const char *source_conninfo, PGconn *target, Pipeline *p, const char *
 	ok = checkpoint_set(target, p, consistent_point, ts);
 	free(ts);
 	if (!ok)
+	{
+		*transient = PQstatus(target) == CONNECTION_BAD || sql_error_is_transient(&last_sql_error);
 		return false;
+	}
 	log_msg(LOG_INFO, "initial snapshot done at %s", lb);
 	return true;
 }
 
+/* *transient: it failed for a reason a retry may not meet (else the data, or a bug, refused it) */
 bool
 snapshot_run(const char *source_conninfo, PGconn *target, Pipeline *p,
-			 const char *snapshot_name, Lsn consistent_point, const char *snapshot_ts)
+			 const char *snapshot_name, Lsn consistent_point, const char *snapshot_ts, bool *transient)
 {
-	bool		transient = false;
-
-	return copy_maps(source_conninfo, target, p, snapshot_name, consistent_point, snapshot_ts, true, &transient);
+	*transient = false;
+	return copy_maps(source_conninfo, target, p, snapshot_name, consistent_point, snapshot_ts, true, transient);
 }
 
 /* Drop the targets of p, made just now and empty: the next start makes and copies them again. */

@@ -57,6 +57,18 @@ cmp_ok($in_snapshot - $rows, '>', 0, 'changes made before the consistent point a
 is( $dst->safe_psql('postgres', "SELECT count(*) > 0 FROM audit_log WHERE _op = 'I' AND _commit_ts < '$done_at'"),
 	't', 'changes made while the snapshot ran were streamed');
 
+# A snapshot the data refuses (a NULL in the key the map names) would fail
+# the same way every time: status 1 and the reason, not a retry loop.
+$src->safe_psql('postgres', "CREATE TABLE nk (id int PRIMARY KEY, code text); INSERT INTO nk VALUES (1, 'a'), (2, NULL)");
+$dst->safe_psql('postgres', q{
+SELECT pgcdc.create_pipeline('bad');
+SELECT pgcdc.add_table('bad', 'public.nk', 'public.nk_mirror', key_columns => '{code}');
+});
+($rc, $err) = run_consumer(consumer_cmd($src, $dst, 'bad', '--exit-when-caught-up'), $log, 60);
+is($rc, 1, 'a snapshot refused by the data exits 1') or diag($err);
+like($err, qr/null key.*\n.*ERROR: the initial snapshot of pipeline "bad" failed on a table's rows\nHINT:  /s,
+	'and says why');
+
 $src->stop;
 $dst->stop;
 done_testing();
