@@ -152,6 +152,43 @@ snapshot_rules(PGconn *dst, Pipeline *p, TableMap *m)
 	return true;
 }
 
+/*
+ * A copied row with NULL in a key column the map names cannot be applied
+ * (streamed, such an event is quarantined): quarantine it as an insert at
+ * the snapshot's position, and apply the rest.
+ */
+static bool
+snapshot_null_keys(PGconn *dst, Pipeline *p, TableMap *m)
+{
+	const char *params[6] = {p->name, m->source_table, m->target, m->key_columns,
+	m->source_schema, m->source_name};
+	PGresult   *res;
+
+	if (m->key_columns == NULL)
+		return true;			/* the source's identity: never NULL */
+	res = exec_ok(dst,
+				  "WITH bad AS (DELETE FROM pg_temp.pgcdc_snapshot_changes c "
+				  "  WHERE EXISTS (SELECT FROM pg_catalog.unnest($4::text[]) k "
+				  "                 WHERE pg_catalog.to_jsonb(c) OPERATOR(pg_catalog.->) k IS NULL "
+				  "                    OR pg_catalog.to_jsonb(c) OPERATOR(pg_catalog.->) k "
+				  "                       OPERATOR(pg_catalog.=) 'null'::pg_catalog.jsonb) "
+				  "  RETURNING pg_catalog.to_jsonb(c) AS r) "
+				  "SELECT pg_catalog.count(pgcdc.quarantine_event($1, $2, $3, "
+				  "  pg_catalog.jsonb_build_object('op', 'I', 'commit_lsn', r OPERATOR(pg_catalog.->) '_source_lsn', "
+				  "    'seq', 0, 'ts', r OPERATOR(pg_catalog.->) '_commit_ts', 'schema', $5::text, 'table', $6::text, "
+				  "    'new', r OPERATOR(pg_catalog.-) '{op,_source_lsn,_source_seq,_commit_ts}'::text[]), "
+				  "  '23502', pg_catalog.format('null value in a key column of %s', $2::text), "
+				  "  pg_catalog.format('The table map''s key columns are %s.', $4::text))) FROM bad",
+				  6, params);
+	if (res == NULL)
+		return false;
+	if (atol(PQgetvalue(res, 0, 0)) > 0)
+		log_msg(LOG_INFO, "snapshot of %s into %s: %s rows have a NULL key and are quarantined",
+				m->source_table, m->target, PQgetvalue(res, 0, 0));
+	PQclear(res);
+	return true;
+}
+
 /* Copy one table map in a child process; returns the exit status. */
 static int
 snapshot_table(const char *source_conninfo, const char *target_conninfo, Pipeline *p, int i,
@@ -232,7 +269,7 @@ snapshot_table(const char *source_conninfo, const char *target_conninfo, Pipelin
 						  "SELECT %s, 'I'::text AS op, '%s'::pg_catalog.pg_lsn AS _source_lsn, 0 AS _source_seq, "
 						  "'%s'::timestamptz AS _commit_ts FROM pg_temp.pgcdc_snapshot",
 						  m->data_columns, lb, snapshot_ts);
-		ok = exec_cmd(dst, sql->data) && snapshot_rules(dst, p, m);
+		ok = exec_cmd(dst, sql->data) && snapshot_rules(dst, p, m) && snapshot_null_keys(dst, p, m);
 		if (ok)
 			log_msg(LOG_INFO, "snapshot of %s into %s: %ld rows copied, applying them",
 					m->source_table, m->target, rows);
