@@ -379,20 +379,34 @@ source_identity(PGconn *source, const char *table)
 int
 source_table_gone(PGconn *source, const Pipeline *p)
 {
+	PQExpBuffer names = createPQExpBuffer();
+	const char *sp[1];
+	PGresult   *res;
+	int			gone;
+
+	/* one query for all maps: their names as a text[] literal */
+	appendPQExpBufferChar(names, '{');
 	for (int i = 0; i < p->nmaps; i++)
 	{
-		const char *sp[1] = {p->maps[i].source_table};
-		PGresult   *res = exec_ok(source, "SELECT pg_catalog.to_regclass($1) IS NULL", 1, sp);
-		bool		gone;
-
-		if (res == NULL)
-			return -2;
-		gone = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
-		PQclear(res);
-		if (gone)
-			return i;
+		appendPQExpBufferStr(names, i > 0 ? ",\"" : "\"");
+		for (const char *c = p->maps[i].source_table; *c; c++)
+		{
+			if (*c == '"' || *c == '\\')
+				appendPQExpBufferChar(names, '\\');
+			appendPQExpBufferChar(names, *c);
+		}
+		appendPQExpBufferChar(names, '"');
 	}
-	return -1;
+	appendPQExpBufferChar(names, '}');
+	sp[0] = names->data;
+	res = exec_ok(source, "SELECT coalesce(pg_catalog.min(o) - 1, -1) FROM pg_catalog.unnest($1::text[]) "
+				  "WITH ORDINALITY u(t, o) WHERE pg_catalog.to_regclass(t) IS NULL", 1, sp);
+	destroyPQExpBuffer(names);
+	if (res == NULL)
+		return -2;
+	gone = atoi(PQgetvalue(res, 0, 0));
+	PQclear(res);
+	return gone;
 }
 
 bool
