@@ -478,11 +478,19 @@ target_load_pipeline(PGconn *conn, PGconn *source, Pipeline *p)
 
 		if (gone >= 0)
 		{
+			/* the hint's call is SQL a user may paste: its arguments as literals */
+			char	   *lp = PQescapeLiteral(conn, p->name, strlen(p->name));
+			char	   *ls = PQescapeLiteral(conn, p->maps[gone].source_table, strlen(p->maps[gone].source_table));
+			char	   *lt = PQescapeLiteral(conn, p->maps[gone].target, strlen(p->maps[gone].target));
+
 			log_msg(LOG_ERROR, "source table %s of pipeline \"%s\" does not exist",
 					p->maps[gone].source_table, p->name);
 			log_hint("If it was renamed or dropped at the source, map the table it is now: "
-					 "pgcdc.remove_table('%s', '%s', '%s'), then pgcdc.add_table.",
-					 p->name, p->maps[gone].source_table, p->maps[gone].target);
+					 "pgcdc.remove_table(%s, %s, %s), then pgcdc.add_table.",
+					 lp ? lp : "?", ls ? ls : "?", lt ? lt : "?");
+			PQfreemem(lp);
+			PQfreemem(ls);
+			PQfreemem(lt);
 			return false;
 		}
 		if (gone == -2)
