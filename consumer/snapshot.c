@@ -135,21 +135,27 @@ copy_rows(PGconn *src, PGconn *dst, TableMap *m, long *rows)
 	return ok;
 }
 
+/* res: a count of copied rows sent to the quarantine, for `why` */
+static bool
+log_quarantined(PGresult *res, TableMap *m, const char *why)
+{
+	if (res == NULL)
+		return false;
+	if (atol(PQgetvalue(res, 0, 0)) > 0)
+		log_msg(LOG_INFO, "snapshot of %s into %s: %s rows %s and are quarantined",
+				m->source_table, m->target, PQgetvalue(res, 0, 0), why);
+	PQclear(res);
+	return true;
+}
+
 /* The pipeline's rules hold for copied rows as for streamed ones. */
 static bool
 snapshot_rules(PGconn *dst, Pipeline *p, TableMap *m)
 {
 	const char *params[3] = {p->name, m->source_table, m->target};
-	PGresult   *res = exec_ok(dst, "SELECT pgcdc.apply_rules($1, $2, 'pg_temp.pgcdc_snapshot_changes', $3, 'op')",
-							  3, params);
 
-	if (res == NULL)
-		return false;
-	if (atol(PQgetvalue(res, 0, 0)) > 0)
-		log_msg(LOG_INFO, "snapshot of %s into %s: %s rows fail a rule and are quarantined",
-				m->source_table, m->target, PQgetvalue(res, 0, 0));
-	PQclear(res);
-	return true;
+	return log_quarantined(exec_ok(dst, "SELECT pgcdc.apply_rules($1, $2, 'pg_temp.pgcdc_snapshot_changes', $3, 'op')",
+								   3, params), m, "fail a rule");
 }
 
 /*
@@ -162,31 +168,36 @@ snapshot_null_keys(PGconn *dst, Pipeline *p, TableMap *m)
 {
 	const char *params[6] = {p->name, m->source_table, m->target, m->key_columns,
 	m->source_schema, m->source_name};
-	PGresult   *res;
+	PQExpBuffer sql;
+	bool		ok;
 
 	if (m->key_columns == NULL)
 		return true;			/* the source's identity: never NULL */
-	res = exec_ok(dst,
-				  "WITH bad AS (DELETE FROM pg_temp.pgcdc_snapshot_changes c "
-				  "  WHERE EXISTS (SELECT FROM pg_catalog.unnest($4::text[]) k "
-				  "                 WHERE pg_catalog.to_jsonb(c) OPERATOR(pg_catalog.->) k IS NULL "
-				  "                    OR pg_catalog.to_jsonb(c) OPERATOR(pg_catalog.->) k "
-				  "                       OPERATOR(pg_catalog.=) 'null'::pg_catalog.jsonb) "
-				  "  RETURNING pg_catalog.to_jsonb(c) AS r) "
-				  "SELECT pg_catalog.count(pgcdc.quarantine_event($1, $2, $3, "
-				  "  pg_catalog.jsonb_build_object('op', 'I', 'commit_lsn', r OPERATOR(pg_catalog.->) '_source_lsn', "
-				  "    'seq', 0, 'ts', r OPERATOR(pg_catalog.->) '_commit_ts', 'schema', $5::text, 'table', $6::text, "
-				  "    'new', r OPERATOR(pg_catalog.-) '{op,_source_lsn,_source_seq,_commit_ts}'::text[]), "
-				  "  '23502', pg_catalog.format('null value in a key column of %s', $2::text), "
-				  "  pg_catalog.format('The table map''s key columns are %s.', $4::text))) FROM bad",
-				  6, params);
-	if (res == NULL)
-		return false;
-	if (atol(PQgetvalue(res, 0, 0)) > 0)
-		log_msg(LOG_INFO, "snapshot of %s into %s: %s rows have a NULL key and are quarantined",
-				m->source_table, m->target, PQgetvalue(res, 0, 0));
-	PQclear(res);
-	return true;
+	sql = createPQExpBuffer();
+	appendPQExpBufferStr(sql, "WITH bad AS (DELETE FROM pg_temp.pgcdc_snapshot_changes c WHERE ");
+	if (m->nkeys == 0)			/* a key column that is no data column (the apply will say) */
+		appendPQExpBufferStr(sql, "EXISTS (SELECT FROM pg_catalog.unnest($4::text[]) k "
+							 "WHERE COALESCE(pg_catalog.to_jsonb(c) OPERATOR(pg_catalog.->) k, 'null') "
+							 "OPERATOR(pg_catalog.=) 'null'::pg_catalog.jsonb)");
+	for (int k = 0; k < m->nkeys; k++)
+	{
+		const char *col = m->colnames[m->keyidx[k]];
+		char	   *ident = PQescapeIdentifier(dst, col, strlen(col));
+
+		appendPQExpBuffer(sql, "%sc.%s IS NULL", k > 0 ? " OR " : "", ident ? ident : "\"?\"");
+		PQfreemem(ident);
+	}
+	appendPQExpBufferStr(sql,
+						 " RETURNING pg_catalog.to_jsonb(c) AS r) "
+						 "SELECT pg_catalog.count(pgcdc.quarantine_event($1, $2, $3, "
+						 "  pg_catalog.jsonb_build_object('op', 'I', 'commit_lsn', r OPERATOR(pg_catalog.->) '_source_lsn', "
+						 "    'seq', 0, 'ts', r OPERATOR(pg_catalog.->) '_commit_ts', 'schema', $5::text, 'table', $6::text, "
+						 "    'new', r OPERATOR(pg_catalog.-) '{op,_source_lsn,_source_seq,_commit_ts}'::text[]), "
+						 "  '23502', pg_catalog.format('null value in a key column of %s', $2::text), "
+						 "  pg_catalog.format('The table map''s key columns are %s.', $4::text))) FROM bad");
+	ok = log_quarantined(exec_ok(dst, sql->data, 6, params), m, "have a NULL key");
+	destroyPQExpBuffer(sql);
+	return ok;
 }
 
 /* Copy one table map in a child process; returns the exit status. */

@@ -20,13 +20,10 @@ copy_field(char *dst, size_t len, const char *src)
 	snprintf(dst, len, "%s", src ? src : "");
 }
 
-/* Run a statement; NULL (with the error logged and kept) unless it succeeded. */
-PGresult *
-exec_ok(PGconn *conn, const char *sql, int nparams, const char *const *params)
+/* res if it is a success, else NULL (with the error logged and kept) */
+static PGresult *
+result_ok(PGconn *conn, PGresult *res)
 {
-	/* without parameters, the simple protocol: several statements may be sent */
-	PGresult   *res = nparams == 0 ? PQexec(conn, sql) :
-		PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
 	ExecStatusType st = PQresultStatus(res);
 
 	if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
@@ -34,6 +31,15 @@ exec_ok(PGconn *conn, const char *sql, int nparams, const char *const *params)
 	keep_sql_error(conn, res);
 	PQclear(res);
 	return NULL;
+}
+
+/* Run a statement; NULL (with the error logged and kept) unless it succeeded. */
+PGresult *
+exec_ok(PGconn *conn, const char *sql, int nparams, const char *const *params)
+{
+	/* without parameters, the simple protocol: several statements may be sent */
+	return result_ok(conn, nparams == 0 ? PQexec(conn, sql) :
+					 PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0));
 }
 
 /*
@@ -48,7 +54,6 @@ exec_ok_progress(PGconn *conn, const char *sql, int nparams, const char *const *
 	int64_t		last = start;
 	PGresult   *res;
 	PGresult   *final = NULL;
-	ExecStatusType st;
 
 	if (!PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL, 0))
 	{
@@ -81,12 +86,7 @@ exec_ok_progress(PGconn *conn, const char *sql, int nparams, const char *const *
 		PQclear(final);
 		final = res;
 	}
-	st = PQresultStatus(final);
-	if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
-		return final;
-	keep_sql_error(conn, final);
-	PQclear(final);
-	return NULL;
+	return result_ok(conn, final);
 }
 
 /* Keep a failed result's error in last_sql_error, and log it. */
@@ -876,20 +876,20 @@ remember_source_columns(PGconn *conn, TableMap *m, const char *names, const char
 	 * values; rows written from now on have it NULL, so it cannot stay NOT
 	 * NULL (every one of them would go to the quarantine).
 	 */
-	if (m->created)
+	if (m->created && strcmp(m->mode, "append") != 0)
 	{
-		const char *dp[3] = {names, m->target, m->mode};
+		const char *dp[2] = {names, m->target};
 
 		res = exec_ok(conn,
 					  "SELECT pg_catalog.format('ALTER TABLE %s ALTER COLUMN %I DROP NOT NULL', $2::pg_catalog.regclass, "
 					  "       a.attname), a.attname "
 					  "FROM pg_catalog.pg_attribute a "
 					  "WHERE a.attrelid = $2::pg_catalog.regclass AND a.attnum > 0 AND NOT a.attisdropped "
-					  "  AND a.attnotnull AND a.attname <> ALL ($1::text[]) AND $3 IN ('mirror', 'scd2') "
+					  "  AND a.attnotnull AND a.attname <> ALL ($1::text[]) "
 					  "  AND a.attname NOT IN (" TARGET_SYSTEM_COLUMNS ") "
 					  "  AND NOT EXISTS (SELECT FROM pg_catalog.pg_index i WHERE i.indrelid = a.attrelid "
 					  "                   AND i.indisprimary AND a.attnum = ANY (i.indkey))",
-					  3, dp);
+					  2, dp);
 		if (res == NULL)
 			return false;
 		for (int r = 0; r < PQntuples(res); r++)
