@@ -472,6 +472,31 @@ BEGIN
 	END LOOP;
 END
 $$;
+-- a late delete before a change of untracked columns only that was
+-- absorbed into the version: the version resumes at that change, numbered
+TRUNCATE ord_all;
+INSERT INTO ord_all VALUES (1, 1, 'a', 'I', 1, '2024-01-01', 1), (1, 1, 'b', 'U', 3, '2024-01-03', 1),
+	(1, 1, 'a', 'D', 2, '2024-01-02', 2);
+SELECT id, x, y, _valid_from::date, _valid_to::date, _is_current, _version, _sequence, _last_sequence
+  FROM ord_apply('{1,2}', '{x}');
+SELECT * FROM ord_diff;
+-- Late changes are applied in rounds, a key's next one in each: 300 keys
+-- with 1 to 6 late changes each, in one batch, give the in-order history.
+TRUNCATE ord_all;
+INSERT INTO ord_all
+SELECT k, (j * k) % 3, 'y' || j, CASE WHEN j = 0 THEN 'I' WHEN (j + k) % 7 = 0 THEN 'D'
+										WHEN (j + k) % 7 = 1 AND j > 1 THEN 'I' ELSE 'U' END,
+	   j * 2 + CASE WHEN j % 2 = 1 AND j <= 2 * (k % 6) + 1 THEN 1 ELSE 0 END,
+	   '2024-01-01'::timestamptz + j * interval '1 hour',
+	   CASE WHEN j % 2 = 1 AND j <= 2 * (k % 6) + 1 THEN 2 ELSE 1 END
+  FROM generate_series(1, 300) k, generate_series(0, 14) j;
+SELECT count(*) FILTER (WHERE batch = 2) AS late_changes, count(DISTINCT id) FILTER (WHERE batch = 2) AS keys
+  FROM ord_all;
+SELECT count(*) AS versions FROM ord_apply('{1,2,2}');
+SELECT * FROM ord_diff;
+SELECT count(*) AS misnumbered FROM (
+	SELECT _version, row_number() OVER (PARTITION BY id ORDER BY _valid_from) AS n FROM ord_late) v
+ WHERE _version <> n;
 DROP FUNCTION ord_apply;
 DROP VIEW ord_diff;
 DROP TABLE ord, ord_ref, ord_late, ord_all, ord_changes;
@@ -561,6 +586,42 @@ SELECT count(*) AS versions,
   FROM big_again;
 DROP VIEW big_first;
 DROP TABLE big_src, big_changes, big_once, big_again;
+
+-- Many staged calls in one transaction reuse their work tables: the locks
+-- they hold do not grow with the number of calls (a new table each call ran
+-- out of max_locks_per_transaction in a long quarantine replay).
+CREATE TABLE lk (id int PRIMARY KEY, x int);
+SELECT pgcdc.create_history_table('lk', 'lk_h');
+CREATE TABLE lk_m (id int PRIMARY KEY, x int, _source_lsn pg_lsn, _source_seq int, _synced_at timestamptz);
+CREATE TABLE lk_c (id int, x int, op text, seq bigint, ts timestamptz, _source_lsn pg_lsn, _source_seq int);
+CREATE TABLE lk_locks (calls int, locks bigint);
+BEGIN;
+DO $$
+BEGIN
+	FOR i IN 1 .. 60 LOOP
+		TRUNCATE lk_c;
+		-- a change in order and a late one: staging, late rounds, mirror
+		INSERT INTO lk_c VALUES
+			(i % 4, i, CASE WHEN i <= 4 THEN 'I' ELSE 'U' END, i * 2,
+			 '2024-01-01'::timestamptz + i * interval '1 hour', ('0/' || to_hex(i * 16))::pg_lsn, 0),
+			(i % 4, -i, 'U', i * 2 - 7, '2024-01-01'::timestamptz + i * interval '1 hour' - interval '210 minutes',
+			 ('0/' || to_hex(i * 16 - 8))::pg_lsn, 0);
+		PERFORM pgcdc.scd2_apply_changes('lk_h', 'lk_c', '{id}', 'seq', 'op', NULL, 'ts');
+		PERFORM pgcdc.apply_mirror('lk_m', 'lk_c', '{id}');
+		IF i IN (10, 60) THEN
+			INSERT INTO lk_locks SELECT i, count(*) FROM pg_locks WHERE pid = pg_backend_pid();
+		END IF;
+	END LOOP;
+END
+$$;
+COMMIT;
+SELECT (SELECT locks FROM lk_locks WHERE calls = 60) - (SELECT locks FROM lk_locks WHERE calls = 10)
+	   AS more_locks_after_50_more_calls;
+SELECT count(*) AS versions, count(*) FILTER (WHERE _is_current) AS current_rows,
+	   count(*) FILTER (WHERE _version <> n) AS misnumbered
+  FROM (SELECT *, row_number() OVER (PARTITION BY id ORDER BY _valid_from) AS n FROM lk_h) h;
+SELECT id, x FROM lk_m ORDER BY id;
+DROP TABLE lk, lk_h, lk_m, lk_c, lk_locks;
 
 DROP EXTENSION pgcdc;
 DROP VIEW h, invariants;

@@ -303,8 +303,7 @@ AS $$
 							pgcdc._list(cols, l), pgcdc._list(cols, r)) END
 $$;
 
--- Work tables live in pg_temp and are dropped at commit; a second call in
--- the same transaction drops the previous call's first.
+-- Work tables live in pg_temp and are dropped at commit.
 CREATE FUNCTION pgcdc._drop_temp(VARIADIC names text[])
 RETURNS void LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -317,6 +316,30 @@ BEGIN
 			EXECUTE format('DROP TABLE pg_temp.%I', n);
 		END IF;
 	END LOOP;
+END
+$$;
+
+-- The head of the statement that fills work table name with query's rows:
+-- CREATE TEMP TABLE ... AS, or, when this transaction made the table from
+-- the same query before, INSERT INTO it, emptied.  A new table every call
+-- would hold one more lock (and its catalog rows) until commit: thousands
+-- of calls in one transaction (a quarantine replay, a loop over batches)
+-- would run out of max_locks_per_transaction.
+CREATE FUNCTION pgcdc._work_table(name text, query text)
+RETURNS text LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	made text := 'pgcdc.work_' || name;		-- md5 of its query, local to the transaction
+BEGIN
+	IF to_regclass('pg_temp.' || quote_ident(name)) IS NOT NULL
+	   AND current_setting(made, true) = md5(query) THEN
+		EXECUTE format('TRUNCATE pg_temp.%I', name);
+		RETURN format('INSERT INTO pg_temp.%I ', name);
+	END IF;
+	PERFORM pgcdc._drop_temp(name);
+	PERFORM set_config(made, md5(query), true);
+	RETURN format('CREATE TEMP TABLE %I ON COMMIT DROP AS ', name);
 END
 $$;
 

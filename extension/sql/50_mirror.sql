@@ -112,6 +112,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+	work text;
 	st record;
 	vals text[];
 	keys text;
@@ -154,12 +155,11 @@ BEGIN
 	END IF;
 
 	-- each key's last event after that
-	PERFORM pgcdc._drop_temp('_pgcdc_m');
-	EXECUTE format($f$
-		CREATE TEMP TABLE _pgcdc_m ON COMMIT DROP AS
+	work := format($f$
 		SELECT DISTINCT ON (%1$s) s.* FROM pg_temp._pgcdc_stage s
 		 WHERE s.pgcdc_op <> 'T' AND ($1 IS NULL OR s.pgcdc_seq > $1)
-		 ORDER BY %1$s, s.pgcdc_seq DESC$f$, keys)
+		 ORDER BY %1$s, s.pgcdc_seq DESC$f$, keys);
+	EXECUTE pgcdc._work_table('_pgcdc_m', work) || work
 	USING last_t;
 
 	IF soft_delete THEN

@@ -134,15 +134,14 @@ RETURNS void LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+	work text;
 	r pgcdc.rule;
 	bad boolean;
 	cols text[] := ARRAY(SELECT c.attname FROM pgcdc._columns(target) c
 						  WHERE c.attname NOT IN (SELECT attname FROM pgcdc._scd2_system_columns())
 							AND c.attname NOT IN ('_synced_at', '_is_deleted'));
 BEGIN
-	PERFORM pgcdc._drop_temp('_pgcdc_q');
-	EXECUTE format($f$
-		CREATE TEMP TABLE _pgcdc_q ON COMMIT DROP AS
+	work := format($f$
 		SELECT $1->>'op' AS op, ($1->>'commit_lsn')::pg_lsn AS _source_lsn,
 			   ($1->>'seq')::integer AS _source_seq, ($1->>'ts')::timestamptz AS _commit_ts,
 			   %s,
@@ -151,7 +150,8 @@ BEGIN
 			   CASE WHEN $1->>'op' = 'U' THEN $1->'key' END AS _old_key
 		  FROM pg_catalog.jsonb_populate_record(NULL::%s,
 				   coalesce($1->'new', $1->'old', $1->'key', '{}')) r$f$,
-		pgcdc._list(cols, 'r'), target)
+		pgcdc._list(cols, 'r'), target);
+	EXECUTE pgcdc._work_table('_pgcdc_q', work) || work
 	USING q.event;
 	FOR r IN SELECT * FROM pgcdc.rule x
 			  WHERE x.pipeline = q.pipeline AND x.source_table = q.source_table

@@ -1,8 +1,9 @@
 /* ------------------------------------------------------------------------
  * 4b. SCD2: scd2_apply_changes' staged path
  *
- * Batches the one-statement path (42) does not take: truncates, unchanged
- * TOAST, key changes, late changes and replays.
+ * Batches the one-statement path (43) does not take: truncates, unchanged
+ * TOAST, key changes, late changes and replays: staging, effective times,
+ * and a segment's in-order changes.  Late changes: 42.
  * ------------------------------------------------------------------------ */
 
 /*
@@ -115,6 +116,8 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+	work text;
+	head text;
 	args record;
 	seq text;
 	vf text;
@@ -133,7 +136,6 @@ BEGIN
 	cols := pgcdc._cast_list(target, changes, data_cols, 'c');
 	keys := pgcdc._list(key_columns);
 
-	PERFORM pgcdc._drop_temp('_pgcdc_stage');
 	IF pgcdc._has_column(changes, '_old_key', 'jsonb') THEN
 		-- the old key's columns, typed as the target's, for key-changing updates
 		old_keys := format($f$
@@ -153,8 +155,7 @@ BEGIN
 			   JOIN pgcdc._columns(target) t ON t.attname = k));
 	END IF;
 
-	EXECUTE format($f$
-		CREATE TEMP TABLE _pgcdc_stage ON COMMIT DROP AS
+	work := format($f$
 		SELECT x.*, row_number() OVER (ORDER BY x.pgcdc_seq, x.pgcdc_sub) AS pgcdc_rn
 		  FROM (SELECT %1$s, c.%2$I::text AS pgcdc_op, %3$s AS pgcdc_seq,
 					   %4$s AS pgcdc_vf, %5$s AS pgcdc_ut, %6$s AS pgcdc_lsn,
@@ -177,10 +178,14 @@ BEGIN
 					 THEN 'c._source_lsn' ELSE 'NULL::pg_lsn' END,
 				CASE WHEN pgcdc._has_column(changes, '_source_seq', 'int4')
 					 THEN 'c._source_seq' ELSE 'NULL::integer' END)) END);
+	head := pgcdc._work_table('_pgcdc_stage', work);
+	EXECUTE head || work;
 	-- _scd2_late finds each late change by pgcdc_rn: without the index each
 	-- lookup reads the whole stage (a batch of late changes would cost its
 	-- size squared); the statistics keep the planner off the target's seq scan.
-	CREATE INDEX ON pg_temp._pgcdc_stage (pgcdc_rn);
+	IF starts_with(head, 'CREATE') THEN
+		CREATE INDEX ON pg_temp._pgcdc_stage (pgcdc_rn);
+	END IF;
 	ANALYZE pg_temp._pgcdc_stage;
 
 	EXECUTE format($f$
@@ -330,15 +335,14 @@ RETURNS bigint[] LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+	work text;
 	keys text := pgcdc._list(key_columns);
 	vals text[] := ARRAY(SELECT c FROM unnest(data_cols) c WHERE c <> ALL (key_columns));
 	resolved text;
 	counts bigint[];
 BEGIN
-	PERFORM pgcdc._drop_temp('_pgcdc_latest', '_pgcdc_w', '_pgcdc_late');
 	-- each key's latest version
-	EXECUTE format($f$
-		CREATE TEMP TABLE _pgcdc_latest ON COMMIT DROP AS
+	work := format($f$
 		SELECT k.*, l.*
 		  FROM (SELECT DISTINCT %1$s FROM pg_temp._pgcdc_stage s
 				 WHERE s.pgcdc_op <> 'T' AND ($1 IS NULL OR s.pgcdc_seq > $1)
@@ -355,15 +359,20 @@ BEGIN
 		   FROM unnest(toast_cols) c),
 		target, pgcdc._key_join('t', 'k', target, key_columns),
 		-- recomputed, not _row_hash: track_columns may differ from the last call
-		pgcdc._hash_expr(tracked, 't'))
+		pgcdc._hash_expr(tracked, 't'));
+	EXECUTE pgcdc._work_table('_pgcdc_latest', work) || work
 	USING lo, hi;
 
-	EXECUTE format($f$
-		CREATE TEMP TABLE _pgcdc_late ON COMMIT DROP AS
-		SELECT s.pgcdc_rn FROM pg_temp._pgcdc_stage s JOIN pg_temp._pgcdc_latest l ON %s
+	work := format($f$
+		SELECT s.pgcdc_rn,
+			   -- the round that applies it: its key's late changes in source order
+			   pg_catalog.row_number() OVER (PARTITION BY %2$s ORDER BY s.pgcdc_seq, s.pgcdc_rn)
+				 AS pgcdc_round
+		  FROM pg_temp._pgcdc_stage s JOIN pg_temp._pgcdc_latest l ON %1$s
 		 WHERE s.pgcdc_op <> 'T' AND ($1 IS NULL OR s.pgcdc_seq > $1)
 		   AND ($2 IS NULL OR s.pgcdc_seq < $2) AND s.pgcdc_seq <= l.pgcdc_l_last$f$,
-		pgcdc._key_join('s', 'l', target, key_columns))
+		pgcdc._key_join('s', 'l', target, key_columns), pgcdc._list(key_columns, 's'));
+	EXECUTE pgcdc._work_table('_pgcdc_late', work) || work
 	USING lo, hi;
 
 	-- values with unresolved unchanged TOAST taken from the current version
@@ -374,8 +383,7 @@ BEGIN
 						 ELSE format('s.%I', c) END, ', ' ORDER BY o)
 				   FROM unnest(vals) WITH ORDINALITY u(c, o));
 
-	EXECUTE format($f$
-		CREATE TEMP TABLE _pgcdc_w ON COMMIT DROP AS
+	work := format($f$
 		WITH inorder AS (%1$s
 		), collapsed AS (
 			SELECT c.*, %2$s AS pgcdc_h,
@@ -420,7 +428,8 @@ BEGIN
 			CASE WHEN resolved IS NULL THEN '' ELSE ', ' || resolved END,
 			pgcdc._key_join('s', 'l', target, key_columns)), keys),
 		pgcdc._hash_expr(tracked, 'c'),
-		keys)
+		keys);
+	EXECUTE pgcdc._work_table('_pgcdc_w', work) || work
 	USING lo, hi;
 
 	-- run 0: changes to the current version before anything opens or closes
@@ -507,282 +516,4 @@ BEGIN
 	GET DIAGNOSTICS m = ROW_COUNT;
 	RETURN n + m;
 END
-$$;
-
-/*
- * Late changes (at or before their key's last applied position), one at a
- * time in source order: they are rare, and each touches one key's versions.
- * A change falls in the version A with the greatest opening position not
- * after it.  It is a replay (skipped) when it opened A, or is the delete
- * that closed A.  After that delete it fills the gap before the next
- * version (a re-insert); a delete inside A ends A early, and at A's start
- * removes A (A never was), unless a later change at that instant won; a
- * change of the
- * tracked columns splits A, and the second part keeps what was applied to
- * A after the change (e.g. the delete that closed it), except that A
- * resumes at a later change of untracked columns only (it had A's tracked
- * values: _last_at tells when; of several such changes only the last is
- * known); a change of untracked columns alone updates A when nothing
- * later was applied to it.
- * Later versions keep their values and intervals (their _version numbers
- * shift by one).  Replaying any of these changes finds the history it made
- * and changes nothing.  Returns {inserted, updated, deleted}.
- */
-CREATE FUNCTION pgcdc._scd2_late(target regclass, key_columns text[], data_cols text[],
-								 tracked text[], toast_cols text[])
-RETURNS bigint[] LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	vals text[] := ARRAY(SELECT c FROM unnest(data_cols) c WHERE c <> ALL (key_columns));
-	s record;
-	a record;
-	n record;
-	t timestamptz;
-	h bytea;
-	counts bigint[] := '{0,0,0}';
-	find text := format($f$
-		SELECT t.ctid, t._sequence, t._last_sequence, t._last_at, t._valid_from, t._valid_to,
-			   t._is_current, %s AS row_hash
-		  FROM %s t, pg_temp._pgcdc_stage s
-		 WHERE s.pgcdc_rn = $1 AND %s
-		   AND coalesce(t._sequence, '{}') %%s s.pgcdc_seq
-		 ORDER BY coalesce(t._sequence, '{}') %%s, t._valid_from %%s LIMIT 1$f$,
-		pgcdc._hash_expr(tracked, 't'), target, pgcdc._key_join('t', 's', target, key_columns));
-	-- the late row's values, unchanged TOAST taken from version $2
-	resolved text := format($f$
-		SELECT %s %s, %s AS pgcdc_h
-		  FROM (SELECT %s %s FROM pg_temp._pgcdc_stage s LEFT JOIN %s a ON a.ctid = $2
-				 WHERE s.pgcdc_rn = $1) r$f$,
-		pgcdc._list(key_columns, 'r'),
-		(SELECT coalesce(string_agg(format(', r.%I', c), ''), '') FROM unnest(vals) c),
-		pgcdc._hash_expr(tracked, 'r'),
-		pgcdc._list(key_columns, 's'),
-		(SELECT coalesce(string_agg(
-			CASE WHEN c = ANY (toast_cols)
-				 THEN format(', CASE WHEN %L = ANY (s.pgcdc_ut) THEN a.%I ELSE s.%I END AS %I',
-							 c, c, c, c)
-				 ELSE format(', s.%I', c) END, ''), '')
-		   FROM unnest(vals) c),
-		target);
-	insert_version text := format($f$
-		INSERT INTO %s (%s, _valid_from, _valid_to, _is_current, _is_deleted, _version,
-						_row_hash, _source_lsn, _source_seq, _sequence, _last_sequence, _last_at)
-		SELECT %s, $3, $4, $5, false, 0, r.pgcdc_h, s.pgcdc_lsn, s.pgcdc_lseq, s.pgcdc_seq, $6, $7
-		  FROM (%s) r, pg_temp._pgcdc_stage s WHERE s.pgcdc_rn = $1
-		RETURNING ctid$f$,
-		target, pgcdc._list(data_cols), pgcdc._list(data_cols, 'r'), resolved);
-	-- the late row's values become A's (its position $3 at $4)
-	absorb text := format('UPDATE %s t SET %s _row_hash = r.pgcdc_h, _last_sequence = $3, '
-						  '_last_at = $4 FROM (%s) r WHERE t.ctid = $2 RETURNING t.ctid', target,
-						  (SELECT coalesce(string_agg(format('%I = r.%I, ', c, c), ''), '')
-							 FROM unnest(vals) c), resolved);
-	-- A ends at its last change (of untracked columns only, which had A's
-	-- tracked values); a copy of A, opened by that change, goes on from there
-	resume text := format($f$
-		WITH a AS (SELECT * FROM %1$s WHERE ctid = $1),
-			 u AS (UPDATE %1$s SET _valid_to = _last_at, _is_current = false,
-								   _last_sequence = _sequence, _last_at = _valid_from
-					WHERE ctid = $1 RETURNING 1)
-		INSERT INTO %1$s (%2$s, _valid_from, _valid_to, _is_current, _is_deleted, _version,
-						  _row_hash, _source_lsn, _source_seq, _sequence, _last_sequence, _last_at)
-		SELECT %3$s, a._last_at, a._valid_to, a._is_current, a._is_deleted, 0, a._row_hash,
-			   a._source_lsn, a._source_seq, a._last_sequence, a._last_sequence, a._last_at
-		  FROM a WHERE (SELECT pg_catalog.count(*) FROM u) = 1$f$,
-		target, pgcdc._list(data_cols), pgcdc._list(data_cols, 'a'));
-	-- version $1 and the next one, now with the same tracked values (a late
-	-- change made the next one's change a no-op), become one: the next one
-	-- is absorbed, unless a delete closed $1
-	merge_next text := format($f$
-		WITH x AS (SELECT t.*, %3$s AS pgcdc_h FROM %1$s t WHERE t.ctid = $1),
-			 n AS (DELETE FROM %1$s t USING x
-					WHERE %2$s AND t._valid_from = x._valid_to
-					  AND NOT (x._last_at = x._valid_to AND x._last_sequence > x._sequence)
-					  AND %4$s IS NOT DISTINCT FROM x.pgcdc_h
-				   RETURNING t.*)
-		UPDATE %1$s t SET %5$s _valid_to = n._valid_to, _is_current = n._is_current,
-			   _is_deleted = n._is_deleted, _row_hash = n._row_hash,
-			   _last_sequence = n._last_sequence, _last_at = n._last_at
-		  FROM n WHERE t.ctid = $1
-		RETURNING t.ctid$f$,
-		target, pgcdc._key_join('t', 'x', target, key_columns), pgcdc._hash_expr(tracked, 't'),
-		pgcdc._hash_expr(tracked, 't'),
-		(SELECT coalesce(string_agg(format('%I = n.%I, ', c, c), ''), '') FROM unnest(vals) c));
-	-- the version before version $1
-	prev text := format($f$
-		SELECT p.ctid FROM %1$s p, %1$s a
-		 WHERE a.ctid = $1 AND %2$s AND p._valid_from < a._valid_from
-		 ORDER BY p._valid_from DESC LIMIT 1$f$,
-		target, pgcdc._key_join('p', 'a', target, key_columns));
-	tid tid;
-	tid2 tid;
-	renumber text := format($f$
-		UPDATE %1$s t SET _version = x.n
-		  FROM (SELECT h.ctid AS tid, row_number() OVER (ORDER BY h._valid_from) AS n
-				  FROM %1$s h, pg_temp._pgcdc_stage s WHERE s.pgcdc_rn = $1 AND %2$s) x
-		 WHERE t.ctid = x.tid AND t._version <> x.n$f$,
-		target, pgcdc._key_join('h', 's', target, key_columns));
-BEGIN
-	IF NOT EXISTS (SELECT FROM pg_temp._pgcdc_late) THEN
-		RETURN counts;
-	END IF;
-	-- The loop's first tests skip a change without writing anything: the
-	-- replay of the change that opened a version; a delete, or a change
-	-- after the key's last version began, before its first version; a
-	-- delete in the gap after the delete that closed a version (or that
-	-- delete, replayed).  As long as nothing before it in the loop changed
-	-- its key's versions the same tests give the same answer here: so a
-	-- key's leading run of such changes is dropped at once, set-based (a
-	-- whole batch applied twice, say).  a and n are the loop's A and N.
-	EXECUTE format($f$
-		DELETE FROM pg_temp._pgcdc_late d
-		 USING (SELECT s.pgcdc_rn,
-					   pg_catalog.bool_and(coalesce(
-						   CASE WHEN a.pgcdc_found IS NULL
-								THEN s.pgcdc_op = 'D' OR n.pgcdc_from IS NULL
-									 OR s.pgcdc_vf >= n.pgcdc_from
-								ELSE a._sequence = s.pgcdc_seq
-									 OR s.pgcdc_op = 'D' AND NOT a._is_current
-										AND (n.pgcdc_from IS NULL OR a._valid_to < n.pgcdc_from)
-										AND s.pgcdc_seq >= a._last_sequence END, false))
-						 OVER (PARTITION BY %3$s ORDER BY s.pgcdc_seq, s.pgcdc_rn) AS pgcdc_skip
-				  FROM pg_temp._pgcdc_late l JOIN pg_temp._pgcdc_stage s USING (pgcdc_rn)
-				  LEFT JOIN LATERAL (
-						SELECT true AS pgcdc_found, t._sequence, t._last_sequence, t._valid_to,
-							   t._is_current
-						  FROM %1$s t WHERE %2$s AND coalesce(t._sequence, '{}') <= s.pgcdc_seq
-						 ORDER BY coalesce(t._sequence, '{}') DESC, t._valid_from DESC LIMIT 1) a ON true
-				  LEFT JOIN LATERAL (
-						SELECT t._valid_from AS pgcdc_from
-						  FROM %1$s t WHERE %2$s AND coalesce(t._sequence, '{}') > s.pgcdc_seq
-						 ORDER BY coalesce(t._sequence, '{}') ASC, t._valid_from ASC LIMIT 1) n ON true) x
-		 WHERE d.pgcdc_rn = x.pgcdc_rn AND x.pgcdc_skip$f$,
-		target, pgcdc._key_join('t', 's', target, key_columns), pgcdc._list(key_columns, 's'));
-
-	FOR s IN SELECT st.pgcdc_rn, st.pgcdc_op, st.pgcdc_seq, st.pgcdc_vf
-			   FROM pg_temp._pgcdc_late l JOIN pg_temp._pgcdc_stage st USING (pgcdc_rn)
-			  ORDER BY st.pgcdc_seq, st.pgcdc_rn LOOP
-		EXECUTE format(find, '<=', 'DESC', 'DESC') INTO a USING s.pgcdc_rn;
-		EXECUTE format(find, '>', 'ASC', 'ASC') INTO n USING s.pgcdc_rn;
-		-- the change that opened A, replayed
-		CONTINUE WHEN a.ctid IS NOT NULL AND a._sequence = s.pgcdc_seq;
-		IF a.ctid IS NULL THEN
-			-- before the key's first version
-			CONTINUE WHEN s.pgcdc_op = 'D' OR n.ctid IS NULL OR s.pgcdc_vf >= n._valid_from;
-			EXECUTE insert_version INTO tid
-					USING s.pgcdc_rn, NULL::tid, s.pgcdc_vf, n._valid_from, false, s.pgcdc_seq,
-						  s.pgcdc_vf;
-			EXECUTE merge_next USING tid;
-			EXECUTE renumber USING s.pgcdc_rn;
-			counts[1] := counts[1] + 1;
-		ELSIF NOT a._is_current AND (n.ctid IS NULL OR a._valid_to < n._valid_from)
-			  AND s.pgcdc_seq >= a._last_sequence THEN
-			-- after the delete that closed A (or that delete, replayed): in
-			-- the gap before the next version, a re-insert
-			CONTINUE WHEN s.pgcdc_op = 'D' OR n.ctid IS NULL OR s.pgcdc_seq = a._last_sequence;
-			t := greatest(s.pgcdc_vf, a._valid_to);
-			CONTINUE WHEN t >= n._valid_from;
-			EXECUTE insert_version INTO tid
-					USING s.pgcdc_rn, NULL::tid, t, n._valid_from, false, s.pgcdc_seq, t;
-			EXECUTE merge_next USING tid;
-			EXECUTE renumber USING s.pgcdc_rn;
-			counts[1] := counts[1] + 1;
-		ELSIF s.pgcdc_op = 'D' THEN
-			t := greatest(s.pgcdc_vf, a._valid_from);
-			CONTINUE WHEN t >= a._valid_to;
-			IF a._last_sequence > s.pgcdc_seq AND a._last_at > t AND a._last_at < a._valid_to THEN
-				-- a change absorbed into A after the delete re-inserted A's values
-				EXECUTE resume USING a.ctid;
-				EXECUTE format(find, '<=', 'DESC', 'DESC') INTO a USING s.pgcdc_rn;
-			END IF;
-			IF t > a._valid_from THEN
-				-- a delete inside A ends it early
-				EXECUTE format('UPDATE %s SET _valid_to = $2, _is_current = false, '
-							   '_last_sequence = $3, _last_at = $2 WHERE ctid = $1', target)
-				USING a.ctid, t, s.pgcdc_seq;
-			ELSE
-				-- at the instant A started: a later change at that instant won
-				CONTINUE WHEN s.pgcdc_seq <= a._last_sequence;
-				-- else A never was, and the version before it ends with this
-				-- delete (recorded there even after a gap, so that a replay of
-				-- A's change finds it)
-				EXECUTE prev INTO tid USING a.ctid;
-				EXECUTE format('DELETE FROM %s WHERE ctid = $1', target) USING a.ctid;
-				IF tid IS NOT NULL THEN
-					EXECUTE format('UPDATE %s SET _last_sequence = $2, _last_at = $3 WHERE ctid = $1',
-								   target)
-					USING tid, s.pgcdc_seq, t;
-				END IF;
-				EXECUTE renumber USING s.pgcdc_rn;
-			END IF;
-			counts[3] := counts[3] + 1;
-		ELSE
-			t := greatest(s.pgcdc_vf, a._valid_from);
-			-- at the next version's start: a later change at the same instant won
-			CONTINUE WHEN t >= a._valid_to;
-			EXECUTE format('SELECT pgcdc_h FROM (%s) r', resolved) INTO h USING s.pgcdc_rn, a.ctid;
-			IF a._last_sequence > s.pgcdc_seq AND a._last_at > t AND a._last_at < a._valid_to
-			   AND h IS DISTINCT FROM a.row_hash THEN
-				-- a change absorbed into A after this one put A's tracked
-				-- values back: A resumes then, this one lasts until then
-				EXECUTE resume USING a.ctid;
-				EXECUTE format(find, '<=', 'DESC', 'DESC') INTO a USING s.pgcdc_rn;
-			END IF;
-			-- at A's start, before what A holds now: a later change at the
-			-- same instant won
-			CONTINUE WHEN t = a._valid_from AND s.pgcdc_seq <= a._last_sequence;
-			IF h IS NOT DISTINCT FROM a.row_hash OR t = a._valid_from THEN
-				-- no tracked change: its untracked values are A's when nothing
-				-- later was applied to A; at A's start its values are A's
-				CONTINUE WHEN s.pgcdc_seq <= a._last_sequence;
-				EXECUTE absorb INTO tid USING s.pgcdc_rn, a.ctid, s.pgcdc_seq, t;
-				CONTINUE WHEN h IS NOT DISTINCT FROM a.row_hash;
-				-- A's new values may equal its neighbours' (each update moves A:
-				-- tid follows it)
-				EXECUTE merge_next INTO tid2 USING tid;
-				EXECUTE prev INTO tid USING coalesce(tid2, tid);
-				IF tid IS NOT NULL THEN
-					EXECUTE merge_next USING tid;
-				END IF;
-			ELSE
-				-- split A at t; the second part carries the late change and
-				-- keeps what was applied to A after it (e.g. the delete that
-				-- closed A)
-				-- (the update moves A: its unchanged TOAST is read from where it is now)
-				EXECUTE format('UPDATE %s SET _valid_to = $2, _is_current = false, '
-							   '_last_sequence = $3, _last_at = $4 WHERE ctid = $1 RETURNING ctid', target)
-				INTO tid2
-				USING a.ctid, t,
-					  CASE WHEN a._last_sequence < s.pgcdc_seq THEN a._last_sequence
-						   ELSE a._sequence END,
-					  CASE WHEN a._last_sequence < s.pgcdc_seq THEN a._last_at
-						   ELSE a._valid_from END;
-				EXECUTE insert_version INTO tid
-						USING s.pgcdc_rn, tid2, t, a._valid_to, a._is_current,
-							  greatest(s.pgcdc_seq, a._last_sequence),
-							  CASE WHEN a._last_sequence > s.pgcdc_seq THEN a._last_at ELSE t END;
-				EXECUTE merge_next USING tid;
-			END IF;
-			EXECUTE renumber USING s.pgcdc_rn;
-			counts[2] := counts[2] + 1;
-		END IF;
-	END LOOP;
-	RETURN counts;
-END
-$$;
-
-CREATE FUNCTION pgcdc._sum(a bigint[], b bigint[])
-RETURNS bigint[] LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
-AS $$ SELECT array_agg(x + y ORDER BY o) FROM unnest(a, b) WITH ORDINALITY u(x, y, o) $$;
-
--- One segment: in-order changes set-based, then its late changes.
-CREATE FUNCTION pgcdc._scd2_run(target regclass, key_columns text[], data_cols text[],
-								tracked text[], toast_cols text[], lo numeric[], hi numeric[])
-RETURNS bigint[] LANGUAGE sql
-SET search_path = pg_catalog, pg_temp
-AS $$
-	SELECT pgcdc._sum(
-		pgcdc._scd2_segment(target, key_columns, data_cols, tracked, toast_cols, lo, hi),
-		pgcdc._scd2_late(target, key_columns, data_cols, tracked, toast_cols))
 $$;
