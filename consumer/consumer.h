@@ -90,6 +90,7 @@ typedef struct TableMap
 	bool		new_column;		/* an event had a column not among them */
 	bool		created;		/* the consumer made the target (it adapts it) */
 	bool		copy_now;		/* made now, a mirror, after the pipeline's snapshot */
+	bool		copy_pending;	/* made so, and its copy has not committed yet */
 	bool	   *colwatch;		/* NOT NULL in a target we made: its absence means a drop */
 	bool		watch_any;
 	char		changed_column[NAMEDATALEN];	/* the column new_column is about */
@@ -182,6 +183,7 @@ extern int	target_pipeline_changed(PGconn *conn, const Pipeline *p);
 extern int	source_table_gone(PGconn *source, const Pipeline *p);
 extern void target_note_new_column(const char *source_table, const char *column);
 extern bool target_column_noted(const char *source_table, const char *column);
+extern bool target_copy_done(PGconn *conn, const TableMap *m);
 extern void keep_sql_error(PGconn *conn, const PGresult *res);
 extern PGconn *target_connect(const char *conninfo);
 extern bool target_lock_pipeline(PGconn *conn, const char *pipeline);

@@ -294,6 +294,8 @@ snapshot_table(const char *source_conninfo, const char *target_conninfo, Pipelin
 		ok = res != NULL;
 		PQclear(res);
 	}
+	/* a target made for this copy is complete with it */
+	ok = ok && (!m->copy_now || target_copy_done(dst, m));
 	ok = ok && !child_stop && exec_cmd(dst, "COMMIT");
 	if (ok)
 		log_msg(LOG_INFO, "snapshot of %s into %s: %ld rows", m->source_table, m->target, rows);
@@ -566,6 +568,9 @@ snapshot_added_maps(const char *source_conninfo, PGconn *source, PGconn *target,
 		log_msg(LOG_WARNING, "the rows of the mirror targets added to pipeline \"%s\" were not all copied "
 				"(the error is above): those not copied get only the changes from now on", p->name);
 		log_hint("Fix the rows the copy refused, then drop the target: the next start makes and copies it again.");
+		/* (else the next start would take the copy again, over the changes applied since) */
+		for (int i = 0; i < sub.nmaps; i++)
+			(void) target_copy_done(target, &sub.maps[i]);
 		ok = true;
 	}
 	free(name);

@@ -528,6 +528,28 @@ target_load_pipeline(PGconn *conn, PGconn *source, Pipeline *p)
 	"'_valid_from', '_valid_to', '_is_current', '_version', '_row_hash', " \
 	"'_sequence', '_last_sequence', '_last_at'"
 #define CREATED_MARK ": created by pgcdc_consumer, which adds the columns added there to it"
+/*
+ * ... and, until its copy commits, a mirror made after the pipeline's
+ * snapshot (copy_now): a consumer killed during the copy leaves it behind,
+ * and the next start copies again instead of streaming into a target that
+ * lacks the rows from before.
+ */
+#define COPY_PENDING_MARK "; its copy is not done yet"
+
+/* The copy into m's target is done (or given up): clear COPY_PENDING_MARK. */
+bool
+target_copy_done(PGconn *conn, const TableMap *m)
+{
+	const char *cp[3] = {m->target, m->source_table, CREATED_MARK};
+	PGresult   *res;
+	bool		ok;
+
+	res = exec_ok(conn, "SELECT pg_catalog.format('COMMENT ON TABLE %s IS %L', $1::pg_catalog.regclass, "
+				  "$2::text || $3::text)", 3, cp);
+	ok = res != NULL && exec_cmd(conn, PQgetvalue(res, 0, 0));
+	PQclear(res);
+	return ok;
+}
 
 /* CREATE TABLE for a target that does not exist, shaped like its source. */
 static bool
@@ -597,10 +619,10 @@ create_target(PGconn *conn, PGconn *source, Pipeline *p, TableMap *m)
 	/* the mark that lets later starts add the source's new columns (remember_source_columns) */
 	if (ok)
 	{
-		const char *cp[3] = {m->target, m->source_table, CREATED_MARK};
+		const char *cp[4] = {m->target, m->source_table, CREATED_MARK, m->copy_now ? COPY_PENDING_MARK : ""};
 
 		res = exec_ok(conn, "SELECT pg_catalog.format('COMMENT ON TABLE %s IS %L', $1::pg_catalog.regclass, "
-					  "$2::text || $3::text)", 3, cp);
+					  "$2::text || $3::text || $4::text)", 4, cp);
 		ok = res != NULL && exec_cmd(conn, PQgetvalue(res, 0, 0));
 		PQclear(res);
 	}
@@ -858,13 +880,15 @@ remember_source_columns(PGconn *conn, TableMap *m, const char *names, const char
 		m->srcnames[c] = pg_strdup(PQgetvalue(res, c, 0));
 	PQclear(res);
 	{
-		const char *mp[3] = {m->target, m->source_table, CREATED_MARK};
+		const char *mp[4] = {m->target, m->source_table, CREATED_MARK, COPY_PENDING_MARK};
 
-		res = exec_ok(conn, "SELECT pg_catalog.obj_description($1::pg_catalog.regclass, 'pg_class') "
-					  "IS NOT DISTINCT FROM $2::text || $3::text", 3, mp);
+		res = exec_ok(conn, "SELECT d IN ($2::text || $3::text, $2::text || $3::text || $4::text), "
+					  "       d = $2::text || $3::text || $4::text "
+					  "FROM pg_catalog.obj_description($1::pg_catalog.regclass, 'pg_class') d", 4, mp);
 		if (res == NULL)
 			return false;
 		m->created = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+		m->copy_pending = strcmp(PQgetvalue(res, 0, 1), "t") == 0;
 		evolve |= m->created;
 		PQclear(res);
 	}
@@ -955,8 +979,6 @@ target_prepare_tables(PGconn *conn, PGconn *source, Pipeline *p)
 		if (strcmp(PQgetvalue(res, 0, 0), "t") != 0)
 		{
 			PQclear(res);
-			if (!create_target(conn, source, p, m))
-				return false;
 			/*
 			 * The snapshot happened once, for the maps there were then: a
 			 * mirror made now gets a copy of its own (snapshot.c); the
@@ -964,6 +986,8 @@ target_prepare_tables(PGconn *conn, PGconn *source, Pipeline *p)
 			 */
 			m->copy_now = p->has_checkpoint && opts.snapshot == SNAPSHOT_INITIAL &&
 				strcmp(m->mode, "mirror") == 0;
+			if (!create_target(conn, source, p, m))
+				return false;
 			if (p->has_checkpoint && !m->copy_now)
 			{
 				log_msg(LOG_WARNING, "target %s was created now, after pipeline \"%s\" took its snapshot: "
@@ -1000,6 +1024,12 @@ target_prepare_tables(PGconn *conn, PGconn *source, Pipeline *p)
 				return false;
 			}
 			PQclear(res);
+		}
+		if (m->copy_pending && !m->copy_now && strcmp(m->mode, "mirror") == 0)
+		{
+			/* (the copy starts with TRUNCATE) */
+			log_msg(LOG_INFO, "the copy into target %s did not finish last time: it is taken again", m->target);
+			m->copy_now = true;
 		}
 		cp[0] = m->target;
 		cp[1] = srccols->data;

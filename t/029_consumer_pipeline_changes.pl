@@ -1,7 +1,8 @@
 # A running consumer notices its pipeline change: pause_pipeline stops it
 # applying (resume_pipeline starts it again), add_table and remove_table
 # take effect without a restart; a mirror target created after the snapshot
-# gets a copy of its own, other modes say that old rows were not copied.  A batch that keeps
+# gets a copy of its own (again at the next start, if killed during it),
+# other modes say that old rows were not copied.  A batch that keeps
 # failing shows in pgcdc.status.  A column added at the source reaches the
 # targets, whether the consumer ran then or was stopped; one dropped there
 # stays in the targets the consumer made, no longer NOT NULL.
@@ -218,6 +219,35 @@ is($rc, 0, 'a copy with a NULL key') or diag($err);
 like($err, qr/snapshot of public\.e into public\.e_mirror: 1 rows have a NULL key and are quarantined/, 'says so');
 is($dst->safe_psql('postgres', "SELECT string_agg(id::text, ',' ORDER BY id) FROM e_mirror"), '1,3',
 	'the other rows are copied or streamed');
+
+# --- kill -9 during the copy into a mirror target added later: the target
+# exists but its copy never committed; the next start copies again instead of
+# streaming into a target without the rows from before.  (A rule that sleeps
+# holds the copy where the test can kill it.)
+$src->safe_psql('postgres', "CREATE TABLE f (id int PRIMARY KEY, v text); INSERT INTO f SELECT g, 'f' || g FROM generate_series(1, 20) g");
+$dst->safe_psql('postgres', q{
+CREATE FUNCTION public.slow_ok(int) RETURNS boolean LANGUAGE sql AS 'SELECT pg_sleep(0.5) IS NOT NULL OR $1 IS NULL';
+SELECT pgcdc.add_table('p', 'public.f', 'public.f_mirror');
+SELECT pgcdc.add_rule('p', 'public.f', 'slow', 'public.slow_ok(id)');
+});
+$at = length(slurp_log($log));
+$h = start_consumer(consumer_cmd($src, $dst, 'p', '--batch-ms', 50), $log);
+ok(wait_for_row($dst, "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE wait_event = 'PgSleep')"),
+	'the copy into the added target is under way');
+kill9_consumer($h);
+ok(wait_for_row($dst, "SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE wait_event = 'PgSleep')"),
+	'killed (its copy process stops with it)');
+is($dst->safe_psql('postgres', 'SELECT count(*) FROM f_mirror'), '0', 'the target exists, without its rows');
+$dst->safe_psql('postgres', "SELECT pgcdc.drop_rule('p', 'public.f', 'slow')");
+$src->safe_psql('postgres', "INSERT INTO f VALUES (21, 'after the kill')");
+($rc, $err) = run_consumer(consumer_cmd($src, $dst, 'p', '--exit-when-caught-up'), $log, 60);
+is($rc, 0, 'the next start after a kill during the copy') or diag($err);
+like($err, qr/the copy into target public\.f_mirror did not finish last time: it is taken again/, 'says so');
+is( $dst->safe_psql('postgres', "SELECT md5(string_agg(id || ':' || v, ',' ORDER BY id)) FROM f_mirror"),
+	$src->safe_psql('postgres', "SELECT md5(string_agg(id || ':' || v, ',' ORDER BY id)) FROM f"),
+	'and the target equals the source (21 rows)');
+($rc, $err) = run_consumer(consumer_cmd($src, $dst, 'p', '--exit-when-caught-up'), $log, 60);
+unlike($err, qr/taken again/, 'a copy that committed is not taken again');
 
 # --- a mapped source table renamed while it runs: its changes would no
 # longer be captured, so the consumer stops and says which map to change
