@@ -589,10 +589,12 @@ DROP TABLE big_src, big_changes, big_once, big_again;
 
 -- Many staged calls in one transaction reuse their work tables: the locks
 -- they hold do not grow with the number of calls (a new table each call ran
--- out of max_locks_per_transaction in a long quarantine replay).
+-- out of max_locks_per_transaction in a long quarantine replay), also when
+-- the calls alternate between targets of other column types.
 CREATE TABLE lk (id int PRIMARY KEY, x int);
 SELECT pgcdc.create_history_table('lk', 'lk_h');
 CREATE TABLE lk_m (id int PRIMARY KEY, x int, _source_lsn pg_lsn, _source_seq int, _synced_at timestamptz);
+CREATE TABLE lk_m2 (id bigint PRIMARY KEY, x numeric, _source_lsn pg_lsn, _source_seq int, _synced_at timestamptz);
 CREATE TABLE lk_c (id int, x int, op text, seq bigint, ts timestamptz, _source_lsn pg_lsn, _source_seq int);
 CREATE TABLE lk_locks (calls int, locks bigint);
 BEGIN;
@@ -604,10 +606,11 @@ BEGIN
 		INSERT INTO lk_c VALUES
 			(i % 4, i, CASE WHEN i <= 4 THEN 'I' ELSE 'U' END, i * 2,
 			 '2024-01-01'::timestamptz + i * interval '1 hour', ('0/' || to_hex(i * 16))::pg_lsn, 0),
-			(i % 4, -i, 'U', i * 2 - 7, '2024-01-01'::timestamptz + i * interval '1 hour' - interval '210 minutes',
+			(i % 4, -i, 'U', i * 2 - 9, '2024-01-01'::timestamptz + i * interval '1 hour' - interval '270 minutes',
 			 ('0/' || to_hex(i * 16 - 8))::pg_lsn, 0);
 		PERFORM pgcdc.scd2_apply_changes('lk_h', 'lk_c', '{id}', 'seq', 'op', NULL, 'ts');
 		PERFORM pgcdc.apply_mirror('lk_m', 'lk_c', '{id}');
+		PERFORM pgcdc.apply_mirror('lk_m2', 'lk_c', '{id}');
 		IF i IN (10, 60) THEN
 			INSERT INTO lk_locks SELECT i, count(*) FROM pg_locks WHERE pid = pg_backend_pid();
 		END IF;
@@ -621,7 +624,8 @@ SELECT count(*) AS versions, count(*) FILTER (WHERE _is_current) AS current_rows
 	   count(*) FILTER (WHERE _version <> n) AS misnumbered
   FROM (SELECT *, row_number() OVER (PARTITION BY id ORDER BY _valid_from) AS n FROM lk_h) h;
 SELECT id, x FROM lk_m ORDER BY id;
-DROP TABLE lk, lk_h, lk_m, lk_c, lk_locks;
+SELECT count(*) AS rows_that_differ FROM (SELECT id, x FROM lk_m EXCEPT SELECT id, x FROM lk_m2) d;
+DROP TABLE lk, lk_h, lk_m, lk_m2, lk_c, lk_locks;
 
 DROP EXTENSION pgcdc;
 DROP VIEW h, invariants;

@@ -320,25 +320,39 @@ END
 $$;
 
 -- The head of the statement that fills work table name with query's rows:
--- CREATE TEMP TABLE ... AS, or, when this transaction made the table from
--- the same query before, INSERT INTO it, emptied.  A new table every call
--- would hold one more lock (and its catalog rows) until commit: thousands
--- of calls in one transaction (a quarantine replay, a loop over batches)
--- would run out of max_locks_per_transaction.
+-- CREATE TEMP TABLE ... AS, or, when this transaction made a table from the
+-- same query before, INSERT INTO it, emptied.  A new table every call would
+-- hold one more lock (and its catalog rows) until commit: thousands of calls
+-- in one transaction (a quarantine replay, a loop over batches) would run
+-- out of max_locks_per_transaction.  A table of another query (another
+-- target's columns) is put aside under the name plus its query's md5, and
+-- taken back when that query comes again, so calls that alternate between
+-- targets hold one table per target.
 CREATE FUNCTION pgcdc._work_table(name text, query text)
 RETURNS text LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	made text := 'pgcdc.work_' || name;		-- md5 of its query, local to the transaction
+	have text := current_setting(made, true);
+	want text := md5(query);
 BEGIN
-	IF to_regclass('pg_temp.' || quote_ident(name)) IS NOT NULL
-	   AND current_setting(made, true) = md5(query) THEN
+	IF to_regclass('pg_temp.' || quote_ident(name)) IS NOT NULL THEN
+		IF have = want THEN
+			EXECUTE format('TRUNCATE pg_temp.%I', name);
+			RETURN format('INSERT INTO pg_temp.%I ', name);
+		ELSIF have <> '' THEN
+			EXECUTE format('ALTER TABLE pg_temp.%I RENAME TO %I', name, name || '_' || have);
+		ELSE
+			PERFORM pgcdc._drop_temp(name);
+		END IF;
+	END IF;
+	PERFORM set_config(made, want, true);
+	IF to_regclass('pg_temp.' || quote_ident(name || '_' || want)) IS NOT NULL THEN
+		EXECUTE format('ALTER TABLE pg_temp.%I RENAME TO %I', name || '_' || want, name);
 		EXECUTE format('TRUNCATE pg_temp.%I', name);
 		RETURN format('INSERT INTO pg_temp.%I ', name);
 	END IF;
-	PERFORM pgcdc._drop_temp(name);
-	PERFORM set_config(made, md5(query), true);
 	RETURN format('CREATE TEMP TABLE %I ON COMMIT DROP AS ', name);
 END
 $$;
