@@ -1025,7 +1025,8 @@ target_prepare_tables(PGconn *conn, PGconn *source, Pipeline *p)
 			}
 			PQclear(res);
 		}
-		if (m->copy_pending && !m->copy_now && strcmp(m->mode, "mirror") == 0)
+		if (m->copy_pending && !m->copy_now && p->has_checkpoint && opts.snapshot == SNAPSHOT_INITIAL &&
+			strcmp(m->mode, "mirror") == 0)
 		{
 			/* (the copy starts with TRUNCATE) */
 			log_msg(LOG_INFO, "the copy into target %s did not finish last time: it is taken again", m->target);
