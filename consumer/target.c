@@ -536,19 +536,26 @@ target_load_pipeline(PGconn *conn, PGconn *source, Pipeline *p)
  */
 #define COPY_PENDING_MARK "; its copy is not done yet"
 
-/* The copy into m's target is done (or given up): clear COPY_PENDING_MARK. */
-bool
-target_copy_done(PGconn *conn, const TableMap *m)
+/* Comment m's target with CREATED_MARK, and COPY_PENDING_MARK if pending. */
+static bool
+mark_target(PGconn *conn, const TableMap *m, bool pending)
 {
-	const char *cp[3] = {m->target, m->source_table, CREATED_MARK};
+	const char *cp[4] = {m->target, m->source_table, CREATED_MARK, pending ? COPY_PENDING_MARK : ""};
 	PGresult   *res;
 	bool		ok;
 
 	res = exec_ok(conn, "SELECT pg_catalog.format('COMMENT ON TABLE %s IS %L', $1::pg_catalog.regclass, "
-				  "$2::text || $3::text)", 3, cp);
+				  "$2::text || $3::text || $4::text)", 4, cp);
 	ok = res != NULL && exec_cmd(conn, PQgetvalue(res, 0, 0));
 	PQclear(res);
 	return ok;
+}
+
+/* The copy into m's target is done (or given up): clear COPY_PENDING_MARK. */
+bool
+target_copy_done(PGconn *conn, const TableMap *m)
+{
+	return mark_target(conn, m, false);
 }
 
 /* CREATE TABLE for a target that does not exist, shaped like its source. */
@@ -617,15 +624,7 @@ create_target(PGconn *conn, PGconn *source, Pipeline *p, TableMap *m)
 		ok = exec_cmd(conn, sql->data);
 	}
 	/* the mark that lets later starts add the source's new columns (remember_source_columns) */
-	if (ok)
-	{
-		const char *cp[4] = {m->target, m->source_table, CREATED_MARK, m->copy_now ? COPY_PENDING_MARK : ""};
-
-		res = exec_ok(conn, "SELECT pg_catalog.format('COMMENT ON TABLE %s IS %L', $1::pg_catalog.regclass, "
-					  "$2::text || $3::text || $4::text)", 4, cp);
-		ok = res != NULL && exec_cmd(conn, PQgetvalue(res, 0, 0));
-		PQclear(res);
-	}
+	ok = ok && mark_target(conn, m, m->copy_now);
 	if (ok)
 		log_msg(LOG_INFO, "created %s target %s from source table %s", m->mode, m->target, m->source_table);
 	else

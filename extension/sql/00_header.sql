@@ -5,8 +5,9 @@
  *   20_helpers                    internal helpers (name parsing, column lookup, errors, prepared statements)
  *   30_pipelines_maps_rules       pipeline, table map and rule management
  *   40_scd2_history_merge         SCD2 history tables and scd2_merge
- *   41_scd2_stage_and_late        scd2_apply_changes' staged path: staging, in-order segments, truncates, late changes
- *   42_scd2_apply_changes         scd2_apply_changes: the one-statement path and the entry point
+ *   41_scd2_stage_and_segment     scd2_apply_changes' staged path: staging, effective times, in-order segments, truncates
+ *   42_scd2_late                  late changes and replays, applied in rounds
+ *   43_scd2_apply_changes         scd2_apply_changes: the one-statement path and the entry point
  *   50_mirror                     mirror apply
  *   60_quarantine                 rules and quarantine
  *   70_privileges                 privileges

@@ -303,23 +303,7 @@ AS $$
 							pgcdc._list(cols, l), pgcdc._list(cols, r)) END
 $$;
 
--- Work tables live in pg_temp and are dropped at commit.
-CREATE FUNCTION pgcdc._drop_temp(VARIADIC names text[])
-RETURNS void LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	n text;
-BEGIN
-	FOREACH n IN ARRAY names LOOP
-		IF to_regclass('pg_temp.' || quote_ident(n)) IS NOT NULL THEN
-			EXECUTE format('DROP TABLE pg_temp.%I', n);
-		END IF;
-	END LOOP;
-END
-$$;
-
--- Empty a work table.  TRUNCATE gives it new files (and its index and
+-- Work tables (pg_temp._pgcdc_*) are dropped at commit.  Empty one: TRUNCATE gives it new files (and its index and
 -- TOAST table), about 10 ms, once per call in a transaction of many small
 -- calls (a quarantine replay: one event each); a few pages of rows are
 -- deleted instead, their dead versions gone at commit with the table.
@@ -361,7 +345,7 @@ BEGIN
 		ELSIF have <> '' THEN
 			EXECUTE format('ALTER TABLE pg_temp.%I RENAME TO %I', name, name || '_' || have);
 		ELSE
-			PERFORM pgcdc._drop_temp(name);
+			EXECUTE format('DROP TABLE pg_temp.%I', name);
 		END IF;
 	END IF;
 	PERFORM set_config(made, want, true);
