@@ -8,7 +8,8 @@
  *	target.c          the target: pipeline, table maps, lock, checkpoint, DDL
  *	apply.c           batches: staging, set-based apply, quarantine
  *	checkpoint.c      pgcdc.checkpoint: read at start, moved with each batch
- *	snapshot.c        the initial copy, consistent with the slot
+ *	snapshot.c        the initial copy, consistent with the slot: one child per table
+ *	snapshot_table.c  one table's copy; rows the target refuses found and quarantined
  *	metrics.c         Prometheus text metrics over HTTP
  *	log.c             logging
  */
@@ -278,6 +279,13 @@ extern int64_t batch_started_us(Batch *b);
 extern bool batch_flush(Batch *b, Lsn *applied_end_lsn);
 extern void batch_abort(Batch *b);
 extern void batch_free(Batch *b);
+
+/* snapshot_table.c */
+#define SNAPSHOT_CHILD_TRANSIENT 3	/* a child's exit status: failed for a reason a retry may not meet */
+extern volatile sig_atomic_t snapshot_child_stop;
+extern PGcancel *volatile snapshot_child_cancel[2];
+extern int	snapshot_table(const char *source_conninfo, const char *target_conninfo, Pipeline *p, int i,
+						   const char *snapshot_name, Lsn lsn, const char *snapshot_ts);
 
 /* snapshot.c */
 extern char *snapshot_source_time(PGconn *source);

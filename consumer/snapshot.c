@@ -8,9 +8,9 @@
  *		with COPY into a staging table in the target, and applies them as
  *		inserts at the slot's consistent point (so the stream's first change
  *		is newer than every copied row), in one target transaction per
- *		table.  The parent writes the checkpoint at the consistent point
- *		only when every table is done; until then a restart drops the slot
- *		and starts the snapshot over.
+ *		table (snapshot_table.c).  The parent writes the checkpoint at the
+ *		consistent point only when every table is done; until then a restart
+ *		drops the slot and starts the snapshot over.
  */
 #include "postgres_fe.h"
 
@@ -22,12 +22,6 @@
 
 #include "consumer.h"
 
-/* a child's exit status when it failed for a reason a retry may not meet */
-#define CHILD_TRANSIENT	3
-
-static volatile sig_atomic_t child_stop = 0;
-static PGcancel *volatile child_cancel[2];
-
 /*
  * Stop a copy: also cancel what the child's connections run, so a child
  * whose parent died does not go on to commit its table (PQcancel is safe
@@ -38,11 +32,11 @@ child_sigterm(int sig)
 {
 	char		errbuf[256];
 
-	child_stop = 1;
+	snapshot_child_stop = 1;
 	stop_requested = 1;
-	for (int i = 0; i < lengthof(child_cancel); i++)
-		if (child_cancel[i])
-			PQcancel(child_cancel[i], errbuf, sizeof(errbuf));
+	for (int i = 0; i < lengthof(snapshot_child_cancel); i++)
+		if (snapshot_child_cancel[i])
+			PQcancel(snapshot_child_cancel[i], errbuf, sizeof(errbuf));
 }
 
 /*
@@ -55,262 +49,6 @@ close_inherited_fds(void)
 {
 	for (int fd = 3; fd < 1024; fd++)
 		close(fd);
-}
-
-static bool
-copy_rows(PGconn *src, PGconn *dst, TableMap *m, long *rows)
-{
-	PQExpBuffer sql = createPQExpBuffer();
-	PGresult   *res;
-	char	   *buf;
-	int			r = 0;
-	int64_t		last_log = now_us();
-	bool		ok = true;
-
-	appendPQExpBuffer(sql, "COPY (SELECT %s FROM %s) TO STDOUT", m->data_columns, m->source_table);
-	res = PQexec(src, sql->data);
-	if (PQresultStatus(res) != PGRES_COPY_OUT)
-	{
-		log_msg(LOG_ERROR, "could not read %s: %s", m->source_table, conn_error(src));
-		PQclear(res);
-		destroyPQExpBuffer(sql);
-		return false;
-	}
-	PQclear(res);
-	resetPQExpBuffer(sql);
-	appendPQExpBuffer(sql, "COPY pg_temp.pgcdc_snapshot (%s) FROM STDIN", m->data_columns);
-	res = PQexec(dst, sql->data);
-	destroyPQExpBuffer(sql);
-	if (PQresultStatus(res) != PGRES_COPY_IN)
-	{
-		log_msg(LOG_ERROR, "could not load %s: %s", m->target, conn_error(dst));
-		PQclear(res);
-		return false;
-	}
-	PQclear(res);
-
-	while (!child_stop && (r = PQgetCopyData(src, &buf, 0)) > 0)
-	{
-		if (PQputCopyData(dst, buf, r) != 1)
-		{
-			ok = false;
-			PQfreemem(buf);
-			break;
-		}
-		PQfreemem(buf);
-		(*rows)++;
-		if (child_stop)
-		{
-			ok = false;
-			break;
-		}
-		if ((*rows & 0x3FFF) == 0 && now_us() - last_log > 5000000)
-		{
-			log_msg(LOG_INFO, "snapshot of %s: %ld rows copied", m->source_table, *rows);
-			last_log = now_us();
-		}
-	}
-	if (PQputCopyEnd(dst, ok ? NULL : "snapshot interrupted") != 1)
-		ok = false;
-	res = PQgetResult(dst);
-	if (PQresultStatus(res) != PGRES_COMMAND_OK)
-	{
-		if (!child_stop)
-			log_msg(LOG_ERROR, "could not load %s: %s", m->target, conn_error(dst));
-		ok = false;
-	}
-	PQclear(res);
-	while ((res = PQgetResult(dst)) != NULL)
-		PQclear(res);
-
-	/*
-	 * An interrupted COPY OUT cannot be drained (PQgetResult would return
-	 * PGRES_COPY_OUT forever); the caller closes the connection instead.
-	 */
-	if (r == -1)
-		while ((res = PQgetResult(src)) != NULL)
-			PQclear(res);
-	else
-		ok = false;
-	return ok;
-}
-
-/* res: a count of copied rows sent to the quarantine, for `why` */
-static bool
-log_quarantined(PGresult *res, TableMap *m, const char *why)
-{
-	if (res == NULL)
-		return false;
-	if (atol(PQgetvalue(res, 0, 0)) > 0)
-		log_msg(LOG_INFO, "snapshot of %s into %s: %s rows %s and are quarantined",
-				m->source_table, m->target, PQgetvalue(res, 0, 0), why);
-	PQclear(res);
-	return true;
-}
-
-/* The pipeline's rules hold for copied rows as for streamed ones. */
-static bool
-snapshot_rules(PGconn *dst, Pipeline *p, TableMap *m)
-{
-	const char *params[3] = {p->name, m->source_table, m->target};
-
-	return log_quarantined(exec_ok(dst, "SELECT pgcdc.apply_rules($1, $2, 'pg_temp.pgcdc_snapshot_changes', $3, 'op')",
-								   3, params), m, "fail a rule");
-}
-
-/*
- * A copied row with NULL in a key column the map names cannot be applied
- * (streamed, such an event is quarantined): quarantine it as an insert at
- * the snapshot's position, and apply the rest.
- */
-static bool
-snapshot_null_keys(PGconn *dst, Pipeline *p, TableMap *m)
-{
-	const char *params[6] = {p->name, m->source_table, m->target, m->key_columns,
-	m->source_schema, m->source_name};
-	PQExpBuffer sql;
-	bool		ok;
-
-	if (m->key_columns == NULL)
-		return true;			/* the source's identity: never NULL */
-	sql = createPQExpBuffer();
-	appendPQExpBufferStr(sql, "WITH bad AS (DELETE FROM pg_temp.pgcdc_snapshot_changes c WHERE ");
-	if (m->nkeys == 0)			/* a key column that is no data column (the apply will say) */
-		appendPQExpBufferStr(sql, "EXISTS (SELECT FROM pg_catalog.unnest($4::text[]) k "
-							 "WHERE COALESCE(pg_catalog.to_jsonb(c) OPERATOR(pg_catalog.->) k, 'null') "
-							 "OPERATOR(pg_catalog.=) 'null'::pg_catalog.jsonb)");
-	for (int k = 0; k < m->nkeys; k++)
-	{
-		const char *col = m->colnames[m->keyidx[k]];
-		char	   *ident = PQescapeIdentifier(dst, col, strlen(col));
-
-		appendPQExpBuffer(sql, "%sc.%s IS NULL", k > 0 ? " OR " : "", ident ? ident : "\"?\"");
-		PQfreemem(ident);
-	}
-	appendPQExpBufferStr(sql,
-						 " RETURNING pg_catalog.to_jsonb(c) AS r) "
-						 "SELECT pg_catalog.count(pgcdc.quarantine_event($1, $2, $3, "
-						 "  pg_catalog.jsonb_build_object('op', 'I', 'commit_lsn', r OPERATOR(pg_catalog.->) '_source_lsn', "
-						 "    'seq', 0, 'ts', r OPERATOR(pg_catalog.->) '_commit_ts', 'schema', $5::text, 'table', $6::text, "
-						 "    'new', r OPERATOR(pg_catalog.-) '{op,_source_lsn,_source_seq,_commit_ts}'::text[]), "
-						 "  '23502', pg_catalog.format('null value in a key column of %s', $2::text), "
-						 "  pg_catalog.format('The table map''s key columns are %s.', $4::text))) FROM bad");
-	ok = log_quarantined(exec_ok(dst, sql->data, 6, params), m, "have a NULL key");
-	destroyPQExpBuffer(sql);
-	return ok;
-}
-
-/* Copy one table map in a child process; returns the exit status. */
-static int
-snapshot_table(const char *source_conninfo, const char *target_conninfo, Pipeline *p, int i,
-			   const char *snapshot_name, Lsn lsn, const char *snapshot_ts)
-{
-	TableMap   *m = &p->maps[i];
-	PGconn	   *src = target_connect(source_conninfo);
-	PGconn	   *dst = src ? target_connect(target_conninfo) : NULL;
-	PQExpBuffer sql = createPQExpBuffer();
-	char		lb[32];
-	long		rows = 0;
-	bool		is_append = strcmp(m->mode, "append") == 0;
-	char	   *what = psprintf("snapshot of %s into %s: applying", m->source_table, m->target);
-	PGresult   *res;
-	bool		ok;
-	int			ok_status = EXIT_ERROR;	/* when not ok */
-
-	if (dst == NULL)
-		return CHILD_TRANSIENT;
-	child_cancel[0] = PQgetCancel(src);
-	child_cancel[1] = PQgetCancel(dst);
-	format_lsn(lsn, lb);
-	ok = exec_cmd(src, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
-	if (ok)
-	{
-		char	   *lit = PQescapeLiteral(src, snapshot_name, strlen(snapshot_name));
-
-		appendPQExpBuffer(sql, "SET TRANSACTION SNAPSHOT %s", lit);
-		PQfreemem(lit);
-		ok = exec_cmd(src, sql->data);
-	}
-
-	/* the target starts empty: from here on it equals the source */
-	resetPQExpBuffer(sql);
-	appendPQExpBuffer(sql, "BEGIN; TRUNCATE %s; CREATE TEMP TABLE pgcdc_snapshot (%s) ON COMMIT DROP",
-					  m->target, is_append ? "_row jsonb" : m->data_types);
-	ok = ok && exec_cmd(dst, sql->data);
-	if (ok)
-	{
-		TableMap	rows_of = *m;
-
-		/* append keeps each row whole, as jsonb, for one 'R' (read) event each */
-		if (is_append)
-		{
-			rows_of.data_columns = "_row";
-			rows_of.source_table = psprintf("(SELECT pg_catalog.to_jsonb(t) AS _row FROM %s t) s",
-											m->source_table);
-		}
-		ok = copy_rows(src, dst, &rows_of, &rows);
-	}
-
-	resetPQExpBuffer(sql);
-	if (ok && is_append)
-	{
-		const char *params[3] = {lb, snapshot_ts,
-			m->key_columns ? m->key_columns : source_identity(src, m->source_table)};
-
-		/* _key as a streamed event's: the key columns (none: null) */
-		appendPQExpBuffer(sql,
-						  "INSERT INTO %s (_op, _source_lsn, _source_seq, _commit_ts, _key, _new, _received_at) "
-						  "SELECT 'R', $1::pg_catalog.pg_lsn, pg_catalog.row_number() OVER (), $2::timestamptz, "
-						  "(SELECT pg_catalog.jsonb_object_agg(k, s._row OPERATOR(pg_catalog.->) k) "
-						  "   FROM pg_catalog.unnest($3::text[]) k), "
-						  "_row, pg_catalog.now() FROM pg_temp.pgcdc_snapshot s",
-						  m->target);
-		res = exec_ok_progress(dst, sql->data, 3, params, what);
-		ok = res != NULL;
-		PQclear(res);
-	}
-	else if (ok)
-	{
-		const char *params[4] = {m->target, m->key_columns,
-			strcmp(m->mode, "mirror") == 0 ? (m->soft_delete ? "true" : "false") : m->track_columns,
-		NULL};
-
-		appendPQExpBuffer(sql,
-						  "CREATE TEMP TABLE pgcdc_snapshot_changes ON COMMIT DROP AS "
-						  "SELECT %s, 'I'::text AS op, '%s'::pg_catalog.pg_lsn AS _source_lsn, 0 AS _source_seq, "
-						  "'%s'::timestamptz AS _commit_ts FROM pg_temp.pgcdc_snapshot",
-						  m->data_columns, lb, snapshot_ts);
-		ok = exec_cmd(dst, sql->data) && snapshot_rules(dst, p, m) && snapshot_null_keys(dst, p, m);
-		if (ok)
-			log_msg(LOG_INFO, "snapshot of %s into %s: %ld rows copied, applying them",
-					m->source_table, m->target, rows);
-		res = !ok ? NULL : strcmp(m->mode, "mirror") == 0 ?
-			exec_ok_progress(dst, "SELECT pgcdc.apply_mirror($1::pg_catalog.regclass, "
-							 "'pg_temp.pgcdc_snapshot_changes', $2::text[], $3::boolean, 'op')", 3, params,
-							 what) :
-			exec_ok_progress(dst, "SELECT pgcdc.scd2_apply_changes($1::pg_catalog.regclass, "
-							 "'pg_temp.pgcdc_snapshot_changes', $2::text[], '_source_lsn,_source_seq', 'op', "
-							 "$3::text[], '_commit_ts')", 3, params, what);
-		ok = res != NULL;
-		PQclear(res);
-	}
-	/* a target made for this copy is complete with it */
-	ok = ok && (!m->copy_now || target_copy_done(dst, m));
-	ok = ok && !child_stop && exec_cmd(dst, "COMMIT");
-	if (ok)
-		log_msg(LOG_INFO, "snapshot of %s into %s: %ld rows", m->source_table, m->target, rows);
-	else if (child_stop)
-		log_msg(LOG_INFO, "snapshot of %s into %s stopped, nothing of it kept", m->source_table, m->target);
-	else
-		log_msg(LOG_ERROR, "snapshot of %s into %s failed", m->source_table, m->target);
-	destroyPQExpBuffer(sql);
-	free(what);
-	if (!ok && (child_stop || PQstatus(src) == CONNECTION_BAD || PQstatus(dst) == CONNECTION_BAD ||
-				sql_error_is_transient(&last_sql_error)))
-		ok_status = CHILD_TRANSIENT;
-	PQfinish(src);
-	PQfinish(dst);
-	return ok ? EXIT_DONE : ok_status;
 }
 
 /*
@@ -449,7 +187,7 @@ copy_maps(const char *source_conninfo, PGconn *target, Pipeline *p, const char *
 		running--;
 		if (!WIFEXITED(status) || WEXITSTATUS(status) != EXIT_DONE)
 		{
-			if (!WIFEXITED(status) || WEXITSTATUS(status) == CHILD_TRANSIENT)
+			if (!WIFEXITED(status) || WEXITSTATUS(status) == SNAPSHOT_CHILD_TRANSIENT)
 				*transient = true;
 			failed++;
 			for (int i = 0; i < next; i++)
@@ -520,9 +258,9 @@ drop_targets(PGconn *target, Pipeline *p)
  *
  * Stopped, or failed for a reason a retry may not meet (a lost
  * connection), the targets are dropped and false returned: the next start
- * makes and copies them again.  A copy the data refuses (a NULL key, say)
- * would fail again: a warning, and its target gets only changes, as
- * streamed events it would be quarantined one by one.
+ * makes and copies them again.  Rows the target refuses are quarantined
+ * (snapshot_table.c); a copy that fails otherwise would fail again: a
+ * warning, and its target gets only changes.
  */
 bool
 snapshot_added_maps(const char *source_conninfo, PGconn *source, PGconn *target, Pipeline *p)

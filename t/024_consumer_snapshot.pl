@@ -58,9 +58,7 @@ is( $dst->safe_psql('postgres', "SELECT count(*) > 0 FROM audit_log WHERE _op = 
 	't', 'changes made while the snapshot ran were streamed');
 
 # Copied rows with a NULL in the key the map names are quarantined, as such
-# streamed events are; the rest is applied.  A snapshot the target's types
-# refuse would fail the same way every time: status 1 and the reason, not
-# a retry loop.
+# streamed events are; the rest is applied.
 $src->safe_psql('postgres', "CREATE TABLE nk (id int PRIMARY KEY, code text, n int); INSERT INTO nk VALUES (1, 'a', 1), (2, NULL, 2)");
 $dst->safe_psql('postgres', q{
 SELECT pgcdc.create_pipeline('nulls');
@@ -76,16 +74,64 @@ is( $dst->safe_psql('postgres',
 		  . "FROM pgcdc.quarantine WHERE pipeline = 'nulls'"),
 	'public.nk_hist:23502:2 public.nk_mirror:23502:2', 'the NULL-key row is quarantined for each target');
 
-$src->safe_psql('postgres', "CREATE TABLE wide (id int PRIMARY KEY, v text); INSERT INTO wide VALUES (1, 'far too long')");
+# Copied rows the target refuses (a value too long for its type, a CHECK)
+# are found by halves and quarantined, each as an 'I' event at the
+# snapshot's position with its SQLSTATE; the other rows are applied, and
+# a replay after the fix completes the target.
+$src->safe_psql('postgres', q{
+CREATE TABLE wide (id int PRIMARY KEY, v text, n int);
+INSERT INTO wide SELECT g, CASE WHEN g IN (17, 500, 1999) THEN 'far too long' ELSE 'ok' END, g
+  FROM generate_series(1, 2000) g;
+});
 $dst->safe_psql('postgres', q{
-CREATE TABLE narrow (id int PRIMARY KEY, v varchar(3));
+CREATE TABLE narrow (id int PRIMARY KEY, v varchar(3), n int CHECK (n <> 777));
+CREATE TABLE wide_shape (id int, v varchar(3), n int);
+SELECT pgcdc.create_history_table('wide_shape', 'public.narrow_hist', '{id}');
 SELECT pgcdc.create_pipeline('bad');
 SELECT pgcdc.add_table('bad', 'public.wide', 'public.narrow');
+SELECT pgcdc.add_table('bad', 'public.wide', 'public.narrow_hist', 'scd2');
 });
-($rc, $err) = run_consumer(consumer_cmd($src, $dst, 'bad', '--exit-when-caught-up'), $log, 60);
-is($rc, 1, 'a snapshot the target refuses exits 1') or diag($err);
-like($err, qr/too long.*\n.*ERROR: the initial snapshot of pipeline "bad" failed on a table's rows\nHINT:  /s,
+($rc, $err) = run_consumer(consumer_cmd($src, $dst, 'bad', '--exit-when-caught-up'), $log, 120);
+is($rc, 0, 'a snapshot with rows the target refuses is taken') or diag($err);
+like($err, qr/snapshot of public\.wide into public\.narrow: 4 rows the target refuses are quarantined, the other 1996 applied/,
+	'the log counts the refused rows');
+is( $dst->safe_psql('postgres', "SELECT count(*) || ' ' || count(*) FILTER (WHERE n = 777) FROM narrow") . ' '
+	  . $dst->safe_psql('postgres', 'SELECT count(*) FROM narrow_hist'),
+	'1996 0 1997', 'the rows the targets accept are applied');
+is( $dst->safe_psql('postgres',
+		"SELECT string_agg(target || ':' || error_code || ':' || (event->'new'->>'id') || ':' || (event->>'op') || ':' "
+		  . "  || (event->>'seq'), ' ' ORDER BY target, (event->'new'->>'id')::int) "
+		  . "  || ' ' || count(DISTINCT commit_lsn) || ' ' || bool_and(commit_lsn <= (SELECT commit_lsn FROM pgcdc.checkpoint WHERE pipeline = 'bad')) "
+		  . "FROM pgcdc.quarantine WHERE pipeline = 'bad' AND status = 'open'"),
+	'public.narrow:22001:17:I:0 public.narrow:22001:500:I:0 public.narrow:23514:777:I:0 '
+	  . 'public.narrow:22001:1999:I:0 public.narrow_hist:22001:17:I:0 public.narrow_hist:22001:500:I:0 '
+	  . 'public.narrow_hist:22001:1999:I:0 1 true',
+	'each refused row is quarantined per target with its SQLSTATE, as an insert at the snapshot position');
+$dst->safe_psql('postgres', q{
+ALTER TABLE narrow ALTER v TYPE text, DROP CONSTRAINT narrow_n_check;
+ALTER TABLE narrow_hist ALTER v TYPE text;
+});
+is($dst->safe_psql('postgres', "SELECT applied || ' ' || failed FROM pgcdc.quarantine_replay(pipeline => 'bad')"),
+	'7 0', 'after the fix the refused rows replay');
+same_rows($src, 'wide', $dst, 'narrow', 'id, v, n', 'id', 'the mirror equals the source');
+is( $dst->safe_psql('postgres',
+		"SELECT count(*) || ' ' || count(*) FILTER (WHERE _is_current AND _version = 1) || ' ' || count(*) FILTER (WHERE v = 'far too long') FROM narrow_hist"),
+	'2000 2000 3', 'the history has one current first version per row');
+
+# A target that refuses much of a table does not fit it: the copy stops
+# after 1000 refused rows and the snapshot fails (status 1, nothing kept).
+$src->safe_psql('postgres', "CREATE TABLE longer (id int PRIMARY KEY, v text); INSERT INTO longer SELECT g, 'far too long' FROM generate_series(1, 1001) g");
+$dst->safe_psql('postgres', q{
+CREATE TABLE shorter (id int PRIMARY KEY, v varchar(3));
+SELECT pgcdc.create_pipeline('worse');
+SELECT pgcdc.add_table('worse', 'public.longer', 'public.shorter');
+});
+($rc, $err) = run_consumer(consumer_cmd($src, $dst, 'worse', '--exit-when-caught-up'), $log, 120);
+is($rc, 1, 'a snapshot the target refuses wholesale exits 1') or diag($err);
+like($err, qr/target public\.shorter refuses more than 1000 rows of public\.longer, the last: value too long.*\n.*ERROR: the initial snapshot of pipeline "worse" failed on a table's rows\nHINT:  /s,
 	'and says why');
+is($dst->safe_psql('postgres', "SELECT count(*) FROM pgcdc.quarantine WHERE pipeline = 'worse'"), '0',
+	'and quarantines nothing of it');
 
 $src->stop;
 $dst->stop;

@@ -1,0 +1,530 @@
+/*
+ * snapshot_table.c
+ *		One table map's copy at the snapshot, in a child process of
+ *		snapshot.c: the rows are streamed with COPY from the exported
+ *		snapshot into a staging table typed as the target, as inserts at the
+ *		slot's consistent point; the pipeline's rules and the map's key check
+ *		run over them, and the map's apply function applies them, all in one
+ *		target transaction.
+ *
+ *		If the target refuses rows (a value its type refuses, a constraint),
+ *		the copy is taken again from the same snapshot as JSON and applied by
+ *		halves inside savepoints, as a failing streamed batch is (apply.c):
+ *		the rows that fail alone are quarantined as 'I' events at the
+ *		snapshot's position with their SQLSTATE, and the rest applied.
+ */
+#include "postgres_fe.h"
+
+#include "consumer.h"
+
+/*
+ * More refused rows than this in one table say the target does not fit the
+ * table (a type or constraint refusing much of it), not that a few rows are
+ * bad: the copy fails instead of quarantining row after row.
+ */
+#define MAX_REFUSED_ROWS 1000
+
+volatile sig_atomic_t snapshot_child_stop = 0;
+PGcancel   *volatile snapshot_child_cancel[2];
+
+/* One table map's copy. */
+typedef struct Copy
+{
+	const char *source_conninfo;
+	const char *snapshot_name;
+	Pipeline   *p;
+	TableMap   *m;
+	PGconn	   *src;			/* in the exported snapshot */
+	PGconn	   *dst;			/* in the copy's transaction */
+	char		lsn[32];		/* the consistent point: each row's position */
+	const char *ts;				/* and its time */
+	long		rows;
+	long		refused;		/* rows quarantined because the target refused them */
+	const char *keys;			/* the rows' key columns (text[]), to name a row */
+	bool		finding;		/* applying by halves: the rule counts are of parts */
+} Copy;
+
+/* A source connection reading the exported snapshot. */
+static PGconn *
+source_open(Copy *c)
+{
+	PGconn	   *src = target_connect(c->source_conninfo);
+	char	   *lit;
+	char	   *sql;
+	bool		ok;
+
+	if (src == NULL)
+		return NULL;
+	snapshot_child_cancel[0] = PQgetCancel(src);
+	lit = PQescapeLiteral(src, c->snapshot_name, strlen(c->snapshot_name));
+	sql = psprintf("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT %s", lit);
+	ok = exec_cmd(src, sql);
+	PQfreemem(lit);
+	free(sql);
+	if (!ok)
+	{
+		/* the exporting session is gone (or the server): the snapshot is taken again */
+		PQfinish(src);
+		return NULL;
+	}
+	return src;
+}
+
+/* Stream the rows of query on the source into table (with its column list) in the target. */
+static bool
+copy_rows(Copy *c, const char *query, const char *into)
+{
+	PQExpBuffer sql = createPQExpBuffer();
+	PGresult   *res;
+	char	   *buf;
+	int			r = 0;
+	int64_t		last_log = now_us();
+	bool		ok = true;
+
+	c->rows = 0;
+	appendPQExpBuffer(sql, "COPY (%s) TO STDOUT", query);
+	res = PQexec(c->src, sql->data);
+	if (PQresultStatus(res) != PGRES_COPY_OUT)
+	{
+		keep_sql_error(c->src, res);
+		log_msg(LOG_ERROR, "could not read %s", c->m->source_table);
+		PQclear(res);
+		destroyPQExpBuffer(sql);
+		return false;
+	}
+	PQclear(res);
+	resetPQExpBuffer(sql);
+	appendPQExpBuffer(sql, "COPY %s FROM STDIN", into);
+	res = PQexec(c->dst, sql->data);
+	destroyPQExpBuffer(sql);
+	if (PQresultStatus(res) != PGRES_COPY_IN)
+	{
+		keep_sql_error(c->dst, res);
+		PQclear(res);
+		return false;
+	}
+	PQclear(res);
+
+	while (!snapshot_child_stop && (r = PQgetCopyData(c->src, &buf, 0)) > 0)
+	{
+		if (PQputCopyData(c->dst, buf, r) != 1)
+		{
+			ok = false;
+			PQfreemem(buf);
+			break;
+		}
+		PQfreemem(buf);
+		c->rows++;
+		if (snapshot_child_stop)
+		{
+			ok = false;
+			break;
+		}
+		if ((c->rows & 0x3FFF) == 0 && now_us() - last_log > 5000000)
+		{
+			log_msg(LOG_INFO, "snapshot of %s: %ld rows copied", c->m->source_table, c->rows);
+			last_log = now_us();
+		}
+	}
+	if (PQputCopyEnd(c->dst, ok ? NULL : "snapshot interrupted") != 1)
+		ok = false;
+	res = PQgetResult(c->dst);
+	if (PQresultStatus(res) != PGRES_COMMAND_OK)
+	{
+		if (!snapshot_child_stop)
+			keep_sql_error(c->dst, res);
+		ok = false;
+	}
+	PQclear(res);
+	while ((res = PQgetResult(c->dst)) != NULL)
+		PQclear(res);
+
+	/*
+	 * An interrupted COPY OUT cannot be drained (PQgetResult would return
+	 * PGRES_COPY_OUT forever): the connection is closed instead, by the
+	 * caller, or reopened to copy again (source_open).
+	 */
+	if (r == -1)
+		while ((res = PQgetResult(c->src)) != NULL)
+			PQclear(res);
+	else
+		ok = false;
+	return ok;
+}
+
+/* res: a count of copied rows sent to the quarantine, for `why` */
+static bool
+log_quarantined(Copy *c, PGresult *res, const char *why)
+{
+	if (res == NULL)
+		return false;
+	if (!c->finding && atol(PQgetvalue(res, 0, 0)) > 0)
+		log_msg(LOG_INFO, "snapshot of %s into %s: %s rows %s and are quarantined",
+				c->m->source_table, c->m->target, PQgetvalue(res, 0, 0), why);
+	PQclear(res);
+	return true;
+}
+
+/* The pipeline's rules hold for copied rows as for streamed ones. */
+static bool
+snapshot_rules(Copy *c)
+{
+	const char *params[3] = {c->p->name, c->m->source_table, c->m->target};
+
+	return log_quarantined(c, exec_ok(c->dst, "SELECT pgcdc.apply_rules($1, $2, 'pg_temp.pgcdc_snapshot_changes', $3, 'op')",
+									  3, params), "fail a rule");
+}
+
+/*
+ * A copied row with NULL in a key column the map names cannot be applied
+ * (streamed, such an event is quarantined): quarantine it as an insert at
+ * the snapshot's position, and apply the rest.
+ */
+static bool
+snapshot_null_keys(Copy *c)
+{
+	TableMap   *m = c->m;
+	const char *params[6] = {c->p->name, m->source_table, m->target, m->key_columns,
+	m->source_schema, m->source_name};
+	PQExpBuffer sql;
+	bool		ok;
+
+	if (m->key_columns == NULL)
+		return true;			/* the source's identity: never NULL */
+	sql = createPQExpBuffer();
+	appendPQExpBufferStr(sql, "WITH bad AS (DELETE FROM pg_temp.pgcdc_snapshot_changes c WHERE ");
+	if (m->nkeys == 0)			/* a key column that is no data column (the apply will say) */
+		appendPQExpBufferStr(sql, "EXISTS (SELECT FROM pg_catalog.unnest($4::text[]) k "
+							 "WHERE COALESCE(pg_catalog.to_jsonb(c) OPERATOR(pg_catalog.->) k, 'null') "
+							 "OPERATOR(pg_catalog.=) 'null'::pg_catalog.jsonb)");
+	for (int k = 0; k < m->nkeys; k++)
+	{
+		const char *col = m->colnames[m->keyidx[k]];
+		char	   *ident = PQescapeIdentifier(c->dst, col, strlen(col));
+
+		appendPQExpBuffer(sql, "%sc.%s IS NULL", k > 0 ? " OR " : "", ident ? ident : "\"?\"");
+		PQfreemem(ident);
+	}
+	appendPQExpBufferStr(sql,
+						 " RETURNING pg_catalog.to_jsonb(c) AS r) "
+						 "SELECT pg_catalog.count(pgcdc.quarantine_event($1, $2, $3, "
+						 "  pg_catalog.jsonb_build_object('op', 'I', 'commit_lsn', r OPERATOR(pg_catalog.->) '_source_lsn', "
+						 "    'seq', 0, 'ts', r OPERATOR(pg_catalog.->) '_commit_ts', 'schema', $5::text, 'table', $6::text, "
+						 "    'new', r OPERATOR(pg_catalog.-) '{op,_source_lsn,_source_seq,_commit_ts}'::text[]), "
+						 "  '23502', pg_catalog.format('null value in a key column of %s', $2::text), "
+						 "  pg_catalog.format('The table map''s key columns are %s.', $4::text))) FROM bad");
+	ok = log_quarantined(c, exec_ok(c->dst, sql->data, 6, params), "have a NULL key");
+	destroyPQExpBuffer(sql);
+	return ok;
+}
+
+/* The rows in pg_temp.pgcdc_snapshot_changes through the rules into the target. */
+static bool
+apply_rows(Copy *c)
+{
+	TableMap   *m = c->m;
+	const char *params[3] = {m->target, m->key_columns,
+		strcmp(m->mode, "mirror") == 0 ? (m->soft_delete ? "true" : "false") : m->track_columns};
+	char	   *what;
+	PGresult   *res;
+
+	if (!snapshot_rules(c) || !snapshot_null_keys(c))
+		return false;
+	what = psprintf("snapshot of %s into %s: applying", m->source_table, m->target);
+	if (strcmp(m->mode, "mirror") == 0)
+		res = exec_ok_progress(c->dst, "SELECT pgcdc.apply_mirror($1::pg_catalog.regclass, "
+							   "'pg_temp.pgcdc_snapshot_changes', $2::text[], $3::boolean, 'op')",
+							   3, params, what);
+	else
+		res = exec_ok_progress(c->dst, "SELECT pgcdc.scd2_apply_changes($1::pg_catalog.regclass, "
+							   "'pg_temp.pgcdc_snapshot_changes', $2::text[], '_source_lsn,_source_seq', 'op', "
+							   "$3::text[], '_commit_ts')", 3, params, what);
+	free(what);
+	PQclear(res);
+	return res != NULL;
+}
+
+/* An append map keeps each row whole, as jsonb, for one 'R' (read) event each. */
+static bool
+copy_append(Copy *c)
+{
+	TableMap   *m = c->m;
+	char	   *query = psprintf("SELECT pg_catalog.to_jsonb(t) FROM %s t", m->source_table);
+	char	   *sql;
+	bool		ok;
+
+	ok = exec_cmd(c->dst, "CREATE TEMP TABLE pgcdc_snapshot (_row jsonb) ON COMMIT DROP") &&
+		copy_rows(c, query, "pg_temp.pgcdc_snapshot (_row)");
+	free(query);
+	if (ok)
+	{
+		const char *params[3] = {c->lsn, c->ts,
+			m->key_columns ? m->key_columns : source_identity(c->src, m->source_table)};
+		char	   *what = psprintf("snapshot of %s into %s: applying", m->source_table, m->target);
+		PGresult   *res;
+
+		/* _key as a streamed event's: the key columns (none: null) */
+		sql = psprintf("INSERT INTO %s (_op, _source_lsn, _source_seq, _commit_ts, _key, _new, _received_at) "
+					   "SELECT 'R', $1::pg_catalog.pg_lsn, pg_catalog.row_number() OVER (), $2::timestamptz, "
+					   "(SELECT pg_catalog.jsonb_object_agg(k, s._row OPERATOR(pg_catalog.->) k) "
+					   "   FROM pg_catalog.unnest($3::text[]) k), "
+					   "_row, pg_catalog.now() FROM pg_temp.pgcdc_snapshot s",
+					   m->target);
+		res = exec_ok_progress(c->dst, sql, 3, params, what);
+		ok = res != NULL;
+		PQclear(res);
+		free(sql);
+		free(what);
+	}
+	return ok;
+}
+
+static bool
+savepoint(Copy *c, const char *verb, const char *name)
+{
+	char	   *sql = psprintf("%s %s", verb, name);
+	bool		ok = exec_cmd(c->dst, sql);
+
+	free(sql);
+	return ok;
+}
+
+/*
+ * Errors that are the rows' doing: a value a type refuses (class 22), a
+ * constraint (23), a trigger's exception (P0), a view's check option (44).
+ * Others (a missing column, a privilege) would fail for every row alike.
+ */
+static bool
+error_is_the_rows(const SqlError *e)
+{
+	return strncmp(e->code, "22", 2) == 0 || strncmp(e->code, "23", 2) == 0 ||
+		strncmp(e->code, "P0", 2) == 0 || strncmp(e->code, "44", 2) == 0;
+}
+
+/*
+ * Record copied row ord in the quarantine, with the error it raised alone;
+ * log the first few by their key.
+ */
+static bool
+quarantine_row(Copy *c, const char *ord, const SqlError *e)
+{
+	const char *params[12] = {c->p->name, c->m->source_table, c->m->target, c->lsn, c->ts,
+		c->m->source_schema, c->m->source_name, e->code, e->message, e->detail[0] ? e->detail : NULL, ord,
+	c->keys};
+	PGresult   *res = exec_ok(c->dst,
+							  "SELECT pgcdc.quarantine_event($1, $2, $3, "
+							  "  pg_catalog.jsonb_build_object('op', 'I', 'commit_lsn', $4::pg_catalog.pg_lsn, "
+							  "    'seq', 0, 'ts', $5::timestamptz, 'schema', $6::text, 'table', $7::text, "
+							  "    'new', s.pgcdc_row), $8, $9, $10), "
+							  "  (SELECT pg_catalog.jsonb_object_agg(k, s.pgcdc_row OPERATOR(pg_catalog.->) k) "
+							  "     FROM pg_catalog.unnest($12::text[]) k) "
+							  "FROM pg_temp.pgcdc_snapshot_json s WHERE s.pgcdc_ord OPERATOR(pg_catalog.=) $11::bigint",
+							  12, params);
+
+	if (res == NULL)
+		return false;
+	if (++c->refused <= 10)
+		log_msg(LOG_INFO, "snapshot of %s into %s: the row %s is quarantined: %s (SQLSTATE %s)",
+				c->m->source_table, c->m->target, PQgetisnull(res, 0, 1) ? ord : PQgetvalue(res, 0, 1),
+				e->message, e->code);
+	PQclear(res);
+	return true;
+}
+
+/*
+ * Apply the copied rows lo..hi (their order in the JSON copy) in a
+ * savepoint; if that fails for the rows' sake, the two halves, and so on:
+ * a row that fails alone is quarantined with its error.
+ */
+static bool
+apply_range(Copy *c, const char *fill, long lo, long hi)
+{
+	char		l[24],
+				h[24];
+	const char *params[2] = {l, h};
+	PGresult   *res;
+	SqlError	e;
+	bool		ok;
+
+	snprintf(l, sizeof(l), "%ld", lo);
+	snprintf(h, sizeof(h), "%ld", hi);
+	if (!savepoint(c, "SAVEPOINT", "pgcdc_rows"))
+		return false;
+	quiet_sql_errors = true;
+	ok = exec_cmd(c->dst, "DELETE FROM pg_temp.pgcdc_snapshot_changes");
+	res = ok ? exec_ok(c->dst, fill, 2, params) : NULL;
+	ok = res != NULL && apply_rows(c);
+	PQclear(res);
+	quiet_sql_errors = false;
+	if (ok)
+		return savepoint(c, "RELEASE SAVEPOINT", "pgcdc_rows");
+	e = last_sql_error;
+	if (snapshot_child_stop || sql_error_is_transient(&e) || PQstatus(c->dst) != CONNECTION_OK)
+	{
+		if (!snapshot_child_stop)
+			log_msg(LOG_ERROR, "%s (SQLSTATE %s)", e.message, e.code);
+		return false;
+	}
+	if (!savepoint(c, "ROLLBACK TO SAVEPOINT", "pgcdc_rows") ||
+		!savepoint(c, "RELEASE SAVEPOINT", "pgcdc_rows"))
+		return false;
+	if (hi > lo)
+		return apply_range(c, fill, lo, lo + (hi - lo) / 2) &&
+			apply_range(c, fill, lo + (hi - lo) / 2 + 1, hi);
+	if (c->refused >= MAX_REFUSED_ROWS)
+	{
+		log_msg(LOG_ERROR, "target %s refuses more than %d rows of %s, the last: %s (SQLSTATE %s)",
+				c->m->target, MAX_REFUSED_ROWS, c->m->source_table, e.message, e.code);
+		return false;
+	}
+	return quarantine_row(c, l, &e);
+}
+
+/*
+ * The target refused the copy: take it again from the snapshot as JSON,
+ * numbered, and apply it by halves (apply_range).  JSON values go in
+ * through the target types' input functions, as COPY's do.
+ */
+static bool
+find_refused(Copy *c)
+{
+	TableMap   *m = c->m;
+	PQExpBuffer cols = createPQExpBuffer();
+	char	   *query;
+	char	   *fill;
+	bool		ok;
+
+	if (PQtransactionStatus(c->src) != PQTRANS_INTRANS)
+	{
+		PGcancel   *cancel = snapshot_child_cancel[0];
+
+		/* cut off in the middle of its COPY: read the snapshot on a new connection */
+		snapshot_child_cancel[0] = NULL;
+		PQfreeCancel(cancel);
+		PQfinish(c->src);
+		if ((c->src = source_open(c)) == NULL)
+			return false;
+	}
+	if (!savepoint(c, "ROLLBACK TO SAVEPOINT", "pgcdc_copy"))
+		return false;
+	query = psprintf("SELECT pg_catalog.row_number() OVER (), pg_catalog.to_jsonb(s) FROM (SELECT %s FROM %s) s",
+					 m->data_columns, m->source_table);
+	ok = exec_cmd(c->dst, "CREATE TEMP TABLE pgcdc_snapshot_json (pgcdc_ord bigint, pgcdc_row jsonb) ON COMMIT DROP") &&
+		copy_rows(c, query, "pg_temp.pgcdc_snapshot_json") &&
+		exec_cmd(c->dst, "CREATE INDEX ON pg_temp.pgcdc_snapshot_json (pgcdc_ord)");
+	free(query);
+
+	for (int j = 0; j < m->ncols; j++)
+	{
+		char	   *ident = PQescapeIdentifier(c->dst, m->colnames[j], strlen(m->colnames[j]));
+
+		appendPQExpBuffer(cols, "%sr.%s", j > 0 ? ", " : "", ident ? ident : "\"?\"");
+		PQfreemem(ident);
+	}
+	fill = psprintf("INSERT INTO pg_temp.pgcdc_snapshot_changes (%s) SELECT %s "
+					"FROM pg_temp.pgcdc_snapshot_json s, "
+					"LATERAL pg_catalog.jsonb_populate_record(NULL::pg_temp.pgcdc_snapshot_changes, s.pgcdc_row) r "
+					"WHERE s.pgcdc_ord BETWEEN $1::bigint AND $2::bigint",
+					m->data_columns, cols->data);
+	destroyPQExpBuffer(cols);
+	c->keys = m->key_columns ? m->key_columns : source_identity(c->src, m->source_table);
+	c->finding = true;
+	ok = ok && (c->rows == 0 || apply_range(c, fill, 1, c->rows));
+	c->finding = false;
+	free(fill);
+	if (ok && c->refused > 0)
+		log_msg(LOG_INFO, "snapshot of %s into %s: %ld rows the target refuses are quarantined, the other %ld applied",
+				m->source_table, m->target, c->refused, c->rows - c->refused);
+	return ok;
+}
+
+/* The rows of a mirror or scd2 map: copied typed, then applied; by halves if refused. */
+static bool
+copy_changes(Copy *c)
+{
+	TableMap   *m = c->m;
+	char	   *sql;
+	char	   *into;
+	bool		ok;
+
+	/* the rows arrive as the inserts of the snapshot, at its consistent point */
+	sql = psprintf("CREATE TEMP TABLE pgcdc_snapshot_changes (%s, op text DEFAULT 'I', "
+				   "_source_lsn pg_catalog.pg_lsn DEFAULT '%s', _source_seq integer DEFAULT 0, "
+				   "_commit_ts timestamptz DEFAULT '%s') ON COMMIT DROP; SAVEPOINT pgcdc_copy",
+				   m->data_types, c->lsn, c->ts);
+	ok = exec_cmd(c->dst, sql);
+	free(sql);
+	if (!ok)
+		return false;
+
+	sql = psprintf("SELECT %s FROM %s", m->data_columns, m->source_table);
+	quiet_sql_errors = true;
+	into = psprintf("pg_temp.pgcdc_snapshot_changes (%s)", m->data_columns);
+	ok = copy_rows(c, sql, into);
+	free(sql);
+	free(into);
+	if (ok)
+	{
+		log_msg(LOG_INFO, "snapshot of %s into %s: %ld rows copied, applying them",
+				m->source_table, m->target, c->rows);
+		ok = apply_rows(c);
+	}
+	quiet_sql_errors = false;
+	if (ok || snapshot_child_stop)
+		return ok;
+	if (!error_is_the_rows(&last_sql_error) || PQstatus(c->dst) != CONNECTION_OK)
+	{
+		log_msg(LOG_ERROR, "%s (SQLSTATE %s)", last_sql_error.message, last_sql_error.code);
+		return false;
+	}
+	log_msg(LOG_INFO, "snapshot of %s into %s: the target refuses rows (SQLSTATE %s: %s); finding them",
+			m->source_table, m->target, last_sql_error.code, last_sql_error.message);
+	return find_refused(c);
+}
+
+/* Copy map i in a child process; returns the exit status. */
+int
+snapshot_table(const char *source_conninfo, const char *target_conninfo, Pipeline *p, int i,
+			   const char *snapshot_name, Lsn lsn, const char *snapshot_ts)
+{
+	Copy		c = {source_conninfo, snapshot_name, p, &p->maps[i]};
+	TableMap   *m = c.m;
+	char	   *sql;
+	bool		ok;
+	int			status;
+
+	format_lsn(lsn, c.lsn);
+	c.ts = snapshot_ts;
+	c.src = source_open(&c);
+	c.dst = c.src ? target_connect(target_conninfo) : NULL;
+	if (c.dst == NULL)
+	{
+		if (c.src)
+			PQfinish(c.src);
+		return SNAPSHOT_CHILD_TRANSIENT;
+	}
+	snapshot_child_cancel[1] = PQgetCancel(c.dst);
+
+	/* the target starts empty: from here on it equals the source */
+	sql = psprintf("BEGIN; TRUNCATE %s", m->target);
+	ok = exec_cmd(c.dst, sql);
+	free(sql);
+	if (ok)
+		ok = strcmp(m->mode, "append") == 0 ? copy_append(&c) : copy_changes(&c);
+	/* a target made for this copy is complete with it */
+	ok = ok && (!m->copy_now || target_copy_done(c.dst, m));
+	ok = ok && !snapshot_child_stop && exec_cmd(c.dst, "COMMIT");
+	if (ok)
+		log_msg(LOG_INFO, "snapshot of %s into %s: %ld rows", m->source_table, m->target, c.rows);
+	else if (snapshot_child_stop)
+		log_msg(LOG_INFO, "snapshot of %s into %s stopped, nothing of it kept", m->source_table, m->target);
+	else
+		log_msg(LOG_ERROR, "snapshot of %s into %s failed", m->source_table, m->target);
+	status = ok ? EXIT_DONE : EXIT_ERROR;
+	if (!ok && (snapshot_child_stop || c.src == NULL || PQstatus(c.src) == CONNECTION_BAD ||
+				PQstatus(c.dst) == CONNECTION_BAD || sql_error_is_transient(&last_sql_error)))
+		status = SNAPSHOT_CHILD_TRANSIENT;
+	PQfinish(c.src);
+	PQfinish(c.dst);
+	return status;
+}
