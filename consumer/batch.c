@@ -732,7 +732,13 @@ note_key(Batch *b, int i, const EventInfo *ev, long line)
 		appendBinaryPQExpBuffer(b->key, (const char *) &len, sizeof(len));
 		appendBinaryPQExpBuffer(b->key, v.ptr, v.len);
 	}
-	compact_line(b->compact[b->fill], i, b->key->data, b->key->len, line, ev->unchanged_toast.ptr == NULL);
+	/*
+	 * Not replaced: the line before an event with unchanged TOAST columns
+	 * (the apply takes their values from it), nor before a soft delete (a
+	 * key the target lacks is inserted flagged, with that line's values).
+	 */
+	compact_line(b->compact[b->fill], i, b->key->data, b->key->len, line,
+				 ev->unchanged_toast.ptr == NULL && !(ev->op == 'D' && m->soft_delete));
 }
 
 bool

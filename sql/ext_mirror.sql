@@ -83,6 +83,34 @@ INSERT INTO staging (op, _source_lsn, _source_seq, id, status, amount, doc) VALU
 	('I', '0/300', 1, 1, 'back', 10, 'a');
 SELECT * FROM pgcdc.apply_mirror('orders_soft', 'staging', '{id}', soft_delete => true);
 SELECT id, status, _source_lsn, _source_seq, _is_deleted FROM orders_soft ORDER BY id;
+-- soft delete in one batch leaves what one batch per change would: a key
+-- inserted and deleted in the batch is inserted flagged with its last
+-- values (7); a flagged row takes the batch's update before the delete (2);
+-- a key never seen has nothing to flag (8)
+TRUNCATE staging;
+INSERT INTO staging (op, _source_lsn, _source_seq, id, status, amount, doc) VALUES
+	('I', '0/400', 1, 7, 'new', 70, 'g'),
+	('U', '0/400', 2, 7, 'paid', 71, 'g'),
+	('D', '0/410', 1, 7, NULL, NULL, NULL),
+	('U', '0/410', 2, 2, 'shipped', 22, 'b'),
+	('D', '0/420', 1, 2, NULL, NULL, NULL),
+	('D', '0/420', 2, 8, NULL, NULL, NULL);
+SELECT * FROM pgcdc.apply_mirror('orders_soft', 'staging', '{id}', soft_delete => true);
+SELECT id, status, amount, doc, _source_lsn, _source_seq, _is_deleted FROM orders_soft ORDER BY id;
+-- the same through the staged path: a key written before a truncate is
+-- flagged at the truncate (9); unchanged TOAST comes from the batch (10)
+TRUNCATE staging;
+INSERT INTO staging (op, _source_lsn, _source_seq, id, status, amount, doc) VALUES
+	('I', '0/500', 1, 9, 'new', 90, 'i'),
+	('T', '0/500', 2, NULL, NULL, NULL, NULL),
+	('I', '0/500', 3, 10, 'new', 100, 'j'),
+	('U', '0/510', 1, 10, 'paid', 101, NULL),
+	('D', '0/520', 1, 10, NULL, NULL, NULL);
+UPDATE staging SET unchanged_toast = '{doc}' WHERE _source_lsn = '0/510';
+SELECT * FROM pgcdc.apply_mirror('orders_soft', 'staging', '{id}', soft_delete => true);
+SELECT id, status, amount, doc, _source_lsn, _source_seq, _is_deleted FROM orders_soft ORDER BY id;
+-- a replayed batch changes nothing
+SELECT * FROM pgcdc.apply_mirror('orders_soft', 'staging', '{id}', soft_delete => true);
 
 -- errors
 SELECT * FROM pgcdc.apply_mirror('orders', 'staging', '{id}', soft_delete => true);

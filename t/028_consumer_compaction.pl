@@ -2,7 +2,8 @@
 # a batch only the last reaches a mirror target, yet the mirror ends equal
 # to the source through re-inserts, unchanged TOAST, key changes and
 # truncates; scd2 and append maps still get every event, and a map with
-# rules still has every event checked.
+# rules still has every event checked.  A soft-delete mirror ends the same
+# as one fed one source transaction per batch.
 use strict;
 use warnings;
 use lib 't';
@@ -30,12 +31,18 @@ SELECT pgcdc.add_table('cmp', 'public.acc', 'public.acc_log', 'append');
 SELECT pgcdc.add_table('cmp', 'public.ruled', 'public.ruled_mirror', 'mirror');
 SELECT pgcdc.add_rule('cmp', 'public.ruled', 'v_not_negative', 'v >= 0');
 SELECT pgcdc.add_table('cmp', 'public.coded', 'public.coded_mirror', 'mirror', key_columns => '{code}');
+SELECT pgcdc.create_pipeline('one');
+SELECT pgcdc.add_table('one', 'public.acc', 'public.acc_soft1', 'mirror', soft_delete => true);
 });
+# the same soft-delete mirror, one source transaction per batch
+my $cmd1 = consumer_cmd($src, $dst, 'one', '--exit-when-caught-up', '--batch-size', 1);
 # one batch holds everything a run sees
 my $cmd = consumer_cmd($src, $dst, 'cmp', '--exit-when-caught-up', '--batch-size', 1000000,
 	'--batch-ms', 600000);
 my ($rc, $err) = run_consumer($cmd, $log);
 is($rc, 0, 'first run creates the slot') or diag($err);
+($rc, $err) = run_consumer($cmd1, $log);
+is($rc, 0, 'and the per-transaction pipeline\'s') or diag($err);
 
 my $cols = 'id, v, note, doc';
 sub check
@@ -49,6 +56,11 @@ sub check
 	versions_check($src, 'acc', $dst, 'acc_hist', "$label: scd2 has a version per change per key");
 	scd2_check($dst, 'acc_hist', 'id', "$label: scd2 intervals");
 	append_check($dst, 'acc_log', $events, "$label: append has every event once");
+	# a soft-delete mirror is the same whatever the batches: flagged rows too
+	my ($rc1, $err1) = run_consumer($cmd1, $log);
+	is($rc1, 0, "$label: the per-transaction run exits 0") or diag($err1);
+	same_rows($dst, 'acc_soft1', $dst, 'acc_soft', "$cols, _source_lsn, _source_seq, _is_deleted", 'id',
+		"$label: soft-delete mirror in one batch equals it in one batch per transaction");
 }
 
 # Many events per key in one batch: updates, deletes, re-inserts, unchanged
@@ -76,8 +88,9 @@ UPDATE coded SET id = id;
 is($rc, 0, 'batch run exits 0') or diag($err);
 my $events = $src->safe_psql('postgres', 'SELECT count(*) FROM acc_audit');
 check('one batch', $events);
-is( $dst->safe_psql('postgres', "SELECT count(*) FROM acc_soft WHERE _is_deleted"),
-	'0', 'soft delete: rows inserted and deleted within the batch never reach the target');
+is( $dst->safe_psql('postgres',
+		"SELECT count(*) || ' ' || string_agg(DISTINCT v || ' ' || note, ',') FROM acc_soft WHERE _is_deleted"),
+	'16 3 third', 'soft delete: keys inserted and deleted within the batch are kept flagged, with their last values');
 is( $dst->safe_psql('postgres', "SELECT length(doc) FROM acc_mirror WHERE id = 1"),
 	'96000', 'unchanged TOAST after a TOAST change keeps the new value');
 

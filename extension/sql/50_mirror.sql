@@ -101,6 +101,55 @@ END
 $$;
 
 /*
+ * Soft delete, as separate batches would leave it: each key the batch ends
+ * deleted (ends: its last event, pgcdc_op D) is flagged at the delete's
+ * position, with the values of its last insert or update in the batch
+ * (vals_from, if any, and newer than the row; toast: columns whose value
+ * that event did not carry, kept from the row).
+ */
+CREATE FUNCTION pgcdc._soft_delete_sql(target regclass, ends text, vals_from text,
+									   key_columns text[], vals text[], toast text[])
+RETURNS text LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT format($f$
+		UPDATE %1$s t SET _is_deleted = true, _source_lsn = m.pgcdc_lsn, _source_seq = m.pgcdc_lseq,
+			   %2$s _synced_at = pg_catalog.now()
+		  FROM %3$s m LEFT JOIN %4$s g ON %5$s
+		 WHERE m.pgcdc_op OPERATOR(pg_catalog.=) 'D' AND %6$s
+		   AND (t._source_lsn IS NULL OR ROW(t._source_lsn, coalesce(t._source_seq, 0))
+				OPERATOR(pg_catalog.<) ROW(m.pgcdc_lsn, m.pgcdc_lseq))$f$,
+		pgcdc._qname(target),
+		(SELECT coalesce(string_agg(format(
+			'%1$I = CASE WHEN g.pgcdc_op IS NOT NULL AND (t._source_lsn IS NULL OR '
+			'ROW(t._source_lsn, coalesce(t._source_seq, 0)) OPERATOR(pg_catalog.<) ROW(g.pgcdc_lsn, g.pgcdc_lseq)) '
+			'THEN %2$s ELSE t.%1$I END, ', c,
+			CASE WHEN c = ANY (toast)
+				 THEN format('CASE WHEN %L = ANY (g.pgcdc_ut) THEN t.%I ELSE g.%I END', c, c, c)
+				 ELSE format('g.%I', c) END), ''), '') FROM unnest(vals) c),
+		ends, vals_from,
+		pgcdc._key_join('g', 'm', target, key_columns), pgcdc._key_join('t', 'm', target, key_columns))
+$$;
+
+-- ... and a key the batch ends deleted that the target lacks: its last
+-- insert or update in the batch, inserted flagged.
+CREATE FUNCTION pgcdc._soft_insert_sql(target regclass, ends text, vals_from text,
+									   key_columns text[], data_cols text[])
+RETURNS text LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT format($f$
+		INSERT INTO %1$s (%2$s, _source_lsn, _source_seq, _synced_at, _is_deleted)
+		SELECT %3$s, m.pgcdc_lsn, m.pgcdc_lseq, pg_catalog.now(), true
+		  FROM %4$s m JOIN %5$s g ON %6$s
+		 WHERE m.pgcdc_op OPERATOR(pg_catalog.=) 'D'
+		   AND NOT EXISTS (SELECT 1 FROM %1$s t WHERE %7$s)$f$,
+		pgcdc._qname(target), pgcdc._list(data_cols), pgcdc._list(data_cols, 'g'),
+		ends, vals_from,
+		pgcdc._key_join('g', 'm', target, key_columns), pgcdc._key_join('t', 'm', target, key_columns))
+$$;
+
+/*
  * The general mirror apply: changes staged by _stage (truncates, unchanged
  * TOAST, key-changing updates), then each key's last event.  apply_mirror
  * has checked the arguments.
@@ -146,6 +195,22 @@ BEGIN
 		USING last_t, tr.pgcdc_lsn, tr.pgcdc_lseq;
 		GET DIAGNOSTICS n = ROW_COUNT;
 		deleted := deleted + n;
+		IF soft_delete THEN
+			-- keys the batch wrote before the truncate and the target lacks
+			work := format($f$
+				SELECT DISTINCT ON (%1$s) s.*, $2::pg_lsn AS pgcdc_tlsn, $3::integer AS pgcdc_tlseq
+				  FROM pg_temp._pgcdc_stage s
+				 WHERE s.pgcdc_op IN ('I', 'U') AND s.pgcdc_seq < $1
+				 ORDER BY %1$s, s.pgcdc_seq DESC$f$, keys);
+			EXECUTE pgcdc._work_table('_pgcdc_tg', work) || work
+			USING last_t, tr.pgcdc_lsn, tr.pgcdc_lseq;
+			EXECUTE pgcdc._soft_insert_sql(target,
+				format('(SELECT %s, ''D''::text AS pgcdc_op, pgcdc_tlsn AS pgcdc_lsn, pgcdc_tlseq AS pgcdc_lseq '
+					   'FROM pg_temp._pgcdc_tg)', keys),
+				'pg_temp._pgcdc_tg', key_columns, st.data_cols);
+			GET DIAGNOSTICS n = ROW_COUNT;
+			deleted := deleted + n;
+		END IF;
 		IF tomb THEN
 			-- every key older than the truncate is gone
 			EXECUTE pgcdc._tombstone_sql(target, '{}',
@@ -163,13 +228,22 @@ BEGIN
 	USING last_t;
 
 	IF soft_delete THEN
-		EXECUTE format($f$
-			UPDATE %s t SET _is_deleted = true, _source_lsn = m.pgcdc_lsn,
-				   _source_seq = m.pgcdc_lseq, _synced_at = pg_catalog.now()
-			  FROM pg_temp._pgcdc_m m
-			 WHERE m.pgcdc_op = 'D' AND %s AND %s$f$,
-			target, pgcdc._key_join('t', 'm', target, key_columns), newer);
+		-- each key's last insert or update after the truncate (before its delete)
+		work := format($f$
+			SELECT DISTINCT ON (%1$s) s.* FROM pg_temp._pgcdc_stage s
+			 WHERE s.pgcdc_op IN ('I', 'U') AND ($1 IS NULL OR s.pgcdc_seq > $1)
+			 ORDER BY %1$s, s.pgcdc_seq DESC$f$, keys);
+		EXECUTE pgcdc._work_table('_pgcdc_g', work) || work
+		USING last_t;
+		EXECUTE pgcdc._soft_delete_sql(target, 'pg_temp._pgcdc_m', 'pg_temp._pgcdc_g', key_columns,
+									   vals, st.toast_cols);
+		GET DIAGNOSTICS n = ROW_COUNT;
+		deleted := deleted + n;
+		skipped := -n;
+		EXECUTE pgcdc._soft_insert_sql(target, 'pg_temp._pgcdc_m', 'pg_temp._pgcdc_g', key_columns,
+									   st.data_cols);
 	ELSE
+		skipped := 0;
 		EXECUTE format($f$
 			DELETE FROM %s t USING pg_temp._pgcdc_m m
 			 WHERE m.pgcdc_op = 'D' AND %s AND %s$f$,
@@ -177,7 +251,7 @@ BEGIN
 	END IF;
 	GET DIAGNOSTICS n = ROW_COUNT;
 	deleted := deleted + n;
-	skipped := -n;
+	skipped := skipped - n;
 	IF tomb THEN
 		-- every key the batch ends deleted, whether or not the target had it
 		EXECUTE pgcdc._tombstone_sql(target, key_columns,
@@ -343,8 +417,8 @@ BEGIN
 				SELECT %2$s, c.%3$I::text AS pgcdc_op, c._source_lsn AS pgcdc_lsn,
 					   c._source_seq AS pgcdc_lseq FROM %4$s c) x
 			 WHERE %13$s
-			 ORDER BY %1$s, x.pgcdc_lsn DESC, x.pgcdc_lseq DESC),
-		pgcdc_d AS (%5$s RETURNING 1)%14$s,
+			 ORDER BY %1$s, x.pgcdc_lsn DESC, x.pgcdc_lseq DESC)%17$s,
+		pgcdc_d AS (%5$s RETURNING 1)%14$s%18$s,
 		pgcdc_u AS (UPDATE %6$s t SET %7$s _source_lsn = m.pgcdc_lsn, _source_seq = m.pgcdc_lseq,
 					 _synced_at = pg_catalog.now() %8$s
 				FROM pgcdc_m m WHERE m.pgcdc_op OPERATOR(pg_catalog.<>) 'D' AND %9$s AND %10$s
@@ -355,17 +429,15 @@ BEGIN
 				 AND NOT EXISTS (SELECT 1 FROM %6$s t WHERE %9$s)
 			  RETURNING 1)
 		SELECT ARRAY[(SELECT pg_catalog.count(*) FROM pgcdc_i), (SELECT pg_catalog.count(*) FROM pgcdc_u),
-					 (SELECT pg_catalog.count(*) FROM pgcdc_d), (SELECT pg_catalog.count(*) FROM pgcdc_m)]$f$,
+					 (SELECT pg_catalog.count(*) FROM pgcdc_d)%19$s, (SELECT pg_catalog.count(*) FROM pgcdc_m)]$f$,
 		pgcdc._list(key_columns, 'x'),
 		pgcdc._cast_list(target, changes, data_cols, 'c'),
 		op_column, pgcdc._qname(changes),
-		format(CASE WHEN soft_delete
-			THEN 'UPDATE %1$s t SET _is_deleted = true, _source_lsn = m.pgcdc_lsn, '
-				 '_source_seq = m.pgcdc_lseq, _synced_at = pg_catalog.now() '
-				 'FROM pgcdc_m m WHERE m.pgcdc_op OPERATOR(pg_catalog.=) ''D'' AND %2$s AND %3$s'
-			ELSE 'DELETE FROM %1$s t USING pgcdc_m m '
-				 'WHERE m.pgcdc_op OPERATOR(pg_catalog.=) ''D'' AND %2$s AND %3$s' END,
-			pgcdc._qname(target), keyjoin, newer),
+		CASE WHEN soft_delete
+			THEN pgcdc._soft_delete_sql(target, 'pgcdc_m', 'pgcdc_g', key_columns, vals, '{}')
+			ELSE format('DELETE FROM %1$s t USING pgcdc_m m '
+						'WHERE m.pgcdc_op OPERATOR(pg_catalog.=) ''D'' AND %2$s AND %3$s',
+						pgcdc._qname(target), keyjoin, newer) END,
 		pgcdc._qname(target),
 		(SELECT coalesce(string_agg(format('%I = m.%I, ', c, c), ''), '') FROM unnest(vals) c),
 		CASE WHEN soft_delete THEN ', _is_deleted = false' ELSE '' END,
@@ -383,6 +455,18 @@ BEGIN
 			 ELSE '' END,
 		-- _is_deleted false, not the column's default (a table made by hand may have none)
 		CASE WHEN soft_delete THEN ', _is_deleted' ELSE '' END,
-		CASE WHEN soft_delete THEN ', false' ELSE '' END))];
+		CASE WHEN soft_delete THEN ', false' ELSE '' END,
+		-- soft delete: each key's last insert or update (before its delete)
+		CASE WHEN soft_delete THEN format($g$, pgcdc_g AS MATERIALIZED (
+			SELECT DISTINCT ON (%1$s) x.* FROM (
+				SELECT %2$s, c.%3$I::text AS pgcdc_op, c._source_lsn AS pgcdc_lsn,
+					   c._source_seq AS pgcdc_lseq FROM %4$s c) x
+			 WHERE x.pgcdc_op OPERATOR(pg_catalog.<>) 'D'
+			 ORDER BY %1$s, x.pgcdc_lsn DESC, x.pgcdc_lseq DESC)$g$,
+			pgcdc._list(key_columns, 'x'), pgcdc._cast_list(target, changes, data_cols, 'c'),
+			op_column, pgcdc._qname(changes)) ELSE '' END,
+		CASE WHEN soft_delete THEN format(', pgcdc_s AS (%s RETURNING 1)',
+			pgcdc._soft_insert_sql(target, 'pgcdc_m', 'pgcdc_g', key_columns, data_cols)) ELSE '' END,
+		CASE WHEN soft_delete THEN ' + (SELECT pg_catalog.count(*) FROM pgcdc_s)' ELSE '' END))];
 END
 $$;
