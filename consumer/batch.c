@@ -757,6 +757,9 @@ batch_add_event(Batch *b, const EventInfo *ev, const char *json, size_t len)
 		if (strcmp(b->p->maps[i].source_schema, ev->schema) != 0 ||
 			strcmp(b->p->maps[i].source_name, ev->table) != 0)
 			continue;
+		/* a target copied after the pipeline's snapshot holds this change already */
+		if (ev->commit_lsn <= b->p->maps[i].copied_at)
+			continue;
 		if (!event_line(b, i, ev, json, len, &raw_off))
 		{
 			log_msg(LOG_ERROR, "could not read the row of an event: %.200s", json);

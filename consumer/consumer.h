@@ -90,8 +90,9 @@ typedef struct TableMap
 	char	  **srcnames;
 	bool		new_column;		/* an event had a column not among them */
 	bool		created;		/* the consumer made the target (it adapts it) */
-	bool		copy_now;		/* made now, a mirror, after the pipeline's snapshot */
+	bool		copy_now;		/* made now, after the pipeline's snapshot: copy it */
 	bool		copy_pending;	/* made so, and its copy has not committed yet */
+	Lsn			copied_at;		/* so copied at this position: older events are in it */
 	bool	   *colwatch;		/* NOT NULL in a target we made: its absence means a drop */
 	bool		watch_any;
 	char		changed_column[NAMEDATALEN];	/* the column new_column is about */
@@ -184,7 +185,9 @@ extern int	target_pipeline_changed(PGconn *conn, const Pipeline *p);
 extern int	source_table_gone(PGconn *source, const Pipeline *p);
 extern void target_note_new_column(const char *source_table, const char *column);
 extern bool target_column_noted(const char *source_table, const char *column);
-extern bool target_copy_done(PGconn *conn, const TableMap *m);
+extern bool target_copy_done(PGconn *conn, const TableMap *m, Lsn copied_at);
+extern bool target_copy_given_up(PGconn *conn, const TableMap *m);
+extern bool target_read_marks(PGconn *conn, TableMap *m);
 extern void keep_sql_error(PGconn *conn, const PGresult *res);
 extern PGconn *target_connect(const char *conninfo);
 extern bool target_lock_pipeline(PGconn *conn, const char *pipeline);

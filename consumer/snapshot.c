@@ -141,7 +141,7 @@ copy_maps(const char *source_conninfo, PGconn *target, Pipeline *p, const char *
 		log_msg(LOG_INFO, "initial snapshot of %d tables at %s, %d at a time",
 				p->nmaps, format_lsn(consistent_point, lb), opts.snapshot_jobs);
 	else
-		log_msg(LOG_INFO, "copying the rows of the mirror targets added to pipeline \"%s\" at %s (targets: %d)",
+		log_msg(LOG_INFO, "copying the rows of the targets added to pipeline \"%s\" at %s (targets: %d)",
 				p->name, format_lsn(consistent_point, lb), p->nmaps);
 
 	fflush(NULL);
@@ -247,14 +247,13 @@ drop_targets(PGconn *target, Pipeline *p)
 }
 
 /*
- * Mirror targets created now, after the pipeline's snapshot, get the rows
- * their source table holds: copied at a temporary slot's consistent point
- * P, each row at position (P, 0).  The stream then resumes from the
- * checkpoint, before P: the mirror's position guard makes the changes
- * before P that the copy already holds no-ops, and replays the others
- * (keys deleted before P come and go again), so the target converges to
- * the source.  (scd2 and append maps cannot take changes twice: they get
- * no copy, and a warning says so; see target.c.)
+ * Targets created now, after the pipeline's snapshot, get the rows their
+ * source table holds: copied at a temporary slot's consistent point P,
+ * each row at position (P, 0), and P written into the target's comment in
+ * the copy's transaction.  The stream then resumes from the checkpoint,
+ * before P, and skips for that target the changes committed at or before
+ * P (they are in the copy), also after a restart: mirror, scd2 and append
+ * targets each get every change once.
  *
  * Stopped, or failed for a reason a retry may not meet (a lost
  * connection), the targets are dropped and false returned: the next start
@@ -303,14 +302,18 @@ snapshot_added_maps(const char *source_conninfo, PGconn *source, PGconn *target,
 		drop_targets(target, &sub);
 	else
 	{
-		log_msg(LOG_WARNING, "the rows of the mirror targets added to pipeline \"%s\" were not all copied "
+		log_msg(LOG_WARNING, "the rows of the targets added to pipeline \"%s\" were not all copied "
 				"(the error is above): those not copied get only the changes from now on", p->name);
 		log_hint("Fix the rows the copy refused, then drop the target: the next start makes and copies it again.");
 		/* (else the next start would take the copy again, over the changes applied since) */
 		for (int i = 0; i < sub.nmaps; i++)
-			(void) target_copy_done(target, &sub.maps[i]);
+			(void) target_copy_given_up(target, &sub.maps[i]);
 		ok = true;
 	}
+	/* the copies that committed: the stream skips what they hold */
+	for (int i = 0; ok && i < p->nmaps; i++)
+		if (p->maps[i].copy_now && !target_read_marks(target, &p->maps[i]))
+			ok = false;
 	free(name);
 	free(ts);
 	free(slot);

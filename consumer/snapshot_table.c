@@ -512,7 +512,7 @@ snapshot_table(const char *source_conninfo, const char *target_conninfo, Pipelin
 	if (ok)
 		ok = strcmp(m->mode, "append") == 0 ? copy_append(&c) : copy_changes(&c);
 	/* a target made for this copy is complete with it */
-	ok = ok && (!m->copy_now || target_copy_done(c.dst, m));
+	ok = ok && (!m->copy_now || target_copy_done(c.dst, m, lsn));
 	ok = ok && !snapshot_child_stop && exec_cmd(c.dst, "COMMIT");
 	if (ok)
 		log_msg(LOG_INFO, "snapshot of %s into %s: %ld rows", m->source_table, m->target, c.rows);

@@ -529,18 +529,28 @@ target_load_pipeline(PGconn *conn, PGconn *source, Pipeline *p)
 	"'_sequence', '_last_sequence', '_last_at'"
 #define CREATED_MARK ": created by pgcdc_consumer, which adds the columns added there to it"
 /*
- * ... and, until its copy commits, a mirror made after the pipeline's
+ * ... and, until its copy commits, a target made after the pipeline's
  * snapshot (copy_now): a consumer killed during the copy leaves it behind,
  * and the next start copies again instead of streaming into a target that
  * lacks the rows from before.
  */
 #define COPY_PENDING_MARK "; its copy is not done yet"
+/*
+ * Once it commits, the position P the copy was taken at: events of that
+ * table committed at or before P are in the copy and skipped for this
+ * target (an scd2 or append target cannot take them twice), until the
+ * stream has passed P.
+ */
+#define COPIED_AT_MARK "; copied at "
 
-/* Comment m's target with CREATED_MARK, and COPY_PENDING_MARK if pending. */
+/* Comment m's target with CREATED_MARK, then COPY_PENDING_MARK or where it was copied. */
 static bool
-mark_target(PGconn *conn, const TableMap *m, bool pending)
+mark_target(PGconn *conn, const TableMap *m, bool pending, Lsn copied_at)
 {
-	const char *cp[4] = {m->target, m->source_table, CREATED_MARK, pending ? COPY_PENDING_MARK : ""};
+	char		lb[32];
+	char	   *mark = pending ? pg_strdup(COPY_PENDING_MARK) :
+		copied_at != InvalidLsn ? psprintf("%s%s", COPIED_AT_MARK, format_lsn(copied_at, lb)) : pg_strdup("");
+	const char *cp[4] = {m->target, m->source_table, CREATED_MARK, mark};
 	PGresult   *res;
 	bool		ok;
 
@@ -548,14 +558,59 @@ mark_target(PGconn *conn, const TableMap *m, bool pending)
 				  "$2::text || $3::text || $4::text)", 4, cp);
 	ok = res != NULL && exec_cmd(conn, PQgetvalue(res, 0, 0));
 	PQclear(res);
+	free(mark);
 	return ok;
 }
 
-/* The copy into m's target is done (or given up): clear COPY_PENDING_MARK. */
+/* The copy into m's target commits with this: it is done, taken at copied_at. */
 bool
-target_copy_done(PGconn *conn, const TableMap *m)
+target_copy_done(PGconn *conn, const TableMap *m, Lsn copied_at)
 {
-	return mark_target(conn, m, false);
+	return mark_target(conn, m, false, copied_at);
+}
+
+/* The copy into m's target is given up: clear COPY_PENDING_MARK, if still there. */
+bool
+target_copy_given_up(PGconn *conn, const TableMap *m)
+{
+	const char *mp[4] = {m->target, m->source_table, CREATED_MARK, COPY_PENDING_MARK};
+	PGresult   *res = exec_ok(conn, "SELECT pg_catalog.obj_description($1::pg_catalog.regclass, 'pg_class') "
+							  "= $2::text || $3::text || $4::text", 4, mp);
+	bool		ok = res != NULL;
+
+	if (ok && strcmp(PQgetvalue(res, 0, 0), "t") == 0)
+		ok = mark_target(conn, m, false, InvalidLsn);
+	PQclear(res);
+	return ok;
+}
+
+/*
+ * Read m's target's comment: made by us (m->created), its copy not done
+ * (m->copy_pending), or copied at a position (m->copied_at).
+ */
+bool
+target_read_marks(PGconn *conn, TableMap *m)
+{
+	const char *mp[5] = {m->target, m->source_table, CREATED_MARK, COPY_PENDING_MARK, COPIED_AT_MARK};
+	PGresult   *res;
+
+	res = exec_ok(conn, "SELECT d = p OR d = p || $4::text OR rest ~ '^; copied at [0-9A-F]+/[0-9A-F]+$', "
+				  "       d = p || $4::text, "
+				  "       CASE WHEN rest ~ '^; copied at [0-9A-F]+/[0-9A-F]+$' "
+				  "            THEN pg_catalog.substr(rest, pg_catalog.length($5::text) + 1) END "
+				  "FROM (SELECT d, p, CASE WHEN pg_catalog.starts_with(d, p) "
+				  "                   THEN pg_catalog.substr(d, pg_catalog.length(p) + 1) END AS rest "
+				  "        FROM (SELECT pg_catalog.obj_description($1::pg_catalog.regclass, 'pg_class') AS d, "
+				  "                     $2::text || $3::text AS p) x) y", 5, mp);
+	if (res == NULL)
+		return false;
+	m->created = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+	m->copy_pending = strcmp(PQgetvalue(res, 0, 1), "t") == 0;
+	m->copied_at = InvalidLsn;
+	if (!PQgetisnull(res, 0, 2))
+		parse_lsn(PQgetvalue(res, 0, 2), &m->copied_at);
+	PQclear(res);
+	return true;
 }
 
 /* CREATE TABLE for a target that does not exist, shaped like its source. */
@@ -624,7 +679,7 @@ create_target(PGconn *conn, PGconn *source, Pipeline *p, TableMap *m)
 		ok = exec_cmd(conn, sql->data);
 	}
 	/* the mark that lets later starts add the source's new columns (remember_source_columns) */
-	ok = ok && mark_target(conn, m, m->copy_now);
+	ok = ok && mark_target(conn, m, m->copy_now, InvalidLsn);
 	if (ok)
 		log_msg(LOG_INFO, "created %s target %s from source table %s", m->mode, m->target, m->source_table);
 	else
@@ -878,19 +933,9 @@ remember_source_columns(PGconn *conn, TableMap *m, const char *names, const char
 	for (int c = 0; c < m->nsrc; c++)
 		m->srcnames[c] = pg_strdup(PQgetvalue(res, c, 0));
 	PQclear(res);
-	{
-		const char *mp[4] = {m->target, m->source_table, CREATED_MARK, COPY_PENDING_MARK};
-
-		res = exec_ok(conn, "SELECT d IN ($2::text || $3::text, $2::text || $3::text || $4::text), "
-					  "       d = $2::text || $3::text || $4::text "
-					  "FROM pg_catalog.obj_description($1::pg_catalog.regclass, 'pg_class') d", 4, mp);
-		if (res == NULL)
-			return false;
-		m->created = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
-		m->copy_pending = strcmp(PQgetvalue(res, 0, 1), "t") == 0;
-		evolve |= m->created;
-		PQclear(res);
-	}
+	if (!target_read_marks(conn, m))
+		return false;
+	evolve |= m->created;
 	if (!evolve)
 		return true;
 
@@ -980,22 +1025,18 @@ target_prepare_tables(PGconn *conn, PGconn *source, Pipeline *p)
 			PQclear(res);
 			/*
 			 * The snapshot happened once, for the maps there were then: a
-			 * mirror made now gets a copy of its own (snapshot.c); the
-			 * others cannot take changes twice.
+			 * target made now gets a copy of its own (snapshot.c).
 			 */
-			m->copy_now = p->has_checkpoint && opts.snapshot == SNAPSHOT_INITIAL &&
-				strcmp(m->mode, "mirror") == 0;
+			m->copy_now = p->has_checkpoint && opts.snapshot == SNAPSHOT_INITIAL;
 			if (!create_target(conn, source, p, m))
 				return false;
 			if (p->has_checkpoint && !m->copy_now)
 			{
 				log_msg(LOG_WARNING, "target %s was created now, after pipeline \"%s\" took its snapshot: "
-						"the rows %s held before are not copied, only changes from now on",
+						"with --snapshot never the rows %s held before are not copied, only changes from now on",
 						m->target, p->name, m->source_table);
-				log_hint("Only mirror targets made after the snapshot get a copy of their own. Load the "
-						 "history yourself, or take the snapshot of every table again: stop the consumer, "
-						 "drop slot \"%s\" on the source and delete the pipeline's row of pgcdc.checkpoint.",
-						 p->slot_name);
+				log_hint("Start with --snapshot initial to copy them: a target made after the snapshot gets a "
+						 "copy of its own when it is made.");
 			}
 		}
 		else
@@ -1024,8 +1065,7 @@ target_prepare_tables(PGconn *conn, PGconn *source, Pipeline *p)
 			}
 			PQclear(res);
 		}
-		if (m->copy_pending && !m->copy_now && p->has_checkpoint && opts.snapshot == SNAPSHOT_INITIAL &&
-			strcmp(m->mode, "mirror") == 0)
+		if (m->copy_pending && !m->copy_now && p->has_checkpoint && opts.snapshot == SNAPSHOT_INITIAL)
 		{
 			/* (the copy starts with TRUNCATE) */
 			log_msg(LOG_INFO, "the copy into target %s did not finish last time: it is taken again", m->target);

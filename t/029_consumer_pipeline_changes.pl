@@ -1,8 +1,8 @@
 # A running consumer notices its pipeline change: pause_pipeline stops it
 # applying (resume_pipeline starts it again), add_table and remove_table
-# take effect without a restart; a mirror target created after the snapshot
-# gets a copy of its own (again at the next start, if killed during it),
-# other modes say that old rows were not copied.  A batch that keeps
+# take effect without a restart; a target created after the snapshot gets
+# a copy of its own (again at the next start, if killed during it), and
+# the stream skips for it the changes the copy holds.  A batch that keeps
 # failing shows in pgcdc.status.  A column added at the source reaches the
 # targets, whether the consumer ran then or was stopped; one dropped there
 # stays in the targets the consumer made, no longer NOT NULL.
@@ -159,8 +159,8 @@ SELECT pgcdc.add_table('p', 'public.c', 'public.c_hist', 'scd2');
 $at = length(slurp_log($log));
 $h = start_consumer(consumer_cmd($src, $dst, 'p', '--batch-ms', 50), $log);
 ok(wait_for_row($dst, "SELECT to_regclass('public.c_hist') IS NOT NULL"), 'the targets are created');
-ok(wait_for_log(qr/WARNING: target public\.c_hist was created now, after pipeline "p" took its snapshot/, $at),
-	'an scd2 target created after the snapshot says its old rows were not copied');
+ok(wait_for_log(qr/copy of the tables added to pipeline "p" done at/, $at),
+	'mirror and scd2 targets created after the snapshot get a copy of their own');
 $src->safe_psql('postgres', "INSERT INTO c VALUES (1, 'c1', 1); UPDATE c SET n = 2 WHERE id = 1");
 ok(wait_for_row($dst, "SELECT EXISTS (SELECT FROM c_mirror WHERE id = 1 AND must = 'c1' AND n = 2)"),
 	'a table with NOT NULL columns streams');
@@ -190,24 +190,67 @@ is($rc, 0, 'a backlog with a column added and dropped since is applied') or diag
 is($dst->safe_psql('postgres', "SELECT string_agg(id::text, ',' ORDER BY id) FROM c_mirror"), '1,2,3,4',
 	'every row of it');
 
-# --- a mirror map added while the consumer is stopped, with changes to its
-# table since the checkpoint: the copy is taken after them, the stream
-# replays them from the checkpoint, and the target converges to the source
+# --- mirror, scd2 and append maps added while the consumer is stopped, with
+# changes to their table since the checkpoint: the copy is taken after
+# them, at P, and the stream, resuming from the checkpoint, skips for these
+# targets what P holds: no change twice, also when the first attempt to
+# stream fails (a trigger on another target asks for a retry) and the
+# next one knows P from the target's comment only.
 $src->safe_psql('postgres', q{
 CREATE TABLE d (id int PRIMARY KEY, v text);
 INSERT INTO d SELECT g, 'v' || g FROM generate_series(1, 50) g;
 UPDATE d SET v = 'updated' WHERE id <= 10;
 DELETE FROM d WHERE id BETWEEN 11 AND 20;
 INSERT INTO d VALUES (15, 're-inserted');
+INSERT INTO b VALUES (50, 'stall');
 });
-$dst->safe_psql('postgres', "SELECT pgcdc.add_table('p', 'public.d', 'public.d_mirror')");
+$dst->safe_psql('postgres', q{
+SELECT pgcdc.add_table('p', 'public.d', 'public.d_mirror');
+SELECT pgcdc.add_table('p', 'public.d', 'public.d_hist', 'scd2');
+SELECT pgcdc.add_table('p', 'public.d', 'public.d_log', 'append');
+CREATE FUNCTION stall_b() RETURNS trigger LANGUAGE plpgsql AS
+  $$ BEGIN IF NEW.v = 'stall' THEN RAISE EXCEPTION 'try again later' USING ERRCODE = '40001'; END IF; RETURN NEW; END $$;
+CREATE TRIGGER stall_b BEFORE INSERT ON b_mirror FOR EACH ROW EXECUTE FUNCTION stall_b();
+});
 $src->safe_psql('postgres', "UPDATE d SET v = 'after the map' WHERE id IN (1, 15, 30); DELETE FROM d WHERE id = 40");
-($rc, $err) = run_consumer(consumer_cmd($src, $dst, 'p', '--exit-when-caught-up'), $log, 60);
-is($rc, 0, 'a mirror map added with a backlog of changes to its table') or diag($err);
+$at = length(slurp_log($log));
+$h = start_consumer(consumer_cmd($src, $dst, 'p', '--batch-ms', 50, '--max-backoff', 1), $log);
+ok(wait_for_log(qr/copy of the tables added to pipeline "p" done at/, $at), 'the added targets are copied');
+ok(wait_for_row($dst, "SELECT last_batch_status = 'failed' FROM pgcdc.status WHERE pipeline = 'p'"),
+	'the first batch after the copy fails, to be retried');
+like( $dst->safe_psql('postgres', "SELECT obj_description('public.d_hist'::regclass, 'pg_class')"),
+	qr/^public\.d: created by pgcdc_consumer, .*; copied at [0-9A-F]+\/[0-9A-F]+$/,
+	'the target says where it was copied');
+$dst->safe_psql('postgres', 'DROP TRIGGER stall_b ON b_mirror');
+ok(wait_for_row($dst, "SELECT EXISTS (SELECT FROM b_mirror WHERE id = 50)"), 'the retry applies the batch');
+is(stop_consumer($h), 0, 'stopped');
+my @copies = substr(slurp_log($log), $at) =~ /copy of the tables added to pipeline "p" done/g;
+is(scalar @copies, 1, 'the retry does not copy again');
 is( $dst->safe_psql('postgres', "SELECT md5(string_agg(id || ':' || v, ',' ORDER BY id)) FROM d_mirror"),
 	$src->safe_psql('postgres', "SELECT md5(string_agg(id || ':' || v, ',' ORDER BY id)) FROM d"),
-	'its target equals the source');
+	'the mirror equals the source');
 is($dst->safe_psql('postgres', "SELECT count(*) FROM d_mirror"), '40', '(40 rows)');
+is( $dst->safe_psql('postgres',
+		"SELECT count(*) || ' ' || count(*) FILTER (WHERE _is_current AND _version = 1) FROM d_hist"),
+	'40 40', 'scd2: one version per row of the copy, none from the changes it holds');
+is( $dst->safe_psql('postgres', "SELECT md5(string_agg(id || ':' || v, ',' ORDER BY id)) FROM d_hist"),
+	$src->safe_psql('postgres', "SELECT md5(string_agg(id || ':' || v, ',' ORDER BY id)) FROM d"),
+	'with the source\'s rows');
+is($dst->safe_psql('postgres', "SELECT string_agg(_op || ':' || n, ' ' ORDER BY _op) FROM (SELECT _op, count(*) n FROM d_log GROUP BY 1) x"),
+	'R:40', 'append: one read event per row of the copy, none from the changes it holds');
+# changes after P reach every target once
+$src->safe_psql('postgres', "UPDATE d SET v = 'later' WHERE id = 2; DELETE FROM d WHERE id = 3; INSERT INTO d VALUES (100, 'new')");
+($rc, $err) = run_consumer(consumer_cmd($src, $dst, 'p', '--exit-when-caught-up'), $log, 60);
+is($rc, 0, 'the changes after the copy') or diag($err);
+is( $dst->safe_psql('postgres', "SELECT md5(string_agg(id || ':' || v, ',' ORDER BY id)) FROM d_mirror"),
+	$src->safe_psql('postgres', "SELECT md5(string_agg(id || ':' || v, ',' ORDER BY id)) FROM d"),
+	'the mirror equals the source');
+is( $dst->safe_psql('postgres',
+		"SELECT string_agg(id || ':' || v || ':' || _version || ':' || _is_current, ' ' ORDER BY id, _version) "
+		  . "FROM d_hist WHERE id IN (2, 3, 100)"),
+	'2:updated:1:false 2:later:2:true 3:updated:1:false 100:new:1:true', 'scd2: a version per change since');
+is($dst->safe_psql('postgres', "SELECT string_agg(_op || ':' || n, ' ' ORDER BY _op) FROM (SELECT _op, count(*) n FROM d_log GROUP BY 1) x"),
+	'D:1 I:1 R:40 U:1', 'append: each change since once');
 # rows of the copy with a NULL in the key the map names are quarantined,
 # the others copied
 $src->safe_psql('postgres', "CREATE TABLE e (id int PRIMARY KEY, code text); INSERT INTO e VALUES (1, 'a'), (2, NULL)");
