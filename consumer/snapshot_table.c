@@ -8,8 +8,9 @@
  *		target transaction.
  *
  *		If the target refuses rows (a value its type refuses, a constraint),
- *		the copy is taken again from the same snapshot as JSON and applied by
- *		halves inside savepoints, as a failing streamed batch is (apply.c):
+ *		the copy is taken again from the same snapshot with each row
+ *		numbered, and applied by halves inside savepoints, as a failing
+ *		streamed batch is (apply.c):
  *		the rows that fail alone are quarantined as 'I' events at the
  *		snapshot's position with their SQLSTATE, and the rest applied.
  */
@@ -332,7 +333,7 @@ quarantine_row(Copy *c, const char *ord, const SqlError *e)
 }
 
 /*
- * Apply the copied rows lo..hi (their order in the JSON copy) in a
+ * Apply the copied rows lo..hi (their numbers in the second copy) in a
  * savepoint; if that fails for the rows' sake, the two halves, and so on:
  * a row that fails alone is quarantined with its error.
  */
@@ -381,16 +382,15 @@ apply_range(Copy *c, const char *fill, long lo, long hi)
 }
 
 /*
- * The target refused the copy: take it again from the snapshot as JSON,
- * numbered, and apply it by halves (apply_range).  JSON values go in
- * through the target types' input functions, as COPY's do.
+ * The target refused the copy: take it again from the snapshot, numbered,
+ * and apply it by halves (apply_range).
  */
 static bool
 find_refused(Copy *c)
 {
 	TableMap   *m = c->m;
-	PQExpBuffer cols = createPQExpBuffer();
 	char	   *query;
+	char	   *shape;
 	char	   *fill;
 	bool		ok;
 
@@ -407,26 +407,25 @@ find_refused(Copy *c)
 	}
 	if (!savepoint(c, "ROLLBACK TO SAVEPOINT", "pgcdc_copy"))
 		return false;
-	query = psprintf("SELECT pg_catalog.row_number() OVER (), pg_catalog.to_jsonb(s) FROM (SELECT %s FROM %s) s",
-					 m->data_columns, m->source_table);
-	ok = exec_cmd(c->dst, "CREATE TEMP TABLE pgcdc_snapshot_json (pgcdc_ord bigint, pgcdc_row jsonb) ON COMMIT DROP") &&
+	/*
+	 * Each row numbered, as its record's text (turned back into the target's
+	 * types by record_in: each column's input function and typmod, as COPY
+	 * does) and as JSON (the quarantined event's "new").
+	 */
+	query = psprintf("SELECT pg_catalog.row_number() OVER (), s::text, pg_catalog.to_jsonb(s) "
+					 "FROM (SELECT %s FROM %s) s", m->data_columns, m->source_table);
+	shape = psprintf("CREATE TEMP TABLE pgcdc_snapshot_shape (%s) ON COMMIT DROP; "
+					 "CREATE TEMP TABLE pgcdc_snapshot_json (pgcdc_ord bigint, pgcdc_rec text, pgcdc_row jsonb) "
+					 "ON COMMIT DROP", m->data_types);
+	ok = exec_cmd(c->dst, shape) &&
 		copy_rows(c, query, "pg_temp.pgcdc_snapshot_json") &&
 		exec_cmd(c->dst, "CREATE INDEX ON pg_temp.pgcdc_snapshot_json (pgcdc_ord)");
 	free(query);
-
-	for (int j = 0; j < m->ncols; j++)
-	{
-		char	   *ident = PQescapeIdentifier(c->dst, m->colnames[j], strlen(m->colnames[j]));
-
-		appendPQExpBuffer(cols, "%sr.%s", j > 0 ? ", " : "", ident ? ident : "\"?\"");
-		PQfreemem(ident);
-	}
-	fill = psprintf("INSERT INTO pg_temp.pgcdc_snapshot_changes (%s) SELECT %s "
-					"FROM pg_temp.pgcdc_snapshot_json s, "
-					"LATERAL pg_catalog.jsonb_populate_record(NULL::pg_temp.pgcdc_snapshot_changes, s.pgcdc_row) r "
-					"WHERE s.pgcdc_ord BETWEEN $1::bigint AND $2::bigint",
-					m->data_columns, cols->data);
-	destroyPQExpBuffer(cols);
+	free(shape);
+	fill = psprintf("INSERT INTO pg_temp.pgcdc_snapshot_changes (%s) SELECT (s.r).* "
+					"FROM (SELECT j.pgcdc_rec::pg_temp.pgcdc_snapshot_shape AS r FROM pg_temp.pgcdc_snapshot_json j "
+					"      WHERE j.pgcdc_ord BETWEEN $1::bigint AND $2::bigint OFFSET 0) s",
+					m->data_columns);
 	c->keys = m->key_columns ? m->key_columns : source_identity(c->src, m->source_table);
 	c->finding = true;
 	ok = ok && (c->rows == 0 || apply_range(c, fill, 1, c->rows));

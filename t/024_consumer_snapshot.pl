@@ -79,13 +79,14 @@ is( $dst->safe_psql('postgres',
 # snapshot's position with its SQLSTATE; the other rows are applied, and
 # a replay after the fix completes the target.
 $src->safe_psql('postgres', q{
-CREATE TABLE wide (id int PRIMARY KEY, v text, n int);
-INSERT INTO wide SELECT g, CASE WHEN g IN (17, 500, 1999) THEN 'far too long' ELSE 'ok' END, g
+CREATE TABLE wide (id int PRIMARY KEY, v text, n int, tags int[], at timestamptz, p point);
+INSERT INTO wide SELECT g, CASE WHEN g IN (17, 500, 1999) THEN 'far too long' ELSE 'ok' END, g,
+  ARRAY[g, NULL, -g], '2026-12-04 10:00:00.123456+00'::timestamptz + g * interval '1 hour', point(g, -g)
   FROM generate_series(1, 2000) g;
 });
 $dst->safe_psql('postgres', q{
-CREATE TABLE narrow (id int PRIMARY KEY, v varchar(3), n int CHECK (n <> 777));
-CREATE TABLE wide_shape (id int, v varchar(3), n int);
+CREATE TABLE narrow (id int PRIMARY KEY, v varchar(3), n int CHECK (n <> 777), tags int[], at timestamptz, p point);
+CREATE TABLE wide_shape (id int, v varchar(3), n int, tags int[], at timestamptz, p point);
 SELECT pgcdc.create_history_table('wide_shape', 'public.narrow_hist', '{id}');
 SELECT pgcdc.create_pipeline('bad');
 SELECT pgcdc.add_table('bad', 'public.wide', 'public.narrow');
@@ -113,7 +114,8 @@ ALTER TABLE narrow_hist ALTER v TYPE text;
 });
 is($dst->safe_psql('postgres', "SELECT applied || ' ' || failed FROM pgcdc.quarantine_replay(pipeline => 'bad')"),
 	'7 0', 'after the fix the refused rows replay');
-same_rows($src, 'wide', $dst, 'narrow', 'id, v, n', 'id', 'the mirror equals the source');
+same_rows($src, 'wide', $dst, 'narrow', 'id, v, n, tags, at, p::text', 'id', 'the mirror equals the source');
+same_rows($src, 'wide', $dst, 'narrow_hist', 'id, v, n, tags, at, p::text', 'id', 'the history\'s versions equal the source');
 is( $dst->safe_psql('postgres',
 		"SELECT count(*) || ' ' || count(*) FILTER (WHERE _is_current AND _version = 1) || ' ' || count(*) FILTER (WHERE v = 'far too long') FROM narrow_hist"),
 	'2000 2000 3', 'the history has one current first version per row');
