@@ -88,6 +88,7 @@ typedef struct TableMap
 	char	   *data_types;		/* SQL list: quoted column and its target type */
 	int			nsrc;			/* the source table's columns when loaded */
 	char	  **srcnames;
+	char	   *srccols;		/* and their names and types, to notice a change */
 	bool		new_column;		/* an event had a column not among them */
 	bool		created;		/* the consumer made the target (it adapts it) */
 	bool		copy_now;		/* made now, after the pipeline's snapshot: copy it */
@@ -183,6 +184,7 @@ extern __thread bool quiet_sql_errors;	/* failures expected: log them at DEBUG *
 extern bool sql_error_is_transient(const SqlError *e);
 extern int	target_pipeline_changed(PGconn *conn, const Pipeline *p);
 extern int	source_table_gone(PGconn *source, const Pipeline *p);
+extern int	source_columns_changed(PGconn *source, const Pipeline *p);
 extern void target_note_new_column(const char *source_table, const char *column);
 extern bool target_column_noted(const char *source_table, const char *column);
 extern bool target_copy_done(PGconn *conn, const TableMap *m, Lsn copied_at);

@@ -428,6 +428,7 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 	int64_t		last_progress_us = now_us();
 	int64_t		last_lsn_poll_us = 0;
 	int64_t		last_def_check_us = now_us();
+	uint64_t	quarantined_seen = stats.quarantined;
 	int			result = -1;
 
 	if (b == NULL)
@@ -483,11 +484,15 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 					goto done;
 				}
 
-		if (!s->in_xact && !batch_pending(b) && now - last_def_check_us >= PIPELINE_CHECK_US)
+		/* also at once after a batch quarantined events: a column's type may have changed */
+		if (!s->in_xact && !batch_pending(b) &&
+			(now - last_def_check_us >= PIPELINE_CHECK_US || stats.quarantined != quarantined_seen))
 		{
 			int			changed = target_pipeline_changed(target, p);
+			int			altered;
 
 			last_def_check_us = now;
+			quarantined_seen = stats.quarantined;
 			if (changed != 0)
 			{
 				if (changed == 1)
@@ -501,6 +506,14 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 			if (changed == 0 && source_table_gone(source, p) >= 0)
 			{
 				log_msg(LOG_INFO, "a source table of pipeline \"%s\" is gone: starting over", p->name);
+				result = RUN_RETRY;
+				goto done;
+			}
+			/* a created target follows its source's columns (target.c) */
+			if (changed == 0 && (altered = source_columns_changed(source, p)) >= 0)
+			{
+				log_msg(LOG_INFO, "the columns of source table %s changed: starting over",
+						p->maps[altered].source_table);
 				result = RUN_RETRY;
 				goto done;
 			}

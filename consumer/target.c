@@ -906,6 +906,16 @@ target_column_noted(const char *source_table, const char *column)
 	return false;
 }
 
+/* A source table's column names and types, as text[] literals, and both together. */
+#define SOURCE_COLUMNS_SQL \
+	"SELECT n, t, n || ' ' || t FROM (" \
+	"  SELECT pg_catalog.array_agg(attname::text ORDER BY attnum)::text AS n, " \
+	"         pg_catalog.array_agg(pg_catalog.format_type(atttypid, atttypmod) ORDER BY attnum)::text AS t " \
+	"  FROM pg_catalog.pg_attribute " \
+	"  WHERE attrelid = $1::pg_catalog.regclass AND attnum > 0 AND NOT attisdropped) c"
+
+static bool align_types(PGconn *conn, TableMap *m, const char *names, const char *types);
+
 /*
  * Keep the source's column names: an event with another column means the
  * source changed while we ran (stream.c notes it and starts over).  Then,
@@ -996,7 +1006,105 @@ remember_source_columns(PGconn *conn, TableMap *m, const char *names, const char
 		quiet_sql_errors = false;
 	}
 	PQclear(res);
+	return m->created ? align_types(conn, m, names, types) : true;
+}
+
+/*
+ * A target the consumer created follows the source's column types: a
+ * column whose type changed there (a longer varchar, a wider numeric, int
+ * to bigint) is altered to it, so new values fit and are not rounded; one
+ * that cannot be (no such type in the target, values that do not convert)
+ * keeps its type, with a warning.  Then the target's events that the old
+ * type refused (open in the quarantine with a class 22 SQLSTATE) are
+ * replayed.
+ */
+static bool
+align_types(PGconn *conn, TableMap *m, const char *names, const char *types)
+{
+	const char *params[5] = {names, types, m->target, m->ignore_columns, m->mode};
+	const char *tp[1] = {m->target};
+	PGresult   *res;
+	int			altered = 0;
+
+	res = exec_ok(conn,
+				  "SELECT pg_catalog.format('ALTER TABLE %s ALTER COLUMN %I TYPE %s USING %I::%s', "
+				  "       $3::pg_catalog.regclass, n, t, n, t), n, "
+				  "       pg_catalog.format_type(a.atttypid, a.atttypmod), t "
+				  "FROM unnest($1::text[], $2::text[]) u(n, t) "
+				  "JOIN pg_catalog.pg_attribute a ON a.attrelid = $3::pg_catalog.regclass AND a.attname = u.n "
+				  "  AND a.attnum > 0 AND NOT a.attisdropped "
+				  "WHERE $5 IN ('mirror', 'scd2') AND n <> ALL (coalesce($4::text[], '{}')) "
+				  "  AND pg_catalog.format_type(a.atttypid, a.atttypmod) <> u.t "
+				  "ORDER BY a.attnum",
+				  5, params);
+	if (res == NULL)
+		return false;
+	for (int r = 0; r < PQntuples(res); r++)
+	{
+		quiet_sql_errors = true;
+		if (exec_cmd(conn, PQgetvalue(res, r, 0)))
+		{
+			altered++;
+			log_msg(LOG_INFO, "column \"%s\" of target %s is now %s, as in source table %s (it was %s)",
+					PQgetvalue(res, r, 1), m->target, PQgetvalue(res, r, 3), m->source_table,
+					PQgetvalue(res, r, 2));
+		}
+		else
+			log_msg(LOG_WARNING, "could not change column \"%s\" of target %s to %s, as in source table %s: %s",
+					PQgetvalue(res, r, 1), m->target, PQgetvalue(res, r, 3), m->source_table,
+					last_sql_error.message);
+		quiet_sql_errors = false;
+	}
+	PQclear(res);
+	if (altered == 0)
+		return true;
+
+	/* one event at a time, in source order: each in its own replay */
+	quiet_sql_errors = true;
+	res = exec_ok(conn,
+				  "SELECT pg_catalog.count(*), coalesce(pg_catalog.sum(r.applied), 0) "
+				  "FROM (SELECT q.id FROM pgcdc.quarantine q WHERE q.target = $1 AND q.status = 'open' "
+				  "        AND q.error_code LIKE '22%' ORDER BY q.commit_lsn, q.seq) q, "
+				  "     LATERAL pgcdc.quarantine_replay(q.id) r", 1, tp);
+	quiet_sql_errors = false;
+	if (res == NULL)
+		log_msg(LOG_WARNING, "could not replay the events of target %s that its old types refused: %s",
+				m->target, last_sql_error.message);
+	else if (atol(PQgetvalue(res, 0, 0)) > 0)
+		log_msg(LOG_INFO, "replayed %s events of target %s that its old types refused: %s applied",
+				PQgetvalue(res, 0, 0), m->target, PQgetvalue(res, 0, 1));
+	PQclear(res);
 	return true;
+}
+
+/*
+ * The first map into a target the consumer created (mirror or scd2) whose
+ * source table's columns, names or types, are not what they were at the
+ * start: its index; -1 if none, -2 if a query failed.  A type change shows
+ * in no event: this is how a running consumer notices it.
+ */
+int
+source_columns_changed(PGconn *source, const Pipeline *p)
+{
+	for (int i = 0; i < p->nmaps; i++)
+	{
+		const TableMap *m = &p->maps[i];
+		const char *sp[1] = {m->source_table};
+		PGresult   *res;
+		bool		changed;
+
+		if (!m->created || m->srccols == NULL || strcmp(m->mode, "append") == 0)
+			continue;
+		res = exec_ok(source, SOURCE_COLUMNS_SQL, 1, sp);
+		if (res == NULL)
+			return -2;
+		changed = PQntuples(res) != 1 ||
+			strcmp(PQgetvalue(res, 0, 2), m->srccols) != 0;
+		PQclear(res);
+		if (changed)
+			return i;
+	}
+	return -1;
 }
 
 /*
@@ -1050,14 +1158,12 @@ target_prepare_tables(PGconn *conn, PGconn *source, Pipeline *p)
 		{
 			const char *sp[1] = {m->source_table};
 
-			res = exec_ok(source, "SELECT pg_catalog.array_agg(attname::text ORDER BY attnum)::text, "
-						  "pg_catalog.array_agg(pg_catalog.format_type(atttypid, atttypmod) ORDER BY attnum)::text "
-						  "FROM pg_catalog.pg_attribute "
-						  "WHERE attrelid = $1::pg_catalog.regclass AND attnum > 0 AND NOT attisdropped",
-						  1, sp);
+			res = exec_ok(source, SOURCE_COLUMNS_SQL, 1, sp);
 			if (res == NULL)
 				return false;
 			appendPQExpBufferStr(srccols, PQgetvalue(res, 0, 0));
+			free(m->srccols);
+			m->srccols = pg_strdup(PQgetvalue(res, 0, 2));
 			if (!remember_source_columns(conn, m, PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1)))
 			{
 				PQclear(res);
@@ -1125,6 +1231,7 @@ pipeline_free(Pipeline *p)
 		free(m->ignore_columns);
 		free(m->data_columns);
 		free(m->data_types);
+		free(m->srccols);
 		for (int j = 0; j < m->ncols; j++)
 			free(m->colnames[j]);
 		free(m->colnames);

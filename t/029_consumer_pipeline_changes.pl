@@ -5,7 +5,8 @@
 # the stream skips for it the changes the copy holds.  A batch that keeps
 # failing shows in pgcdc.status.  A column added at the source reaches the
 # targets, whether the consumer ran then or was stopped; one dropped there
-# stays in the targets the consumer made, no longer NOT NULL.
+# stays in the targets the consumer made, no longer NOT NULL; a changed
+# column type is followed by them.
 use strict;
 use warnings;
 use lib 't';
@@ -262,6 +263,52 @@ is($rc, 0, 'a copy with a NULL key') or diag($err);
 like($err, qr/snapshot of public\.e into public\.e_mirror: 1 rows have a NULL key and are quarantined/, 'says so');
 is($dst->safe_psql('postgres', "SELECT string_agg(id::text, ',' ORDER BY id) FROM e_mirror"), '1,3',
 	'the other rows are copied or streamed');
+
+# --- column types changed at the source: targets the consumer made follow
+# them.  While it runs: values the old type refuses are quarantined, which
+# makes it look at the source at once; it starts over, alters the targets
+# and replays those events.  While it is stopped: the next start alters the
+# targets before it streams, so a wider numeric is not rounded.
+$src->safe_psql('postgres', "CREATE TABLE g (id int PRIMARY KEY, n int, code varchar(3), amt numeric(6,2))");
+$dst->safe_psql('postgres', q{
+SELECT pgcdc.add_table('p', 'public.g', 'public.g_mirror');
+SELECT pgcdc.add_table('p', 'public.g', 'public.g_hist', 'scd2');
+});
+$at = length(slurp_log($log));
+$h = start_consumer(consumer_cmd($src, $dst, 'p', '--batch-ms', 50), $log);
+ok(wait_for_row($dst, "SELECT to_regclass('public.g_hist') IS NOT NULL AND to_regclass('public.g_mirror') IS NOT NULL"),
+	'the targets of g are created');
+$src->safe_psql('postgres', "INSERT INTO g VALUES (1, 1, 'abc', 1.25)");
+ok(wait_for_row($dst, "SELECT EXISTS (SELECT FROM g_hist WHERE id = 1) AND EXISTS (SELECT FROM g_mirror WHERE id = 1)"),
+	'streaming g');
+$src->safe_psql('postgres', q{
+ALTER TABLE g ALTER n TYPE bigint, ALTER code TYPE varchar(10);
+INSERT INTO g VALUES (2, 5000000000, 'abcdefghij', 2);
+UPDATE g SET code = 'abcd' WHERE id = 1;
+});
+ok( wait_for_row($dst,
+		"SELECT EXISTS (SELECT FROM g_mirror WHERE id = 2) AND EXISTS (SELECT FROM g_hist WHERE id = 2) "
+		  . "AND EXISTS (SELECT FROM g_mirror WHERE id = 1 AND code = 'abcd')"),
+	'the changes the old types refused arrive');
+like(substr(slurp_log($log), $at), qr/column "code" of target public\.g_hist is now character varying\(10\), as in source table public\.g \(it was character varying\(3\)\)/,
+	'the change of type is logged');
+like(substr(slurp_log($log), $at), qr/replayed \d+ events of target public\.g_mirror that its old types refused/,
+	'and the replay of what the old types refused');
+is($dst->safe_psql('postgres', "SELECT count(*) FROM pgcdc.quarantine WHERE source_table = 'public.g' AND status = 'open'"),
+	'0', 'nothing of it stays quarantined');
+is(stop_consumer($h), 0, 'stopped');
+$src->safe_psql('postgres', "ALTER TABLE g ALTER amt TYPE numeric(10,4); UPDATE g SET amt = 1.2345 WHERE id = 1");
+($rc, $err) = run_consumer(consumer_cmd($src, $dst, 'p', '--exit-when-caught-up'), $log, 60);
+is($rc, 0, 'a type changed while it was stopped') or diag($err);
+is($dst->safe_psql('postgres', "SELECT string_agg(id || ':' || n || ':' || code || ':' || amt, ' ' ORDER BY id) FROM g_mirror"),
+	'1:1:abcd:1.2345 2:5000000000:abcdefghij:2.0000', 'the mirror holds the values exactly');
+is( $dst->safe_psql('postgres',
+		"SELECT string_agg(id || ':' || code || ':' || amt || ':' || _version, ' ' ORDER BY id, _version) FROM g_hist"),
+	'1:abc:1.2500:1 1:abcd:1.2500:2 1:abcd:1.2345:3 2:abcdefghij:2.0000:1', 'the history too, a version per change');
+is( $dst->safe_psql('postgres',
+		"SELECT string_agg(format_type(atttypid, atttypmod), ',' ORDER BY attnum) FROM pg_attribute "
+		  . "WHERE attrelid = 'g_mirror'::regclass AND attname IN ('n', 'code', 'amt')"),
+	'bigint,character varying(10),numeric(10,4)', 'the target has the source\'s types');
 
 # --- kill -9 during the copy into a mirror target added later: the target
 # exists but its copy never committed; the next start copies again instead of
