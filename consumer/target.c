@@ -376,15 +376,12 @@ source_identity(PGconn *source, const char *table)
  * (dropped or renamed: its changes would no longer be decoded for the
  * map): its index, or -1 if there is none, -2 if a query failed.
  */
-int
-source_table_gone(PGconn *source, const Pipeline *p)
+/* The maps' source tables, in map order, as a text[] literal (one query for all maps). */
+static PQExpBuffer
+source_tables_literal(const Pipeline *p)
 {
 	PQExpBuffer names = createPQExpBuffer();
-	const char *sp[1];
-	PGresult   *res;
-	int			gone;
 
-	/* one query for all maps: their names as a text[] literal */
 	appendPQExpBufferChar(names, '{');
 	for (int i = 0; i < p->nmaps; i++)
 	{
@@ -398,6 +395,17 @@ source_table_gone(PGconn *source, const Pipeline *p)
 		appendPQExpBufferChar(names, '"');
 	}
 	appendPQExpBufferChar(names, '}');
+	return names;
+}
+
+int
+source_table_gone(PGconn *source, const Pipeline *p)
+{
+	PQExpBuffer names = source_tables_literal(p);
+	const char *sp[1];
+	PGresult   *res;
+	int			gone;
+
 	sp[0] = names->data;
 	res = exec_ok(source, "SELECT coalesce(pg_catalog.min(o) - 1, -1) FROM pg_catalog.unnest($1::text[]) "
 				  "WITH ORDINALITY u(t, o) WHERE pg_catalog.to_regclass(t) IS NULL", 1, sp);
@@ -1086,25 +1094,31 @@ align_types(PGconn *conn, TableMap *m, const char *names, const char *types)
 int
 source_columns_changed(PGconn *source, const Pipeline *p)
 {
-	for (int i = 0; i < p->nmaps; i++)
+	PQExpBuffer names = source_tables_literal(p);
+	const char *sp[1] = {names->data};
+	PGresult   *res;
+	int			changed = -1;
+
+	/* as SOURCE_COLUMNS_SQL's third column, for every map's table */
+	res = exec_ok(source,
+				  "SELECT (SELECT pg_catalog.array_agg(attname::text ORDER BY attnum)::text || ' ' || "
+				  "               pg_catalog.array_agg(pg_catalog.format_type(atttypid, atttypmod) ORDER BY attnum)::text "
+				  "          FROM pg_catalog.pg_attribute "
+				  "         WHERE attrelid = pg_catalog.to_regclass(u.t) AND attnum > 0 AND NOT attisdropped) "
+				  "FROM pg_catalog.unnest($1::text[]) WITH ORDINALITY u(t, o) ORDER BY u.o", 1, sp);
+	destroyPQExpBuffer(names);
+	if (res == NULL)
+		return -2;
+	for (int i = 0; i < p->nmaps && i < PQntuples(res) && changed < 0; i++)
 	{
 		const TableMap *m = &p->maps[i];
-		const char *sp[1] = {m->source_table};
-		PGresult   *res;
-		bool		changed;
 
-		if (!m->created || m->srccols == NULL || strcmp(m->mode, "append") == 0)
-			continue;
-		res = exec_ok(source, SOURCE_COLUMNS_SQL, 1, sp);
-		if (res == NULL)
-			return -2;
-		changed = PQntuples(res) != 1 ||
-			strcmp(PQgetvalue(res, 0, 2), m->srccols) != 0;
-		PQclear(res);
-		if (changed)
-			return i;
+		if (m->created && m->srccols != NULL && strcmp(m->mode, "append") != 0 &&
+			(PQgetisnull(res, i, 0) || strcmp(PQgetvalue(res, i, 0), m->srccols) != 0))
+			changed = i;
 	}
-	return -1;
+	PQclear(res);
+	return changed;
 }
 
 /*
