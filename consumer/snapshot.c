@@ -211,6 +211,8 @@ copy_maps(const char *source_conninfo, PGconn *target, Pipeline *p, const char *
 	}
 
 	/* every table is in: the stream starts at the consistent point */
+	for (int i = 0; i < p->nmaps; i++)
+		p->maps[i].copied_at = InvalidLsn;
 	ok = checkpoint_set(target, p, consistent_point, ts);
 	free(ts);
 	if (!ok)

@@ -510,8 +510,15 @@ snapshot_table(const char *source_conninfo, const char *target_conninfo, Pipelin
 	free(sql);
 	if (ok)
 		ok = strcmp(m->mode, "append") == 0 ? copy_append(&c) : copy_changes(&c);
-	/* a target made for this copy is complete with it */
-	ok = ok && (!m->copy_now || target_copy_done(c.dst, m, lsn));
+	/*
+	 * A target made for this copy is complete with it, and says where it
+	 * was taken; the initial snapshot clears such a mark left by an
+	 * earlier pipeline (its position may be another server's).
+	 */
+	if (m->copy_now)
+		ok = ok && target_copy_done(c.dst, m, lsn);
+	else if (m->created && m->copied_at != InvalidLsn)
+		ok = ok && target_copy_done(c.dst, m, InvalidLsn);
 	ok = ok && !snapshot_child_stop && exec_cmd(c.dst, "COMMIT");
 	if (ok)
 		log_msg(LOG_INFO, "snapshot of %s into %s: %ld rows", m->source_table, m->target, c.rows);

@@ -352,6 +352,21 @@ ok( wait_for_log(
 	'and it stops with an error that says what to do');
 $h->finish;
 is($h->full_result(0) >> 8, 1, 'with status 1');
+
+# --- the pipeline's snapshot taken again (slot and checkpoint gone): the
+# targets' marks of copies taken after the old snapshot are cleared, since
+# their positions belong to the old stream
+$src->safe_psql('postgres', 'ALTER TABLE c_renamed RENAME TO c');
+$dst->safe_psql('postgres', "DELETE FROM pgcdc.checkpoint WHERE pipeline = 'p'");
+$src->safe_psql('postgres', "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots");
+$src->safe_psql('postgres', "INSERT INTO d VALUES (200, 'in the new snapshot')");
+($rc, $err) = run_consumer(consumer_cmd($src, $dst, 'p', '--exit-when-caught-up'), $log, 60);
+is($rc, 0, 'a new snapshot of the pipeline') or diag($err);
+unlike($dst->safe_psql('postgres', "SELECT obj_description('public.d_hist'::regclass, 'pg_class')"),
+	qr/copied at/, 'clears the copy marks');
+is( $dst->safe_psql('postgres', "SELECT md5(string_agg(id || ':' || v, ',' ORDER BY id)) FROM d_hist WHERE _is_current"),
+	$src->safe_psql('postgres', "SELECT md5(string_agg(id || ':' || v, ',' ORDER BY id)) FROM d"),
+	'and the history starts again from the source');
 $src->stop;
 $dst->stop;
 done_testing();
