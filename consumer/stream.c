@@ -361,6 +361,29 @@ flush_batch(Stream *s, Batch *b)
 	return batch_flush(b, &applied) && advance(s, applied);
 }
 
+/*
+ * Before a batch goes to the target: are the source's columns (names and
+ * types) of the targets the consumer made as they were at the start?  A
+ * type change shows in no event, but it committed before any change that
+ * follows it, so looking now, before each batch, catches it before such a
+ * change is applied (with a narrower type, a numeric would be rounded).
+ * If they changed, *result says start over: the batch comes again, into
+ * targets altered to the new types (target.c).
+ */
+static bool
+columns_unchanged(PGconn *source, Pipeline *p, int *result)
+{
+	int			changed = source_columns_changed(source, p);
+
+	if (changed == -1)
+		return true;
+	if (changed >= 0)
+		log_msg(LOG_INFO, "the columns of source table %s changed: starting over",
+				p->maps[changed].source_table);
+	*result = RUN_RETRY;
+	return false;
+}
+
 /* Take the result of the batch being applied: if it is done, or waiting for it. */
 static bool
 finish_batch(Stream *s, Batch *b, bool wait)
@@ -428,7 +451,6 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 	int64_t		last_progress_us = now_us();
 	int64_t		last_lsn_poll_us = 0;
 	int64_t		last_def_check_us = now_us();
-	uint64_t	quarantined_seen = stats.quarantined;
 	int			result = -1;
 
 	if (b == NULL)
@@ -448,6 +470,13 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 			/* a transaction still arriving is dropped: it comes again next time */
 			if (s->in_xact)
 			{
+				if (!finish_batch(s, b, true))
+					goto done;
+				batch_abort(b);
+			}
+			else if (!columns_unchanged(source, p, &result))
+			{
+				/* the batch comes again at the next start, into altered targets */
 				if (!finish_batch(s, b, true))
 					goto done;
 				batch_abort(b);
@@ -484,15 +513,12 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 					goto done;
 				}
 
-		/* also at once after a batch quarantined events: a column's type may have changed */
-		if (!s->in_xact && !batch_pending(b) &&
-			(now - last_def_check_us >= PIPELINE_CHECK_US || stats.quarantined != quarantined_seen))
+		if (!s->in_xact && !batch_pending(b) && now - last_def_check_us >= PIPELINE_CHECK_US)
 		{
 			int			changed = target_pipeline_changed(target, p);
 			int			altered;
 
 			last_def_check_us = now;
-			quarantined_seen = stats.quarantined;
 			if (changed != 0)
 			{
 				if (changed == 1)
@@ -529,7 +555,7 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 			 now - batch_started_us(b) >= (int64_t) opts.batch_ms * 1000 ||
 			 (caught_up_at != InvalidLsn && s->received >= caught_up_at)))
 		{
-			if (!flush_batch(s, b))
+			if (!columns_unchanged(source, p, &result) || !flush_batch(s, b))
 				goto done;
 		}
 

@@ -1022,17 +1022,14 @@ remember_source_columns(PGconn *conn, TableMap *m, const char *names, const char
  * column whose type changed there (a longer varchar, a wider numeric, int
  * to bigint) is altered to it, so new values fit and are not rounded; one
  * that cannot be (no such type in the target, values that do not convert)
- * keeps its type, with a warning.  Then the target's events that the old
- * type refused (open in the quarantine with a class 22 SQLSTATE) are
- * replayed.
+ * keeps its type, with a warning.  (The stream looks for such changes
+ * before each batch, so no change after one reaches the old type.)
  */
 static bool
 align_types(PGconn *conn, TableMap *m, const char *names, const char *types)
 {
 	const char *params[5] = {names, types, m->target, m->ignore_columns, m->mode};
-	const char *tp[1] = {m->target};
 	PGresult   *res;
-	int			altered = 0;
 
 	res = exec_ok(conn,
 				  "SELECT pg_catalog.format('ALTER TABLE %s ALTER COLUMN %I TYPE %s USING %I::%s', "
@@ -1051,36 +1048,15 @@ align_types(PGconn *conn, TableMap *m, const char *names, const char *types)
 	{
 		quiet_sql_errors = true;
 		if (exec_cmd(conn, PQgetvalue(res, r, 0)))
-		{
-			altered++;
 			log_msg(LOG_INFO, "column \"%s\" of target %s is now %s, as in source table %s (it was %s)",
 					PQgetvalue(res, r, 1), m->target, PQgetvalue(res, r, 3), m->source_table,
 					PQgetvalue(res, r, 2));
-		}
 		else
 			log_msg(LOG_WARNING, "could not change column \"%s\" of target %s to %s, as in source table %s: %s",
 					PQgetvalue(res, r, 1), m->target, PQgetvalue(res, r, 3), m->source_table,
 					last_sql_error.message);
 		quiet_sql_errors = false;
 	}
-	PQclear(res);
-	if (altered == 0)
-		return true;
-
-	/* one event at a time, in source order: each in its own replay */
-	quiet_sql_errors = true;
-	res = exec_ok(conn,
-				  "SELECT pg_catalog.count(*), coalesce(pg_catalog.sum(r.applied), 0) "
-				  "FROM (SELECT q.id FROM pgcdc.quarantine q WHERE q.target = $1 AND q.status = 'open' "
-				  "        AND q.error_code LIKE '22%' ORDER BY q.commit_lsn, q.seq) q, "
-				  "     LATERAL pgcdc.quarantine_replay(q.id) r", 1, tp);
-	quiet_sql_errors = false;
-	if (res == NULL)
-		log_msg(LOG_WARNING, "could not replay the events of target %s that its old types refused: %s",
-				m->target, last_sql_error.message);
-	else if (atol(PQgetvalue(res, 0, 0)) > 0)
-		log_msg(LOG_INFO, "replayed %s events of target %s that its old types refused: %s applied",
-				PQgetvalue(res, 0, 0), m->target, PQgetvalue(res, 0, 1));
 	PQclear(res);
 	return true;
 }
@@ -1089,15 +1065,23 @@ align_types(PGconn *conn, TableMap *m, const char *names, const char *types)
  * The first map into a target the consumer created (mirror or scd2) whose
  * source table's columns, names or types, are not what they were at the
  * start: its index; -1 if none, -2 if a query failed.  A type change shows
- * in no event: this is how a running consumer notices it.
+ * in no event: a running consumer asks before each batch (stream.c).
  */
 int
 source_columns_changed(PGconn *source, const Pipeline *p)
 {
-	PQExpBuffer names = source_tables_literal(p);
-	const char *sp[1] = {names->data};
+	PQExpBuffer names;
+	const char *sp[1];
 	PGresult   *res;
 	int			changed = -1;
+	bool		any = false;
+
+	for (int i = 0; i < p->nmaps; i++)
+		any |= p->maps[i].created && p->maps[i].srccols != NULL && strcmp(p->maps[i].mode, "append") != 0;
+	if (!any)
+		return -1;
+	names = source_tables_literal(p);
+	sp[0] = names->data;
 
 	/* as SOURCE_COLUMNS_SQL's third column, for every map's table */
 	res = exec_ok(source,
