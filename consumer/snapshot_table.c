@@ -398,7 +398,12 @@ find_refused(Copy *c)
 	{
 		PGcancel   *cancel = snapshot_child_cancel[0];
 
-		/* cut off in the middle of its COPY: read the snapshot on a new connection */
+		/*
+		 * Left in the middle of its COPY (libpq reports the target's error
+		 * only at the end, so only a broken connection does this): read
+		 * the snapshot on a new connection.
+		 */
+		log_msg(LOG_DEBUG, "snapshot of %s: reading it again on a new connection", m->source_table);
 		snapshot_child_cancel[0] = NULL;
 		PQfreeCancel(cancel);
 		PQfinish(c->src);
