@@ -77,26 +77,24 @@ AS $$
 $$;
 
 /*
- * Is a quarantined event older than a tombstone of its key (or a truncate)
- * in target?  The event is staged in pg_temp._pgcdc_q.
+ * Quarantined events staged in pg_temp._pgcdc_q that are older than a
+ * tombstone of their key (or a truncate) in target are taken out: the row
+ * they would bring back was deleted after them.
  */
-CREATE FUNCTION pgcdc._under_tombstone(target regclass, key_columns text[])
-RETURNS boolean LANGUAGE plpgsql
+CREATE FUNCTION pgcdc._bury_staged(target regclass, key_columns text[])
+RETURNS void LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-	buried boolean;
 BEGIN
 	EXECUTE format($f$
-		SELECT EXISTS (SELECT 1 FROM pg_temp._pgcdc_q c, pgcdc.mirror_tombstone x
-						WHERE x.target = $1
-						  AND x.key IN ('{}'::jsonb, pg_catalog.jsonb_build_object(%s))
-						  AND ROW(x.source_lsn, x.source_seq) OPERATOR(pg_catalog.>)
-							  ROW(c._source_lsn, c._source_seq))$f$,
+		DELETE FROM pg_temp._pgcdc_q c USING pgcdc.mirror_tombstone x
+		 WHERE x.target = $1
+		   AND x.key IN ('{}'::jsonb, pg_catalog.jsonb_build_object(%s))
+		   AND ROW(x.source_lsn, x.source_seq) OPERATOR(pg_catalog.>)
+			   ROW(c._source_lsn, c._source_seq)$f$,
 		(SELECT string_agg(format('%L, c.%I', k, k), ', ' ORDER BY o)
 		   FROM unnest(key_columns) WITH ORDINALITY u(k, o)))
-	INTO buried USING pgcdc._qname(target);
-	RETURN buried;
+	USING pgcdc._qname(target);
 END
 $$;
 
