@@ -131,15 +131,6 @@ apply_map(ApplyJob *b, int i, const char *lo, const char *hi, long *quarantined)
 	return ok;
 }
 
-static bool
-savepoint(ApplyJob *b, const char *verb, const char *name)
-{
-	char		sql[64];
-
-	snprintf(sql, sizeof(sql), "%s %s", verb, name);
-	return exec_cmd(b->conn, sql);
-}
-
 /* The event JSON of one pgcdc_events row: kept in the row, or in the job's raw file. */
 static char *
 event_json(ApplyJob *b, PGresult *row)
@@ -207,13 +198,13 @@ isolate_range(ApplyJob *b, int i, PGresult *ords, int lo, int hi, long *quaranti
 	SqlError	e;
 	bool		ok;
 
-	if (!savepoint(b, "SAVEPOINT", "pgcdc_event"))
+	if (!exec_savepoint(b->conn, "SAVEPOINT", "pgcdc_event"))
 		return false;
 	quiet_sql_errors = true;
 	ok = apply_map(b, i, PQgetvalue(ords, lo, 0), PQgetvalue(ords, hi - 1, 0), quarantined);
 	quiet_sql_errors = false;
 	if (ok)
-		return savepoint(b, "RELEASE SAVEPOINT", "pgcdc_event");
+		return exec_savepoint(b->conn, "RELEASE SAVEPOINT", "pgcdc_event");
 	/* the error is replaced by the rollback: keep it */
 	e = last_sql_error;
 	if (sql_error_is_transient(&e))
@@ -222,8 +213,8 @@ isolate_range(ApplyJob *b, int i, PGresult *ords, int lo, int hi, long *quaranti
 				m->source_table, m->target, e.message, e.code);
 		return false;
 	}
-	if (!savepoint(b, "ROLLBACK TO SAVEPOINT", "pgcdc_event") ||
-		!savepoint(b, "RELEASE SAVEPOINT", "pgcdc_event"))
+	if (!exec_savepoint(b->conn, "ROLLBACK TO SAVEPOINT", "pgcdc_event") ||
+		!exec_savepoint(b->conn, "RELEASE SAVEPOINT", "pgcdc_event"))
 		return false;
 	if (hi - lo > 1)
 		return isolate_range(b, i, ords, lo, lo + (hi - lo) / 2, quarantined) &&
@@ -315,7 +306,7 @@ apply_batch(ApplyJob *b, int64_t started_us)
 
 	if (b->events > 0)
 	{
-		if (!savepoint(b, "SAVEPOINT", "pgcdc_batch"))
+		if (!exec_savepoint(b->conn, "SAVEPOINT", "pgcdc_batch"))
 			return false;
 		/* a failure is logged once, below, with what happens next */
 		quiet_sql_errors = true;
@@ -333,21 +324,21 @@ apply_batch(ApplyJob *b, int64_t started_us)
 		{
 			log_msg(LOG_INFO, "batch of %ld events failed (SQLSTATE %s: %s); isolating the failing events",
 					b->events, last_sql_error.code, last_sql_error.message);
-			if (!savepoint(b, "ROLLBACK TO SAVEPOINT", "pgcdc_batch"))
+			if (!exec_savepoint(b->conn, "ROLLBACK TO SAVEPOINT", "pgcdc_batch"))
 				return false;
 			quarantined = b->refused;
 			for (i = 0; i < b->p->nmaps; i++)
 			{
 				if (b->per_map[i] == 0)
 					continue;
-				if (!savepoint(b, "SAVEPOINT", "pgcdc_map"))
+				if (!exec_savepoint(b->conn, "SAVEPOINT", "pgcdc_map"))
 					return false;
 				quiet_sql_errors = true;
 				ok = apply_map(b, i, NULL, NULL, &quarantined);
 				quiet_sql_errors = false;
 				if (ok)
 				{
-					if (!savepoint(b, "RELEASE SAVEPOINT", "pgcdc_map"))
+					if (!exec_savepoint(b->conn, "RELEASE SAVEPOINT", "pgcdc_map"))
 						return false;
 					continue;
 				}
@@ -357,7 +348,7 @@ apply_batch(ApplyJob *b, int64_t started_us)
 							b->p->maps[i].target, last_sql_error.message, last_sql_error.code);
 					return false;
 				}
-				if (!savepoint(b, "ROLLBACK TO SAVEPOINT", "pgcdc_map") ||
+				if (!exec_savepoint(b->conn, "ROLLBACK TO SAVEPOINT", "pgcdc_map") ||
 					!isolate_map(b, i, &quarantined))
 					return false;
 			}

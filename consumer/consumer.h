@@ -203,6 +203,7 @@ extern char *source_identity(PGconn *source, const char *table);
 extern PGresult *exec_ok_progress(PGconn *conn, const char *sql, int nparams,
 								  const char *const *params, const char *what);
 extern bool exec_cmd(PGconn *conn, const char *sql);
+extern bool exec_savepoint(PGconn *conn, const char *verb, const char *name);
 
 /* checkpoint.c */
 extern bool checkpoint_load(PGconn *conn, Pipeline *p);

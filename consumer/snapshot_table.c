@@ -280,16 +280,6 @@ copy_append(Copy *c)
 	return ok;
 }
 
-static bool
-savepoint(Copy *c, const char *verb, const char *name)
-{
-	char	   *sql = psprintf("%s %s", verb, name);
-	bool		ok = exec_cmd(c->dst, sql);
-
-	free(sql);
-	return ok;
-}
-
 /*
  * Errors that are the rows' doing: a value a type refuses (class 22), a
  * constraint (23), a trigger's exception (P0), a view's check option (44).
@@ -349,7 +339,7 @@ apply_range(Copy *c, const char *fill, long lo, long hi)
 
 	snprintf(l, sizeof(l), "%ld", lo);
 	snprintf(h, sizeof(h), "%ld", hi);
-	if (!savepoint(c, "SAVEPOINT", "pgcdc_rows"))
+	if (!exec_savepoint(c->dst, "SAVEPOINT", "pgcdc_rows"))
 		return false;
 	quiet_sql_errors = true;
 	ok = exec_cmd(c->dst, "DELETE FROM pg_temp.pgcdc_snapshot_changes");
@@ -358,7 +348,7 @@ apply_range(Copy *c, const char *fill, long lo, long hi)
 	PQclear(res);
 	quiet_sql_errors = false;
 	if (ok)
-		return savepoint(c, "RELEASE SAVEPOINT", "pgcdc_rows");
+		return exec_savepoint(c->dst, "RELEASE SAVEPOINT", "pgcdc_rows");
 	e = last_sql_error;
 	if (snapshot_child_stop || sql_error_is_transient(&e) || PQstatus(c->dst) != CONNECTION_OK)
 	{
@@ -366,8 +356,8 @@ apply_range(Copy *c, const char *fill, long lo, long hi)
 			log_msg(LOG_ERROR, "%s (SQLSTATE %s)", e.message, e.code);
 		return false;
 	}
-	if (!savepoint(c, "ROLLBACK TO SAVEPOINT", "pgcdc_rows") ||
-		!savepoint(c, "RELEASE SAVEPOINT", "pgcdc_rows"))
+	if (!exec_savepoint(c->dst, "ROLLBACK TO SAVEPOINT", "pgcdc_rows") ||
+		!exec_savepoint(c->dst, "RELEASE SAVEPOINT", "pgcdc_rows"))
 		return false;
 	if (hi > lo)
 		return apply_range(c, fill, lo, lo + (hi - lo) / 2) &&
@@ -410,7 +400,7 @@ find_refused(Copy *c)
 		if ((c->src = source_open(c)) == NULL)
 			return false;
 	}
-	if (!savepoint(c, "ROLLBACK TO SAVEPOINT", "pgcdc_copy"))
+	if (!exec_savepoint(c->dst, "ROLLBACK TO SAVEPOINT", "pgcdc_copy"))
 		return false;
 	/*
 	 * Each row numbered, as its record's text (turned back into the target's

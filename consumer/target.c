@@ -127,6 +127,16 @@ sql_error_is_transient(const SqlError *e)
 	return strcmp(e->code, "55P03") == 0 || strcmp(e->code, "55006") == 0;
 }
 
+/* SAVEPOINT, RELEASE SAVEPOINT or ROLLBACK TO SAVEPOINT (verb) name. */
+bool
+exec_savepoint(PGconn *conn, const char *verb, const char *name)
+{
+	char		sql[128];
+
+	snprintf(sql, sizeof(sql), "%s %s", verb, name);
+	return exec_cmd(conn, sql);
+}
+
 bool
 exec_cmd(PGconn *conn, const char *sql)
 {
@@ -915,14 +925,16 @@ target_column_noted(const char *source_table, const char *column)
 }
 
 /* A source table's column names and types, as text[] literals, and both together. */
-#define SOURCE_COLUMNS_SQL \
-	"SELECT n, t, n || ' ' || t FROM (" \
+#define COLUMNS_OF(rel) \
+	"SELECT n, t, n || ' ' || t AS sig FROM (" \
 	"  SELECT pg_catalog.array_agg(attname::text ORDER BY attnum)::text AS n, " \
 	"         pg_catalog.array_agg(pg_catalog.format_type(atttypid, atttypmod) ORDER BY attnum)::text AS t " \
 	"  FROM pg_catalog.pg_attribute " \
-	"  WHERE attrelid = $1::pg_catalog.regclass AND attnum > 0 AND NOT attisdropped) c"
+	"  WHERE attrelid = " rel " AND attnum > 0 AND NOT attisdropped) a"
+#define SOURCE_COLUMNS_SQL COLUMNS_OF("$1::pg_catalog.regclass")
 
 static bool align_types(PGconn *conn, TableMap *m, const char *names, const char *types);
+static bool column_ddl(PGconn *conn, PGresult *res);
 
 /*
  * Keep the source's column names: an event with another column means the
@@ -936,7 +948,7 @@ static bool align_types(PGconn *conn, TableMap *m, const char *names, const char
 static bool
 remember_source_columns(PGconn *conn, TableMap *m, const char *names, const char *types)
 {
-	const char *params[5] = {names, types, m->target, m->ignore_columns, m->mode};
+	const char *params[6] = {names, types, m->target, m->ignore_columns, m->mode, m->source_table};
 	PGresult   *res;
 	bool		evolve = false;
 
@@ -992,29 +1004,41 @@ remember_source_columns(PGconn *conn, TableMap *m, const char *names, const char
 		PQclear(res);
 	}
 
-	res = exec_ok(conn,
-				  "SELECT pg_catalog.format('ALTER TABLE %s ADD COLUMN %I %s', $3::pg_catalog.regclass, n, t), n "
-				  "FROM unnest($1::text[], $2::text[]) u(n, t) "
-				  "WHERE $5 IN ('mirror', 'scd2') AND n <> ALL (coalesce($4::text[], '{}')) "
-				  "  AND NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a "
-				  "                   WHERE a.attrelid = $3::pg_catalog.regclass AND a.attname = u.n "
-				  "                     AND a.attnum > 0 AND NOT a.attisdropped)",
-				  5, params);
+	if (!column_ddl(conn, exec_ok(conn,
+								  "SELECT pg_catalog.format('ALTER TABLE %s ADD COLUMN %I %s', $3::pg_catalog.regclass, n, t), "
+								  "       pg_catalog.format('added column \"%s\" of source table %s to target %s', n, $6::text, $3), "
+								  "       pg_catalog.format('could not add column \"%s\" of source table %s to target %s', n, $6::text, $3) "
+								  "FROM unnest($1::text[], $2::text[]) u(n, t) "
+								  "WHERE $5 IN ('mirror', 'scd2') AND n <> ALL (coalesce($4::text[], '{}')) "
+								  "  AND NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a "
+								  "                   WHERE a.attrelid = $3::pg_catalog.regclass AND a.attname = u.n "
+								  "                     AND a.attnum > 0 AND NOT a.attisdropped)",
+								  6, params)))
+		return false;
+	return m->created ? align_types(conn, m, names, types) : true;
+}
+
+/*
+ * Run each row's ALTER (column 1) of res, a query for column changes; log
+ * column 2 when it worked, else column 3 and the error, as a warning: a
+ * column that cannot be changed is left as it is.
+ */
+static bool
+column_ddl(PGconn *conn, PGresult *res)
+{
 	if (res == NULL)
 		return false;
 	for (int r = 0; r < PQntuples(res); r++)
 	{
 		quiet_sql_errors = true;
 		if (exec_cmd(conn, PQgetvalue(res, r, 0)))
-			log_msg(LOG_INFO, "added column \"%s\" of source table %s to target %s",
-					PQgetvalue(res, r, 1), m->source_table, m->target);
+			log_msg(LOG_INFO, "%s", PQgetvalue(res, r, 1));
 		else
-			log_msg(LOG_WARNING, "could not add column \"%s\" of source table %s to target %s: %s",
-					PQgetvalue(res, r, 1), m->source_table, m->target, last_sql_error.message);
+			log_msg(LOG_WARNING, "%s: %s", PQgetvalue(res, r, 2), last_sql_error.message);
 		quiet_sql_errors = false;
 	}
 	PQclear(res);
-	return m->created ? align_types(conn, m, names, types) : true;
+	return true;
 }
 
 /*
@@ -1028,37 +1052,22 @@ remember_source_columns(PGconn *conn, TableMap *m, const char *names, const char
 static bool
 align_types(PGconn *conn, TableMap *m, const char *names, const char *types)
 {
-	const char *params[5] = {names, types, m->target, m->ignore_columns, m->mode};
-	PGresult   *res;
+	const char *params[6] = {names, types, m->target, m->ignore_columns, m->mode, m->source_table};
 
-	res = exec_ok(conn,
-				  "SELECT pg_catalog.format('ALTER TABLE %s ALTER COLUMN %I TYPE %s USING %I::%s', "
-				  "       $3::pg_catalog.regclass, n, t, n, t), n, "
-				  "       pg_catalog.format_type(a.atttypid, a.atttypmod), t "
-				  "FROM unnest($1::text[], $2::text[]) u(n, t) "
-				  "JOIN pg_catalog.pg_attribute a ON a.attrelid = $3::pg_catalog.regclass AND a.attname = u.n "
-				  "  AND a.attnum > 0 AND NOT a.attisdropped "
-				  "WHERE $5 IN ('mirror', 'scd2') AND n <> ALL (coalesce($4::text[], '{}')) "
-				  "  AND pg_catalog.format_type(a.atttypid, a.atttypmod) <> u.t "
-				  "ORDER BY a.attnum",
-				  5, params);
-	if (res == NULL)
-		return false;
-	for (int r = 0; r < PQntuples(res); r++)
-	{
-		quiet_sql_errors = true;
-		if (exec_cmd(conn, PQgetvalue(res, r, 0)))
-			log_msg(LOG_INFO, "column \"%s\" of target %s is now %s, as in source table %s (it was %s)",
-					PQgetvalue(res, r, 1), m->target, PQgetvalue(res, r, 3), m->source_table,
-					PQgetvalue(res, r, 2));
-		else
-			log_msg(LOG_WARNING, "could not change column \"%s\" of target %s to %s, as in source table %s: %s",
-					PQgetvalue(res, r, 1), m->target, PQgetvalue(res, r, 3), m->source_table,
-					last_sql_error.message);
-		quiet_sql_errors = false;
-	}
-	PQclear(res);
-	return true;
+	return column_ddl(conn, exec_ok(conn,
+									"SELECT pg_catalog.format('ALTER TABLE %s ALTER COLUMN %I TYPE %s USING %I::%s', "
+									"       $3::pg_catalog.regclass, n, t, n, t), "
+									"       pg_catalog.format('column \"%s\" of target %s is now %s, as in source table %s (it was %s)', "
+									"                         n, $3, t, $6::text, pg_catalog.format_type(a.atttypid, a.atttypmod)), "
+									"       pg_catalog.format('could not change column \"%s\" of target %s to %s, as in source table %s', "
+									"                         n, $3, t, $6::text) "
+									"FROM unnest($1::text[], $2::text[]) u(n, t) "
+									"JOIN pg_catalog.pg_attribute a ON a.attrelid = $3::pg_catalog.regclass AND a.attname = u.n "
+									"  AND a.attnum > 0 AND NOT a.attisdropped "
+									"WHERE $5 IN ('mirror', 'scd2') AND n <> ALL (coalesce($4::text[], '{}')) "
+									"  AND pg_catalog.format_type(a.atttypid, a.atttypmod) <> u.t "
+									"ORDER BY a.attnum",
+									6, params));
 }
 
 /*
@@ -1083,12 +1092,9 @@ source_columns_changed(PGconn *source, const Pipeline *p)
 	names = source_tables_literal(p);
 	sp[0] = names->data;
 
-	/* as SOURCE_COLUMNS_SQL's third column, for every map's table */
+	/* every map's table at once; one gone has none */
 	res = exec_ok(source,
-				  "SELECT (SELECT pg_catalog.array_agg(attname::text ORDER BY attnum)::text || ' ' || "
-				  "               pg_catalog.array_agg(pg_catalog.format_type(atttypid, atttypmod) ORDER BY attnum)::text "
-				  "          FROM pg_catalog.pg_attribute "
-				  "         WHERE attrelid = pg_catalog.to_regclass(u.t) AND attnum > 0 AND NOT attisdropped) "
+				  "SELECT (SELECT c.sig FROM (" COLUMNS_OF("pg_catalog.to_regclass(u.t)") ") c) "
 				  "FROM pg_catalog.unnest($1::text[]) WITH ORDINALITY u(t, o) ORDER BY u.o", 1, sp);
 	destroyPQExpBuffer(names);
 	if (res == NULL)

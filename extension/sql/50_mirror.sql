@@ -160,6 +160,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	work text;
+	last_write text;
 	st record;
 	vals text[];
 	keys text;
@@ -176,6 +177,12 @@ BEGIN
 	st := pgcdc._stage(target, changes, key_columns, '_source_lsn,_source_seq', op_column, NULL);
 	vals := ARRAY(SELECT c FROM unnest(st.data_cols) c WHERE c <> ALL (key_columns));
 	keys := pgcdc._list(key_columns);
+	-- soft delete: each key's last insert or update between positions $1 and $2
+	last_write := format($f$
+		SELECT DISTINCT ON (%1$s) s.* FROM pg_temp._pgcdc_stage s
+		 WHERE s.pgcdc_op IN ('I', 'U') AND ($1 IS NULL OR s.pgcdc_seq > $1)
+		   AND ($2 IS NULL OR s.pgcdc_seq < $2)
+		 ORDER BY %1$s, s.pgcdc_seq DESC$f$, keys);
 	inserted := 0; updated := 0; deleted := 0;
 
 	-- the last truncate empties what is older than it
@@ -195,17 +202,13 @@ BEGIN
 		deleted := deleted + n;
 		IF soft_delete THEN
 			-- keys the batch wrote before the truncate and the target lacks
-			work := format($f$
-				SELECT DISTINCT ON (%1$s) s.*, $2::pg_lsn AS pgcdc_tlsn, $3::integer AS pgcdc_tlseq
-				  FROM pg_temp._pgcdc_stage s
-				 WHERE s.pgcdc_op IN ('I', 'U') AND s.pgcdc_seq < $1
-				 ORDER BY %1$s, s.pgcdc_seq DESC$f$, keys);
-			EXECUTE pgcdc._work_table('_pgcdc_tg', work) || work
-			USING last_t, tr.pgcdc_lsn, tr.pgcdc_lseq;
+			EXECUTE pgcdc._work_table('_pgcdc_g', last_write) || last_write
+			USING NULL::numeric[], last_t;
 			EXECUTE pgcdc._soft_insert_sql(target,
-				format('(SELECT %s, ''D''::text AS pgcdc_op, pgcdc_tlsn AS pgcdc_lsn, pgcdc_tlseq AS pgcdc_lseq '
-					   'FROM pg_temp._pgcdc_tg)', keys),
-				'pg_temp._pgcdc_tg', key_columns, st.data_cols);
+				format('(SELECT %s, ''D''::text AS pgcdc_op, $1::pg_lsn AS pgcdc_lsn, $2::integer AS pgcdc_lseq '
+					   'FROM pg_temp._pgcdc_g)', keys),
+				'pg_temp._pgcdc_g', key_columns, st.data_cols)
+			USING tr.pgcdc_lsn, tr.pgcdc_lseq;
 			GET DIAGNOSTICS n = ROW_COUNT;
 			deleted := deleted + n;
 		END IF;
@@ -227,12 +230,8 @@ BEGIN
 
 	IF soft_delete THEN
 		-- each key's last insert or update after the truncate (before its delete)
-		work := format($f$
-			SELECT DISTINCT ON (%1$s) s.* FROM pg_temp._pgcdc_stage s
-			 WHERE s.pgcdc_op IN ('I', 'U') AND ($1 IS NULL OR s.pgcdc_seq > $1)
-			 ORDER BY %1$s, s.pgcdc_seq DESC$f$, keys);
-		EXECUTE pgcdc._work_table('_pgcdc_g', work) || work
-		USING last_t;
+		EXECUTE pgcdc._work_table('_pgcdc_g', last_write) || last_write
+		USING last_t, NULL::numeric[];
 		EXECUTE pgcdc._soft_delete_sql(target, 'pg_temp._pgcdc_m', 'pg_temp._pgcdc_g', key_columns,
 									   vals, st.toast_cols);
 		GET DIAGNOSTICS n = ROW_COUNT;
@@ -389,6 +388,7 @@ DECLARE
 		   OPERATOR(pg_catalog.<) ROW(m.pgcdc_lsn, m.pgcdc_lseq))$f$;
 	keyjoin text;
 	plain text;
+	events text;		-- the changes as each statement reads them
 BEGIN
 	PERFORM pgcdc._check_mirror(target, soft_delete);
 	PERFORM pgcdc._check_table(changes, 'changes', inputs => true);
@@ -409,28 +409,27 @@ BEGIN
 	-- (one event per key).
 	vals := ARRAY(SELECT c FROM unnest(data_cols) c WHERE c <> ALL (key_columns));
 	keyjoin := pgcdc._key_join('t', 'm', target, key_columns);
+	events := format('SELECT %s, c.%I::text AS pgcdc_op, c._source_lsn AS pgcdc_lsn, '
+					 'c._source_seq AS pgcdc_lseq FROM %s c',
+					 pgcdc._cast_list(target, changes, data_cols, 'c'), op_column, pgcdc._qname(changes));
 	RETURN ARRAY[plain, pgcdc._prepared(format($f$
 		WITH pgcdc_m AS MATERIALIZED (
-			SELECT DISTINCT ON (%1$s) x.* FROM (
-				SELECT %2$s, c.%3$I::text AS pgcdc_op, c._source_lsn AS pgcdc_lsn,
-					   c._source_seq AS pgcdc_lseq FROM %4$s c) x
-			 WHERE %13$s
-			 ORDER BY %1$s, x.pgcdc_lsn DESC, x.pgcdc_lseq DESC)%17$s,
-		pgcdc_d AS (%5$s RETURNING 1)%14$s%18$s,
-		pgcdc_u AS (UPDATE %6$s t SET %7$s _source_lsn = m.pgcdc_lsn, _source_seq = m.pgcdc_lseq,
-					 _synced_at = pg_catalog.now() %8$s
-				FROM pgcdc_m m WHERE m.pgcdc_op OPERATOR(pg_catalog.<>) 'D' AND %9$s AND %10$s
+			SELECT DISTINCT ON (%1$s) x.* FROM (%2$s) x
+			 WHERE %11$s
+			 ORDER BY %1$s, x.pgcdc_lsn DESC, x.pgcdc_lseq DESC)%15$s,
+		pgcdc_d AS (%3$s RETURNING 1)%12$s%16$s,
+		pgcdc_u AS (UPDATE %4$s t SET %5$s _source_lsn = m.pgcdc_lsn, _source_seq = m.pgcdc_lseq,
+					 _synced_at = pg_catalog.now() %6$s
+				FROM pgcdc_m m WHERE m.pgcdc_op OPERATOR(pg_catalog.<>) 'D' AND %7$s AND %8$s
 			  RETURNING 1),
-		pgcdc_i AS (INSERT INTO %6$s (%11$s, _source_lsn, _source_seq, _synced_at%15$s)
-			  SELECT %12$s, m.pgcdc_lsn, m.pgcdc_lseq, pg_catalog.now()%16$s FROM pgcdc_m m
+		pgcdc_i AS (INSERT INTO %4$s (%9$s, _source_lsn, _source_seq, _synced_at%13$s)
+			  SELECT %10$s, m.pgcdc_lsn, m.pgcdc_lseq, pg_catalog.now()%14$s FROM pgcdc_m m
 			   WHERE m.pgcdc_op OPERATOR(pg_catalog.<>) 'D'
-				 AND NOT EXISTS (SELECT 1 FROM %6$s t WHERE %9$s)
+				 AND NOT EXISTS (SELECT 1 FROM %4$s t WHERE %7$s)
 			  RETURNING 1)
 		SELECT ARRAY[(SELECT pg_catalog.count(*) FROM pgcdc_i), (SELECT pg_catalog.count(*) FROM pgcdc_u),
-					 (SELECT pg_catalog.count(*) FROM pgcdc_d)%19$s, (SELECT pg_catalog.count(*) FROM pgcdc_m)]$f$,
-		pgcdc._list(key_columns, 'x'),
-		pgcdc._cast_list(target, changes, data_cols, 'c'),
-		op_column, pgcdc._qname(changes),
+					 (SELECT pg_catalog.count(*) FROM pgcdc_d)%17$s, (SELECT pg_catalog.count(*) FROM pgcdc_m)]$f$,
+		pgcdc._list(key_columns, 'x'), events,
 		CASE WHEN soft_delete
 			THEN pgcdc._soft_delete_sql(target, 'pgcdc_m', 'pgcdc_g', key_columns, vals, '{}')
 			ELSE format('DELETE FROM %1$s t USING pgcdc_m m '
@@ -456,13 +455,10 @@ BEGIN
 		CASE WHEN soft_delete THEN ', false' ELSE '' END,
 		-- soft delete: each key's last insert or update (before its delete)
 		CASE WHEN soft_delete THEN format($g$, pgcdc_g AS MATERIALIZED (
-			SELECT DISTINCT ON (%1$s) x.* FROM (
-				SELECT %2$s, c.%3$I::text AS pgcdc_op, c._source_lsn AS pgcdc_lsn,
-					   c._source_seq AS pgcdc_lseq FROM %4$s c) x
+			SELECT DISTINCT ON (%1$s) x.* FROM (%2$s) x
 			 WHERE x.pgcdc_op OPERATOR(pg_catalog.<>) 'D'
 			 ORDER BY %1$s, x.pgcdc_lsn DESC, x.pgcdc_lseq DESC)$g$,
-			pgcdc._list(key_columns, 'x'), pgcdc._cast_list(target, changes, data_cols, 'c'),
-			op_column, pgcdc._qname(changes)) ELSE '' END,
+			pgcdc._list(key_columns, 'x'), events) ELSE '' END,
 		CASE WHEN soft_delete THEN format(', pgcdc_s AS (%s RETURNING 1)',
 			pgcdc._soft_insert_sql(target, 'pgcdc_m', 'pgcdc_g', key_columns, data_cols)) ELSE '' END,
 		CASE WHEN soft_delete THEN ' + (SELECT pg_catalog.count(*) FROM pgcdc_s)' ELSE '' END))];

@@ -223,11 +223,10 @@ BEGIN
 		-- the map's key, else the events', else the target's own unique key
 		-- (events quarantined by a rule carry no key object)
 		keys := coalesce(m.key_columns,
-						 NULLIF(ARRAY(SELECT jsonb_object_keys(x.event->'key') FROM pgcdc.quarantine x
-									   WHERE x.id = (SELECT min(y.id) FROM pgcdc.quarantine y
-													  WHERE y.id = ANY (ids)
-														AND jsonb_typeof(y.event->'key') = 'object')),
-								'{}'),
+						 NULLIF(ARRAY(SELECT jsonb_object_keys(
+										  (SELECT x.event->'key' FROM pgcdc.quarantine x
+											WHERE x.id = ANY (ids) AND jsonb_typeof(x.event->'key') = 'object'
+											ORDER BY x.id LIMIT 1))), '{}'),
 						 pgcdc._target_key(m.target::regclass));
 		IF cardinality(keys) = 0 THEN
 			RAISE EXCEPTION 'no key columns for % in pipeline "%"', m.target, m.pipeline
