@@ -29,6 +29,7 @@ typedef enum PgcdcOptionId
 	OPT_MESSAGE_PREFIXES,
 	OPT_INCLUDE_TYPES,
 	OPT_NUMERIC_AS_STRING,
+	OPT_PACK_BYTES,
 	NUM_OPTIONS
 } PgcdcOptionId;
 
@@ -45,6 +46,7 @@ static const char *const option_names[NUM_OPTIONS] = {
 	[OPT_MESSAGE_PREFIXES] = "message-prefixes",
 	[OPT_INCLUDE_TYPES] = "include-types",
 	[OPT_NUMERIC_AS_STRING] = "numeric-as-string",
+	[OPT_PACK_BYTES] = "pack-bytes",
 };
 
 #define PATTERN_HINT \
@@ -63,7 +65,7 @@ lookup_option(const char *name)
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("unrecognized pgcdc option \"%s\"", name),
-			 errhint("Valid options are format-version, include-transaction, skip-empty-xacts, tables, exclude-tables, publications, actions, origin, messages, message-prefixes, include-types and numeric-as-string.")));
+			 errhint("Valid options are format-version, include-transaction, skip-empty-xacts, tables, exclude-tables, publications, actions, origin, messages, message-prefixes, include-types, numeric-as-string and pack-bytes.")));
 	pg_unreachable();
 }
 
@@ -81,6 +83,23 @@ option_bool(const char *name, const char *value)
 				 errmsg("invalid value for pgcdc option \"%s\": \"%s\"", name, value),
 				 errhint("Use true or false.")));
 	return result;
+}
+
+/* pack-bytes: a size in bytes, 0 (one event per write) up to 1 MB */
+static int
+option_pack_bytes(const char *name, const char *value)
+{
+	char	   *end;
+	long		n;
+
+	errno = 0;
+	n = strtol(value, &end, 10);
+	if (errno != 0 || end == value || *end != '\0' || n < 0 || n > PGCDC_MAX_PACK_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid value for pgcdc option \"%s\": \"%s\"", name, value),
+				 errhint("Use a number of bytes from 0 to %d.", PGCDC_MAX_PACK_BYTES)));
+	return (int) n;
 }
 
 static const char *
@@ -296,6 +315,7 @@ pgcdc_parse_options(PgcdcOptions *opts, List *options)
 	opts->messages = true;
 	opts->include_types = false;
 	opts->numeric_as_string = false;
+	opts->pack_bytes = 0;
 	opts->origin_none = false;
 	opts->actions = PGCDC_ACTION_ALL;
 	opts->tables = NIL;
@@ -368,6 +388,9 @@ pgcdc_parse_options(PgcdcOptions *opts, List *options)
 				break;
 			case OPT_NUMERIC_AS_STRING:
 				opts->numeric_as_string = option_bool(name, value);
+				break;
+			case OPT_PACK_BYTES:
+				opts->pack_bytes = option_pack_bytes(name, option_required(name, value));
 				break;
 			case NUM_OPTIONS:
 				pg_unreachable();

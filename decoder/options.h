@@ -15,6 +15,9 @@
 #define PGCDC_ACTION_TRUNCATE	0x08
 #define PGCDC_ACTION_ALL		0x0F
 
+/* pack-bytes bounds the walsender's write buffer: memory stays flat */
+#define PGCDC_MAX_PACK_BYTES	(1024 * 1024)
+
 /* One schema.table pattern; '*' is the wildcard, '\' escapes in both parts. */
 typedef struct PgcdcPattern
 {
@@ -29,6 +32,7 @@ typedef struct PgcdcOptions
 	bool		messages;
 	bool		include_types;
 	bool		numeric_as_string;
+	int			pack_bytes;		/* > 0: events share a write up to this size */
 	bool		origin_none;	/* skip changes that carry a replication origin */
 	uint8		actions;		/* PGCDC_ACTION_* */
 	List	   *tables;			/* PgcdcPattern *; NIL means all tables */

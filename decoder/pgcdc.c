@@ -41,6 +41,7 @@ typedef struct PgcdcData
 
 	/* the transaction being decoded */
 	bool		begin_sent;
+	bool		packed;			/* ctx->out holds events not yet written */
 	uint64		seq;			/* events emitted so far */
 	StringInfoData xact_ids;	/* "xid":N,"commit_lsn":"X/X" */
 	StringInfoData xact_ts;		/* "ts":"..." */
@@ -125,6 +126,34 @@ pgcdc_filter_by_origin(LogicalDecodingContext *ctx, RepOriginId origin_id)
 	return data->opts.origin_none && origin_id != InvalidRepOriginId;
 }
 
+/*
+ * Every event starts a write, or with pack-bytes joins the events already
+ * in ctx->out on a new line: one write per event costs the walsender a
+ * send() per change, most of its time on small rows.
+ */
+static void
+prepare_event(LogicalDecodingContext *ctx, PgcdcData *data)
+{
+	if (data->packed)
+		appendStringInfoCharMacro(ctx->out, '\n');
+	else
+		OutputPluginPrepareWrite(ctx, true);
+}
+
+/*
+ * Write out the events in ctx->out, unless packing and there is room for
+ * more; a transaction's last event always goes out, so nothing waits for
+ * the next transaction and the buffer never outgrows pack-bytes plus one
+ * event.
+ */
+static void
+end_event(LogicalDecodingContext *ctx, PgcdcData *data, bool last)
+{
+	data->packed = !last && ctx->out->len < data->opts.pack_bytes;
+	if (!data->packed)
+		OutputPluginWrite(ctx, true);
+}
+
 /* {"op":"X", then the transaction's ids */
 static void
 start_event(LogicalDecodingContext *ctx, PgcdcData *data, char op)
@@ -132,7 +161,7 @@ start_event(LogicalDecodingContext *ctx, PgcdcData *data, char op)
 	char		head[9] = "{\"op\":\"X\"";
 
 	head[7] = op;
-	OutputPluginPrepareWrite(ctx, true);
+	prepare_event(ctx, data);
 	json_append_bytes(ctx->out, head, 9);
 	appendStringInfoCharMacro(ctx->out, ',');
 	json_append_bytes(ctx->out, data->xact_ids.data, data->xact_ids.len);
@@ -145,7 +174,7 @@ write_begin(LogicalDecodingContext *ctx, PgcdcData *data)
 	appendStringInfoCharMacro(ctx->out, ',');
 	json_append_bytes(ctx->out, data->xact_ts.data, data->xact_ts.len);
 	appendStringInfoCharMacro(ctx->out, '}');
-	OutputPluginWrite(ctx, true);
+	end_event(ctx, data, false);
 	data->begin_sent = true;
 }
 
@@ -173,6 +202,10 @@ pgcdc_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr comm
 {
 	PgcdcData  *data = ctx->output_plugin_private;
 
+	/* without include-transaction the packed changes end here */
+	if (data->packed)
+		end_event(ctx, data, true);
+
 	/* Lets the walsender confirm positions of skipped transactions too. */
 	OutputPluginUpdateProgress(ctx, !data->begin_sent);
 
@@ -186,7 +219,7 @@ pgcdc_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr comm
 	json_append_literal(ctx->out, ",\"changes\":");
 	json_append_uint64(ctx->out, data->seq);
 	appendStringInfoCharMacro(ctx->out, '}');
-	OutputPluginWrite(ctx, true);
+	end_event(ctx, data, true);
 }
 
 /* The part every in-transaction change event shares, up to "ts". */
@@ -404,7 +437,7 @@ pgcdc_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	if (entry->types != NULL)
 		json_append_bytes(out, entry->types, entry->types_len);
 	appendStringInfoCharMacro(out, '}');
-	OutputPluginWrite(ctx, true);
+	end_event(ctx, data, false);
 
 	MemoryContextSwitchTo(oldcxt);
 	MemoryContextReset(data->context);
@@ -427,15 +460,11 @@ pgcdc_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 		start_change_event(ctx, data, 'T', change->lsn);
 		appendStringInfoCharMacro(ctx->out, ',');
 		json_append_bytes(ctx->out, entry->header, entry->header_len);
-		if (change->data.truncate.cascade)
-							   json_append_literal(ctx->out, ",\"cascade\":true");
-							   else
-							   json_append_literal(ctx->out, ",\"cascade\":false");
-		if (change->data.truncate.restart_seqs)
-							   json_append_literal(ctx->out, ",\"restart_identity\":true}");
-							   else
-							   json_append_literal(ctx->out, ",\"restart_identity\":false}");
-		OutputPluginWrite(ctx, true);
+		appendStringInfoString(ctx->out, change->data.truncate.cascade ?
+							   ",\"cascade\":true" : ",\"cascade\":false");
+		appendStringInfoString(ctx->out, change->data.truncate.restart_seqs ?
+							   ",\"restart_identity\":true}" : ",\"restart_identity\":false}");
+		end_event(ctx, data, false);
 	}
 
 	MemoryContextSwitchTo(oldcxt);
@@ -475,7 +504,7 @@ pgcdc_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	else
 	{
 		/* Not part of a transaction: no xid, commit, seq or commit time. */
-		OutputPluginPrepareWrite(ctx, true);
+		prepare_event(ctx, data);
 		json_append_literal(ctx->out, "{\"op\":\"M\",\"xid\":null,\"lsn\":");
 		json_append_lsn(ctx->out, lsn);
 		json_append_literal(ctx->out, ",\"ts\":null");
@@ -503,7 +532,7 @@ pgcdc_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 		appendStringInfoCharMacro(out, '"');
 	}
 	appendStringInfoCharMacro(out, '}');
-	OutputPluginWrite(ctx, true);
+	end_event(ctx, data, !transactional);
 
 	MemoryContextSwitchTo(oldcxt);
 	MemoryContextReset(data->context);

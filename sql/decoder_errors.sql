@@ -43,6 +43,9 @@ SELECT try_options('message-prefixes', ' ');
 SELECT try_options('actions', '');
 SELECT try_options('publications', '');
 SELECT try_options('publications', 'a,"b');
+SELECT try_options('pack-bytes', '-1');
+SELECT try_options('pack-bytes', '1048577');
+SELECT try_options('pack-bytes', '64k');
 -- a publication that does not exist fails at the first change, as in pgoutput
 SELECT try_options('publications', 'no_such_pub');
 -- valid options for contrast

@@ -77,6 +77,26 @@ SELECT * FROM ev('opt_slot', 'include-types', 'true', 'tables', 'public.opt_a', 
 SELECT opt_workload();
 SELECT * FROM ev('opt_slot', 'numeric-as-string', 'on', 'tables', 'public.opt_a', 'actions', 'insert', 'include-transaction', 'false');
 
+-- pack-bytes: a transaction's events share a write (a row here, a CopyData
+-- message through a walsender) up to that size, one event per line; the
+-- transaction's last event ends its write.  Line by line they are the
+-- events written without it.
+SELECT opt_workload();
+SELECT opt_workload();
+SELECT n AS write, count(*) AS events, string_agg(e::json->>'op', '' ORDER BY k) AS ops
+  FROM pg_logical_slot_peek_changes('opt_slot', NULL, NULL, 'pack-bytes', '600') WITH ORDINALITY c(lsn, xid, data, n),
+       unnest(string_to_array(c.data, E'\n')) WITH ORDINALITY u(e, k)
+ GROUP BY n ORDER BY n;
+SELECT (SELECT array_agg(e ORDER BY n, k)
+          FROM pg_logical_slot_peek_changes('opt_slot', NULL, NULL, 'pack-bytes', '600') WITH ORDINALITY c(lsn, xid, data, n),
+               unnest(string_to_array(c.data, E'\n')) WITH ORDINALITY u(e, k))
+     = (SELECT array_agg(data ORDER BY n)
+          FROM pg_logical_slot_peek_changes('opt_slot', NULL, NULL) WITH ORDINALITY c(lsn, xid, data, n))
+       AS same_events;
+-- without transactions the last change ends the write
+SELECT count(*) AS writes, sum(cardinality(string_to_array(data, E'\n'))) AS events
+  FROM pg_logical_slot_get_changes('opt_slot', NULL, NULL, 'pack-bytes', '1048576', 'include-transaction', 'false');
+
 SELECT pg_drop_replication_slot('opt_slot');
 DROP FUNCTION opt_workload();
 DROP TABLE opt_a, opt_b, opt_c, opt_d;

@@ -28,6 +28,7 @@ CREATE TABLE items (id int PRIMARY KEY, price numeric(10,2), at timestamptz, not
 });
 my ($rc, $out, $err) = run_recvlogical('--create-slot', '-S', 'ws', '-P', 'pgcdc');
 is($rc, 0, 'pg_recvlogical creates a pgcdc slot') or diag($err);
+($rc, $out, $err) = run_recvlogical('--create-slot', '-S', 'wsp', '-P', 'pgcdc');
 
 $node->safe_psql('postgres', q{
 BEGIN;
@@ -59,6 +60,16 @@ is($events[2]{new}{note}, "two\nlines", 'newline escaped inside a string, event 
 is($events[5]{changes}, 4, 'commit counts the events');
 ok(defined $events[5]{end_lsn}, 'commit carries end_lsn');
 
+# pack-bytes: the events share CopyData messages, one per line; pg_recvlogical
+# ends each message with a newline, so it writes exactly the same lines.
+{
+	local $ENV{PGOPTIONS} = '-c DateStyle=SQL,DMY -c TimeZone=Asia/Kolkata -c extra_float_digits=-5';
+	my ($prc, $pout, $perr) = run_recvlogical('--start', '-S', 'wsp', '--no-loop', '--endpos', $endpos,
+		'-f', '-', '-o', 'include-types', '-o', 'numeric-as-string=true', '-o', 'pack-bytes=65536');
+	is($prc, 0, 'pg_recvlogical streams packed events') or diag($perr);
+	is($pout, $out, 'packed events are the same lines as one event per message');
+}
+
 # A bad option fails the stream with the option's name; nothing is consumed.
 ($rc, $out, $err) = run_recvlogical('--start', '-S', 'ws', '--no-loop', '--endpos', $endpos,
 	'-f', '-', '-o', 'tables=public');
@@ -80,7 +91,8 @@ $strict->stop;
 
 # Memory: one transaction far larger than logical_decoding_work_mem (1MB
 # here).  If events were buffered per transaction the walsender would need
-# more than the whole output (~150MB); it must stay near its baseline.
+# more than the whole output (~150MB); it must stay near its baseline, also
+# with the largest pack-bytes (events share messages of up to 1MB).
 $node->safe_psql('postgres', q{
 CREATE TABLE big (id int PRIMARY KEY, pad text);
 });
@@ -91,7 +103,7 @@ INSERT INTO big SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 100000
 my $memend = $node->lsn('insert');
 my $outfile = $node->basedir . '/big.jsonl';
 my $h = IPC::Run::start([ $recvlogical, '--dbname', $connstr, '--start', '-S', 'mem',
-	'--no-loop', '-f', $outfile, '-F', '1', '-o', 'include-transaction=false' ],
+	'--no-loop', '-f', $outfile, '-F', '1', '-o', 'include-transaction=false', '-o', 'pack-bytes=1048576' ],
 	'>', \my $sout, '2>', \my $serr);
 $node->poll_query_until('postgres',
 	q{SELECT count(*) = 1 FROM pg_replication_slots WHERE slot_name = 'mem' AND active})
