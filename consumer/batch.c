@@ -331,6 +331,27 @@ end_copy(Batch *b)
 	return ok;
 }
 
+/*
+ * Pass over n bytes of a spill file.  Read, not fseeko(): glibc's seek
+ * drops the stream's buffer, and then a dead line costs an lseek() and the
+ * next line a read() of a whole buffer.
+ */
+static bool
+skip_bytes(FILE *f, size_t n)
+{
+	char		sink[4096];
+
+	while (n > 0)
+	{
+		size_t		part = Min(n, sizeof(sink));
+
+		if (fread(sink, 1, part, f) != part)
+			return false;
+		n -= part;
+	}
+	return true;
+}
+
 /* COPY map i's rows of job k to the target, less the moot ones. */
 static bool
 copy_spill(Batch *b, int k, int i, PQExpBuffer row)
@@ -352,7 +373,7 @@ copy_spill(Batch *b, int k, int i, PQExpBuffer row)
 		send = h.map == i && (b->has_rules[i] || !compact_dead(b->compact[k], line));
 		if (!send)
 		{
-			if (fseeko(spill, h.len, SEEK_CUR) != 0)
+			if (!skip_bytes(spill, h.len))
 				break;
 			if (h.map == i)
 				b->jobs[k].moot++;
@@ -481,7 +502,7 @@ read_rows(Batch *b, int k, int i, long *n)
 		line++;
 		if (h.map != i || (!b->has_rules[i] && compact_dead(b->compact[k], line)))
 		{
-			if (fseeko(spill, h.len, SEEK_CUR) != 0)
+			if (!skip_bytes(spill, h.len))
 				break;
 			continue;
 		}

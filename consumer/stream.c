@@ -26,6 +26,8 @@ struct Stream
 
 /* Microseconds between the Unix and the PostgreSQL epoch (2000-01-01). */
 #define PG_EPOCH_OFFSET_US INT64CONST(946684800000000)
+/* the decoder's pack-bytes: events of a transaction share messages this big */
+#define PACK_BYTES	65536
 /* how often a running consumer looks whether its pipeline changed */
 #define PIPELINE_CHECK_US INT64CONST(5000000)
 
@@ -283,6 +285,8 @@ stream_start(Stream *s, Pipeline *p, Lsn start)
 	append_literal(sql, tables->data);
 	/* heartbeats and the caught-up marker are messages with our prefix */
 	appendPQExpBufferStr(sql, ", \"message-prefixes\" 'pgcdc'");
+	/* many events per message: a send() per event is most of a walsender's time */
+	appendPQExpBuffer(sql, ", \"pack-bytes\" '%d'", PACK_BYTES);
 	if (p->decoder_options && *p->decoder_options)
 		appendPQExpBuffer(sql, ", %s", p->decoder_options);
 	appendPQExpBufferChar(sql, ')');
@@ -435,6 +439,45 @@ log_progress(Stream *s)
 			(unsigned long long) stats.skipped,
 			format_lsn(s->flushed, b1), format_lsn(stats.source_lsn, b2),
 			(unsigned long long) lag, stats.lag_seconds);
+}
+
+/*
+ * One event of the stream: transactions open and close on the source's B
+ * and C, everything in between goes to the batch.
+ */
+static bool
+take_event(Stream *s, Batch *b, const char *json, size_t len, int64_t now,
+		   char *scratch, size_t scratchlen)
+{
+	EventInfo	ev;
+
+	if (!event_parse(json, len, &ev, scratch, scratchlen))
+	{
+		log_msg(LOG_ERROR, "could not parse an event from the source: %.*s",
+				(int) Min(len, 200), json);
+		return false;
+	}
+	switch (ev.op)
+	{
+		case 'B':
+			s->in_xact = true;
+			return batch_begin_xact(b, &ev);
+		case 'C':
+			s->in_xact = false;
+			if (!batch_end_xact(b, &ev))
+				return false;
+			if (ev.end_lsn > s->received)
+				s->received = ev.end_lsn;
+			stats.received_lsn = s->received;
+			return true;
+		case 'M':
+			if (ev.commit_lsn == InvalidLsn)
+				return true;	/* non-transactional: nothing to apply */
+			/* fall through */
+		default:
+			s->last_event_us = now;
+			return batch_add_event(b, &ev, json, len);
+	}
 }
 
 /*
@@ -692,43 +735,21 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 		}
 		else if (buf[0] == 'w' && r > 25)
 		{
-			EventInfo	ev;
+			/* one event per line */
 			const char *json = buf + 25;
-			size_t		len = r - 25;
-			bool		ok = true;
+			const char *end = buf + r;
 
-			if (!event_parse(json, len, &ev, scratch, sizeof(scratch)))
+			while (json < end)
 			{
-				log_msg(LOG_ERROR, "could not parse an event from the source: %.200s", json);
-				PQfreemem(buf);
-				goto done;
-			}
-			switch (ev.op)
-			{
-				case 'B':
-					s->in_xact = true;
-					ok = batch_begin_xact(b, &ev);
-					break;
-				case 'C':
-					s->in_xact = false;
-					ok = batch_end_xact(b, &ev);
-					if (ev.end_lsn > s->received)
-						s->received = ev.end_lsn;
-					stats.received_lsn = s->received;
-					break;
-				case 'M':
-					if (ev.commit_lsn == InvalidLsn)
-						break;	/* non-transactional: nothing to apply */
-					/* fall through */
-				default:
-					s->last_event_us = now;
-					ok = batch_add_event(b, &ev, json, len);
-					break;
-			}
-			if (!ok)
-			{
-				PQfreemem(buf);
-				goto done;
+				const char *nl = memchr(json, '\n', end - json);
+				size_t		len = (nl ? nl : end) - json;
+
+				if (!take_event(s, b, json, len, now, scratch, sizeof(scratch)))
+				{
+					PQfreemem(buf);
+					goto done;
+				}
+				json += len + 1;
 			}
 		}
 		PQfreemem(buf);
