@@ -511,14 +511,19 @@ CREATE TABLE keyed_changes (op text, _source_lsn pg_lsn, _source_seq int, _commi
 INSERT INTO keyed_changes VALUES
 	('I', '0/10', 1, '2024-01-01', 1, 'a', 'BIG', NULL, NULL),
 	('U', '0/20', 1, '2024-01-02', 2, 'a', NULL, '{big}', '{"id": 1}'),
-	('U', '0/30', 1, '2024-01-03', 3, 'b', NULL, '{big}', '{"id": 2}');
+	('U', '0/30', 1, '2024-01-03', 3, 'b', NULL, '{big}', '{"id": 2}'),
+	-- another chain, with an update of the middle key between its key changes
+	('I', '0/10', 2, '2024-01-01', 10, 'x', 'BIG10', NULL, NULL),
+	('U', '0/20', 2, '2024-01-02', 11, 'x', NULL, '{big}', '{"id": 10}'),
+	('U', '0/28', 1, '2024-01-02 12:00', 11, 'y', NULL, '{big}', NULL),
+	('U', '0/30', 2, '2024-01-03', 12, 'z', NULL, '{big}', '{"id": 11}');
 SELECT * FROM pgcdc.scd2_apply_changes('keyed_hist', 'keyed_changes', '{id}', '_source_lsn,_source_seq',
 									   valid_from_column => '_commit_ts');
 TRUNCATE keyed_changes;
 INSERT INTO keyed_changes VALUES ('U', '0/50', 1, '2024-01-05', 4, 'd', NULL, '{big}', '{"id": 3}');
 SELECT * FROM pgcdc.scd2_apply_changes('keyed_hist', 'keyed_changes', '{id}', '_source_lsn,_source_seq',
 									   valid_from_column => '_commit_ts');
-SELECT id, v, big, _valid_from::date, _valid_to::date, _is_current FROM keyed_hist ORDER BY _valid_from;
+SELECT id, v, big, _valid_from::date, _valid_to::date, _is_current FROM keyed_hist ORDER BY id, _version;
 DROP TABLE keyed, keyed_hist, keyed_changes;
 
 -- a late change with unchanged TOAST takes the value of the version it splits

@@ -126,7 +126,7 @@ DECLARE
 	keys text;
 	bad record;
 	col text;
-	kc record;
+	n bigint;
 BEGIN
 	args := pgcdc._stage_args(target, changes, key_columns, sequence_by, op_column,
 							  valid_from_column);
@@ -218,31 +218,46 @@ BEGIN
 	-- unchanged TOAST in an update that changed the key: the value is the old
 	-- key's, from its latest earlier change in the batch that had it, else
 	-- from its row (a mirror) or current version (a history) in the target.
-	-- In source order, so that a chain of key changes carries it along.
+	-- A chain of key changes carries it along: an update whose old key got
+	-- its value by an earlier key change (still unresolved) waits for it, so
+	-- each column takes as many rounds as the longest chain (mostly one),
+	-- every update of a round at once.  (The plain updates left unresolved
+	-- carry the value before them: the next step.)
 	IF old_keys IS NOT NULL AND pgcdc._has_column(changes, 'unchanged_toast', 'text[]') THEN
-		FOR kc IN SELECT u.pgcdc_rn AS u_rn, d.pgcdc_rn AS d_rn, t.pgcdc_col
-					FROM pg_temp._pgcdc_stage u
-					JOIN pg_temp._pgcdc_stage d ON d.pgcdc_seq = u.pgcdc_seq AND d.pgcdc_sub = 0,
-						 unnest(u.pgcdc_ut) AS t(pgcdc_col)
-				   WHERE u.pgcdc_sub = 1 AND t.pgcdc_col = ANY (data_cols)
-					 AND t.pgcdc_col <> ALL (key_columns)
-				   ORDER BY u.pgcdc_seq LOOP
-			EXECUTE format($f$
-				UPDATE pg_temp._pgcdc_stage u
-				   SET %1$I = CASE WHEN v.pgcdc_b IS NOT NULL THEN v.pgcdc_b[1] ELSE v.pgcdc_t END,
-					   pgcdc_ut = pg_catalog.array_remove(u.pgcdc_ut, %2$L)
-				  FROM (SELECT (SELECT ARRAY[x.%1$I] FROM pg_temp._pgcdc_stage x
-								 WHERE %3$s AND x.pgcdc_op IN ('I', 'U') AND x.pgcdc_seq < d.pgcdc_seq
-								   AND NOT (%2$L = ANY (coalesce(x.pgcdc_ut, '{}')))
-								 ORDER BY x.pgcdc_seq DESC LIMIT 1) AS pgcdc_b,
-							   (SELECT t.%1$I FROM %4$s t WHERE %5$s %6$s LIMIT 1) AS pgcdc_t
-						  FROM pg_temp._pgcdc_stage d WHERE d.pgcdc_rn = $2) v
-				 WHERE u.pgcdc_rn = $1$f$,
-				kc.pgcdc_col, kc.pgcdc_col, pgcdc._key_join('x', 'd', target, key_columns),
-				target, pgcdc._key_join('t', 'd', target, key_columns),
-				CASE WHEN pgcdc._has_column(target, '_is_current', 'bool') THEN 'AND t._is_current'
-					 ELSE '' END)
-			USING kc.u_rn, kc.d_rn;
+		FOR col IN SELECT DISTINCT t.pgcdc_col
+					 FROM pg_temp._pgcdc_stage u
+					 JOIN pg_temp._pgcdc_stage d ON d.pgcdc_seq = u.pgcdc_seq AND d.pgcdc_sub = 0,
+						  unnest(u.pgcdc_ut) AS t(pgcdc_col)
+					WHERE u.pgcdc_sub = 1 AND t.pgcdc_col = ANY (data_cols)
+					  AND t.pgcdc_col <> ALL (key_columns) LOOP
+			LOOP
+				EXECUTE format($f$
+					UPDATE pg_temp._pgcdc_stage u
+					   SET %1$I = CASE WHEN v.pgcdc_found THEN v.pgcdc_b ELSE v.pgcdc_t END,
+						   pgcdc_ut = pg_catalog.array_remove(u.pgcdc_ut, %2$L)
+					  FROM (SELECT k.pgcdc_rn, b.pgcdc_found, b.pgcdc_b, b.pgcdc_wait,
+								   (SELECT t.%1$I FROM %4$s t WHERE %5$s %6$s LIMIT 1) AS pgcdc_t
+							  FROM pg_temp._pgcdc_stage k
+							  JOIN pg_temp._pgcdc_stage d ON d.pgcdc_seq = k.pgcdc_seq AND d.pgcdc_sub = 0
+							  LEFT JOIN LATERAL (
+									SELECT true AS pgcdc_found, x.%1$I AS pgcdc_b,
+										   %2$L = ANY (coalesce(x.pgcdc_ut, '{}')) AS pgcdc_wait
+									  FROM pg_temp._pgcdc_stage x
+									 WHERE %3$s AND x.pgcdc_op IN ('I', 'U') AND x.pgcdc_seq < d.pgcdc_seq
+									   AND (NOT (%2$L = ANY (coalesce(x.pgcdc_ut, '{}')))
+											OR x.pgcdc_sub = 1 AND EXISTS (
+												SELECT FROM pg_temp._pgcdc_stage y
+												 WHERE y.pgcdc_seq = x.pgcdc_seq AND y.pgcdc_sub = 0))
+									 ORDER BY x.pgcdc_seq DESC LIMIT 1) b ON true
+							 WHERE k.pgcdc_sub = 1 AND %2$L = ANY (k.pgcdc_ut)) v
+					 WHERE u.pgcdc_rn = v.pgcdc_rn AND NOT coalesce(v.pgcdc_wait, false)$f$,
+					col, col, pgcdc._key_join('x', 'd', target, key_columns),
+					target, pgcdc._key_join('t', 'd', target, key_columns),
+					CASE WHEN pgcdc._has_column(target, '_is_current', 'bool') THEN 'AND t._is_current'
+						 ELSE '' END);
+				GET DIAGNOSTICS n = ROW_COUNT;
+				EXIT WHEN n = 0;
+			END LOOP;
 		END LOOP;
 	END IF;
 
