@@ -186,6 +186,13 @@ batch_open(Batch *b)
 	return b->open;
 }
 
+/* A batch is being applied. */
+bool
+batch_applying(Batch *b)
+{
+	return b->inflight;
+}
+
 /* A batch is filling or being applied: nothing past it may be confirmed. */
 bool
 batch_pending(Batch *b)

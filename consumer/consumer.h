@@ -51,6 +51,7 @@ typedef struct ConsumerOptions
 	int			snapshot_jobs;
 	long		batch_size;		/* events */
 	int			batch_ms;
+	bool		idle_flush;		/* a batch also goes when the source pauses */
 	int			status_interval;	/* seconds */
 	int			heartbeat;		/* seconds, 0 = off */
 	bool		exit_when_caught_up;
@@ -278,6 +279,7 @@ extern bool batch_end_xact(Batch *b, const EventInfo *commit);
 extern long batch_events(Batch *b);
 extern bool batch_open(Batch *b);
 extern bool batch_pending(Batch *b);
+extern bool batch_applying(Batch *b);
 extern int	batch_wait_fd(Batch *b);
 extern bool batch_poll(Batch *b, Lsn *applied_end_lsn);
 extern bool batch_wait(Batch *b, Lsn *applied_end_lsn);

@@ -21,6 +21,7 @@ ConsumerOptions opts = {
 	.snapshot_jobs = 2,
 	.batch_size = 10000,
 	.batch_ms = 200,
+	.idle_flush = true,
 	.status_interval = 10,
 	.heartbeat = 0,
 	.max_backoff = 60,
@@ -43,6 +44,8 @@ usage(void)
 		   "      --snapshot-jobs=N      tables copied at once by the snapshot (default: 2)\n"
 		   "      --batch-size=N         events per target transaction, whole source transactions (default: 10000)\n"
 		   "      --batch-ms=MS          longest wait before a batch is applied (default: 200)\n"
+		   "      --idle-flush=on|off    when the source pauses and the target is free, apply a batch\n"
+		   "                             after a tenth of --batch-ms (default: on)\n"
 		   "      --status-interval=S    feedback to the source at least this often (default: 10)\n"
 		   "      --heartbeat=S          when nothing is captured for S seconds, emit a message on the\n"
 		   "                             source so the slot advances (default: 0, off)\n"
@@ -339,6 +342,7 @@ main(int argc, char **argv)
 		{"exit-when-caught-up", no_argument, NULL, 7},
 		{"metrics-port", required_argument, NULL, 8},
 		{"max-backoff", required_argument, NULL, 9},
+		{"idle-flush", required_argument, NULL, 11},
 		{"verbose", no_argument, NULL, 'v'},
 		{"version", no_argument, NULL, 'V'},
 		{"help", no_argument, NULL, 10},
@@ -400,6 +404,17 @@ main(int argc, char **argv)
 				break;
 			case 9:
 				opts.max_backoff = parse_int_option("max-backoff", optarg, 1, 3600);
+				break;
+			case 11:
+				if (strcmp(optarg, "on") == 0)
+					opts.idle_flush = true;
+				else if (strcmp(optarg, "off") == 0)
+					opts.idle_flush = false;
+				else
+				{
+					fprintf(stderr, "pgcdc_consumer: invalid value \"%s\" for --idle-flush: use on or off\n", optarg);
+					exit(EXIT_USAGE);
+				}
 				break;
 			case 'v':
 				opts.verbose++;

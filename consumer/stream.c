@@ -643,6 +643,22 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 		}
 
 		r = PQgetCopyData(s->conn, &buf, 1);
+		/*
+		 * The source has sent all it has for now and the target is free:
+		 * the batch goes after a tenth of batch-ms rather than batch-ms, so
+		 * the lag under a steady load is about that plus one apply.  While
+		 * a batch is being applied the next one grows: batches are as large
+		 * as the target needs to keep up.  (Without the tenth, a backlog
+		 * read faster than the walsender sends it went out in slivers that
+		 * cost the target more CPU per event.)
+		 */
+		if (r == 0 && opts.idle_flush && batch_open(b) && !s->in_xact && !batch_applying(b) &&
+			now - batch_started_us(b) >= (int64_t) opts.batch_ms * 100)
+		{
+			if (!columns_unchanged(source, p, &result) || !flush_batch(s, b))
+				goto done;
+			continue;
+		}
 		if (r == 0)
 		{
 			fd_set		fds;

@@ -266,7 +266,7 @@ like($err, qr/ERROR: source server does not allow pgcdc as an output plugin \(ou
 	'output_plugin_libraries: one line and a hint');
 
 # --- Usage.
-for my $bad ([], [ '--source', 'x' ], [ '--batch-size', 'many' ], [ '--snapshot', 'sometimes' ], [ '--bogus' ],
+for my $bad ([], [ '--source', 'x' ], [ '--batch-size', 'many' ], [ '--snapshot', 'sometimes' ], [ '--idle-flush', 'maybe' ], [ '--bogus' ],
 	[ '--source', 'x', '--target', 'y', '--pipeline', 'p', 'extra' ])
 {
 	my ($out, $e);

@@ -38,7 +38,7 @@ SELECT pgcdc.add_table('one', 'public.acc', 'public.acc_soft1', 'mirror', soft_d
 my $cmd1 = consumer_cmd($src, $dst, 'one', '--exit-when-caught-up', '--batch-size', 1);
 # one batch holds everything a run sees
 my $cmd = consumer_cmd($src, $dst, 'cmp', '--exit-when-caught-up', '--batch-size', 1000000,
-	'--batch-ms', 600000);
+	'--batch-ms', 600000, '--idle-flush', 'off');
 my ($rc, $err) = run_consumer($cmd, $log);
 is($rc, 0, 'first run creates the slot') or diag($err);
 ($rc, $err) = run_consumer($cmd1, $log);
