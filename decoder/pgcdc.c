@@ -202,8 +202,8 @@ pgcdc_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr comm
 {
 	PgcdcData  *data = ctx->output_plugin_private;
 
-	/* without include-transaction the packed changes end here */
-	if (data->packed)
+	/* without include-transaction the packed changes end here, else with C */
+	if (data->packed && !data->begin_sent)
 		end_event(ctx, data, true);
 
 	/* Lets the walsender confirm positions of skipped transactions too. */

@@ -87,6 +87,11 @@ SELECT n AS write, count(*) AS events, string_agg(e::json->>'op', '' ORDER BY k)
   FROM pg_logical_slot_peek_changes('opt_slot', NULL, NULL, 'pack-bytes', '600') WITH ORDINALITY c(lsn, xid, data, n),
        unnest(string_to_array(c.data, E'\n')) WITH ORDINALITY u(e, k)
  GROUP BY n ORDER BY n;
+-- with room for them all, a transaction is one write, B to C
+SELECT n AS write, count(*) AS events, string_agg(e::json->>'op', '' ORDER BY k) AS ops
+  FROM pg_logical_slot_peek_changes('opt_slot', NULL, NULL, 'pack-bytes', '65536') WITH ORDINALITY c(lsn, xid, data, n),
+       unnest(string_to_array(c.data, E'\n')) WITH ORDINALITY u(e, k)
+ GROUP BY n ORDER BY n;
 SELECT (SELECT array_agg(e ORDER BY n, k)
           FROM pg_logical_slot_peek_changes('opt_slot', NULL, NULL, 'pack-bytes', '600') WITH ORDINALITY c(lsn, xid, data, n),
                unnest(string_to_array(c.data, E'\n')) WITH ORDINALITY u(e, k))
