@@ -671,7 +671,9 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 
 			if (batch_open(b) && !s->in_xact)
 			{
-				int64_t		left = batch_started_us(b) + (int64_t) opts.batch_ms * 1000 - now;
+				/* until batch-ms, or its tenth when the batch could go now (above) */
+				int64_t		left = batch_started_us(b) - now +
+					(int64_t) opts.batch_ms * (opts.idle_flush && !batch_applying(b) ? 100 : 1000);
 
 				if (left < wait_us)
 					wait_us = left > 0 ? left : 0;
