@@ -304,7 +304,9 @@ stream_start(Stream *s, Pipeline *p, Lsn start)
 		snprintf(last_sql_error.code, sizeof(last_sql_error.code), "%s", code ? code : "08006");
 		log_msg(LOG_ERROR, "could not start replication from slot \"%s\": %s (SQLSTATE %s)", p->slot_name,
 				message ? message : conn_error(s->conn), last_sql_error.code);
-		if (code && strcmp(code, "22023") == 0)
+		if (code && strcmp(code, "22023") == 0 && message && strstr(message, "\"pack-bytes\""))
+			log_hint("The source's pgcdc decoder is older than this pgcdc_consumer; install the same pgcdc build on the source.");
+		else if (code && strcmp(code, "22023") == 0)
 			log_hint("The decoder rejected an option; check pgcdc.pipeline.options of pipeline \"%s\".%s%s",
 					 p->name, hint ? " " : "", hint ? hint : "");
 	}
