@@ -338,8 +338,20 @@ BEGIN
 
 	q := pgcdc._scd2_late_sql(target, key_columns, data_cols, tracked, toast_cols);
 	EXECUTE pgcdc._work_table('_pgcdc_round', q.fill) || q.fill || ' LIMIT 0' USING 0::bigint;
-	-- planned once per call: the rounds run them again
-	fill := pgcdc._prepared('INSERT INTO pg_temp._pgcdc_round ' || q.fill, 'bigint');
+	-- planned once per call: the rounds run them again.  The fill counts
+	-- the round's rows by kind as it writes them (a statement less a round).
+	fill := pgcdc._prepared(
+		'WITH pgcdc_ins AS (INSERT INTO pg_temp._pgcdc_round ' || q.fill ||
+		' RETURNING pgcdc_class, pgcdc_resume) '
+		'SELECT pg_catalog.count(*) AS total, '
+		'pg_catalog.count(*) FILTER (WHERE r.pgcdc_resume) AS resume, '
+		'pg_catalog.count(*) FILTER (WHERE r.pgcdc_class IN (''ins_before'', ''ins_gap'')) AS ins, '
+		'pg_catalog.count(*) FILTER (WHERE r.pgcdc_class = ''del_inside'') AS del_inside, '
+		'pg_catalog.count(*) FILTER (WHERE r.pgcdc_class = ''del_drop'') AS del_drop, '
+		'pg_catalog.count(*) FILTER (WHERE r.pgcdc_class = ''absorb'') AS absorb, '
+		'pg_catalog.count(*) FILTER (WHERE r.pgcdc_class = ''absorb_same'') AS absorb_same, '
+		'pg_catalog.count(*) FILTER (WHERE r.pgcdc_class = ''split'') AS split '
+		'FROM pgcdc_ins r', 'bigint');
 	-- a round's steps, in this order for each key (keys do not share versions);
 	-- split: A ends before the new version, which may be current, goes in
 	steps := ARRAY[pgcdc._prepared(q.resume), pgcdc._prepared(q.del_inside),
@@ -355,17 +367,10 @@ BEGIN
 	END IF;
 
 	FOR i IN first_round .. last_round LOOP
-		TRUNCATE pg_temp._pgcdc_round;
-		EXECUTE format('EXECUTE %I(%s)', fill, i);
-		SELECT count(*) AS total,
-			   count(*) FILTER (WHERE r.pgcdc_resume) AS resume,
-			   count(*) FILTER (WHERE r.pgcdc_class IN ('ins_before', 'ins_gap')) AS ins,
-			   count(*) FILTER (WHERE r.pgcdc_class = 'del_inside') AS del_inside,
-			   count(*) FILTER (WHERE r.pgcdc_class = 'del_drop') AS del_drop,
-			   count(*) FILTER (WHERE r.pgcdc_class = 'absorb') AS absorb,
-			   count(*) FILTER (WHERE r.pgcdc_class = 'absorb_same') AS absorb_same,
-			   count(*) FILTER (WHERE r.pgcdc_class = 'split') AS split
-		  INTO n FROM pg_temp._pgcdc_round r;
+		-- emptied, not truncated: new files each round cost more than the
+		-- round, and would make every step's plan be made again
+		PERFORM pgcdc._empty_temp('_pgcdc_round');
+		EXECUTE format('EXECUTE %I(%s)', fill, i) INTO n;
 		CONTINUE WHEN n.total = 0;
 		-- the rows each step writes, by the steps' order
 		todo := ARRAY[n.resume, n.del_inside, n.del_drop, n.absorb + n.absorb_same, n.split,
