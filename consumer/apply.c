@@ -43,20 +43,6 @@ stage_range(ApplyJob *b, int i, const char *lo, const char *hi)
 	return res != NULL;
 }
 
-/* Does the map's source table have rules (looked up per batch: they may change)? */
-static bool
-map_has_rules(ApplyJob *b, TableMap *m)
-{
-	const char *params[2] = {b->p->name, m->source_table};
-	PGresult   *res = exec_ok(b->conn,
-							  "SELECT EXISTS (SELECT FROM pgcdc.rule WHERE pipeline = $1 AND source_table = $2)",
-							  2, params);
-	bool		has = res == NULL || strcmp(PQgetvalue(res, 0, 0), "t") == 0;
-
-	PQclear(res);
-	return has;
-}
-
 /* Apply map i's staged rows (all, or the events lo..hi) with one call. */
 static bool
 apply_map(ApplyJob *b, int i, const char *lo, const char *hi, long *quarantined)
@@ -92,7 +78,8 @@ apply_map(ApplyJob *b, int i, const char *lo, const char *hi, long *quarantined)
 		return false;
 	}
 	snprintf(changes, sizeof(changes), "pg_temp.pgcdc_%s_%d", lo ? "one" : "changes", i);
-	if (map_has_rules(b, m))
+	/* the rules as the batch was staged: its rows were sent for them */
+	if (b->has_rules[i])
 	{
 		const char *params[4] = {b->p->name, m->source_table, changes, m->target};
 

@@ -235,6 +235,7 @@ typedef struct ApplyJob
 {
 	PGconn	   *conn;
 	Pipeline   *p;				/* read only while the job runs */
+	const bool *has_rules;		/* per map, as the batch was staged */
 	long		events;
 	long		xacts;
 	long		lines;			/* rows of pgcdc_events: an event feeds one per map */
