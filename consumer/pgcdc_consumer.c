@@ -82,6 +82,21 @@ parse_int_option(const char *name, const char *arg, long min, long max)
 	return v;
 }
 
+/* An option that takes one of two words: true for the first. */
+static bool
+parse_pair_option(const char *name, const char *arg, const char *first, const char *second)
+{
+	if (strcmp(arg, first) == 0)
+		return true;
+	if (strcmp(arg, second) != 0)
+	{
+		fprintf(stderr, "pgcdc_consumer: invalid value \"%s\" for --%s: use %s or %s\n",
+				arg, name, first, second);
+		exit(EXIT_USAGE);
+	}
+	return false;
+}
+
 /*
  * A failure is worth a retry when a connection broke or the server said
  * "later" (see sql_error_is_transient), else it is final.
@@ -371,15 +386,8 @@ main(int argc, char **argv)
 				opts.pipeline = optarg;
 				break;
 			case 1:
-				if (strcmp(optarg, "initial") == 0)
-					opts.snapshot = SNAPSHOT_INITIAL;
-				else if (strcmp(optarg, "never") == 0)
-					opts.snapshot = SNAPSHOT_NEVER;
-				else
-				{
-					fprintf(stderr, "pgcdc_consumer: invalid value \"%s\" for --snapshot: use initial or never\n", optarg);
-					exit(EXIT_USAGE);
-				}
+				opts.snapshot = parse_pair_option("snapshot", optarg, "initial", "never") ?
+					SNAPSHOT_INITIAL : SNAPSHOT_NEVER;
 				break;
 			case 2:
 				opts.snapshot_jobs = parse_int_option("snapshot-jobs", optarg, 1, 64);
@@ -406,15 +414,7 @@ main(int argc, char **argv)
 				opts.max_backoff = parse_int_option("max-backoff", optarg, 1, 3600);
 				break;
 			case 11:
-				if (strcmp(optarg, "on") == 0)
-					opts.idle_flush = true;
-				else if (strcmp(optarg, "off") == 0)
-					opts.idle_flush = false;
-				else
-				{
-					fprintf(stderr, "pgcdc_consumer: invalid value \"%s\" for --idle-flush: use on or off\n", optarg);
-					exit(EXIT_USAGE);
-				}
+				opts.idle_flush = parse_pair_option("idle-flush", optarg, "on", "off");
 				break;
 			case 'v':
 				opts.verbose++;

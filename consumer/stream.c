@@ -373,19 +373,27 @@ flush_batch(Stream *s, Batch *b)
  * type change shows in no event, but it committed before any change that
  * follows it, so looking now, before each batch, catches it before such a
  * change is applied (with a narrower type, a numeric would be rounded).
- * If they changed, *result says start over: the batch comes again, into
- * targets altered to the new types (target.c).
+ * Returns the index of a map whose source changed (logged; start over: the
+ * batch comes again, into targets altered to the new types, target.c), -1
+ * if none did, -2 if the query failed.
  */
-static bool
-columns_unchanged(PGconn *source, Pipeline *p, int *result)
+static int
+columns_changed(PGconn *source, Pipeline *p)
 {
 	int			changed = source_columns_changed(source, p);
 
-	if (changed == -1)
-		return true;
 	if (changed >= 0)
 		log_msg(LOG_INFO, "the columns of source table %s changed: starting over",
 				p->maps[changed].source_table);
+	return changed;
+}
+
+/* ... before a batch: a failed look is a reason to start over too */
+static bool
+columns_unchanged(PGconn *source, Pipeline *p, int *result)
+{
+	if (columns_changed(source, p) == -1)
+		return true;
 	*result = RUN_RETRY;
 	return false;
 }
@@ -561,7 +569,6 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 		if (!s->in_xact && !batch_pending(b) && now - last_def_check_us >= PIPELINE_CHECK_US)
 		{
 			int			changed = target_pipeline_changed(target, p);
-			int			altered;
 
 			last_def_check_us = now;
 			if (changed != 0)
@@ -581,10 +588,8 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 				goto done;
 			}
 			/* a created target follows its source's columns (target.c) */
-			if (changed == 0 && (altered = source_columns_changed(source, p)) >= 0)
+			if (changed == 0 && columns_changed(source, p) >= 0)
 			{
-				log_msg(LOG_INFO, "the columns of source table %s changed: starting over",
-						p->maps[altered].source_table);
 				result = RUN_RETRY;
 				goto done;
 			}
