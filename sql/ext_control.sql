@@ -130,6 +130,31 @@ SELECT pipeline, slot_name, paused, commit_lsn, end_lsn, lag_bytes, lag_seconds,
 	   events, open_quarantine, last_batch_status, last_batch_error
   FROM pgcdc.status ORDER BY pipeline;
 
+-- a source table renamed at the source: its maps, rules and quarantined
+-- events follow it, and so does the comment of a target the consumer made
+CREATE TABLE "Renamed Target" (id int);
+SELECT target FROM pgcdc.add_table('ops', 'src.old', '"Renamed Target"');
+SELECT target FROM pgcdc.add_table('ops', 'src.old', 'rt_log', 'append');
+SELECT name FROM pgcdc.add_rule('ops', 'src.old', 'positive', 'id > 0');
+COMMENT ON TABLE "Renamed Target" IS 'src.old: created by pgcdc_consumer, which adds the columns added there to it; copied at 0/10';
+SELECT pgcdc.quarantine_event('ops', 'src.old', '"Renamed Target"', '{"op": "I"}', '23514', 'rule') > 0 AS quarantined;
+SELECT pgcdc.rename_source_table('ops', 'src.old', '"New Schema"."New"');
+SELECT source_table, source_schema, source_name, target FROM pgcdc.table_map
+ WHERE pipeline = 'ops' ORDER BY target;
+SELECT source_table, name FROM pgcdc.rule WHERE pipeline = 'ops' ORDER BY 1, 2;
+SELECT source_table, target FROM pgcdc.quarantine WHERE pipeline = 'ops';
+SELECT obj_description('"Renamed Target"'::regclass, 'pg_class');
+-- errors: no such map, a name the pipeline maps already, bad arguments
+SELECT pgcdc.rename_source_table('ops', 'src.old', 'src.newer');
+SELECT pgcdc.rename_source_table('ops', '"New Schema"."New"', 'audit.events');
+SELECT pgcdc.rename_source_table('ops', '"New Schema"."New"', NULL);
+SELECT pgcdc.rename_source_table('ops', '"New Schema"."New"', 'a.b.c');
+SELECT pgcdc.rename_source_table('nope', 'src.old', 'src.newer');
+SELECT count(*) FROM pgcdc.table_map WHERE source_table = '"New Schema"."New"';
+DELETE FROM pgcdc.quarantine WHERE pipeline = 'ops';
+SELECT pgcdc.remove_table('ops', '"New Schema"."New"');
+DROP TABLE "Renamed Target";
+
 -- dropping a pipeline takes its maps, rules, checkpoint and batches
 SELECT pgcdc.drop_pipeline('shop');
 SELECT (SELECT count(*) FROM pgcdc.table_map WHERE pipeline = 'shop') AS maps,

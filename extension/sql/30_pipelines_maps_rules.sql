@@ -221,6 +221,61 @@ AS $$
 	SELECT pgcdc._remove_table(pg_catalog.current_schema(), $1, $2, $3)
 $$;
 
+CREATE FUNCTION pgcdc._rename_source_table(caller_schema text, pipeline text, source_table text,
+										   new_source_table text)
+RETURNS integer LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	src text;
+	dst text;
+	n integer;
+	t text;
+BEGIN
+	PERFORM pgcdc._pipeline_must_exist(pipeline);
+	src := pgcdc._qualify(source_table, caller_schema, 'source_table');
+	dst := pgcdc._qualify(new_source_table, caller_schema, 'new_source_table');
+	IF EXISTS (SELECT FROM pgcdc.table_map m
+				WHERE m.pipeline = _rename_source_table.pipeline AND m.source_table = dst
+				  AND src <> dst) THEN
+		RAISE EXCEPTION 'pipeline "%" already maps %', pipeline, dst
+			USING ERRCODE = '42710',
+				  HINT = 'Remove the maps of one of the two names first.';
+	END IF;
+	-- the targets the consumer made name their source in their comment
+	FOR t IN SELECT m.target FROM pgcdc.table_map m
+			  WHERE m.pipeline = _rename_source_table.pipeline AND m.source_table = src
+				AND to_regclass(m.target) IS NOT NULL
+				AND starts_with(coalesce(obj_description(to_regclass(m.target), 'pg_class'), ''),
+								src || ': created by pgcdc_consumer') LOOP
+		EXECUTE format('COMMENT ON TABLE %s IS %L', t,
+					   dst || substr(obj_description(to_regclass(t), 'pg_class'), length(src) + 1));
+	END LOOP;
+	UPDATE pgcdc.table_map m
+	   SET source_table = dst, source_schema = (parse_ident(dst))[1], source_name = (parse_ident(dst))[2]
+	 WHERE m.pipeline = _rename_source_table.pipeline AND m.source_table = src;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	IF n = 0 THEN
+		RAISE EXCEPTION 'pipeline "%" has no table map for %', pipeline, src
+			USING ERRCODE = '42704';
+	END IF;
+	UPDATE pgcdc.rule r SET source_table = dst
+	 WHERE r.pipeline = _rename_source_table.pipeline AND r.source_table = src;
+	UPDATE pgcdc.quarantine q SET source_table = dst
+	 WHERE q.pipeline = _rename_source_table.pipeline AND q.source_table = src;
+	RETURN n;
+END
+$$;
+
+-- A source table renamed (or moved to another schema) at the source: its
+-- maps, rules and quarantined events follow it, and so do the comments of
+-- targets the consumer made; returns how many maps.
+CREATE FUNCTION pgcdc.rename_source_table(pipeline text, source_table text, new_source_table text)
+RETURNS integer LANGUAGE sql
+AS $$
+	SELECT pgcdc._rename_source_table(pg_catalog.current_schema(), $1, $2, $3)
+$$;
+
 -- Check a rule expression: one expression (C parser check, nothing runs),
 -- and, for every local table it will be evaluated against, boolean and made
 -- of that table's columns.  LIMIT 0: planned, never executed.
