@@ -81,7 +81,7 @@ apply_map(ApplyJob *b, int i, const char *lo, const char *hi, long *quarantined)
 	/* the rules as the batch was staged: its rows were sent for them */
 	if (b->has_rules[i])
 	{
-		const char *params[4] = {b->p->name, m->source_table, changes, m->target};
+		const char *params[4] = {b->p->name, m->map_table, changes, m->target};
 
 		/* rules move failing rows to the quarantine before anything is applied */
 		res = exec_ok(b->conn, "SELECT pgcdc.apply_rules($1, $2, $3::pg_catalog.regclass, $4, 'op')",
@@ -148,7 +148,7 @@ quarantine_event(ApplyJob *b, int i, const char *ord, const char *code,
 {
 	TableMap   *m = &b->p->maps[i];
 	const char *q[1] = {ord};
-	const char *params[7] = {b->p->name, m->source_table, m->target, NULL, code, message, detail};
+	const char *params[7] = {b->p->name, m->map_table, m->target, NULL, code, message, detail};
 	char		sql[160];
 	PGresult   *res = NULL;
 	char	   *json;

@@ -313,7 +313,7 @@ load_rules(Batch *b)
 	{
 		b->has_rules[i] = false;
 		for (int r = 0; r < PQntuples(res); r++)
-			if (strcmp(PQgetvalue(res, r, 0), b->p->maps[i].source_table) == 0)
+			if (strcmp(PQgetvalue(res, r, 0), b->p->maps[i].map_table) == 0)
 				b->has_rules[i] = true;
 	}
 	PQclear(res);
@@ -476,7 +476,7 @@ quarantine_row(Batch *b, int k, int i, const SpillRow *row, const SqlError *e)
 	ApplyJob   *j = &b->jobs[k];
 	TableMap   *m = &b->p->maps[i];
 	char	   *json = pg_malloc(row->h.raw_len + 1);
-	const char *params[7] = {b->p->name, m->source_table, m->target, json, e->code, e->message,
+	const char *params[7] = {b->p->name, m->map_table, m->target, json, e->code, e->message,
 	e->detail[0] ? e->detail : NULL};
 	PGresult   *res = NULL;
 
@@ -816,8 +816,12 @@ batch_add_event(Batch *b, const EventInfo *ev, const char *json, size_t len)
 	/* one source table may feed several targets: a line for each */
 	for (i = 0; i < b->p->nmaps; i++)
 	{
-		if (strcmp(b->p->maps[i].source_schema, ev->schema) != 0 ||
-			strcmp(b->p->maps[i].source_name, ev->table) != 0)
+		const TableMap *m = &b->p->maps[i];
+
+		/* (a renamed table's changes come under its old name up to the rename) */
+		if ((strcmp(m->source_schema, ev->schema) != 0 || strcmp(m->source_name, ev->table) != 0) &&
+			(m->old_name == NULL ||
+			 strcmp(m->old_schema, ev->schema) != 0 || strcmp(m->old_name, ev->table) != 0))
 			continue;
 		/* a target copied after the pipeline's snapshot holds this change already */
 		if (ev->commit_lsn <= b->p->maps[i].copied_at)

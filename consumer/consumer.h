@@ -70,9 +70,14 @@ typedef struct JsonSpan
 /* One row of pgcdc.table_map, with what the consumer derives from it. */
 typedef struct TableMap
 {
-	char	   *source_table;	/* canonical "schema"."table" */
+	char	   *source_table;	/* canonical "schema"."table", as the source names it now */
 	char	   *source_schema;
 	char	   *source_name;
+	unsigned int source_oid;	/* to notice a rename */
+	char	   *map_table;		/* as table_map names it: differs while a rename is followed */
+	char	   *old_schema;		/* ... and then the name events carry until the stream passes */
+	char	   *old_name;		/* the rename (else NULL) */
+	Lsn			renamed_until;	/* the source's position when the rename was seen */
 	char	   *target;			/* canonical quoted name */
 	char	   *mode;			/* mirror | scd2 | append */
 	char	   *key_columns;	/* text[] literal, or NULL: the source's identity */
@@ -184,7 +189,12 @@ extern __thread bool quiet_sql_errors;	/* failures expected: log them at DEBUG *
 
 extern bool sql_error_is_transient(const SqlError *e);
 extern int	target_pipeline_changed(PGconn *conn, const Pipeline *p);
-extern int	source_table_gone(PGconn *source, const Pipeline *p);
+extern int	source_table_gone(PGconn *source, Pipeline *p);
+extern int	source_table_moved(PGconn *source, const Pipeline *p, Lsn *checked_at,
+							   char **schema, char **name, char **table);
+extern void target_note_rename(const char *from, const char *schema, const char *name,
+							   const char *table, Lsn until);
+extern bool target_follow_rename(PGconn *conn, const Pipeline *p, const TableMap *m);
 extern int	source_columns_changed(PGconn *source, const Pipeline *p);
 extern void target_note_new_column(const char *source_table, const char *column);
 extern bool target_column_noted(const char *source_table, const char *column);

@@ -170,7 +170,7 @@ log_quarantined(Copy *c, PGresult *res, const char *why)
 static bool
 snapshot_rules(Copy *c)
 {
-	const char *params[3] = {c->p->name, c->m->source_table, c->m->target};
+	const char *params[3] = {c->p->name, c->m->map_table, c->m->target};
 
 	return log_quarantined(c, exec_ok(c->dst, "SELECT pgcdc.apply_rules($1, $2, 'pg_temp.pgcdc_snapshot_changes', $3, 'op')",
 									  3, params), "fail a rule");
@@ -185,7 +185,7 @@ static bool
 snapshot_null_keys(Copy *c)
 {
 	TableMap   *m = c->m;
-	const char *params[6] = {c->p->name, m->source_table, m->target, m->key_columns,
+	const char *params[6] = {c->p->name, m->map_table, m->target, m->key_columns,
 	m->source_schema, m->source_name};
 	PQExpBuffer sql;
 	bool		ok;
@@ -299,7 +299,7 @@ error_is_the_rows(const SqlError *e)
 static bool
 quarantine_row(Copy *c, const char *ord, const SqlError *e)
 {
-	const char *params[12] = {c->p->name, c->m->source_table, c->m->target, c->lsn, c->ts,
+	const char *params[12] = {c->p->name, c->m->map_table, c->m->target, c->lsn, c->ts,
 		c->m->source_schema, c->m->source_name, e->code, e->message, e->detail[0] ? e->detail : NULL, ord,
 	c->keys};
 	PGresult   *res = exec_ok(c->dst,

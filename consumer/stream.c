@@ -19,6 +19,7 @@ struct Stream
 	PGconn	   *conn;
 	Lsn			received;		/* end of the last complete transaction received */
 	Lsn			flushed;		/* applied and committed in the target */
+	Lsn			checked;		/* the source's position when no table was found renamed */
 	int64_t		last_status_us;
 	int64_t		last_event_us;
 	bool		in_xact;
@@ -280,6 +281,14 @@ stream_start(Stream *s, Pipeline *p, Lsn start)
 		append_pattern_part(tables, p->maps[i].source_schema);
 		appendPQExpBufferChar(tables, '.');
 		append_pattern_part(tables, p->maps[i].source_name);
+		/* a rename being followed: changes before it carry the old name */
+		if (p->maps[i].old_name)
+		{
+			appendPQExpBufferChar(tables, ',');
+			append_pattern_part(tables, p->maps[i].old_schema);
+			appendPQExpBufferChar(tables, '.');
+			append_pattern_part(tables, p->maps[i].old_name);
+		}
 	}
 	appendPQExpBuffer(sql, "START_REPLICATION SLOT %s LOGICAL %s (\"tables\" ", ident, format_lsn(start, b));
 	append_literal(sql, tables->data);
@@ -318,6 +327,7 @@ stream_start(Stream *s, Pipeline *p, Lsn start)
 	destroyPQExpBuffer(tables);
 	destroyPQExpBuffer(sql);
 	s->received = s->flushed = start;
+	s->checked = InvalidLsn;
 	s->last_event_us = now_us();
 	return ok;
 }
@@ -491,6 +501,60 @@ take_event(Stream *s, Batch *b, const char *json, size_t len, int64_t now,
 }
 
 /*
+ * Is every source table still under the name its maps decode?  A table
+ * renamed at the source (or moved to another schema) has its changes after
+ * the rename decoded under a name the stream did not ask for: nothing past
+ * the rename may be confirmed until they are asked for.  So a rename is
+ * looked for before each batch goes to the target, before a keepalive
+ * position is confirmed, and every 5 s; when one is found, the consumer
+ * starts over from the checkpoint asking for both names (target.c), and a
+ * marker transaction emitted now tells when the stream has passed the
+ * rename.  Returns true if nothing moved (s->checked is then the position
+ * looked at), else false with *result = RUN_RETRY (also if the look
+ * failed).
+ */
+static bool
+sources_unmoved(Stream *s, PGconn *source, Pipeline *p, int *result)
+{
+	char	   *schema;
+	char	   *name;
+	char	   *table;
+	Lsn			checked;
+	Lsn			until;
+	int			moved = source_table_moved(source, p, &checked, &schema, &name, &table);
+
+	if (moved == -1)
+	{
+		if (checked > s->checked)
+			s->checked = checked;
+		return true;
+	}
+	*result = RUN_RETRY;
+	if (moved == -2)
+		return false;
+	if (table == NULL)
+		log_msg(LOG_INFO, "source table %s of pipeline \"%s\" is gone: starting over",
+				p->maps[moved].source_table, p->name);
+	else if (emit_marker(source, p->name, "renamed", &until))
+	{
+		log_msg(LOG_INFO, "source table %s of pipeline \"%s\" was renamed to %s: following it",
+				p->maps[moved].source_table, p->name, table);
+		target_note_rename(p->maps[moved].source_table, schema, name, table, until);
+	}
+	free(schema);
+	free(name);
+	free(table);
+	return false;
+}
+
+/* ... and before a batch, its source tables' columns unchanged too */
+static bool
+sources_unchanged(Stream *s, PGconn *source, Pipeline *p, int *result)
+{
+	return sources_unmoved(s, source, p, result) && columns_unchanged(source, p, result);
+}
+
+/*
  * The loop.  Returns EXIT_DONE when asked to stop (or caught up with
  * --exit-when-caught-up), or -1 when something failed that a reconnect may
  * fix.
@@ -511,6 +575,8 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 	if (opts.exit_when_caught_up &&
 		!emit_marker(source, p->name, "caught-up", &caught_up_at))
 		goto done;
+	if (!sources_unmoved(s, source, p, &result))
+		goto done;
 
 	for (;;)
 	{
@@ -527,7 +593,7 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 					goto done;
 				batch_abort(b);
 			}
-			else if (!columns_unchanged(source, p, &result))
+			else if (!sources_unchanged(s, source, p, &result))
 			{
 				/* the batch comes again at the next start, into altered targets */
 				if (!finish_batch(s, b, true))
@@ -543,6 +609,20 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 
 		if (!finish_batch(s, b, false))
 			goto done;
+
+		/*
+		 * A rename followed (sources_unmoved): once the checkpoint has
+		 * passed it, every change under the old name is applied, and the
+		 * map takes the new name (target.c).
+		 */
+		if (!s->in_xact && !batch_pending(b))
+			for (int i = 0; i < p->nmaps; i++)
+				if (p->maps[i].old_name && p->has_checkpoint &&
+					p->ckpt_commit_lsn >= p->maps[i].renamed_until)
+				{
+					result = target_follow_rename(target, p, &p->maps[i]) ? RUN_RETRY : EXIT_ERROR;
+					goto done;
+				}
 
 		/*
 		 * A pipeline paused, or its table maps changed, while we run: stop
@@ -581,12 +661,8 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 				goto done;
 			}
 			/* a source table renamed or dropped: its map would get nothing more */
-			if (changed == 0 && source_table_gone(source, p) >= 0)
-			{
-				log_msg(LOG_INFO, "a source table of pipeline \"%s\" is gone: starting over", p->name);
-				result = RUN_RETRY;
+			if (changed == 0 && !sources_unmoved(s, source, p, &result))
 				goto done;
-			}
 			/* a created target follows its source's columns (target.c) */
 			if (changed == 0 && columns_changed(source, p) >= 0)
 			{
@@ -605,7 +681,7 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 			 now - batch_started_us(b) >= (int64_t) opts.batch_ms * 1000 ||
 			 (caught_up_at != InvalidLsn && s->received >= caught_up_at)))
 		{
-			if (!columns_unchanged(source, p, &result) || !flush_batch(s, b))
+			if (!sources_unchanged(s, source, p, &result) || !flush_batch(s, b))
 				goto done;
 		}
 
@@ -662,7 +738,7 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 		if (r == 0 && opts.idle_flush && batch_open(b) && !s->in_xact && !batch_applying(b) &&
 			now - batch_started_us(b) >= (int64_t) opts.batch_ms * 100)
 		{
-			if (!columns_unchanged(source, p, &result) || !flush_batch(s, b))
+			if (!sources_unchanged(s, source, p, &result) || !flush_batch(s, b))
 				goto done;
 			continue;
 		}
@@ -745,10 +821,19 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 			 */
 			if (!s->in_xact && !batch_pending(b))
 			{
+				Lsn			upto;
+
+				/* not past a rename not looked for (sources_unmoved) */
+				if (buf[17] && wal_end > s->checked && !sources_unmoved(s, source, p, &result))
+				{
+					PQfreemem(buf);
+					goto done;
+				}
+				upto = wal_end < s->checked ? wal_end : s->checked;
 				if (wal_end > s->received)
 					s->received = wal_end;
-				if (wal_end > s->flushed)
-					s->flushed = stats.applied_lsn = wal_end;
+				if (upto > s->flushed)
+					s->flushed = stats.applied_lsn = upto;
 				if (wal_end > stats.received_lsn)
 					stats.received_lsn = wal_end;
 			}

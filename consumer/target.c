@@ -381,11 +381,6 @@ source_identity(PGconn *source, const char *table)
 	return result;
 }
 
-/*
- * The first map whose source table no longer exists under its name
- * (dropped or renamed: its changes would no longer be decoded for the
- * map): its index, or -1 if there is none, -2 if a query failed.
- */
 /* The maps' source tables, in map order, as a text[] literal (one query for all maps). */
 static PQExpBuffer
 source_tables_literal(const Pipeline *p)
@@ -408,23 +403,184 @@ source_tables_literal(const Pipeline *p)
 	return names;
 }
 
+/*
+ * The first map whose source table no longer exists under its name
+ * (dropped or renamed: its changes would no longer be decoded for the
+ * map): its index, or -1 if there is none, -2 if a query failed.  The
+ * others' OIDs are kept, to notice a rename (source_table_moved).
+ */
 int
-source_table_gone(PGconn *source, const Pipeline *p)
+source_table_gone(PGconn *source, Pipeline *p)
 {
 	PQExpBuffer names = source_tables_literal(p);
 	const char *sp[1];
 	PGresult   *res;
-	int			gone;
+	int			gone = -1;
 
 	sp[0] = names->data;
-	res = exec_ok(source, "SELECT coalesce(pg_catalog.min(o) - 1, -1) FROM pg_catalog.unnest($1::text[]) "
-				  "WITH ORDINALITY u(t, o) WHERE pg_catalog.to_regclass(t) IS NULL", 1, sp);
+	res = exec_ok(source, "SELECT pg_catalog.to_regclass(t)::pg_catalog.oid FROM pg_catalog.unnest($1::text[]) "
+				  "WITH ORDINALITY u(t, o) ORDER BY o", 1, sp);
 	destroyPQExpBuffer(names);
 	if (res == NULL)
 		return -2;
-	gone = atoi(PQgetvalue(res, 0, 0));
+	for (int i = 0; i < p->nmaps && i < PQntuples(res); i++)
+	{
+		if (PQgetisnull(res, i, 0))
+		{
+			if (gone < 0)
+				gone = i;
+		}
+		else
+			p->maps[i].source_oid = (unsigned int) strtoul(PQgetvalue(res, i, 0), NULL, 10);
+	}
 	PQclear(res);
 	return gone;
+}
+
+/*
+ * The first map whose source table (by its OID) has another name now
+ * (ALTER TABLE ... RENAME or SET SCHEMA, ALTER SCHEMA ... RENAME), or is
+ * gone: its index, with the new name (NULLs if gone); -1 if none, -2 if
+ * the query failed.  *checked_at is the source's WAL position as it
+ * looked: a rename that committed before it is seen.
+ */
+int
+source_table_moved(PGconn *source, const Pipeline *p, Lsn *checked_at,
+				   char **schema, char **name, char **table)
+{
+	PQExpBuffer names = source_tables_literal(p);
+	PQExpBuffer oids = createPQExpBuffer();
+	const char *sp[2];
+	PGresult   *res;
+	int			moved;
+
+	appendPQExpBufferChar(oids, '{');
+	for (int i = 0; i < p->nmaps; i++)
+		appendPQExpBuffer(oids, "%s%u", i > 0 ? "," : "", p->maps[i].source_oid);
+	appendPQExpBufferChar(oids, '}');
+	sp[0] = oids->data;
+	sp[1] = names->data;
+	res = exec_ok(source,
+				  "SELECT pg_catalog.pg_current_wal_lsn(), m.o - 1, m.nspname, m.relname, m.qname "
+				  "FROM (SELECT) x LEFT JOIN LATERAL ("
+				  "  SELECT u.o, n.nspname::text, c.relname::text, "
+				  "         pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) AS qname "
+				  "  FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.oid[]), pg_catalog.unnest($2::text[])) "
+				  "       WITH ORDINALITY u(r, t, o) "
+				  "  LEFT JOIN pg_catalog.pg_class c ON c.oid = u.r "
+				  "  LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+				  "  WHERE c.oid IS NULL OR pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) <> u.t "
+				  "  ORDER BY u.o LIMIT 1) m ON true", 2, sp);
+	destroyPQExpBuffer(names);
+	destroyPQExpBuffer(oids);
+	if (res == NULL)
+		return -2;
+	parse_lsn(PQgetvalue(res, 0, 0), checked_at);
+	moved = PQgetisnull(res, 0, 1) ? -1 : atoi(PQgetvalue(res, 0, 1));
+	*schema = *name = *table = NULL;
+	if (moved >= 0 && !PQgetisnull(res, 0, 4))
+	{
+		*schema = get_str(res, 0, 2);
+		*name = get_str(res, 0, 3);
+		*table = get_str(res, 0, 4);
+	}
+	PQclear(res);
+	return moved;
+}
+
+/*
+ * Source tables a running consumer saw renamed (stream.c), for the
+ * process's life: their maps follow the new name, and take changes under
+ * both, until the stream has passed the rename and the map names the new
+ * one (target_follow_rename).
+ */
+typedef struct Rename
+{
+	char	   *from;
+	char	   *schema;
+	char	   *name;
+	char	   *table;
+	Lsn			until;
+} Rename;
+static Rename *renames = NULL;
+static int	nrenames = 0;
+
+void
+target_note_rename(const char *from, const char *schema, const char *name, const char *table, Lsn until)
+{
+	Rename	   *r;
+
+	renames = pg_realloc(renames, sizeof(Rename) * (nrenames + 1));
+	r = &renames[nrenames++];
+	r->from = pg_strdup(from);
+	r->schema = pg_strdup(schema);
+	r->name = pg_strdup(name);
+	r->table = pg_strdup(table);
+	r->until = until;
+}
+
+/* A map of a renamed source table takes its new name, and keeps the old one for events. */
+static void
+apply_renames(TableMap *m)
+{
+	for (int r = 0; r < nrenames; r++)
+	{
+		if (strcmp(m->source_table, renames[r].from) != 0)
+			continue;
+		free(m->old_schema);
+		free(m->old_name);
+		m->old_schema = m->source_schema;
+		m->old_name = m->source_name;
+		free(m->source_table);
+		m->source_table = pg_strdup(renames[r].table);
+		m->source_schema = pg_strdup(renames[r].schema);
+		m->source_name = pg_strdup(renames[r].name);
+		m->renamed_until = renames[r].until;
+	}
+}
+
+/*
+ * The stream has passed the rename m follows: every change made under the
+ * old name is applied.  Rename the map (and its rules, quarantined events
+ * and target comments) with pgcdc.rename_source_table; the caller starts
+ * over.  Without the privileges that takes, say what to run.
+ */
+bool
+target_follow_rename(PGconn *conn, const Pipeline *p, const TableMap *m)
+{
+	const char *params[3] = {p->name, m->map_table, m->source_table};
+	PGresult   *res = exec_ok(conn, "SELECT pgcdc.rename_source_table($1, $2, $3)", 3, params);
+
+	if (res == NULL)
+	{
+		char	   *lp = PQescapeLiteral(conn, p->name, strlen(p->name));
+		char	   *lf = PQescapeLiteral(conn, m->map_table, strlen(m->map_table));
+		char	   *lt = PQescapeLiteral(conn, m->source_table, strlen(m->source_table));
+
+		log_msg(LOG_ERROR, "could not rename the maps of source table %s of pipeline \"%s\" to %s",
+				m->map_table, p->name, m->source_table);
+		log_hint("Its changes are applied up to and past its rename. As the owner of pgcdc.table_map, run "
+				 "SELECT pgcdc.rename_source_table(%s, %s, %s); and start pgcdc_consumer again.",
+				 lp ? lp : "?", lf ? lf : "?", lt ? lt : "?");
+		PQfreemem(lp);
+		PQfreemem(lf);
+		PQfreemem(lt);
+		return false;
+	}
+	PQclear(res);
+	log_msg(LOG_INFO, "the stream has passed the rename of source table %s: pipeline \"%s\" now maps %s",
+			m->map_table, p->name, m->source_table);
+	/* the map names the table now: forget how it got there */
+	for (int r = nrenames - 1; r >= 0; r--)
+		if (strcmp(renames[r].table, m->source_table) == 0 || strcmp(renames[r].from, m->map_table) == 0)
+		{
+			free(renames[r].from);
+			free(renames[r].schema);
+			free(renames[r].name);
+			free(renames[r].table);
+			memmove(&renames[r], &renames[r + 1], sizeof(Rename) * (--nrenames - r));
+		}
+	return true;
 }
 
 bool
@@ -488,6 +644,8 @@ target_load_pipeline(PGconn *conn, PGconn *source, Pipeline *p)
 		m->track_columns = get_str(res, i, 6);
 		m->ignore_columns = get_str(res, i, 7);
 		m->soft_delete = strcmp(PQgetvalue(res, i, 8), "t") == 0;
+		m->map_table = pg_strdup(m->source_table);
+		apply_renames(m);
 	}
 	PQclear(res);
 
@@ -503,9 +661,10 @@ target_load_pipeline(PGconn *conn, PGconn *source, Pipeline *p)
 
 			log_msg(LOG_ERROR, "source table %s of pipeline \"%s\" does not exist",
 					p->maps[gone].source_table, p->name);
-			log_hint("If it was renamed or dropped at the source, map the table it is now: "
-					 "pgcdc.remove_table(%s, %s, %s), then pgcdc.add_table.",
-					 lp ? lp : "?", ls ? ls : "?", lt ? lt : "?");
+			log_hint("If it was renamed at the source while pgcdc_consumer was not running, map the new name: "
+					 "SELECT pgcdc.rename_source_table(%s, %s, 'schema.new_name'); if it was dropped, "
+					 "SELECT pgcdc.remove_table(%s, %s, %s);",
+					 lp ? lp : "?", ls ? ls : "?", lp ? lp : "?", ls ? ls : "?", lt ? lt : "?");
 			PQfreemem(lp);
 			PQfreemem(ls);
 			PQfreemem(lt);
@@ -568,7 +727,7 @@ mark_target(PGconn *conn, const TableMap *m, bool pending, Lsn copied_at)
 	char		lb[32];
 	char	   *mark = pending ? pg_strdup(COPY_PENDING_MARK) :
 		copied_at != InvalidLsn ? psprintf("%s%s", COPIED_AT_MARK, format_lsn(copied_at, lb)) : pg_strdup("");
-	const char *cp[4] = {m->target, m->source_table, CREATED_MARK, mark};
+	const char *cp[4] = {m->target, m->map_table, CREATED_MARK, mark};
 	PGresult   *res;
 	bool		ok;
 
@@ -591,7 +750,7 @@ target_copy_done(PGconn *conn, const TableMap *m, Lsn copied_at)
 bool
 target_copy_given_up(PGconn *conn, const TableMap *m)
 {
-	const char *mp[4] = {m->target, m->source_table, CREATED_MARK, COPY_PENDING_MARK};
+	const char *mp[4] = {m->target, m->map_table, CREATED_MARK, COPY_PENDING_MARK};
 	PGresult   *res = exec_ok(conn, "SELECT pg_catalog.obj_description($1::pg_catalog.regclass, 'pg_class') "
 							  "= $2::text || $3::text || $4::text", 4, mp);
 	bool		ok = res != NULL;
@@ -609,7 +768,7 @@ target_copy_given_up(PGconn *conn, const TableMap *m)
 bool
 target_read_marks(PGconn *conn, TableMap *m)
 {
-	const char *mp[5] = {m->target, m->source_table, CREATED_MARK, COPY_PENDING_MARK, COPIED_AT_MARK};
+	const char *mp[5] = {m->target, m->map_table, CREATED_MARK, COPY_PENDING_MARK, COPIED_AT_MARK};
 	PGresult   *res;
 
 	res = exec_ok(conn, "SELECT d = p OR d = p || $4::text OR rest ~ '^; copied at [0-9A-F]+/[0-9A-F]+$', "
@@ -1228,6 +1387,9 @@ pipeline_free(Pipeline *p)
 		free(m->source_table);
 		free(m->source_schema);
 		free(m->source_name);
+		free(m->map_table);
+		free(m->old_schema);
+		free(m->old_name);
 		free(m->target);
 		free(m->mode);
 		free(m->key_columns);

@@ -10,6 +10,7 @@ use ConsumerTest;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use Time::HiRes qw(usleep);
 
 my $log = "$PostgreSQL::Test::Utils::log_path/consumer_access.log";
 my $dir = PostgreSQL::Test::Utils::tempdir();
@@ -150,6 +151,39 @@ is($dst->safe_psql('postgres', 'SELECT applied || \'/\' || failed FROM pgcdc.qua
   or diag($dst->safe_psql('postgres', 'SELECT id, target, status, error_code, error_message FROM pgcdc.quarantine'));
 same_rows($src, 'acct', $dst, 'mart.acct', 'id, v, note', 'id', 'mirror equals source');
 same_rows($src, 'acct', $dst, 'mart.acct_hist WHERE _is_current', 'id, v, note', 'id', 'scd2 equals source');
+
+# --- A source table renamed while the non-superuser runs: it follows the
+# table until the stream has passed the rename; then, not allowed to change
+# pgcdc.table_map, it stops and says what to run, and once that is run it
+# goes on with nothing lost.
+my $at = length(slurp_log($log));
+my $ren = start_consumer(consumer_cmd($src_conn, $dst_conn, 'p', '--batch-ms', 50), $log);
+ok(wait_for_row($dst, "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE usename = 'cdc_tgt')"), 'running again');
+$src->safe_psql('postgres', "INSERT INTO acct VALUES (201, 201, 'before'); ALTER TABLE acct RENAME TO account; "
+	  . "INSERT INTO account VALUES (202, 202, 'after')");
+my $said = 0;
+for (1 .. 600)
+{
+	if (substr(slurp_log($log), $at) =~ /HINT:  Its changes are applied/) { $said = 1; last; }
+	usleep(100_000);
+}
+$ren->finish;
+is($ren->full_result(0) >> 8, 1, 'a rename it may not follow in pgcdc.table_map: status 1');
+like(
+	substr(slurp_log($log), $at),
+	qr/ERROR: could not rename the maps of source table public\.acct of pipeline "p" to public\.account\nHINT:  Its changes are applied up to and past its rename\. As the owner of pgcdc\.table_map, run SELECT pgcdc\.rename_source_table\('p', 'public\.acct', 'public\.account'\);/,
+	'and it says what to run');
+$dst->safe_psql('postgres', "SELECT pgcdc.rename_source_table('p', 'public.acct', 'public.account')");
+$src->safe_psql('postgres', "INSERT INTO account VALUES (203, 203, 'later')");
+($rc, $err) = run_consumer(consumer_cmd($src_conn, $dst_conn, 'p', '--exit-when-caught-up'), $log);
+is($rc, 0, 'run, the consumer goes on') or diag($err);
+is($dst->safe_psql('postgres', 'SELECT string_agg(id::text, \',\' ORDER BY id) FROM mart.acct WHERE id > 200'),
+	'201,202,203', 'the rows from before, around and after the rename are all there');
+is($dst->safe_psql('postgres', 'SELECT count(*) FROM mart.acct_log WHERE _source_lsn IS NOT NULL AND (_new->>\'id\')::int > 200'),
+	'3', 'and the event log has each once');
+# (the old name back, for what follows: while stopped, caught up)
+$src->safe_psql('postgres', 'ALTER TABLE account RENAME TO acct');
+$dst->safe_psql('postgres', "SELECT pgcdc.rename_source_table('p', 'public.account', 'public.acct')");
 
 # --- A CA that did not sign the server certificate is refused.
 (my $wrong = $src_conn) =~ s/ca\.crt/other.crt/;

@@ -341,24 +341,69 @@ is( $dst->safe_psql('postgres', "SELECT md5(string_agg(id || ':' || v, ',' ORDER
 ($rc, $err) = run_consumer(consumer_cmd($src, $dst, 'p', '--exit-when-caught-up'), $log, 60);
 unlike($err, qr/taken again/, 'a copy that committed is not taken again');
 
-# --- a mapped source table renamed while it runs: its changes would no
-# longer be captured, so the consumer stops and says which map to change
+# --- a mapped source table renamed while it runs: the changes made under the
+# old name and those made under the new one all arrive, whether they come
+# before the consumer looks (the source confirms nothing past the rename
+# until it does) or not; the maps take the new name once the stream has
+# passed the rename, and so do the marks of the targets it made
+# (status updates every second: a position confirmed past the rename would
+# reach the source before the consumer looks, which is every 5 s when idle)
 $at = length(slurp_log($log));
-$h = start_consumer(consumer_cmd($src, $dst, 'p', '--batch-ms', 50), $log);
+$h = start_consumer(consumer_cmd($src, $dst, 'p', '--batch-ms', 50, '--status-interval', 1), $log);
 ok(wait_for_log(qr/streaming from slot/, $at), 'streaming again');
-$src->safe_psql('postgres', 'ALTER TABLE c RENAME TO c_renamed');
-ok(wait_for_log(qr/a source table of pipeline "p" is gone: starting over/, $at), 'a renamed source table is noticed');
+my $n0 = $src->safe_psql('postgres', 'SELECT n FROM c WHERE id = 1');
+$src->safe_psql('postgres', q{
+UPDATE c SET n = n + 100 WHERE id = 1;
+BEGIN; INSERT INTO c VALUES (10, 10); ALTER TABLE c RENAME TO c_renamed; UPDATE c_renamed SET n = 11 WHERE id = 10; COMMIT;
+UPDATE c_renamed SET n = n + 1000 WHERE id = 1;
+INSERT INTO c_renamed VALUES (11, 11);
+});
+ok(wait_for_log(qr/source table public\.c of pipeline "p" was renamed to public\.c_renamed: following it/, $at),
+	'a renamed source table is noticed');
 ok( wait_for_log(
-		qr/ERROR: source table public\.c of pipeline "p" does not exist\nHINT:  If it was renamed or dropped at the source, map the table it is now: pgcdc\.remove_table\('p', 'public\.c', 'public\.c_(mirror|hist)'\)/,
-		$at),
-	'and it stops with an error that says what to do');
-$h->finish;
-is($h->full_result(0) >> 8, 1, 'with status 1');
+		qr/the stream has passed the rename of source table public\.c: pipeline "p" now maps public\.c_renamed/, $at),
+	'and followed');
+$src->safe_psql('postgres', 'INSERT INTO c_renamed VALUES (12, 12)');
+ok(wait_for_row($dst, 'SELECT EXISTS (SELECT FROM c_mirror WHERE id = 12)'), 'changes made after it arrive');
+is( $dst->safe_psql('postgres', "SELECT string_agg(id || ':' || n, ' ' ORDER BY id) FROM c_mirror"),
+	$src->safe_psql('postgres', "SELECT string_agg(id || ':' || n, ' ' ORDER BY id) FROM c_renamed"),
+	'the mirror equals the renamed table, nothing lost around the rename');
+is( $dst->safe_psql('postgres',
+		'SELECT string_agg(n::text, \',\' ORDER BY _version) FROM (SELECT n, _version FROM c_hist '
+		  . 'WHERE id = 1 ORDER BY _version DESC LIMIT 2) v'),
+	($n0 + 100) . ',' . ($n0 + 1100),
+	'the history has a version for the change before the rename and for the one after');
+is($dst->safe_psql('postgres', 'SELECT string_agg(n::text, \',\' ORDER BY _version) FROM c_hist WHERE id = 10'),
+	'11', 'a row inserted and updated around the rename in one transaction: one version');
+is( $dst->safe_psql('postgres',
+		"SELECT string_agg(DISTINCT source_table, ',') FROM pgcdc.table_map WHERE target IN ('public.c_mirror', 'public.c_hist')"),
+	'public.c_renamed', 'both maps name the new table');
+like($dst->safe_psql('postgres', "SELECT obj_description('public.c_hist'::regclass, 'pg_class')"),
+	qr/^public\.c_renamed: created by pgcdc_consumer/, 'and so does the mark of the target it made');
+# renamed again while idle: no change under the old name, only under the
+# new one, which the stream does not carry yet; keepalives come meanwhile
+$at = length(slurp_log($log));
+$src->safe_psql('postgres', 'ALTER TABLE c_renamed RENAME TO c_again; INSERT INTO c_again VALUES (13, 13)');
+ok( wait_for_log(
+		qr/the stream has passed the rename of source table public\.c_renamed: pipeline "p" now maps public\.c_again/, $at),
+	'a rename with no change before it is followed too');
+ok(wait_for_row($dst, 'SELECT EXISTS (SELECT FROM c_mirror WHERE id = 13)'), 'and its change arrives');
+is(stop_consumer($h), 0, 'stopped');
+
+# --- renamed while it was stopped: the name is gone, and it says how to map the new one
+$src->safe_psql('postgres', 'ALTER TABLE c_again RENAME TO c');
+($rc, $err) = run_consumer(consumer_cmd($src, $dst, 'p', '--exit-when-caught-up'), $log, 60);
+is($rc, 1, 'a rename while it was stopped stops it, with status 1');
+like(
+	$err,
+	qr/ERROR: source table public\.c_again of pipeline "p" does not exist\nHINT:  If it was renamed at the source while pgcdc_consumer was not running, map the new name: SELECT pgcdc\.rename_source_table\('p', 'public\.c_again', 'schema\.new_name'\)/,
+	'with an error that says what to do');
+is($dst->safe_psql('postgres', "SELECT pgcdc.rename_source_table('p', 'public.c_again', 'public.c')"), '2',
+	'rename_source_table maps it again');
 
 # --- the pipeline's snapshot taken again (slot and checkpoint gone): the
 # targets' marks of copies taken after the old snapshot are cleared, since
 # their positions belong to the old stream
-$src->safe_psql('postgres', 'ALTER TABLE c_renamed RENAME TO c');
 $dst->safe_psql('postgres', "DELETE FROM pgcdc.checkpoint WHERE pipeline = 'p'");
 $src->safe_psql('postgres', "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots");
 $src->safe_psql('postgres', "INSERT INTO d VALUES (200, 'in the new snapshot')");
