@@ -531,7 +531,12 @@ sources_unmoved(Stream *s, PGconn *source, Pipeline *p, int *result)
 	}
 	*result = RUN_RETRY;
 	if (moved == -2)
+	{
+		/* (at a fast shutdown of the source, the keepalive's look meets it first) */
+		if (PQstatus(source) == CONNECTION_BAD)
+			log_msg(LOG_INFO, "lost the source connection: starting over");
 		return false;
+	}
 	if (table == NULL)
 		log_msg(LOG_INFO, "source table %s of pipeline \"%s\" is gone: starting over",
 				p->maps[moved].source_table, p->name);

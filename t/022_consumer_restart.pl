@@ -79,7 +79,7 @@ ok(wait_for_row($dst, 'SELECT EXISTS (SELECT 1 FROM acct_mirror WHERE id = 9998)
 is(stop_consumer($consumer), 0, 'SIGTERM stops the consumer with status 0');
 
 my $out = slurp_log($log);
-like($out, qr/lost the replication connection|the source ended replication|could not receive data/,
+like($out, qr/lost the replication connection|lost the source connection|the source ended replication|could not receive data/,
 	'the lost source connection is logged');
 like($out, qr/retrying in 1 s.*retrying in 2 s/s, 'reconnects back off');
 unlike($out, qr/retrying in [3-9] s/, '--max-backoff caps the wait');
