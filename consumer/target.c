@@ -442,7 +442,8 @@ source_table_gone(PGconn *source, Pipeline *p)
  * (ALTER TABLE ... RENAME or SET SCHEMA, ALTER SCHEMA ... RENAME), or is
  * gone: its index, with the new name (NULLs if gone); -1 if none, -2 if
  * the query failed.  *checked_at is the source's WAL position as it
- * looked: a rename that committed before it is seen.
+ * looked: a rename that committed before it is seen (unless its commit
+ * was not visible yet: README names that window).
  */
 int
 source_table_moved(PGconn *source, const Pipeline *p, Lsn *checked_at,
