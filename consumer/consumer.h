@@ -78,6 +78,8 @@ typedef struct TableMap
 	char	   *old_schema;		/* ... and then the name events carry until the stream passes */
 	char	   *old_name;		/* the rename (else NULL) */
 	Lsn			renamed_until;	/* the source's position when the rename was seen */
+	Lsn			dropped_until;	/* dropped at the source, seen at this position: its changes
+								 * up to it are applied, then the consumer stops */
 	char	   *target;			/* canonical quoted name */
 	char	   *mode;			/* mirror | scd2 | append */
 	char	   *key_columns;	/* text[] literal, or NULL: the source's identity */

@@ -538,9 +538,29 @@ sources_unmoved(Stream *s, PGconn *source, Pipeline *p, int *result)
 		return false;
 	}
 	if (table == NULL)
-		log_msg(LOG_INFO, "source table %s of pipeline \"%s\" is gone: starting over",
-				p->maps[moved].source_table, p->name);
-	else if (emit_marker(source, p->name, "renamed", &until))
+	{
+		const char *gone = p->maps[moved].source_table;
+
+		/*
+		 * Dropped: its changes before the drop still come, under its name.
+		 * Its maps take them until the marker, then the consumer stops.
+		 */
+		if (!emit_marker(source, p->name, "dropped", &until))
+			return false;
+		log_msg(LOG_INFO, "source table %s of pipeline \"%s\" was dropped: applying its changes up to the drop",
+				gone, p->name);
+		for (int i = 0; i < p->nmaps; i++)
+			if (i != moved && strcmp(p->maps[i].source_table, gone) == 0)
+			{
+				p->maps[i].dropped_until = until;
+				p->maps[i].source_oid = 0;
+			}
+		p->maps[moved].dropped_until = until;
+		p->maps[moved].source_oid = 0;
+		/* the other tables are looked at again */
+		return sources_unmoved(s, source, p, result);
+	}
+	if (emit_marker(source, p->name, "renamed", &until))
 	{
 		log_msg(LOG_INFO, "source table %s of pipeline \"%s\" was renamed to %s: following it",
 				p->maps[moved].source_table, p->name, table);
@@ -550,6 +570,29 @@ sources_unmoved(Stream *s, PGconn *source, Pipeline *p, int *result)
 	free(name);
 	free(table);
 	return false;
+}
+
+/*
+ * A map's table was dropped at the source (sources_unmoved), and the
+ * checkpoint has passed the drop: its changes are all applied.  Say so,
+ * and what to do (the caller stops).
+ */
+static bool
+source_drained(PGconn *conn, const Pipeline *p, const TableMap *m)
+{
+	char	   *lp;
+	char	   *ls;
+
+	if (m->dropped_until == InvalidLsn || !p->has_checkpoint || p->ckpt_commit_lsn < m->dropped_until)
+		return false;
+	lp = PQescapeLiteral(conn, p->name, strlen(p->name));
+	ls = PQescapeLiteral(conn, m->map_table, strlen(m->map_table));
+	log_msg(LOG_ERROR, "source table %s of pipeline \"%s\" was dropped at the source; its changes up to the drop "
+			"are applied", m->source_table, p->name);
+	log_hint("Remove its maps: SELECT pgcdc.remove_table(%s, %s);", lp ? lp : "?", ls ? ls : "?");
+	PQfreemem(lp);
+	PQfreemem(ls);
+	return true;
 }
 
 /* ... and before a batch, its source tables' columns unchanged too */
@@ -622,12 +665,20 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 		 */
 		if (!s->in_xact && !batch_pending(b))
 			for (int i = 0; i < p->nmaps; i++)
+			{
 				if (p->maps[i].old_name && p->has_checkpoint &&
 					p->ckpt_commit_lsn >= p->maps[i].renamed_until)
 				{
 					result = target_follow_rename(target, p, &p->maps[i]) ? RUN_RETRY : EXIT_ERROR;
 					goto done;
 				}
+				/* ... and a dropped table's changes up to the drop: then stop */
+				if (source_drained(target, p, &p->maps[i]))
+				{
+					result = EXIT_ERROR;
+					goto done;
+				}
+			}
 
 		/*
 		 * A pipeline paused, or its table maps changed, while we run: stop

@@ -441,7 +441,8 @@ source_table_gone(PGconn *source, Pipeline *p)
  * The first map whose source table (by its OID) has another name now
  * (ALTER TABLE ... RENAME or SET SCHEMA, ALTER SCHEMA ... RENAME), or is
  * gone: its index, with the new name (NULLs if gone); -1 if none, -2 if
- * the query failed.  *checked_at is the source's WAL position as it
+ * the query failed.  Maps without an OID (source_oid 0: known dropped)
+ * are not looked at.  *checked_at is the source's WAL position as it
  * looked: a rename that committed before it is seen (unless its commit
  * was not visible yet: README names that window).
  */
@@ -470,7 +471,8 @@ source_table_moved(PGconn *source, const Pipeline *p, Lsn *checked_at,
 				  "       WITH ORDINALITY u(r, t, o) "
 				  "  LEFT JOIN pg_catalog.pg_class c ON c.oid = u.r "
 				  "  LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-				  "  WHERE c.oid IS NULL OR pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) <> u.t "
+				  "  WHERE u.r <> 0 AND (c.oid IS NULL OR "
+				  "        pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) <> u.t) "
 				  "  ORDER BY u.o LIMIT 1) m ON true", 2, sp);
 	destroyPQExpBuffer(names);
 	destroyPQExpBuffer(oids);
@@ -1246,7 +1248,8 @@ source_columns_changed(PGconn *source, const Pipeline *p)
 	bool		any = false;
 
 	for (int i = 0; i < p->nmaps; i++)
-		any |= p->maps[i].created && p->maps[i].srccols != NULL && strcmp(p->maps[i].mode, "append") != 0;
+		any |= p->maps[i].created && p->maps[i].srccols != NULL && strcmp(p->maps[i].mode, "append") != 0 &&
+			p->maps[i].dropped_until == InvalidLsn;
 	if (!any)
 		return -1;
 	names = source_tables_literal(p);
@@ -1264,6 +1267,7 @@ source_columns_changed(PGconn *source, const Pipeline *p)
 		const TableMap *m = &p->maps[i];
 
 		if (m->created && m->srccols != NULL && strcmp(m->mode, "append") != 0 &&
+			m->dropped_until == InvalidLsn &&
 			(PQgetisnull(res, i, 0) || strcmp(PQgetvalue(res, i, 0), m->srccols) != 0))
 			changed = i;
 	}

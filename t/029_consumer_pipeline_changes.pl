@@ -390,6 +390,28 @@ ok( wait_for_log(
 ok(wait_for_row($dst, 'SELECT EXISTS (SELECT FROM c_mirror WHERE id = 13)'), 'and its change arrives');
 is(stop_consumer($h), 0, 'stopped');
 
+# --- a mapped source table dropped while it runs: its changes from before
+# the drop are applied (here one in the batch being filled when the drop is
+# seen), then the consumer stops and says to remove the map
+$src->safe_psql('postgres', 'CREATE TABLE z (id int PRIMARY KEY, v int)');
+$dst->safe_psql('postgres', "SELECT pgcdc.add_table('p', 'public.z', 'public.z_mirror')");
+$at = length(slurp_log($log));
+$h = start_consumer(consumer_cmd($src, $dst, 'p', '--batch-ms', 3000, '--idle-flush', 'off'), $log);
+ok(wait_for_log(qr/streaming from slot/, $at), 'streaming with a map of a new table');
+$src->safe_psql('postgres', 'INSERT INTO z VALUES (1, 10)');
+$src->safe_psql('postgres', 'DROP TABLE z');
+ok(wait_for_log(qr/source table public\.z of pipeline "p" was dropped: applying its changes up to the drop/, $at),
+	'a dropped source table is noticed');
+$h->finish;
+is($h->full_result(0) >> 8, 1, 'then the consumer stops, with status 1');
+like(
+	substr(slurp_log($log), $at),
+	qr/ERROR: source table public\.z of pipeline "p" was dropped at the source; its changes up to the drop are applied\nHINT:  Remove its maps: SELECT pgcdc\.remove_table\('p', 'public\.z'\);/,
+	'and says to remove its map');
+is($dst->safe_psql('postgres', "SELECT string_agg(id || ':' || v, ' ') FROM z_mirror"), '1:10',
+	'the change made before the drop is applied');
+$dst->safe_psql('postgres', "SELECT pgcdc.remove_table('p', 'public.z')");
+
 # --- renamed while it was stopped: the name is gone, and it says how to map the new one
 $src->safe_psql('postgres', 'ALTER TABLE c_again RENAME TO c');
 ($rc, $err) = run_consumer(consumer_cmd($src, $dst, 'p', '--exit-when-caught-up'), $log, 60);
