@@ -248,7 +248,7 @@ BEGIN
 				AND to_regclass(m.target) IS NOT NULL
 				AND starts_with(coalesce(obj_description(to_regclass(m.target), 'pg_class'), ''),
 								src || ': created by pgcdc_consumer') LOOP
-		EXECUTE format('COMMENT ON TABLE %s IS %L', t,
+		EXECUTE format('COMMENT ON TABLE %s IS %L', to_regclass(t),
 					   dst || substr(obj_description(to_regclass(t), 'pg_class'), length(src) + 1));
 	END LOOP;
 	UPDATE pgcdc.table_map m
