@@ -665,7 +665,9 @@ target_load_pipeline(PGconn *conn, PGconn *source, Pipeline *p)
 			log_msg(LOG_ERROR, "source table %s of pipeline \"%s\" does not exist",
 					p->maps[gone].source_table, p->name);
 			log_hint("If it was renamed at the source while pgcdc_consumer was not running, map the new name: "
-					 "SELECT pgcdc.rename_source_table(%s, %s, 'schema.new_name'); if it was dropped, "
+					 "SELECT pgcdc.rename_source_table(%s, %s, 'schema.new_name'); changes made under the old "
+					 "name since the checkpoint are then not applied (to keep them, rename the table back, start "
+					 "pgcdc_consumer and rename it again while it runs: it follows). If it was dropped: "
 					 "SELECT pgcdc.remove_table(%s, %s, %s);",
 					 lp ? lp : "?", ls ? ls : "?", lp ? lp : "?", ls ? ls : "?", lt ? lt : "?");
 			PQfreemem(lp);

@@ -418,7 +418,7 @@ $src->safe_psql('postgres', 'ALTER TABLE c_again RENAME TO c');
 is($rc, 1, 'a rename while it was stopped stops it, with status 1');
 like(
 	$err,
-	qr/ERROR: source table public\.c_again of pipeline "p" does not exist\nHINT:  If it was renamed at the source while pgcdc_consumer was not running, map the new name: SELECT pgcdc\.rename_source_table\('p', 'public\.c_again', 'schema\.new_name'\)/,
+	qr/ERROR: source table public\.c_again of pipeline "p" does not exist\nHINT:  If it was renamed at the source while pgcdc_consumer was not running, map the new name: SELECT pgcdc\.rename_source_table\('p', 'public\.c_again', 'schema\.new_name'\); changes made under the old name since the checkpoint are then not applied \(to keep them, rename the table back, start pgcdc_consumer and rename it again while it runs: it follows\)\. If it was dropped: SELECT pgcdc\.remove_table\('p', 'public\.c_again', 'public\.c_(hist|mirror)'\);/,
 	'with an error that says what to do');
 is($dst->safe_psql('postgres', "SELECT pgcdc.rename_source_table('p', 'public.c_again', 'public.c')"), '2',
 	'rename_source_table maps it again');
