@@ -235,6 +235,7 @@ extern bool stream_create_slot(Stream *s, const char *slot, bool temporary, bool
 							   Lsn *consistent_point, char **snapshot_name);
 extern bool stream_drop_slot(PGconn *source, const char *slot);
 extern bool stream_start(Stream *s, Pipeline *p, Lsn start);
+extern int	stream_pending_changes(PGconn *source, const char *slot, const char *schema, const char *name);
 extern int	stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p);
 extern void stream_close(Stream *s);
 

@@ -254,6 +254,37 @@ append_literal(PQExpBuffer buf, const char *s)
 	appendPQExpBufferChar(buf, '\'');
 }
 
+/*
+ * Are changes of source table schema.name waiting in the slot, after its
+ * confirmed position?  1 yes, 0 no, -1 unknown (the slot is in use or
+ * missing, or the look failed).  The slot's backlog is decoded up to the
+ * first such change; nothing is consumed.
+ */
+int
+stream_pending_changes(PGconn *source, const char *slot, const char *schema, const char *name)
+{
+	PQExpBuffer pattern = createPQExpBuffer();
+	const char *params[2];
+	PGresult   *res;
+	int			pending = -1;
+
+	append_pattern_part(pattern, schema);
+	appendPQExpBufferChar(pattern, '.');
+	append_pattern_part(pattern, name);
+	params[0] = slot;
+	params[1] = pattern->data;
+	quiet_sql_errors = true;
+	res = exec_ok(source, "SELECT pg_catalog.count(*) > 0 FROM pg_catalog.pg_logical_slot_peek_changes("
+				  "$1, NULL, 1, 'tables', $2, 'include-transaction', 'false', 'messages', 'false')",
+				  2, params);
+	quiet_sql_errors = false;
+	if (res != NULL)
+		pending = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+	PQclear(res);
+	destroyPQExpBuffer(pattern);
+	return pending;
+}
+
 bool
 stream_start(Stream *s, Pipeline *p, Lsn start)
 {

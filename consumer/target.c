@@ -661,15 +661,37 @@ target_load_pipeline(PGconn *conn, PGconn *source, Pipeline *p)
 			char	   *lp = PQescapeLiteral(conn, p->name, strlen(p->name));
 			char	   *ls = PQescapeLiteral(conn, p->maps[gone].source_table, strlen(p->maps[gone].source_table));
 			char	   *lt = PQescapeLiteral(conn, p->maps[gone].target, strlen(p->maps[gone].target));
+			char	   *rename_sql = psprintf("SELECT pgcdc.rename_source_table(%s, %s, 'schema.new_name')",
+											  lp ? lp : "?", ls ? ls : "?");
+			char	   *remove_sql = psprintf("SELECT pgcdc.remove_table(%s, %s, %s)",
+											  lp ? lp : "?", ls ? ls : "?", lt ? lt : "?");
 
 			log_msg(LOG_ERROR, "source table %s of pipeline \"%s\" does not exist",
 					p->maps[gone].source_table, p->name);
-			log_hint("If it was renamed at the source while pgcdc_consumer was not running, map the new name: "
-					 "SELECT pgcdc.rename_source_table(%s, %s, 'schema.new_name'); changes made under the old "
-					 "name since the checkpoint are then not applied (to keep them, rename the table back, start "
-					 "pgcdc_consumer and rename it again while it runs: it follows). If it was dropped: "
-					 "SELECT pgcdc.remove_table(%s, %s, %s);",
-					 lp ? lp : "?", ls ? ls : "?", lp ? lp : "?", ls ? ls : "?", lt ? lt : "?");
+			/* what mapping the new name would lose: the slot knows */
+			switch (stream_pending_changes(source, p->slot_name, p->maps[gone].source_schema,
+										   p->maps[gone].source_name))
+			{
+				case 0:
+					log_hint("No change made under that name since the checkpoint is waiting in the slot. If it was "
+							 "renamed at the source, map the new name, losing nothing: %s; if it was dropped: %s;",
+							 rename_sql, remove_sql);
+					break;
+				case 1:
+					log_hint("Changes made under that name since the checkpoint are waiting in the slot. If it was "
+							 "renamed at the source, rename it back and start pgcdc_consumer: it applies them, and "
+							 "follows the table when it is renamed again while it runs. Mapping the new name now "
+							 "(%s) or removing the map (%s) leaves them unapplied.", rename_sql, remove_sql);
+					break;
+				default:
+					log_hint("If it was renamed at the source while pgcdc_consumer was not running, map the new "
+							 "name: %s; changes made under the old name since the checkpoint are then not applied "
+							 "(to keep them, rename the table back, start pgcdc_consumer and rename it again while "
+							 "it runs: it follows). If it was dropped: %s;", rename_sql, remove_sql);
+					break;
+			}
+			free(rename_sql);
+			free(remove_sql);
 			PQfreemem(lp);
 			PQfreemem(ls);
 			PQfreemem(lt);

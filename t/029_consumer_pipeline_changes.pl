@@ -412,16 +412,35 @@ is($dst->safe_psql('postgres', "SELECT string_agg(id || ':' || v, ' ') FROM z_mi
 	'the change made before the drop is applied');
 $dst->safe_psql('postgres', "SELECT pgcdc.remove_table('p', 'public.z')");
 
-# --- renamed while it was stopped: the name is gone, and it says how to map the new one
+# --- renamed while it was stopped: the name is gone at the start, and the
+# slot tells whether changes made under it wait there.  With one waiting it
+# says to rename the table back, and doing so loses nothing; with none,
+# mapping the new name is enough.
+$src->safe_psql('postgres', 'UPDATE c_again SET n = n + 1 WHERE id = 13');
 $src->safe_psql('postgres', 'ALTER TABLE c_again RENAME TO c');
 ($rc, $err) = run_consumer(consumer_cmd($src, $dst, 'p', '--exit-when-caught-up'), $log, 60);
 is($rc, 1, 'a rename while it was stopped stops it, with status 1');
 like(
 	$err,
-	qr/ERROR: source table public\.c_again of pipeline "p" does not exist\nHINT:  If it was renamed at the source while pgcdc_consumer was not running, map the new name: SELECT pgcdc\.rename_source_table\('p', 'public\.c_again', 'schema\.new_name'\); changes made under the old name since the checkpoint are then not applied \(to keep them, rename the table back, start pgcdc_consumer and rename it again while it runs: it follows\)\. If it was dropped: SELECT pgcdc\.remove_table\('p', 'public\.c_again', 'public\.c_(hist|mirror)'\);/,
-	'with an error that says what to do');
-is($dst->safe_psql('postgres', "SELECT pgcdc.rename_source_table('p', 'public.c_again', 'public.c')"), '2',
-	'rename_source_table maps it again');
+	qr/ERROR: source table public\.c_again of pipeline "p" does not exist\nHINT:  Changes made under that name since the checkpoint are waiting in the slot\. If it was renamed at the source, rename it back and start pgcdc_consumer: it applies them, and follows the table when it is renamed again while it runs\. Mapping the new name now \(SELECT pgcdc\.rename_source_table\('p', 'public\.c_again', 'schema\.new_name'\)\)/,
+	'and says that a change waits under the old name, and how to keep it');
+$src->safe_psql('postgres', 'ALTER TABLE c RENAME TO c_again');
+$at = length(slurp_log($log));
+$h = start_consumer(consumer_cmd($src, $dst, 'p', '--batch-ms', 50), $log);
+ok(wait_for_row($dst, 'SELECT n = 14 FROM c_mirror WHERE id = 13'), 'renamed back: the waiting change is applied');
+$src->safe_psql('postgres', 'ALTER TABLE c_again RENAME TO c');
+ok( wait_for_log(
+		qr/the stream has passed the rename of source table public\.c_again: pipeline "p" now maps public\.c\n/, $at),
+	'renamed again while it runs: followed');
+is(stop_consumer($h), 0, 'stopped');
+$src->safe_psql('postgres', 'ALTER TABLE c RENAME TO c_stopped');
+($rc, $err) = run_consumer(consumer_cmd($src, $dst, 'p', '--exit-when-caught-up'), $log, 60);
+is($rc, 1, 'renamed while stopped, nothing made under the old name since: status 1');
+like(
+	$err,
+	qr/HINT:  No change made under that name since the checkpoint is waiting in the slot\. If it was renamed at the source, map the new name, losing nothing: SELECT pgcdc\.rename_source_table\('p', 'public\.c', 'schema\.new_name'\); if it was dropped: SELECT pgcdc\.remove_table\('p', 'public\.c', 'public\.c_(hist|mirror)'\);/,
+	'and says that mapping the new name loses nothing');
+$src->safe_psql('postgres', 'ALTER TABLE c_stopped RENAME TO c');
 
 # --- the pipeline's snapshot taken again (slot and checkpoint gone): the
 # targets' marks of copies taken after the old snapshot are cleared, since
