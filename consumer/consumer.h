@@ -192,12 +192,20 @@ extern __thread bool quiet_sql_errors;	/* failures expected: log them at DEBUG *
 extern bool sql_error_is_transient(const SqlError *e);
 extern int	target_pipeline_changed(PGconn *conn, const Pipeline *p);
 extern int	source_table_gone(PGconn *source, Pipeline *p);
-extern int	source_table_moved(PGconn *source, const Pipeline *p, Lsn *checked_at,
-							   char **schema, char **name, char **table);
+/* what source_tables_look saw */
+typedef struct SourceLook
+{
+	Lsn			checked_at;		/* the source's WAL position then */
+	int			moved;			/* a map whose table was renamed or dropped, else -1 */
+	char	   *schema;			/* ... its new name (NULLs if dropped) */
+	char	   *name;
+	char	   *table;
+	int			columns;		/* a map whose table's columns changed, else -1 */
+} SourceLook;
+extern bool source_tables_look(PGconn *source, const Pipeline *p, bool columns, SourceLook *look);
 extern void target_note_rename(const char *from, const char *schema, const char *name,
 							   const char *table, Lsn until);
 extern bool target_follow_rename(PGconn *conn, const Pipeline *p, const TableMap *m);
-extern int	source_columns_changed(PGconn *source, const Pipeline *p);
 extern void target_note_new_column(const char *source_table, const char *column);
 extern bool target_column_noted(const char *source_table, const char *column);
 extern bool target_copy_done(PGconn *conn, const TableMap *m, Lsn copied_at);

@@ -408,37 +408,6 @@ flush_batch(Stream *s, Batch *b)
 	return batch_flush(b, &applied) && advance(s, applied);
 }
 
-/*
- * Before a batch goes to the target: are the source's columns (names and
- * types) of the targets the consumer made as they were at the start?  A
- * type change shows in no event, but it committed before any change that
- * follows it, so looking now, before each batch, catches it before such a
- * change is applied (with a narrower type, a numeric would be rounded).
- * Returns the index of a map whose source changed (logged; start over: the
- * batch comes again, into targets altered to the new types, target.c), -1
- * if none did, -2 if the query failed.
- */
-static int
-columns_changed(PGconn *source, Pipeline *p)
-{
-	int			changed = source_columns_changed(source, p);
-
-	if (changed >= 0)
-		log_msg(LOG_INFO, "the columns of source table %s changed: starting over",
-				p->maps[changed].source_table);
-	return changed;
-}
-
-/* ... before a batch: a failed look is a reason to start over too */
-static bool
-columns_unchanged(PGconn *source, Pipeline *p, int *result)
-{
-	if (columns_changed(source, p) == -1)
-		return true;
-	*result = RUN_RETRY;
-	return false;
-}
-
 /* Take the result of the batch being applied: if it is done, or waiting for it. */
 static bool
 finish_batch(Stream *s, Batch *b, bool wait)
@@ -532,45 +501,58 @@ take_event(Stream *s, Batch *b, const char *json, size_t len, int64_t now,
 }
 
 /*
- * Is every source table still under the name its maps decode?  A table
- * renamed at the source (or moved to another schema) has its changes after
- * the rename decoded under a name the stream did not ask for: nothing past
- * the rename may be confirmed until they are asked for.  So a rename is
- * looked for before each batch goes to the target, before a keepalive
- * position is confirmed, and every 5 s; when one is found, the consumer
- * starts over from the checkpoint asking for both names (target.c), and a
- * marker transaction emitted now tells when the stream has passed the
- * rename.  Returns true if nothing moved (s->checked is then the position
+ * Is every source table still under the name its maps decode, and (with
+ * columns) with the columns the targets the consumer made were given?
+ *
+ * A table renamed at the source (or moved to another schema) has its
+ * changes after the rename decoded under a name the stream did not ask
+ * for: nothing past the rename may be confirmed until they are asked for.
+ * So a rename is looked for before each batch goes to the target, before a
+ * keepalive position is confirmed, and every 5 s; when one is found, the
+ * consumer starts over from the checkpoint asking for both names
+ * (target.c), and a marker transaction emitted now tells when the stream
+ * has passed the rename.  A dropped table's maps take its changes until
+ * such a marker (source_drained).
+ *
+ * A column type change shows in no event, but it committed before any
+ * change that follows it, so looking before each batch catches it before
+ * such a change is applied (with a narrower type, a numeric would be
+ * rounded): start over, and the batch comes again into targets altered to
+ * the new types (target.c).
+ *
+ * Returns true if nothing moved or changed (s->checked is then the position
  * looked at), else false with *result = RUN_RETRY (also if the look
- * failed).
+ * failed).  One query on the source.
  */
 static bool
-sources_unmoved(Stream *s, PGconn *source, Pipeline *p, int *result)
+sources_unchanged(Stream *s, PGconn *source, Pipeline *p, bool columns, int *result)
 {
-	char	   *schema;
-	char	   *name;
-	char	   *table;
-	Lsn			checked;
+	SourceLook	look;
 	Lsn			until;
-	int			moved = source_table_moved(source, p, &checked, &schema, &name, &table);
 
-	if (moved == -1)
-	{
-		if (checked > s->checked)
-			s->checked = checked;
-		return true;
-	}
-	*result = RUN_RETRY;
-	if (moved == -2)
+	if (!source_tables_look(source, p, columns, &look))
 	{
 		/* (at a fast shutdown of the source, the keepalive's look meets it first) */
 		if (PQstatus(source) == CONNECTION_BAD)
 			log_msg(LOG_INFO, "lost the source connection: starting over");
+		*result = RUN_RETRY;
 		return false;
 	}
-	if (table == NULL)
+	if (look.moved < 0 && look.checked_at > s->checked)
+		s->checked = look.checked_at;
+	if (look.moved < 0 && look.columns < 0)
+		return true;
+	*result = RUN_RETRY;
+	if (look.moved < 0)
 	{
-		const char *gone = p->maps[moved].source_table;
+		log_msg(LOG_INFO, "the columns of source table %s changed: starting over",
+				p->maps[look.columns].source_table);
+		return false;
+	}
+	if (look.table == NULL)
+	{
+		const char *gone = p->maps[look.moved].source_table;
+		unsigned int oid = p->maps[look.moved].source_oid;
 
 		/*
 		 * Dropped: its changes before the drop still come, under its name.
@@ -581,30 +563,28 @@ sources_unmoved(Stream *s, PGconn *source, Pipeline *p, int *result)
 		log_msg(LOG_INFO, "source table %s of pipeline \"%s\" was dropped: applying its changes up to the drop",
 				gone, p->name);
 		for (int i = 0; i < p->nmaps; i++)
-			if (i != moved && strcmp(p->maps[i].source_table, gone) == 0)
+			if (p->maps[i].source_oid == oid)
 			{
 				p->maps[i].dropped_until = until;
 				p->maps[i].source_oid = 0;
 			}
-		p->maps[moved].dropped_until = until;
-		p->maps[moved].source_oid = 0;
 		/* the other tables are looked at again */
-		return sources_unmoved(s, source, p, result);
+		return sources_unchanged(s, source, p, columns, result);
 	}
 	if (emit_marker(source, p->name, "renamed", &until))
 	{
 		log_msg(LOG_INFO, "source table %s of pipeline \"%s\" was renamed to %s: following it",
-				p->maps[moved].source_table, p->name, table);
-		target_note_rename(p->maps[moved].source_table, schema, name, table, until);
+				p->maps[look.moved].source_table, p->name, look.table);
+		target_note_rename(p->maps[look.moved].source_table, look.schema, look.name, look.table, until);
 	}
-	free(schema);
-	free(name);
-	free(table);
+	free(look.schema);
+	free(look.name);
+	free(look.table);
 	return false;
 }
 
 /*
- * A map's table was dropped at the source (sources_unmoved), and the
+ * A map's table was dropped at the source (sources_unchanged), and the
  * checkpoint has passed the drop: its changes are all applied.  Say so,
  * and what to do (the caller stops).
  */
@@ -624,13 +604,6 @@ source_drained(PGconn *conn, const Pipeline *p, const TableMap *m)
 	PQfreemem(lp);
 	PQfreemem(ls);
 	return true;
-}
-
-/* ... and before a batch, its source tables' columns unchanged too */
-static bool
-sources_unchanged(Stream *s, PGconn *source, Pipeline *p, int *result)
-{
-	return sources_unmoved(s, source, p, result) && columns_unchanged(source, p, result);
 }
 
 /*
@@ -654,7 +627,7 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 	if (opts.exit_when_caught_up &&
 		!emit_marker(source, p->name, "caught-up", &caught_up_at))
 		goto done;
-	if (!sources_unmoved(s, source, p, &result))
+	if (!sources_unchanged(s, source, p, false, &result))
 		goto done;
 
 	for (;;)
@@ -672,7 +645,7 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 					goto done;
 				batch_abort(b);
 			}
-			else if (!sources_unchanged(s, source, p, &result))
+			else if (!sources_unchanged(s, source, p, true, &result))
 			{
 				/* the batch comes again at the next start, into altered targets */
 				if (!finish_batch(s, b, true))
@@ -690,7 +663,7 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 			goto done;
 
 		/*
-		 * A rename followed (sources_unmoved): once the checkpoint has
+		 * A rename followed (sources_unchanged): once the checkpoint has
 		 * passed it, every change under the old name is applied, and the
 		 * map takes the new name (target.c).
 		 */
@@ -747,15 +720,12 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 				result = changed == 1 ? RUN_PAUSED : RUN_RETRY;
 				goto done;
 			}
-			/* a source table renamed or dropped: its map would get nothing more */
-			if (changed == 0 && !sources_unmoved(s, source, p, &result))
+			/*
+			 * A source table renamed or dropped (its map would get nothing
+			 * more), or one whose created target follows its columns changed
+			 */
+			if (changed == 0 && !sources_unchanged(s, source, p, true, &result))
 				goto done;
-			/* a created target follows its source's columns (target.c) */
-			if (changed == 0 && columns_changed(source, p) >= 0)
-			{
-				result = RUN_RETRY;
-				goto done;
-			}
 		}
 
 		/*
@@ -768,7 +738,7 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 			 now - batch_started_us(b) >= (int64_t) opts.batch_ms * 1000 ||
 			 (caught_up_at != InvalidLsn && s->received >= caught_up_at)))
 		{
-			if (!sources_unchanged(s, source, p, &result) || !flush_batch(s, b))
+			if (!sources_unchanged(s, source, p, true, &result) || !flush_batch(s, b))
 				goto done;
 		}
 
@@ -825,7 +795,7 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 		if (r == 0 && opts.idle_flush && batch_open(b) && !s->in_xact && !batch_applying(b) &&
 			now - batch_started_us(b) >= (int64_t) opts.batch_ms * 100)
 		{
-			if (!sources_unchanged(s, source, p, &result) || !flush_batch(s, b))
+			if (!sources_unchanged(s, source, p, true, &result) || !flush_batch(s, b))
 				goto done;
 			continue;
 		}
@@ -910,8 +880,8 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 			{
 				Lsn			upto;
 
-				/* not past a rename not looked for (sources_unmoved) */
-				if (buf[17] && wal_end > s->checked && !sources_unmoved(s, source, p, &result))
+				/* not past a rename not looked for (sources_unchanged) */
+				if (buf[17] && wal_end > s->checked && !sources_unchanged(s, source, p, false, &result))
 				{
 					PQfreemem(buf);
 					goto done;

@@ -407,7 +407,7 @@ source_tables_literal(const Pipeline *p)
  * The first map whose source table no longer exists under its name
  * (dropped or renamed: its changes would no longer be decoded for the
  * map): its index, or -1 if there is none, -2 if a query failed.  The
- * others' OIDs are kept, to notice a rename (source_table_moved).
+ * others' OIDs are kept, to notice a rename (source_tables_look).
  */
 int
 source_table_gone(PGconn *source, Pipeline *p)
@@ -435,60 +435,6 @@ source_table_gone(PGconn *source, Pipeline *p)
 	}
 	PQclear(res);
 	return gone;
-}
-
-/*
- * The first map whose source table (by its OID) has another name now
- * (ALTER TABLE ... RENAME or SET SCHEMA, ALTER SCHEMA ... RENAME), or is
- * gone: its index, with the new name (NULLs if gone); -1 if none, -2 if
- * the query failed.  Maps without an OID (source_oid 0: known dropped)
- * are not looked at.  *checked_at is the source's WAL position as it
- * looked: a rename that committed before it is seen (unless its commit
- * was not visible yet: README names that window).
- */
-int
-source_table_moved(PGconn *source, const Pipeline *p, Lsn *checked_at,
-				   char **schema, char **name, char **table)
-{
-	PQExpBuffer names = source_tables_literal(p);
-	PQExpBuffer oids = createPQExpBuffer();
-	const char *sp[2];
-	PGresult   *res;
-	int			moved;
-
-	appendPQExpBufferChar(oids, '{');
-	for (int i = 0; i < p->nmaps; i++)
-		appendPQExpBuffer(oids, "%s%u", i > 0 ? "," : "", p->maps[i].source_oid);
-	appendPQExpBufferChar(oids, '}');
-	sp[0] = oids->data;
-	sp[1] = names->data;
-	res = exec_ok(source,
-				  "SELECT pg_catalog.pg_current_wal_lsn(), m.o - 1, m.nspname, m.relname, m.qname "
-				  "FROM (SELECT) x LEFT JOIN LATERAL ("
-				  "  SELECT u.o, n.nspname::text, c.relname::text, "
-				  "         pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) AS qname "
-				  "  FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.oid[]), pg_catalog.unnest($2::text[])) "
-				  "       WITH ORDINALITY u(r, t, o) "
-				  "  LEFT JOIN pg_catalog.pg_class c ON c.oid = u.r "
-				  "  LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-				  "  WHERE u.r <> 0 AND (c.oid IS NULL OR "
-				  "        pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) <> u.t) "
-				  "  ORDER BY u.o LIMIT 1) m ON true", 2, sp);
-	destroyPQExpBuffer(names);
-	destroyPQExpBuffer(oids);
-	if (res == NULL)
-		return -2;
-	parse_lsn(PQgetvalue(res, 0, 0), checked_at);
-	moved = PQgetisnull(res, 0, 1) ? -1 : atoi(PQgetvalue(res, 0, 1));
-	*schema = *name = *table = NULL;
-	if (moved >= 0 && !PQgetisnull(res, 0, 4))
-	{
-		*schema = get_str(res, 0, 2);
-		*name = get_str(res, 0, 3);
-		*table = get_str(res, 0, 4);
-	}
-	PQclear(res);
-	return moved;
 }
 
 /*
@@ -731,6 +677,7 @@ target_load_pipeline(PGconn *conn, PGconn *source, Pipeline *p)
 #define TARGET_SYSTEM_COLUMNS "'_source_lsn', '_source_seq', '_synced_at', '_is_deleted', " \
 	"'_valid_from', '_valid_to', '_is_current', '_version', '_row_hash', " \
 	"'_sequence', '_last_sequence', '_last_at'"
+/* (pgcdc.rename_source_table rewrites the source name before it) */
 #define CREATED_MARK ": created by pgcdc_consumer, which adds the columns added there to it"
 /*
  * ... and, until its copy commits, a target made after the pipeline's
@@ -1256,47 +1203,85 @@ align_types(PGconn *conn, TableMap *m, const char *names, const char *types)
 									6, params));
 }
 
-/*
- * The first map into a target the consumer created (mirror or scd2) whose
- * source table's columns, names or types, are not what they were at the
- * start: its index; -1 if none, -2 if a query failed.  A type change shows
- * in no event: a running consumer asks before each batch (stream.c).
- */
-int
-source_columns_changed(PGconn *source, const Pipeline *p)
+/* A map into a target the consumer made (mirror or scd2), which follows its source's columns. */
+static bool
+follows_columns(const TableMap *m)
 {
-	PQExpBuffer names;
-	const char *sp[1];
+	return m->created && m->srccols != NULL && strcmp(m->mode, "append") != 0 &&
+		m->dropped_until == InvalidLsn;
+}
+
+/*
+ * One look at the maps' source tables, by their OIDs, in one query:
+ * look->moved is the first map whose table has another name now (ALTER
+ * TABLE ... RENAME or SET SCHEMA, ALTER SCHEMA ... RENAME) or is gone, with
+ * the new name (NULLs if gone), -1 if none; maps without an OID (0: known
+ * dropped) are not looked at.  With columns, look->columns is the first map
+ * that follows its source's columns (follows_columns) whose columns, names
+ * or types, are not what they were at the start, else -1: a type change
+ * shows in no event (stream.c looks before each batch).
+ * look->checked_at is the source's WAL position as it looked: a rename
+ * that committed before it is seen (unless its commit was not visible yet:
+ * README names that window).  False if the query failed.
+ */
+bool
+source_tables_look(PGconn *source, const Pipeline *p, bool columns, SourceLook *look)
+{
+	PQExpBuffer names = source_tables_literal(p);
+	PQExpBuffer oids = createPQExpBuffer();
+	const char *sp[3];
 	PGresult   *res;
-	int			changed = -1;
-	bool		any = false;
+	bool		want_columns = false;
 
+	appendPQExpBufferChar(oids, '{');
 	for (int i = 0; i < p->nmaps; i++)
-		any |= p->maps[i].created && p->maps[i].srccols != NULL && strcmp(p->maps[i].mode, "append") != 0 &&
-			p->maps[i].dropped_until == InvalidLsn;
-	if (!any)
-		return -1;
-	names = source_tables_literal(p);
-	sp[0] = names->data;
-
-	/* every map's table at once; one gone has none */
+	{
+		appendPQExpBuffer(oids, "%s%u", i > 0 ? "," : "", p->maps[i].source_oid);
+		want_columns |= columns && follows_columns(&p->maps[i]);
+	}
+	appendPQExpBufferChar(oids, '}');
+	sp[0] = oids->data;
+	sp[1] = names->data;
+	sp[2] = want_columns ? "t" : "f";
 	res = exec_ok(source,
-				  "SELECT (SELECT c.sig FROM (" COLUMNS_OF("pg_catalog.to_regclass(u.t)") ") c) "
-				  "FROM pg_catalog.unnest($1::text[]) WITH ORDINALITY u(t, o) ORDER BY u.o", 1, sp);
+				  "SELECT pg_catalog.pg_current_wal_lsn(), n.nspname, c.relname, "
+				  "       pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname), "
+				  "       CASE WHEN $3::boolean THEN (SELECT s.sig FROM (" COLUMNS_OF("u.r") ") s) END "
+				  "FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.oid[]), pg_catalog.unnest($2::text[])) "
+				  "     WITH ORDINALITY u(r, t, o) "
+				  "LEFT JOIN pg_catalog.pg_class c ON c.oid = u.r "
+				  "LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+				  "ORDER BY u.o", 3, sp);
 	destroyPQExpBuffer(names);
+	destroyPQExpBuffer(oids);
 	if (res == NULL)
-		return -2;
-	for (int i = 0; i < p->nmaps && i < PQntuples(res) && changed < 0; i++)
+		return false;
+	parse_lsn(PQgetvalue(res, 0, 0), &look->checked_at);
+	look->moved = look->columns = -1;
+	look->schema = look->name = look->table = NULL;
+	for (int i = 0; i < p->nmaps && i < PQntuples(res); i++)
 	{
 		const TableMap *m = &p->maps[i];
 
-		if (m->created && m->srccols != NULL && strcmp(m->mode, "append") != 0 &&
-			m->dropped_until == InvalidLsn &&
-			(PQgetisnull(res, i, 0) || strcmp(PQgetvalue(res, i, 0), m->srccols) != 0))
-			changed = i;
+		if (m->source_oid == 0)
+			continue;
+		if (look->moved < 0 &&
+			(PQgetisnull(res, i, 3) || strcmp(PQgetvalue(res, i, 3), m->source_table) != 0))
+		{
+			look->moved = i;
+			if (!PQgetisnull(res, i, 3))
+			{
+				look->schema = get_str(res, i, 1);
+				look->name = get_str(res, i, 2);
+				look->table = get_str(res, i, 3);
+			}
+		}
+		if (want_columns && look->columns < 0 && follows_columns(m) &&
+			(PQgetisnull(res, i, 4) || strcmp(PQgetvalue(res, i, 4), m->srccols) != 0))
+			look->columns = i;
 	}
 	PQclear(res);
-	return changed;
+	return true;
 }
 
 /*

@@ -230,7 +230,7 @@ DECLARE
 	src text;
 	dst text;
 	n integer;
-	t text;
+	t record;
 BEGIN
 	PERFORM pgcdc._pipeline_must_exist(pipeline);
 	src := pgcdc._qualify(source_table, caller_schema, 'source_table');
@@ -243,13 +243,12 @@ BEGIN
 				  HINT = 'Remove the maps of one of the two names first.';
 	END IF;
 	-- the targets the consumer made name their source in their comment
-	FOR t IN SELECT m.target FROM pgcdc.table_map m
+	-- (CREATED_MARK in consumer/target.c)
+	FOR t IN SELECT c.rel, obj_description(c.rel, 'pg_class') AS note
+			   FROM pgcdc.table_map m, LATERAL (SELECT to_regclass(m.target) AS rel) c
 			  WHERE m.pipeline = _rename_source_table.pipeline AND m.source_table = src
-				AND to_regclass(m.target) IS NOT NULL
-				AND starts_with(coalesce(obj_description(to_regclass(m.target), 'pg_class'), ''),
-								src || ': created by pgcdc_consumer') LOOP
-		EXECUTE format('COMMENT ON TABLE %s IS %L', to_regclass(t),
-					   dst || substr(obj_description(to_regclass(t), 'pg_class'), length(src) + 1));
+				AND starts_with(obj_description(c.rel, 'pg_class'), src || ': created by pgcdc_consumer') LOOP
+		EXECUTE format('COMMENT ON TABLE %s IS %L', t.rel, dst || substr(t.note, length(src) + 1));
 	END LOOP;
 	UPDATE pgcdc.table_map m
 	   SET source_table = dst, source_schema = (parse_ident(dst))[1], source_name = (parse_ident(dst))[2]
