@@ -632,6 +632,56 @@ SELECT id, x FROM lk_m ORDER BY id;
 SELECT count(*) AS rows_that_differ FROM (SELECT id, x FROM lk_m EXCEPT SELECT id, x FROM lk_m2) d;
 DROP TABLE lk, lk_h, lk_m, lk_m2, lk_c, lk_locks;
 
+-- The staged path (here: for unchanged TOAST) keeps its work tables for the
+-- session and runs its statements prepared: a batch like the one before,
+-- in a transaction of its own, prepares nothing and runs those statements
+-- again.  Discarding the session's temp tables or prepared statements, or
+-- rolling back a call that made the tables, breaks nothing.
+CREATE TABLE st (id int PRIMARY KEY, x int, doc text);
+SELECT pgcdc.create_history_table('st', 'st_h');
+CREATE TABLE st_c (id int, x int, doc text, op text, seq bigint, unchanged_toast text[]);
+DEALLOCATE ALL;
+INSERT INTO st_c VALUES (1, 1, 'big', 'I', 1, NULL), (2, 1, 'big', 'I', 2, NULL),
+	(1, 2, NULL, 'U', 3, '{doc}');
+SELECT * FROM pgcdc.scd2_apply_changes('st_h', 'st_c', '{id}', 'seq');
+SELECT to_regclass('pg_temp._pgcdc_stage') IS NOT NULL AS stage_kept_after_commit;
+-- (TOAST left for the history to resolve: other statements than above)
+TRUNCATE st_c;
+INSERT INTO st_c VALUES (2, 2, NULL, 'U', 4, '{doc}'), (1, 3, NULL, 'U', 5, '{doc}');
+SELECT * FROM pgcdc.scd2_apply_changes('st_h', 'st_c', '{id}', 'seq');
+TRUNCATE st_c;
+INSERT INTO st_c VALUES (2, 3, NULL, 'U', 6, '{doc}'), (1, 4, NULL, 'U', 7, '{doc}');
+SELECT * FROM pgcdc.scd2_apply_changes('st_h', 'st_c', '{id}', 'seq');
+CREATE TEMP TABLE st_before AS
+	SELECT name, generic_plans + custom_plans AS runs FROM pg_prepared_statements
+	 WHERE name LIKE 'pgcdc\_%';
+TRUNCATE st_c;
+INSERT INTO st_c VALUES (2, 4, NULL, 'U', 8, '{doc}'), (1, 5, NULL, 'U', 9, '{doc}');
+SELECT * FROM pgcdc.scd2_apply_changes('st_h', 'st_c', '{id}', 'seq');
+SELECT count(*) FILTER (WHERE b.name IS NULL) AS prepared_by_this_call,
+	   count(*) FILTER (WHERE p.generic_plans + p.custom_plans > b.runs) >= 10 AS ran_ten_or_more_again
+  FROM pg_prepared_statements p LEFT JOIN st_before b USING (name)
+ WHERE p.name LIKE 'pgcdc\_%';
+DISCARD TEMP;
+TRUNCATE st_c;
+INSERT INTO st_c VALUES (2, 6, NULL, 'U', 10, '{doc}');
+SELECT * FROM pgcdc.scd2_apply_changes('st_h', 'st_c', '{id}', 'seq');
+DEALLOCATE ALL;
+TRUNCATE st_c;
+INSERT INTO st_c VALUES (1, 6, NULL, 'U', 11, '{doc}');
+SELECT * FROM pgcdc.scd2_apply_changes('st_h', 'st_c', '{id}', 'seq');
+DISCARD TEMP;
+BEGIN;
+TRUNCATE st_c;
+INSERT INTO st_c VALUES (1, 99, NULL, 'U', 12, '{doc}');
+SELECT * FROM pgcdc.scd2_apply_changes('st_h', 'st_c', '{id}', 'seq');
+ROLLBACK;
+TRUNCATE st_c;
+INSERT INTO st_c VALUES (2, 7, NULL, 'U', 12, '{doc}');
+SELECT * FROM pgcdc.scd2_apply_changes('st_h', 'st_c', '{id}', 'seq');
+SELECT id, x, doc, _version, _is_current, _sequence FROM st_h ORDER BY id, _valid_from;
+DROP TABLE st, st_h, st_c;
+
 DROP EXTENSION pgcdc;
 DROP VIEW h, invariants;
 DROP TABLE account, account_history, changes, cdc;

@@ -117,7 +117,6 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	work text;
-	head text;
 	args record;
 	seq text;
 	vf text;
@@ -178,17 +177,22 @@ BEGIN
 					 THEN 'c._source_lsn' ELSE 'NULL::pg_lsn' END,
 				CASE WHEN pgcdc._has_column(changes, '_source_seq', 'int4')
 					 THEN 'c._source_seq' ELSE 'NULL::integer' END)) END);
-	head := pgcdc._work_table('_pgcdc_stage', work);
-	EXECUTE head || work;
+	n := pgcdc._fill('_pgcdc_stage', work);
 	-- _scd2_late finds each late change by pgcdc_rn: without the index each
 	-- lookup reads the whole stage (a batch of late changes would cost its
-	-- size squared); the statistics keep the planner off the target's seq scan.
-	IF starts_with(head, 'CREATE') THEN
+	-- size squared).  The statistics keep the planner off the target's seq
+	-- scan; taken again only when the batch is of another size than the
+	-- last one they saw, as they make every statement reading the stage be
+	-- planned again.
+	IF NOT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = 'pg_temp._pgcdc_stage'::regclass) THEN
 		CREATE INDEX ON pg_temp._pgcdc_stage (pgcdc_rn);
 	END IF;
-	ANALYZE pg_temp._pgcdc_stage;
+	IF (SELECT c.reltuples < 0 OR n NOT BETWEEN c.reltuples / 4 AND c.reltuples * 4 + 100
+		  FROM pg_class c WHERE c.oid = 'pg_temp._pgcdc_stage'::regclass) THEN
+		ANALYZE pg_temp._pgcdc_stage;
+	END IF;
 
-	EXECUTE format($f$
+	EXECUTE pgcdc._exec(format($f$
 		SELECT pgcdc_op, pgcdc_seq::text AS seq, ROW(%s)::text AS k,
 			   pgcdc_seq IS NULL OR pg_catalog.array_position(pgcdc_seq, NULL) IS NOT NULL AS null_seq,
 			   pgcdc_vf IS NULL AS null_vf
@@ -198,7 +202,7 @@ BEGIN
 			OR pgcdc_vf IS NULL
 			OR (pgcdc_op <> 'T' AND (%s))
 		 LIMIT 1$f$,
-		keys, (SELECT string_agg(format('%I IS NULL', k), ' OR ') FROM unnest(key_columns) k))
+		keys, (SELECT string_agg(format('%I IS NULL', k), ' OR ') FROM unnest(key_columns) k)))
 	INTO bad;
 	IF bad.pgcdc_op IS NULL AND bad.k IS NOT NULL THEN
 		RAISE EXCEPTION 'null op in changes %', changes USING ERRCODE = '22004';
@@ -231,7 +235,7 @@ BEGIN
 					WHERE u.pgcdc_sub = 1 AND t.pgcdc_col = ANY (data_cols)
 					  AND t.pgcdc_col <> ALL (key_columns) LOOP
 			LOOP
-				EXECUTE format($f$
+				EXECUTE pgcdc._count(format($f$
 					UPDATE pg_temp._pgcdc_stage u
 					   SET %1$I = CASE WHEN v.pgcdc_found THEN v.pgcdc_b ELSE v.pgcdc_t END,
 						   pgcdc_ut = pg_catalog.array_remove(u.pgcdc_ut, %2$L)
@@ -254,8 +258,8 @@ BEGIN
 					col, col, pgcdc._key_join('x', 'd', target, key_columns),
 					target, pgcdc._key_join('t', 'd', target, key_columns),
 					CASE WHEN pgcdc._has_column(target, '_is_current', 'bool') THEN 'AND t._is_current'
-						 ELSE '' END);
-				GET DIAGNOSTICS n = ROW_COUNT;
+						 ELSE '' END))
+				INTO n;
 				EXIT WHEN n = 0;
 			END LOOP;
 		END LOOP;
@@ -267,7 +271,7 @@ BEGIN
 		FOR col IN SELECT DISTINCT t.pgcdc_col FROM pg_temp._pgcdc_stage s,
 						  unnest(s.pgcdc_ut) AS t(pgcdc_col)
 					WHERE t.pgcdc_col = ANY (data_cols) LOOP
-			EXECUTE format($f$
+			EXECUTE pgcdc._exec(format($f$
 				UPDATE pg_temp._pgcdc_stage s
 				   SET %1$I = f.pgcdc_v, pgcdc_ut = pg_catalog.array_remove(s.pgcdc_ut, %2$L)
 				  FROM (SELECT x.pgcdc_rn, x.pgcdc_grp,
@@ -279,7 +283,7 @@ BEGIN
 								  FROM pg_temp._pgcdc_stage y
 								 WHERE y.pgcdc_op IN ('I', 'U')) x) f
 				 WHERE s.pgcdc_rn = f.pgcdc_rn AND %2$L = ANY (s.pgcdc_ut) AND f.pgcdc_grp > 0$f$,
-				col, col, keys);
+				col, col, keys));
 		END LOOP;
 		toast_cols := ARRAY(SELECT DISTINCT t.pgcdc_col
 							  FROM pg_temp._pgcdc_stage s, unnest(s.pgcdc_ut) AS t(pgcdc_col)
@@ -288,6 +292,21 @@ BEGIN
 		toast_cols := '{}';
 	END IF;
 END
+$$;
+
+-- Fill work table name with query's rows between positions lo and hi of
+-- the stage (either NULL: open), which query reads as $1 and $2.  Without
+-- bounds (a batch without truncates: the common one) the statement has no
+-- parameters: planned once, knowing that, where PostgreSQL plans a
+-- statement with parameters again at each of its first calls.
+CREATE FUNCTION pgcdc._fill_between(name text, query text, lo numeric[], hi numeric[])
+RETURNS bigint LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE WHEN lo IS NULL AND hi IS NULL
+		THEN pgcdc._fill(name, replace(replace(query, '($1 IS NULL OR s.pgcdc_seq > $1)', 'true'),
+									   '($2 IS NULL OR s.pgcdc_seq < $2)', 'true'))
+		ELSE pgcdc._fill(name, query, 'numeric[], numeric[]', format('%L, %L', lo, hi)) END
 $$;
 
 /*
@@ -375,8 +394,7 @@ BEGIN
 		target, pgcdc._key_join('t', 'k', target, key_columns),
 		-- recomputed, not _row_hash: track_columns may differ from the last call
 		pgcdc._hash_expr(tracked, 't'));
-	EXECUTE pgcdc._work_table('_pgcdc_latest', work) || work
-	USING lo, hi;
+	PERFORM pgcdc._fill_between('_pgcdc_latest', work, lo, hi);
 
 	work := format($f$
 		SELECT s.pgcdc_rn,
@@ -387,8 +405,7 @@ BEGIN
 		 WHERE s.pgcdc_op <> 'T' AND ($1 IS NULL OR s.pgcdc_seq > $1)
 		   AND ($2 IS NULL OR s.pgcdc_seq < $2) AND s.pgcdc_seq <= l.pgcdc_l_last$f$,
 		pgcdc._key_join('s', 'l', target, key_columns), pgcdc._list(key_columns, 's'));
-	EXECUTE pgcdc._work_table('_pgcdc_late', work) || work
-	USING lo, hi;
+	PERFORM pgcdc._fill_between('_pgcdc_late', work, lo, hi);
 
 	-- values with unresolved unchanged TOAST taken from the current version
 	resolved := (SELECT string_agg(
@@ -444,11 +461,10 @@ BEGIN
 			pgcdc._key_join('s', 'l', target, key_columns)), keys),
 		pgcdc._hash_expr(tracked, 'c'),
 		keys);
-	EXECUTE pgcdc._work_table('_pgcdc_w', work) || work
-	USING lo, hi;
+	PERFORM pgcdc._fill_between('_pgcdc_w', work, lo, hi);
 
 	-- run 0: changes to the current version before anything opens or closes
-	EXECUTE format($f$
+	EXECUTE pgcdc._exec(format($f$
 		UPDATE %1$s t SET %2$s _row_hash = r.pgcdc_h, _is_deleted = false,
 			   _last_sequence = r.pgcdc_seq, _last_at = r.pgcdc_t
 		  FROM (SELECT DISTINCT ON (%3$s) w.* FROM pg_temp._pgcdc_w w
@@ -457,16 +473,16 @@ BEGIN
 		 WHERE %4$s AND t._is_current$f$,
 		target,
 		(SELECT coalesce(string_agg(format('%I = r.%I, ', c, c), ''), '') FROM unnest(vals) c),
-		pgcdc._list(key_columns, 'w'), pgcdc._key_join('t', 'r', target, key_columns));
+		pgcdc._list(key_columns, 'w'), pgcdc._key_join('t', 'r', target, key_columns)));
 
 	-- a delete at the very instant the current version started: it never was
-	EXECUTE format($f$
+	EXECUTE pgcdc._exec(format($f$
 		DELETE FROM %1$s t USING pg_temp._pgcdc_w b
 		 WHERE b.pgcdc_kind = 'drop' AND %2$s AND t._is_current$f$,
-		target, pgcdc._key_join('t', 'b', target, key_columns));
+		target, pgcdc._key_join('t', 'b', target, key_columns)));
 
 	-- close the current version at the first change that opens or deletes
-	EXECUTE format($f$
+	EXECUTE pgcdc._exec(format($f$
 		UPDATE %1$s t SET _valid_to = b.pgcdc_t, _is_current = false,
 			   _last_sequence = CASE WHEN b.pgcdc_op = 'D' THEN b.pgcdc_seq
 									 ELSE t._last_sequence END,
@@ -474,10 +490,10 @@ BEGIN
 		  FROM pg_temp._pgcdc_w b
 		 WHERE b.pgcdc_run = 1 AND b.pgcdc_kind IN ('new', 'change', 'close')
 		   AND %2$s AND t._is_current$f$,
-		target, pgcdc._key_join('t', 'b', target, key_columns));
+		target, pgcdc._key_join('t', 'b', target, key_columns)));
 
 	-- one version per opening run, ended by the next run's start
-	EXECUTE format($f$
+	EXECUTE pgcdc._exec(format($f$
 		INSERT INTO %1$s (%2$s, _valid_from, _valid_to, _is_current, _is_deleted, _version,
 						  _row_hash, _source_lsn, _source_seq, _sequence, _last_sequence, _last_at)
 		SELECT %3$s, b.pgcdc_t, coalesce(b.pgcdc_next_t, 'infinity'), b.pgcdc_next_t IS NULL, false,
@@ -496,15 +512,15 @@ BEGIN
 			ON %5$s AND v.pgcdc_run = b.pgcdc_run
 		 WHERE b.pgcdc_kind IN ('new', 'change')$f$,
 		target, pgcdc._list(data_cols), pgcdc._list(data_cols, 'v'),
-		pgcdc._list(key_columns, 'w'), pgcdc._key_join('v', 'b', target, key_columns));
+		pgcdc._list(key_columns, 'w'), pgcdc._key_join('v', 'b', target, key_columns)));
 
-	EXECUTE $f$
+	EXECUTE pgcdc._exec($f$
 		SELECT ARRAY[count(*) FILTER (WHERE pgcdc_kind = 'new'
 									  OR pgcdc_kind = 'overwrite' AND pgcdc_l_del),
 					 count(*) FILTER (WHERE pgcdc_kind = 'change'
 									  OR pgcdc_kind = 'overwrite' AND NOT pgcdc_l_del),
 					 count(*) FILTER (WHERE pgcdc_kind IN ('close', 'drop'))]
-		  FROM pg_temp._pgcdc_w$f$ INTO counts;
+		  FROM pg_temp._pgcdc_w$f$) INTO counts;
 	RETURN counts;
 END
 $$;
@@ -520,15 +536,19 @@ DECLARE
 	m bigint;
 	older text := $f$t._is_current AND coalesce(t._sequence, '{}') < $1
 					 AND coalesce(t._last_sequence, '{}') < $1$f$;
+	types text := 'numeric[], timestamptz';
+	-- t as UTC wall time: its text in the session's DateStyle may name a
+	-- zone by an abbreviation that reads back otherwise
+	args text := format('%L, (%L::pg_catalog.timestamp AT TIME ZONE ''UTC'')', seq, t AT TIME ZONE 'UTC');
 BEGIN
 	-- versions that started at (or, clock gone backwards, after) t never were
-	EXECUTE format('DELETE FROM %s t WHERE %s AND t._valid_from >= $2', target, older)
-	USING seq, t;
-	GET DIAGNOSTICS n = ROW_COUNT;
-	EXECUTE format('UPDATE %s t SET _valid_to = $2, _is_current = false, _last_sequence = $1, '
-				   '_last_at = $2 WHERE %s', target, older)
-	USING seq, t;
-	GET DIAGNOSTICS m = ROW_COUNT;
+	EXECUTE pgcdc._count(format('DELETE FROM %s t WHERE %s AND t._valid_from >= $2', target, older),
+						 types, args)
+	INTO n;
+	EXECUTE pgcdc._count(format('UPDATE %s t SET _valid_to = $2, _is_current = false, '
+								'_last_sequence = $1, _last_at = $2 WHERE %s', target, older),
+						 types, args)
+	INTO m;
 	RETURN n + m;
 END
 $$;

@@ -307,7 +307,7 @@ BEGIN
 	-- long as nothing before it changed its key's versions the rounds would
 	-- skip such a change: so a key's leading run of them is dropped at once
 	-- (a whole batch applied twice, say).  a and n are A and the next one.
-	EXECUTE format($f$
+	EXECUTE pgcdc._exec(format($f$
 		DELETE FROM pg_temp._pgcdc_late d
 		 USING (SELECT s.pgcdc_rn,
 					   pg_catalog.bool_and(coalesce(
@@ -331,14 +331,14 @@ BEGIN
 						 ORDER BY coalesce(t._sequence, '{}') ASC, t._valid_from ASC LIMIT 1) n ON true) x
 		 WHERE d.pgcdc_rn = x.pgcdc_rn AND x.pgcdc_skip$f$,
 		pgcdc._qname(target), pgcdc._key_join('t', 's', target, key_columns),
-		pgcdc._list(key_columns, 's'));
+		pgcdc._list(key_columns, 's')));
 	IF NOT EXISTS (SELECT FROM pg_temp._pgcdc_late) THEN
 		RETURN counts;
 	END IF;
 
 	q := pgcdc._scd2_late_sql(target, key_columns, data_cols, tracked, toast_cols);
-	EXECUTE pgcdc._work_table('_pgcdc_round', q.fill) || q.fill || ' LIMIT 0' USING 0::bigint;
-	-- planned once per call: the rounds run them again.  The fill counts
+	PERFORM pgcdc._fill('_pgcdc_round', q.fill, 'bigint', 'NULL', rows => false);
+	-- planned once per session and shape, run by every round.  The fill counts
 	-- the round's rows by kind as it writes them (a statement less a round).
 	fill := pgcdc._prepared(
 		'WITH pgcdc_ins AS (INSERT INTO pg_temp._pgcdc_round ' || q.fill ||
@@ -384,7 +384,7 @@ BEGIN
 		counts := pgcdc._sum(counts, ARRAY[n.ins, n.absorb + n.split, n.del_inside + n.del_drop]);
 	END LOOP;
 	IF renumber THEN
-		EXECUTE q.renumber;
+		EXECUTE pgcdc._exec(q.renumber);
 	END IF;
 	RETURN counts;
 END

@@ -86,15 +86,15 @@ RETURNS void LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	EXECUTE format($f$
+	EXECUTE pgcdc._exec(format($f$
 		DELETE FROM pg_temp._pgcdc_q c USING pgcdc.mirror_tombstone x
 		 WHERE x.target = $1
 		   AND x.key IN ('{}'::jsonb, pg_catalog.jsonb_build_object(%s))
 		   AND ROW(x.source_lsn, x.source_seq) OPERATOR(pg_catalog.>)
 			   ROW(c._source_lsn, c._source_seq)$f$,
 		(SELECT string_agg(format('%L, c.%I', k, k), ', ' ORDER BY o)
-		   FROM unnest(key_columns) WITH ORDINALITY u(k, o)))
-	USING pgcdc._qname(target);
+		   FROM unnest(key_columns) WITH ORDINALITY u(k, o))),
+		'text', format('%L', pgcdc._qname(target)));
 END
 $$;
 
@@ -166,6 +166,7 @@ DECLARE
 	keys text;
 	last_t numeric[];
 	tr record;
+	tr_args text;		-- the last truncate's, as prepared statements' arguments
 	total bigint;
 	n bigint;
 	tomb boolean := pgcdc._keeps_tombstones(target, soft_delete);
@@ -189,34 +190,33 @@ BEGIN
 	SELECT s.pgcdc_seq, s.pgcdc_lsn, s.pgcdc_lseq INTO tr FROM pg_temp._pgcdc_stage s
 	 WHERE s.pgcdc_op = 'T' ORDER BY s.pgcdc_seq DESC LIMIT 1;
 	last_t := tr.pgcdc_seq;
+	tr_args := format('%L, %L', tr.pgcdc_lsn, tr.pgcdc_lseq);
 	IF last_t IS NOT NULL THEN
-		EXECUTE format(CASE WHEN soft_delete
+		EXECUTE pgcdc._count(format(CASE WHEN soft_delete
 			THEN 'UPDATE %s t SET _is_deleted = true, _source_lsn = $2, _source_seq = $3, '
 				 '_synced_at = pg_catalog.now() WHERE %s'
 			ELSE 'DELETE FROM %s t WHERE %s' END,
 			target, $f$(t._source_lsn IS NULL OR
 				ARRAY[t._source_lsn OPERATOR(pg_catalog.-) '0/0'::pg_lsn,
-					  coalesce(t._source_seq, 0)]::numeric[] < $1)$f$)
-		USING last_t, tr.pgcdc_lsn, tr.pgcdc_lseq;
-		GET DIAGNOSTICS n = ROW_COUNT;
+					  coalesce(t._source_seq, 0)]::numeric[] < $1)$f$),
+			'numeric[], pg_lsn, integer', format('%L, %L, %L', last_t, tr.pgcdc_lsn, tr.pgcdc_lseq))
+		INTO n;
 		deleted := deleted + n;
 		IF soft_delete THEN
 			-- keys the batch wrote before the truncate and the target lacks
-			EXECUTE pgcdc._work_table('_pgcdc_g', last_write) || last_write
-			USING NULL::numeric[], last_t;
-			EXECUTE pgcdc._soft_insert_sql(target,
-				format('(SELECT %s, ''D''::text AS pgcdc_op, $1::pg_lsn AS pgcdc_lsn, $2::integer AS pgcdc_lseq '
+			PERFORM pgcdc._fill_between('_pgcdc_g', last_write, NULL, last_t);
+			EXECUTE pgcdc._count(pgcdc._soft_insert_sql(target,
+				format('(SELECT %s, ''D''::text AS pgcdc_op, $1 AS pgcdc_lsn, $2 AS pgcdc_lseq '
 					   'FROM pg_temp._pgcdc_g)', keys),
-				'pg_temp._pgcdc_g', key_columns, st.data_cols)
-			USING tr.pgcdc_lsn, tr.pgcdc_lseq;
-			GET DIAGNOSTICS n = ROW_COUNT;
+				'pg_temp._pgcdc_g', key_columns, st.data_cols), 'pg_lsn, integer', tr_args)
+			INTO n;
 			deleted := deleted + n;
 		END IF;
 		IF tomb THEN
 			-- every key older than the truncate is gone
-			EXECUTE pgcdc._tombstone_sql(target, '{}',
-										 '(SELECT $1::pg_lsn AS pgcdc_lsn, $2::integer AS pgcdc_lseq)')
-			USING tr.pgcdc_lsn, tr.pgcdc_lseq;
+			EXECUTE pgcdc._exec(pgcdc._tombstone_sql(target, '{}',
+											'(SELECT $1 AS pgcdc_lsn, $2 AS pgcdc_lseq)'),
+								'pg_lsn, integer', tr_args);
 		END IF;
 	END IF;
 
@@ -225,37 +225,36 @@ BEGIN
 		SELECT DISTINCT ON (%1$s) s.* FROM pg_temp._pgcdc_stage s
 		 WHERE s.pgcdc_op <> 'T' AND ($1 IS NULL OR s.pgcdc_seq > $1)
 		 ORDER BY %1$s, s.pgcdc_seq DESC$f$, keys);
-	EXECUTE pgcdc._work_table('_pgcdc_m', work) || work
-	USING last_t;
+	PERFORM pgcdc._fill_between('_pgcdc_m', work, last_t, NULL);
 
 	IF soft_delete THEN
 		-- each key's last insert or update after the truncate (before its delete)
-		EXECUTE pgcdc._work_table('_pgcdc_g', last_write) || last_write
-		USING last_t, NULL::numeric[];
-		EXECUTE pgcdc._soft_delete_sql(target, 'pg_temp._pgcdc_m', 'pg_temp._pgcdc_g', key_columns,
-									   vals, st.toast_cols);
-		GET DIAGNOSTICS n = ROW_COUNT;
+		PERFORM pgcdc._fill_between('_pgcdc_g', last_write, last_t, NULL);
+		EXECUTE pgcdc._count(pgcdc._soft_delete_sql(target, 'pg_temp._pgcdc_m', 'pg_temp._pgcdc_g',
+													key_columns, vals, st.toast_cols))
+		INTO n;
 		deleted := deleted + n;
 		skipped := -n;
-		EXECUTE pgcdc._soft_insert_sql(target, 'pg_temp._pgcdc_m', 'pg_temp._pgcdc_g', key_columns,
-									   st.data_cols);
+		EXECUTE pgcdc._count(pgcdc._soft_insert_sql(target, 'pg_temp._pgcdc_m', 'pg_temp._pgcdc_g',
+													key_columns, st.data_cols))
+		INTO n;
 	ELSE
 		skipped := 0;
-		EXECUTE format($f$
+		EXECUTE pgcdc._count(format($f$
 			DELETE FROM %s t USING pg_temp._pgcdc_m m
 			 WHERE m.pgcdc_op = 'D' AND %s AND %s$f$,
-			target, pgcdc._key_join('t', 'm', target, key_columns), newer);
+			target, pgcdc._key_join('t', 'm', target, key_columns), newer))
+		INTO n;
 	END IF;
-	GET DIAGNOSTICS n = ROW_COUNT;
 	deleted := deleted + n;
 	skipped := skipped - n;
 	IF tomb THEN
 		-- every key the batch ends deleted, whether or not the target had it
-		EXECUTE pgcdc._tombstone_sql(target, key_columns,
-			'(SELECT * FROM pg_temp._pgcdc_m WHERE pgcdc_op OPERATOR(pg_catalog.=) ''D'')');
+		EXECUTE pgcdc._exec(pgcdc._tombstone_sql(target, key_columns,
+			'(SELECT * FROM pg_temp._pgcdc_m WHERE pgcdc_op OPERATOR(pg_catalog.=) ''D'')'));
 	END IF;
 
-	EXECUTE format($f$
+	EXECUTE pgcdc._count(format($f$
 		UPDATE %s t SET %s _source_lsn = m.pgcdc_lsn, _source_seq = m.pgcdc_lseq,
 			   _synced_at = pg_catalog.now() %s
 		  FROM pg_temp._pgcdc_m m
@@ -267,10 +266,10 @@ BEGIN
 							 c, c, c, c)
 				 ELSE format('%I = m.%I, ', c, c) END, ''), '') FROM unnest(vals) c),
 		CASE WHEN soft_delete THEN ', _is_deleted = false' ELSE '' END,
-		pgcdc._key_join('t', 'm', target, key_columns), newer);
-	GET DIAGNOSTICS updated = ROW_COUNT;
+		pgcdc._key_join('t', 'm', target, key_columns), newer))
+	INTO updated;
 
-	EXECUTE format($f$
+	EXECUTE pgcdc._count(format($f$
 		INSERT INTO %s (%s, _source_lsn, _source_seq, _synced_at%s)
 		SELECT %s, m.pgcdc_lsn, m.pgcdc_lseq, pg_catalog.now()%s
 		  FROM pg_temp._pgcdc_m m
@@ -279,8 +278,8 @@ BEGIN
 		-- _is_deleted false, not the column's default (a table made by hand may have none)
 		target, pgcdc._list(st.data_cols), CASE WHEN soft_delete THEN ', _is_deleted' ELSE '' END,
 		pgcdc._list(st.data_cols, 'm'), CASE WHEN soft_delete THEN ', false' ELSE '' END,
-		target, pgcdc._key_join('t', 'm', target, key_columns));
-	GET DIAGNOSTICS inserted = ROW_COUNT;
+		target, pgcdc._key_join('t', 'm', target, key_columns)))
+	INTO inserted;
 
 	-- skipped: a key's last event that was not newer than the row (or
 	-- deleted a row that is not there)

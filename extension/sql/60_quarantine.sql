@@ -153,8 +153,7 @@ BEGIN
 				   coalesce(x.event->'new', x.event->'old', x.event->'key', '{}')) r
 		 WHERE x.id = ANY ($1)$f$,
 		pgcdc._list(cols, 'r'), target);
-	EXECUTE pgcdc._work_table('_pgcdc_q', work) || work
-	USING ids;
+	PERFORM pgcdc._fill('_pgcdc_q', work, 'bigint[]', format('%L', ids));
 	FOR r IN SELECT * FROM pgcdc.rule x
 			  WHERE x.pipeline = _stage_events.pipeline AND x.source_table = _stage_events.source_table
 			  ORDER BY x.name LOOP
