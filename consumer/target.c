@@ -213,11 +213,14 @@ target_connect(const char *conninfo)
 	 * Our SQL names its schemas; an empty search_path keeps it that way.
 	 * Batches stage in temp tables: give them room in memory (settable
 	 * only before the session's first temp table; the server default of 8MB
-	 * made them spill to disk).  Events are UTF-8 JSON whatever the
-	 * databases' encodings: the server converts from UTF-8.
+	 * made them spill to disk).  The extension's work tables may stay for
+	 * the session, whatever our role: we never switch roles.  Events are
+	 * UTF-8 JSON whatever the databases' encodings: the server converts
+	 * from UTF-8.
 	 */
 	if (!exec_cmd(conn, "SELECT pg_catalog.set_config('search_path', '', false), "
-				  "pg_catalog.set_config('temp_buffers', '128MB', false)") ||
+				  "pg_catalog.set_config('temp_buffers', '128MB', false), "
+				  "pg_catalog.set_config('pgcdc.keep_work_tables', 'on', false)") ||
 		PQsetClientEncoding(conn, "UTF8") != 0)
 	{
 		PQfinish(conn);

@@ -632,23 +632,44 @@ SELECT id, x FROM lk_m ORDER BY id;
 SELECT count(*) AS rows_that_differ FROM (SELECT id, x FROM lk_m EXCEPT SELECT id, x FROM lk_m2) d;
 DROP TABLE lk, lk_h, lk_m, lk_m2, lk_c, lk_locks;
 
--- The staged path (here: for unchanged TOAST) keeps its work tables for the
--- session and runs its statements prepared: a batch like the one before,
--- in a transaction of its own, prepares nothing and runs those statements
--- again.  Discarding the session's temp tables or prepared statements, or
--- rolling back a call that made the tables, breaks nothing.
+-- The staged path (here: for unchanged TOAST) runs its statements prepared
+-- and, for a session's own role when it is not a superuser, keeps its work
+-- tables for the session: a batch like the one before, in a transaction of
+-- its own, prepares nothing and runs those statements again.  A
+-- superuser's work tables go at commit (a role switched to later could not
+-- use or drop them), unless the session asks to keep them.  Discarding the
+-- session's temp tables or prepared statements, or rolling back a call that
+-- made the tables, breaks nothing.
+CREATE ROLE pgcdc_st_app;
+CREATE ROLE pgcdc_st_other;
+GRANT pgcdc_st_other TO pgcdc_st_app;
 CREATE TABLE st (id int PRIMARY KEY, x int, doc text);
 SELECT pgcdc.create_history_table('st', 'st_h');
 CREATE TABLE st_c (id int, x int, doc text, op text, seq bigint, unchanged_toast text[]);
-DEALLOCATE ALL;
+GRANT ALL ON st_h, st_c TO pgcdc_st_app, pgcdc_st_other;
 INSERT INTO st_c VALUES (1, 1, 'big', 'I', 1, NULL), (2, 1, 'big', 'I', 2, NULL),
 	(1, 2, NULL, 'U', 3, '{doc}');
 SELECT * FROM pgcdc.scd2_apply_changes('st_h', 'st_c', '{id}', 'seq');
-SELECT to_regclass('pg_temp._pgcdc_stage') IS NOT NULL AS stage_kept_after_commit;
--- (TOAST left for the history to resolve: other statements than above)
+SELECT to_regclass('pg_temp._pgcdc_stage') IS NOT NULL AS superuser_stage_kept;
+SET ROLE pgcdc_st_app;
 TRUNCATE st_c;
-INSERT INTO st_c VALUES (2, 2, NULL, 'U', 4, '{doc}'), (1, 3, NULL, 'U', 5, '{doc}');
+INSERT INTO st_c VALUES (2, 2, NULL, 'U', 4, '{doc}');
 SELECT * FROM pgcdc.scd2_apply_changes('st_h', 'st_c', '{id}', 'seq');
+RESET ROLE;
+-- a session that switches no roles may ask for them to be kept
+SET pgcdc.keep_work_tables = on;
+TRUNCATE st_c;
+INSERT INTO st_c VALUES (1, 25, NULL, 'U', 4, '{doc}');
+SELECT * FROM pgcdc.scd2_apply_changes('st_h', 'st_c', '{id}', 'seq');
+SELECT to_regclass('pg_temp._pgcdc_stage') IS NOT NULL AS kept_when_asked;
+RESET pgcdc.keep_work_tables;
+DISCARD TEMP;
+SET SESSION AUTHORIZATION pgcdc_st_app;
+DEALLOCATE ALL;
+TRUNCATE st_c;
+INSERT INTO st_c VALUES (1, 3, NULL, 'U', 5, '{doc}');
+SELECT * FROM pgcdc.scd2_apply_changes('st_h', 'st_c', '{id}', 'seq');
+SELECT to_regclass('pg_temp._pgcdc_stage') IS NOT NULL AS stage_kept_after_commit;
 TRUNCATE st_c;
 INSERT INTO st_c VALUES (2, 3, NULL, 'U', 6, '{doc}'), (1, 4, NULL, 'U', 7, '{doc}');
 SELECT * FROM pgcdc.scd2_apply_changes('st_h', 'st_c', '{id}', 'seq');
@@ -662,6 +683,12 @@ SELECT count(*) FILTER (WHERE b.name IS NULL) AS prepared_by_this_call,
 	   count(*) FILTER (WHERE p.generic_plans + p.custom_plans > b.runs) >= 10 AS ran_ten_or_more_again
   FROM pg_prepared_statements p LEFT JOIN st_before b USING (name)
  WHERE p.name LIKE 'pgcdc\_%';
+-- another role of the session can neither use nor replace them
+SET ROLE pgcdc_st_other;
+TRUNCATE st_c;
+INSERT INTO st_c VALUES (2, 99, NULL, 'U', 10, '{doc}');
+SELECT * FROM pgcdc.scd2_apply_changes('st_h', 'st_c', '{id}', 'seq');
+RESET ROLE;
 DISCARD TEMP;
 TRUNCATE st_c;
 INSERT INTO st_c VALUES (2, 6, NULL, 'U', 10, '{doc}');
@@ -679,8 +706,15 @@ ROLLBACK;
 TRUNCATE st_c;
 INSERT INTO st_c VALUES (2, 7, NULL, 'U', 12, '{doc}');
 SELECT * FROM pgcdc.scd2_apply_changes('st_h', 'st_c', '{id}', 'seq');
+-- a superuser may take them over
+RESET SESSION AUTHORIZATION;
+TRUNCATE st_c;
+INSERT INTO st_c VALUES (1, 7, NULL, 'U', 13, '{doc}');
+SELECT * FROM pgcdc.scd2_apply_changes('st_h', 'st_c', '{id}', 'seq');
 SELECT id, x, doc, _version, _is_current, _sequence FROM st_h ORDER BY id, _valid_from;
+DISCARD TEMP;
 DROP TABLE st, st_h, st_c;
+DROP ROLE pgcdc_st_app, pgcdc_st_other;
 
 DROP EXTENSION pgcdc;
 DROP VIEW h, invariants;

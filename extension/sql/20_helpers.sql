@@ -328,14 +328,19 @@ $$;
 /*
  * Fill work table name with query's rows (query has parameters of types,
  * given args: SQL literals) and return how many; with rows false only make
- * it, empty.  The table stays for the session and is emptied the next time,
- * and its INSERT is a prepared statement: planned once per session and
- * query, not once per call (nor dropped and made again at every commit).
- * A table of another query (another target's columns) is put aside under
- * the name plus its query's md5, and taken back when that query comes
- * again.  The md5 of the query a table holds (and of what the tables it
- * reads hold) is a session setting, so an aborted transaction takes back
- * the setting with the table.
+ * it, empty.  The table is emptied and filled again by the next call, and
+ * its INSERT is a prepared statement: planned once per query.  A table of
+ * another query (another target's columns) is put aside under the name plus
+ * its query's md5, and taken back when that query comes again.
+ * The tables stay for the session when the session's own role, not a
+ * superuser, makes them: planned once per session, not once per transaction.
+ * Otherwise they go at commit, as a table stays its maker's: a table a
+ * superuser kept would be in the way of every role the session switches to
+ * later (SET ROLE), which could neither use nor rename nor drop it.  A
+ * session that switches no roles (pgcdc_consumer's) says so by setting
+ * pgcdc.keep_work_tables to on: then they stay whatever the role.  The md5
+ * of the query a table holds (and of what the tables it reads hold) is a
+ * session setting, so an aborted transaction takes it back with the table.
  */
 CREATE FUNCTION pgcdc._fill(name text, query text, types text DEFAULT NULL, args text DEFAULT NULL,
 							rows boolean DEFAULT true)
@@ -350,10 +355,23 @@ DECLARE
 	want text := md5(concat_ws(E'\n', query, types,
 		(SELECT string_agg(current_setting('pgcdc.work_' || m[1], true), ',' ORDER BY m[1])
 		   FROM regexp_matches(query, 'pg_temp\.(_pgcdc_[a-z_]+)', 'g') m)));
+	keep boolean := current_setting('pgcdc.keep_work_tables', true) = 'on'
+					OR session_user = current_user
+					   AND NOT (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = current_user);
+	owner name;
 	sel text;
 	n bigint := 0;
 BEGIN
-	IF to_regclass('pg_temp.' || quote_ident(name)) IS NULL THEN
+	SELECT c.relowner::regrole::name INTO owner FROM pg_class c
+	 WHERE c.oid = to_regclass('pg_temp.' || quote_ident(name));
+	IF owner IS NOT NULL AND NOT pg_has_role(owner, 'USAGE') THEN
+		RAISE EXCEPTION 'work table pg_temp.% of this session belongs to role %', name, owner
+			USING ERRCODE = '42501',
+				  DETAIL = 'pgcdc keeps the work tables a role makes for the session when the role is the session''s own.',
+				  HINT = format('Run DISCARD TEMP as role %s, or call this function from a session of its own.',
+								quote_ident(owner));
+	END IF;
+	IF owner IS NULL THEN
 		NULL;
 	ELSIF have = want THEN
 		PERFORM pgcdc._empty_temp(name);
@@ -364,15 +382,25 @@ BEGIN
 		EXECUTE format('DROP TABLE pg_temp.%I', name);
 	END IF;
 	IF to_regclass('pg_temp.' || quote_ident(name)) IS NULL THEN
-		IF to_regclass('pg_temp.' || quote_ident(name || '_' || want)) IS NOT NULL THEN
+		IF (SELECT pg_has_role(c.relowner, 'USAGE') FROM pg_class c
+			 WHERE c.oid = to_regclass('pg_temp.' || quote_ident(name || '_' || want))) THEN
 			EXECUTE format('ALTER TABLE pg_temp.%I RENAME TO %I', name || '_' || want, name);
 			PERFORM pgcdc._empty_temp(name);
 		ELSE
+			-- made with this call's rows (a table that goes at commit is made
+			-- by every transaction: the query planned once, not twice); the
+			-- SELECT is not kept, as the same text (s.*) gives other row
+			-- types over another target's stage
 			sel := pgcdc._prepared(query, types);
-			EXECUTE format('CREATE TEMP TABLE %I AS EXECUTE %I%s WITH NO DATA', name, sel,
-						   coalesce('(' || args || ')', ''));
+			EXECUTE format('CREATE TEMP TABLE %I%s AS EXECUTE %I%s WITH %s', name,
+						   CASE WHEN keep THEN '' ELSE ' ON COMMIT DROP' END, sel,
+						   coalesce('(' || args || ')', ''), CASE WHEN rows THEN 'DATA' ELSE 'NO DATA' END);
+			GET DIAGNOSTICS n = ROW_COUNT;
 			EXECUTE format('DEALLOCATE %I', sel);
+			rows := false;
 		END IF;
+		-- for the session even when the table goes at commit: it is read
+		-- only while a table of that name is there, and set whenever one comes
 		PERFORM set_config(made, want, false);
 	END IF;
 	IF rows THEN
