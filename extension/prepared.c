@@ -3,10 +3,10 @@
  *		The text of a session's prepared statement, by name.
  *
  * The SQL functions prepare their generated statements once per session
- * (pgcdc._prepared) and look them up before every use.  pg_prepared_statements
- * builds a row for every statement of the session, text and all; with the
- * dozens a consumer's session holds that lookup cost more than running a
- * small batch.  This is one hash lookup.
+ * (pgcdc._prepared) and look each up before every use.  pg_prepared_statements
+ * builds a row for every statement of the session, text and all, so that
+ * lookup grows with the dozens of statements a session comes to hold, and a
+ * staged call makes about twenty.  This is one hash lookup.
  */
 #include "postgres.h"
 

@@ -303,9 +303,8 @@ AS $$
 							pgcdc._list(cols, l), pgcdc._list(cols, r)) END
 $$;
 
--- Work tables (pg_temp._pgcdc_*) live as long as the session, so that the
--- statements that read and fill them are planned once (see _fill).  Empty
--- one: up to 1 MB of rows are deleted; TRUNCATE would give it new files
+-- Work tables (pg_temp._pgcdc_*) are emptied and filled again, call after
+-- call, and may live as long as the session (see _fill).  Empty one: up to 1 MB of rows are deleted; TRUNCATE would give it new files
 -- (and its index and TOAST table) and make PostgreSQL plan every statement
 -- that reads it again.  A larger one is truncated: deleted rows leave their
 -- space behind until a VACUUM, which never comes to a temp table, so a
@@ -329,9 +328,12 @@ $$;
  * Fill work table name with query's rows (query has parameters of types,
  * given args: SQL literals) and return how many; with rows false only make
  * it, empty.  The table is emptied and filled again by the next call, and
- * its INSERT is a prepared statement: planned once per query.  A table of
- * another query (another target's columns) is put aside under the name plus
- * its query's md5, and taken back when that query comes again.
+ * its INSERT is a prepared statement: planned once per query.  (A new table
+ * every call would hold one more lock, and its catalog rows, until commit:
+ * thousands of calls in one transaction, a quarantine replay or a loop over
+ * batches, would run out of max_locks_per_transaction.)  A table of another
+ * query (another target's columns) is put aside under the name plus its
+ * query's md5, and taken back when that query comes again.
  * The tables stay for the session when the session's own role, not a
  * superuser, makes them: planned once per session, not once per transaction.
  * Otherwise they go at commit, as a table stays its maker's: a table a
@@ -375,10 +377,10 @@ BEGIN
 		NULL;
 	ELSIF have = want THEN
 		PERFORM pgcdc._empty_temp(name);
-	ELSIF have <> '' THEN
+	ELSIF have <> '' AND to_regclass('pg_temp.' || quote_ident(name || '_' || have)) IS NULL THEN
 		EXECUTE format('ALTER TABLE pg_temp.%I RENAME TO %I', name, name || '_' || have);
 	ELSE
-		-- not ours
+		-- not ours, or its place aside is taken (by another role's)
 		EXECUTE format('DROP TABLE pg_temp.%I', name);
 	END IF;
 	IF to_regclass('pg_temp.' || quote_ident(name)) IS NULL THEN
