@@ -12,7 +12,8 @@
  *		numbered, and applied by halves inside savepoints, as a failing
  *		streamed batch is (apply.c):
  *		the rows that fail alone are quarantined as 'I' events at the
- *		snapshot's position with their SQLSTATE, and the rest applied.
+ *		snapshot's position with their SQLSTATE, and the rest applied.  An
+ *		append map's rows are numbered from the start and go the same way.
  */
 #include "postgres_fe.h"
 
@@ -28,8 +29,10 @@
 volatile sig_atomic_t snapshot_child_stop = 0;
 PGcancel   *volatile snapshot_child_cancel[2];
 
+typedef struct Copy Copy;
+
 /* One table map's copy. */
-typedef struct Copy
+struct Copy
 {
 	const char *source_conninfo;
 	const char *snapshot_name;
@@ -43,7 +46,11 @@ typedef struct Copy
 	long		refused;		/* rows quarantined because the target refused them */
 	const char *keys;			/* the rows' key columns (text[]), to name a row */
 	bool		finding;		/* applying by halves: the rule counts are of parts */
-} Copy;
+	/* applying by halves: rows lo..hi of pgcdc_snapshot_json into the target */
+	bool		(*apply) (Copy *c, const char *lo, const char *hi);
+	const char *fill;			/* (mirror, scd2: the staging of rows lo..hi) */
+	bool		indexed;		/* pgcdc_snapshot_json has its index on pgcdc_ord */
+};
 
 /* A source connection reading the exported snapshot. */
 static PGconn *
@@ -245,38 +252,64 @@ apply_rows(Copy *c)
 	return res != NULL;
 }
 
-/* An append map keeps each row whole, as jsonb, for one 'R' (read) event each. */
+/*
+ * Append rows lo..hi of the copy, kept whole as jsonb, one 'R' (read) event
+ * each, numbered in the copy's order.
+ */
+static bool
+append_range(Copy *c, const char *lo, const char *hi)
+{
+	const char *params[5] = {c->lsn, c->ts, c->keys, lo, hi};
+	char	   *what = psprintf("snapshot of %s into %s: applying", c->m->source_table, c->m->target);
+	/* _key as a streamed event's: the key columns (none: null) */
+	char	   *sql = psprintf("INSERT INTO %s (_op, _source_lsn, _source_seq, _commit_ts, _key, _new, _received_at) "
+							   "SELECT 'R', $1::pg_catalog.pg_lsn, s.pgcdc_ord, $2::timestamptz, "
+							   "(SELECT pg_catalog.jsonb_object_agg(k, s.pgcdc_row OPERATOR(pg_catalog.->) k) "
+							   "   FROM pg_catalog.unnest($3::text[]) k), "
+							   "s.pgcdc_row, pg_catalog.now() FROM pg_temp.pgcdc_snapshot_json s "
+							   "WHERE s.pgcdc_ord BETWEEN $4::bigint AND $5::bigint",
+							   c->m->target);
+	PGresult   *res = exec_ok_progress(c->dst, sql, 5, params, what);
+
+	free(sql);
+	free(what);
+	PQclear(res);
+	return res != NULL;
+}
+
+static bool apply_range(Copy *c, long lo, long hi);
+
+/* After a copy applied by halves: how many rows went to the quarantine. */
+static void
+log_refused(Copy *c, bool ok)
+{
+	if (ok && c->refused > 0)
+		log_msg(LOG_INFO, "snapshot of %s into %s: %ld rows the target refuses are quarantined, the other %ld applied",
+				c->m->source_table, c->m->target, c->refused, c->rows - c->refused);
+}
+
+/*
+ * An append map's rows: numbered from the start, applied together, and if
+ * the target refuses some (a constraint of its own), by halves.
+ */
 static bool
 copy_append(Copy *c)
 {
 	TableMap   *m = c->m;
-	char	   *query = psprintf("SELECT pg_catalog.to_jsonb(t) FROM %s t", m->source_table);
-	char	   *sql;
+	char	   *query = psprintf("SELECT pg_catalog.row_number() OVER (), NULL, pg_catalog.to_jsonb(t) FROM %s t",
+								 m->source_table);
 	bool		ok;
 
-	ok = exec_cmd(c->dst, "CREATE TEMP TABLE pgcdc_snapshot (_row jsonb) ON COMMIT DROP") &&
-		copy_rows(c, query, "pg_temp.pgcdc_snapshot (_row)");
+	ok = exec_cmd(c->dst, "CREATE TEMP TABLE pgcdc_snapshot_json (pgcdc_ord bigint, pgcdc_rec text, pgcdc_row jsonb) "
+				  "ON COMMIT DROP") &&
+		copy_rows(c, query, "pg_temp.pgcdc_snapshot_json");
 	free(query);
-	if (ok)
-	{
-		const char *params[3] = {c->lsn, c->ts,
-			m->key_columns ? m->key_columns : source_identity(c->src, m->source_table)};
-		char	   *what = psprintf("snapshot of %s into %s: applying", m->source_table, m->target);
-		PGresult   *res;
-
-		/* _key as a streamed event's: the key columns (none: null) */
-		sql = psprintf("INSERT INTO %s (_op, _source_lsn, _source_seq, _commit_ts, _key, _new, _received_at) "
-					   "SELECT 'R', $1::pg_catalog.pg_lsn, pg_catalog.row_number() OVER (), $2::timestamptz, "
-					   "(SELECT pg_catalog.jsonb_object_agg(k, s._row OPERATOR(pg_catalog.->) k) "
-					   "   FROM pg_catalog.unnest($3::text[]) k), "
-					   "_row, pg_catalog.now() FROM pg_temp.pgcdc_snapshot s",
-					   m->target);
-		res = exec_ok_progress(c->dst, sql, 3, params, what);
-		ok = res != NULL;
-		PQclear(res);
-		free(sql);
-		free(what);
-	}
+	if (!ok)
+		return false;
+	c->keys = m->key_columns ? m->key_columns : source_identity(c->src, m->source_table);
+	c->apply = append_range;
+	ok = c->rows == 0 || apply_range(c, 1, c->rows);
+	log_refused(c, ok);
 	return ok;
 }
 
@@ -299,18 +332,20 @@ error_is_the_rows(const SqlError *e)
 static bool
 quarantine_row(Copy *c, const char *ord, const SqlError *e)
 {
-	const char *params[12] = {c->p->name, c->m->map_table, c->m->target, c->lsn, c->ts,
+	/* an append log holds each row once, by position: its number tells them apart */
+	const char *seq = strcmp(c->m->mode, "append") == 0 ? ord : "0";
+	const char *params[13] = {c->p->name, c->m->map_table, c->m->target, c->lsn, c->ts,
 		c->m->source_schema, c->m->source_name, e->code, e->message, e->detail[0] ? e->detail : NULL, ord,
-	c->keys};
+	c->keys, seq};
 	PGresult   *res = exec_ok(c->dst,
 							  "SELECT pgcdc.quarantine_event($1, $2, $3, "
 							  "  pg_catalog.jsonb_build_object('op', 'I', 'commit_lsn', $4::pg_catalog.pg_lsn, "
-							  "    'seq', 0, 'ts', $5::timestamptz, 'schema', $6::text, 'table', $7::text, "
+							  "    'seq', $13::integer, 'ts', $5::timestamptz, 'schema', $6::text, 'table', $7::text, "
 							  "    'new', s.pgcdc_row), $8, $9, $10), "
 							  "  (SELECT pg_catalog.jsonb_object_agg(k, s.pgcdc_row OPERATOR(pg_catalog.->) k) "
 							  "     FROM pg_catalog.unnest($12::text[]) k) "
 							  "FROM pg_temp.pgcdc_snapshot_json s WHERE s.pgcdc_ord OPERATOR(pg_catalog.=) $11::bigint",
-							  12, params);
+							  13, params);
 
 	if (res == NULL)
 		return false;
@@ -322,18 +357,31 @@ quarantine_row(Copy *c, const char *ord, const SqlError *e)
 	return true;
 }
 
+/* Stage the copied rows lo..hi of a mirror or scd2 map (c->fill) and apply them. */
+static bool
+changes_range(Copy *c, const char *lo, const char *hi)
+{
+	const char *params[2] = {lo, hi};
+	PGresult   *res;
+	bool		ok;
+
+	ok = exec_cmd(c->dst, "DELETE FROM pg_temp.pgcdc_snapshot_changes");
+	res = ok ? exec_ok(c->dst, c->fill, 2, params) : NULL;
+	ok = res != NULL && apply_rows(c);
+	PQclear(res);
+	return ok;
+}
+
 /*
- * Apply the copied rows lo..hi (their numbers in the second copy) in a
+ * Apply the copied rows lo..hi (their numbers in pgcdc_snapshot_json) in a
  * savepoint; if that fails for the rows' sake, the two halves, and so on:
  * a row that fails alone is quarantined with its error.
  */
 static bool
-apply_range(Copy *c, const char *fill, long lo, long hi)
+apply_range(Copy *c, long lo, long hi)
 {
 	char		l[24],
 				h[24];
-	const char *params[2] = {l, h};
-	PGresult   *res;
 	SqlError	e;
 	bool		ok;
 
@@ -342,15 +390,14 @@ apply_range(Copy *c, const char *fill, long lo, long hi)
 	if (!exec_savepoint(c->dst, "SAVEPOINT", "pgcdc_rows"))
 		return false;
 	quiet_sql_errors = true;
-	ok = exec_cmd(c->dst, "DELETE FROM pg_temp.pgcdc_snapshot_changes");
-	res = ok ? exec_ok(c->dst, fill, 2, params) : NULL;
-	ok = res != NULL && apply_rows(c);
-	PQclear(res);
+	ok = c->apply(c, l, h);
 	quiet_sql_errors = false;
 	if (ok)
 		return exec_savepoint(c->dst, "RELEASE SAVEPOINT", "pgcdc_rows");
 	e = last_sql_error;
-	if (snapshot_child_stop || sql_error_is_transient(&e) || PQstatus(c->dst) != CONNECTION_OK)
+	/* (only the rows' errors are worth halving for: another fails them all) */
+	if (snapshot_child_stop || sql_error_is_transient(&e) || PQstatus(c->dst) != CONNECTION_OK ||
+		!error_is_the_rows(&e))
 	{
 		if (!snapshot_child_stop)
 			log_msg(LOG_ERROR, "%s (SQLSTATE %s)", e.message, e.code);
@@ -360,8 +407,15 @@ apply_range(Copy *c, const char *fill, long lo, long hi)
 		!exec_savepoint(c->dst, "RELEASE SAVEPOINT", "pgcdc_rows"))
 		return false;
 	if (hi > lo)
-		return apply_range(c, fill, lo, lo + (hi - lo) / 2) &&
-			apply_range(c, fill, lo + (hi - lo) / 2 + 1, hi);
+	{
+		/* the halves read a part of the copy: by its number */
+		if (!c->indexed &&
+			!exec_cmd(c->dst, "CREATE INDEX ON pg_temp.pgcdc_snapshot_json (pgcdc_ord)"))
+			return false;
+		c->indexed = true;
+		return apply_range(c, lo, lo + (hi - lo) / 2) &&
+			apply_range(c, lo + (hi - lo) / 2 + 1, hi);
+	}
 	if (c->refused >= MAX_REFUSED_ROWS)
 	{
 		log_msg(LOG_ERROR, "target %s refuses more than %d rows of %s, the last: %s (SQLSTATE %s)",
@@ -413,22 +467,21 @@ find_refused(Copy *c)
 					 "CREATE TEMP TABLE pgcdc_snapshot_json (pgcdc_ord bigint, pgcdc_rec text, pgcdc_row jsonb) "
 					 "ON COMMIT DROP", m->data_types);
 	ok = exec_cmd(c->dst, shape) &&
-		copy_rows(c, query, "pg_temp.pgcdc_snapshot_json") &&
-		exec_cmd(c->dst, "CREATE INDEX ON pg_temp.pgcdc_snapshot_json (pgcdc_ord)");
+		copy_rows(c, query, "pg_temp.pgcdc_snapshot_json");
 	free(query);
 	free(shape);
-	fill = psprintf("INSERT INTO pg_temp.pgcdc_snapshot_changes (%s) SELECT (s.r).* "
+	c->fill = fill = psprintf("INSERT INTO pg_temp.pgcdc_snapshot_changes (%s) SELECT (s.r).* "
 					"FROM (SELECT j.pgcdc_rec::pg_temp.pgcdc_snapshot_shape AS r FROM pg_temp.pgcdc_snapshot_json j "
 					"      WHERE j.pgcdc_ord BETWEEN $1::bigint AND $2::bigint OFFSET 0) s",
 					m->data_columns);
 	c->keys = m->key_columns ? m->key_columns : source_identity(c->src, m->source_table);
 	c->finding = true;
-	ok = ok && (c->rows == 0 || apply_range(c, fill, 1, c->rows));
+	c->apply = changes_range;
+	ok = ok && (c->rows == 0 || apply_range(c, 1, c->rows));
 	c->finding = false;
+	c->fill = NULL;
 	free(fill);
-	if (ok && c->refused > 0)
-		log_msg(LOG_INFO, "snapshot of %s into %s: %ld rows the target refuses are quarantined, the other %ld applied",
-				m->source_table, m->target, c->refused, c->rows - c->refused);
+	log_refused(c, ok);
 	return ok;
 }
 

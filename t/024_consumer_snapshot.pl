@@ -77,7 +77,9 @@ is( $dst->safe_psql('postgres',
 # Copied rows the target refuses (a value too long for its type, a CHECK)
 # are found by halves and quarantined, each as an 'I' event at the
 # snapshot's position with its SQLSTATE; the other rows are applied, and
-# a replay after the fix completes the target.
+# a replay after the fix completes the target.  So for an append log with
+# a CHECK of its own (its rows are numbered: each quarantined row has its
+# own seq, so that each replays).
 $src->safe_psql('postgres', q{
 CREATE TABLE wide (id int PRIMARY KEY, v text, n int, tags int[], at timestamptz, p point);
 INSERT INTO wide SELECT g, CASE WHEN g IN (17, 500, 1999) THEN 'far too long' ELSE 'ok' END, g,
@@ -91,19 +93,31 @@ SELECT pgcdc.create_history_table('wide_shape', 'public.narrow_hist', '{id}');
 SELECT pgcdc.create_pipeline('bad');
 SELECT pgcdc.add_table('bad', 'public.wide', 'public.narrow');
 SELECT pgcdc.add_table('bad', 'public.wide', 'public.narrow_hist', 'scd2');
+CREATE TABLE wide_log (_op text NOT NULL, _source_lsn pg_lsn NOT NULL, _source_seq integer NOT NULL,
+  _xid bigint, _commit_ts timestamptz, _key jsonb, _new jsonb, _old jsonb,
+  _received_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (_source_lsn, _source_seq),
+  CONSTRAINT no_777 CHECK ((_new->>'n')::int IS DISTINCT FROM 777));
+SELECT pgcdc.add_table('bad', 'public.wide', 'public.wide_log', 'append');
 });
 ($rc, $err) = run_consumer(consumer_cmd($src, $dst, 'bad', '--exit-when-caught-up'), $log, 120);
 is($rc, 0, 'a snapshot with rows the target refuses is taken') or diag($err);
 like($err, qr/snapshot of public\.wide into public\.narrow: 4 rows the target refuses are quarantined, the other 1996 applied/,
 	'the log counts the refused rows');
+like($err, qr/snapshot of public\.wide into public\.wide_log: 1 rows the target refuses are quarantined, the other 1999 applied/,
+	'and those of the append log');
 is( $dst->safe_psql('postgres', "SELECT count(*) || ' ' || count(*) FILTER (WHERE n = 777) FROM narrow") . ' '
-	  . $dst->safe_psql('postgres', 'SELECT count(*) FROM narrow_hist'),
-	'1996 0 1997', 'the rows the targets accept are applied');
+	  . $dst->safe_psql('postgres', 'SELECT count(*) FROM narrow_hist') . ' '
+	  . $dst->safe_psql('postgres', "SELECT count(*) || ' ' || count(*) FILTER (WHERE _op = 'R') FROM wide_log"),
+	'1996 0 1997 1999 1999', 'the rows the targets accept are applied');
+is( $dst->safe_psql('postgres',
+		"SELECT error_code || ':' || (event->'new'->>'id') || ':' || (event->>'op') || ':' || ((event->>'seq')::int > 0) "
+		  . "FROM pgcdc.quarantine WHERE pipeline = 'bad' AND target = 'public.wide_log'"),
+	'23514:777:I:true', 'the append log\'s refused row is quarantined with its number as seq');
 is( $dst->safe_psql('postgres',
 		"SELECT string_agg(target || ':' || error_code || ':' || (event->'new'->>'id') || ':' || (event->>'op') || ':' "
 		  . "  || (event->>'seq'), ' ' ORDER BY target, (event->'new'->>'id')::int) "
 		  . "  || ' ' || count(DISTINCT commit_lsn) || ' ' || bool_and(commit_lsn <= (SELECT commit_lsn FROM pgcdc.checkpoint WHERE pipeline = 'bad')) "
-		  . "FROM pgcdc.quarantine WHERE pipeline = 'bad' AND status = 'open'"),
+		  . "FROM pgcdc.quarantine WHERE pipeline = 'bad' AND status = 'open' AND target <> 'public.wide_log'"),
 	'public.narrow:22001:17:I:0 public.narrow:22001:500:I:0 public.narrow:23514:777:I:0 '
 	  . 'public.narrow:22001:1999:I:0 public.narrow_hist:22001:17:I:0 public.narrow_hist:22001:500:I:0 '
 	  . 'public.narrow_hist:22001:1999:I:0 1 true',
@@ -111,9 +125,14 @@ is( $dst->safe_psql('postgres',
 $dst->safe_psql('postgres', q{
 ALTER TABLE narrow ALTER v TYPE text, DROP CONSTRAINT narrow_n_check;
 ALTER TABLE narrow_hist ALTER v TYPE text;
+ALTER TABLE wide_log DROP CONSTRAINT no_777;
 });
 is($dst->safe_psql('postgres', "SELECT applied || ' ' || failed FROM pgcdc.quarantine_replay(pipeline => 'bad')"),
-	'7 0', 'after the fix the refused rows replay');
+	'8 0', 'after the fix the refused rows replay');
+is( $dst->safe_psql('postgres',
+		"SELECT count(*) || ' ' || count(DISTINCT _new->>'id') || ' ' || string_agg(_op, '') FILTER (WHERE _new->>'n' = '777') "
+		  . "FROM wide_log"),
+	'2000 2000 I', 'the append log has every row once, the replayed one as an insert');
 same_rows($src, 'wide', $dst, 'narrow', 'id, v, n, tags, at, p::text', 'id', 'the mirror equals the source');
 same_rows($src, 'wide', $dst, 'narrow_hist', 'id, v, n, tags, at, p::text', 'id', 'the history\'s versions equal the source');
 is( $dst->safe_psql('postgres',
