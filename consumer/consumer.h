@@ -97,6 +97,8 @@ typedef struct TableMap
 	int			nsrc;			/* the source table's columns when loaded */
 	char	  **srcnames;
 	char	   *srccols;		/* and their names and types, to notice a change */
+	char	   *src_names;		/* the names and types as text[] literals: a map of a */
+	char	   *src_types;		/* dropped table keeps them through a start over */
 	bool		new_column;		/* an event had a column not among them */
 	bool		created;		/* the consumer made the target (it adapts it) */
 	bool		copy_now;		/* made now, after the pipeline's snapshot: copy it */
@@ -206,6 +208,7 @@ extern bool source_tables_look(PGconn *source, const Pipeline *p, bool columns, 
 extern void target_note_rename(const char *from, const char *schema, const char *name,
 							   const char *table, Lsn until);
 extern bool target_follow_rename(PGconn *conn, const Pipeline *p, const TableMap *m);
+extern void target_note_drop(const TableMap *m, Lsn until);
 extern void target_note_new_column(const char *source_table, const char *column);
 extern bool target_column_noted(const char *source_table, const char *column);
 extern bool target_copy_done(PGconn *conn, const TableMap *m, Lsn copied_at);

@@ -567,6 +567,8 @@ sources_unchanged(Stream *s, PGconn *source, Pipeline *p, bool columns, int *res
 			{
 				p->maps[i].dropped_until = until;
 				p->maps[i].source_oid = 0;
+				/* (kept through a start over: target.c) */
+				target_note_drop(&p->maps[i], until);
 			}
 		/* the other tables are looked at again */
 		return sources_unchanged(s, source, p, columns, result);

@@ -428,6 +428,9 @@ source_table_gone(PGconn *source, Pipeline *p)
 		return -2;
 	for (int i = 0; i < p->nmaps && i < PQntuples(res); i++)
 	{
+		/* (dropped while we ran: its maps take its changes up to the drop) */
+		if (p->maps[i].dropped_until != InvalidLsn)
+			continue;
 		if (PQgetisnull(res, i, 0))
 		{
 			if (gone < 0)
@@ -489,6 +492,59 @@ apply_renames(TableMap *m)
 		m->source_name = pg_strdup(renames[r].name);
 		m->renamed_until = renames[r].until;
 	}
+}
+
+/*
+ * Source tables a running consumer saw dropped (stream.c), for the
+ * process's life: a start over (a lost connection) keeps their maps, and
+ * what it had read of the table, until their changes up to the drop are
+ * applied; the name alone would be gone, and those changes stranded.
+ */
+typedef struct Drop
+{
+	char	   *table;
+	Lsn			until;
+	char	   *key_columns;
+	char	   *names;
+	char	   *types;
+	char	   *srccols;
+} Drop;
+static Drop *drops = NULL;
+static int	ndrops = 0;
+
+static char *
+strdup_or_null(const char *s)
+{
+	return s ? pg_strdup(s) : NULL;
+}
+
+void
+target_note_drop(const TableMap *m, Lsn until)
+{
+	Drop	   *d;
+
+	for (int i = 0; i < ndrops; i++)
+		if (strcmp(drops[i].table, m->source_table) == 0)
+			return;
+	if (m->src_names == NULL || m->src_types == NULL || m->srccols == NULL)
+		return;					/* (read at every start before streaming) */
+	drops = pg_realloc(drops, sizeof(Drop) * (ndrops + 1));
+	d = &drops[ndrops++];
+	d->table = pg_strdup(m->source_table);
+	d->until = until;
+	d->key_columns = strdup_or_null(m->key_columns);
+	d->names = strdup_or_null(m->src_names);
+	d->types = strdup_or_null(m->src_types);
+	d->srccols = strdup_or_null(m->srccols);
+}
+
+static const Drop *
+dropped(const TableMap *m)
+{
+	for (int i = 0; i < ndrops; i++)
+		if (strcmp(drops[i].table, m->source_table) == 0)
+			return &drops[i];
+	return NULL;
 }
 
 /*
@@ -598,6 +654,12 @@ target_load_pipeline(PGconn *conn, PGconn *source, Pipeline *p)
 		m->soft_delete = strcmp(PQgetvalue(res, i, 8), "t") == 0;
 		m->map_table = pg_strdup(m->source_table);
 		apply_renames(m);
+		if (dropped(m))
+		{
+			m->dropped_until = dropped(m)->until;
+			if (m->key_columns == NULL)
+				m->key_columns = strdup_or_null(dropped(m)->key_columns);
+		}
 	}
 	PQclear(res);
 
@@ -1334,22 +1396,27 @@ target_prepare_tables(PGconn *conn, PGconn *source, Pipeline *p)
 				return false;
 		}
 
-		/* the source's column names, as a text[] literal; and those the target lacks, added */
+		/*
+		 * The source's column names, as a text[] literal; and those the
+		 * target lacks, added.  (A table dropped while we ran: as they were.)
+		 */
 		{
 			const char *sp[1] = {m->source_table};
+			const Drop *d = dropped(m);
 
-			res = exec_ok(source, SOURCE_COLUMNS_SQL, 1, sp);
-			if (res == NULL)
+			res = d ? NULL : exec_ok(source, SOURCE_COLUMNS_SQL, 1, sp);
+			if (d == NULL && res == NULL)
 				return false;
-			appendPQExpBufferStr(srccols, PQgetvalue(res, 0, 0));
+			free(m->src_names);
+			free(m->src_types);
 			free(m->srccols);
-			m->srccols = pg_strdup(PQgetvalue(res, 0, 2));
-			if (!remember_source_columns(conn, m, PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1)))
-			{
-				PQclear(res);
-				return false;
-			}
+			m->src_names = pg_strdup(d ? d->names : PQgetvalue(res, 0, 0));
+			m->src_types = pg_strdup(d ? d->types : PQgetvalue(res, 0, 1));
+			m->srccols = pg_strdup(d ? d->srccols : PQgetvalue(res, 0, 2));
 			PQclear(res);
+			appendPQExpBufferStr(srccols, m->src_names);
+			if (!remember_source_columns(conn, m, m->src_names, m->src_types))
+				return false;
 		}
 		if (m->copy_pending && !m->copy_now && p->has_checkpoint && opts.snapshot == SNAPSHOT_INITIAL)
 		{
@@ -1415,6 +1482,8 @@ pipeline_free(Pipeline *p)
 		free(m->data_columns);
 		free(m->data_types);
 		free(m->srccols);
+		free(m->src_names);
+		free(m->src_types);
 		for (int j = 0; j < m->ncols; j++)
 			free(m->colnames[j]);
 		free(m->colnames);

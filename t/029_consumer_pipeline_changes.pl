@@ -391,25 +391,32 @@ ok(wait_for_row($dst, 'SELECT EXISTS (SELECT FROM c_mirror WHERE id = 13)'), 'an
 is(stop_consumer($h), 0, 'stopped');
 
 # --- a mapped source table dropped while it runs: its changes from before
-# the drop are applied (here one in the batch being filled when the drop is
-# seen), then the consumer stops and says to remove the map
-$src->safe_psql('postgres', 'CREATE TABLE z (id int PRIMARY KEY, v int)');
-$dst->safe_psql('postgres', "SELECT pgcdc.add_table('p', 'public.z', 'public.z_mirror')");
+# the drop are applied (here one that waits behind a large transaction of
+# another table when the drop is seen, and the source connection is lost
+# meanwhile: the start over keeps the dropped table's map, its name alone
+# being gone), then the consumer stops and says to remove the map
+$src->safe_psql('postgres', 'CREATE TABLE z (id int PRIMARY KEY, v int); CREATE TABLE zz (id int PRIMARY KEY, v int)');
+$dst->safe_psql('postgres',
+	"SELECT pgcdc.add_table('p', 'public.z', 'public.z_mirror'); SELECT pgcdc.add_table('p', 'public.zz', 'public.zz_mirror')");
 $at = length(slurp_log($log));
-$h = start_consumer(consumer_cmd($src, $dst, 'p', '--batch-ms', 3000, '--idle-flush', 'off'), $log);
-ok(wait_for_log(qr/streaming from slot/, $at), 'streaming with a map of a new table');
+$h = start_consumer(consumer_cmd($src, $dst, 'p'), $log);
+ok(wait_for_log(qr/streaming from slot/, $at), 'streaming with maps of new tables');
+$src->safe_psql('postgres', 'INSERT INTO zz SELECT g, g FROM generate_series(1, 200000) g');
 $src->safe_psql('postgres', 'INSERT INTO z VALUES (1, 10)');
 $src->safe_psql('postgres', 'DROP TABLE z');
 ok(wait_for_log(qr/source table public\.z of pipeline "p" was dropped: applying its changes up to the drop/, $at),
 	'a dropped source table is noticed');
+$src->safe_psql('postgres', "SELECT pg_terminate_backend(pid) FROM pg_stat_replication");
+ok(wait_for_log(qr/retrying in \d+ s/, $at), 'the lost connection is retried');
 $h->finish;
 is($h->full_result(0) >> 8, 1, 'then the consumer stops, with status 1');
 like(
 	substr(slurp_log($log), $at),
 	qr/ERROR: source table public\.z of pipeline "p" was dropped at the source; its changes up to the drop are applied\nHINT:  Remove its maps: SELECT pgcdc\.remove_table\('p', 'public\.z'\);/,
 	'and says to remove its map');
-is($dst->safe_psql('postgres', "SELECT string_agg(id || ':' || v, ' ') FROM z_mirror"), '1:10',
-	'the change made before the drop is applied');
+is( $dst->safe_psql('postgres', "SELECT string_agg(id || ':' || v, ' ') FROM z_mirror") . ' '
+	  . $dst->safe_psql('postgres', 'SELECT count(*) FROM zz_mirror'),
+	'1:10 200000', 'the change made before the drop is applied, and so is the transaction before it');
 $dst->safe_psql('postgres', "SELECT pgcdc.remove_table('p', 'public.z')");
 
 # --- renamed while it was stopped: the name is gone at the start, and the
