@@ -11,10 +11,10 @@ AS $$
 DECLARE
 	dup record;
 BEGIN
-	EXECUTE format($f$
+	EXECUTE pgcdc._exec(format($f$
 		SELECT ROW(%1$s)::text AS k FROM pg_temp._pgcdc_stage s
 		 WHERE s.pgcdc_op <> 'T' GROUP BY %1$s, s.pgcdc_seq HAVING pg_catalog.count(*) > 1 LIMIT 1$f$,
-		pgcdc._list(key_columns, 's'))
+		pgcdc._list(key_columns, 's')))
 	INTO dup;
 	IF dup.k IS NOT NULL THEN
 		RAISE EXCEPTION 'two changes in % have the same key and sequence_by value', changes
