@@ -11,9 +11,9 @@ SELECT c.relname, c.relkind FROM pg_class c
 SELECT p.proname FROM pg_proc p
  WHERE p.pronamespace = 'pgcdc'::regnamespace AND p.proname !~ '^_'
  ORDER BY 1;
--- every function pins search_path, except the C functions (they run no
--- SQL) and the SQL wrappers that read the caller's current_schema() and
--- call a pinned implementation
+-- every function pins search_path (the C functions too, though they run
+-- no SQL), except the SQL wrappers that read the caller's current_schema()
+-- and call a pinned implementation
 SELECT p.proname FROM pg_proc p
  WHERE p.pronamespace = 'pgcdc'::regnamespace
    AND NOT coalesce(p.proconfig @> '{"search_path=pg_catalog, pg_temp"}', false)

@@ -413,9 +413,11 @@ END
 $$;
 
 -- The text of the session's prepared statement name, or NULL (C: one hash
--- lookup, where pg_prepared_statements lists them all).
+-- lookup, where pg_prepared_statements lists them all).  It runs no SQL; its
+-- search_path is pinned all the same, as every function's here.
 CREATE FUNCTION pgcdc._prepared_statement(name text)
 RETURNS text LANGUAGE c STABLE STRICT
+SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'pgcdc_prepared_statement';
 
 -- The name of a session prepared statement for query, prepared on first use:

@@ -280,6 +280,7 @@ $$;
 -- of that table's columns.  LIMIT 0: planned, never executed.
 CREATE FUNCTION pgcdc._parse_rule_expr(check_expr text)
 RETURNS void LANGUAGE c STRICT
+SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'pgcdc_parse_rule_expr';
 
 -- A rule expression as an operand; the newline ends a trailing -- comment.
