@@ -158,7 +158,15 @@ same_rows($src, 'acct', $dst, 'mart.acct_hist WHERE _is_current', 'id, v, note',
 # goes on with nothing lost.
 my $at = length(slurp_log($log));
 my $ren = start_consumer(consumer_cmd($src_conn, $dst_conn, 'p', '--batch-ms', 50), $log);
-ok(wait_for_row($dst, "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE usename = 'cdc_tgt')"), 'running again');
+# (streaming, not merely connected: a rename before its start would be one
+# made while it was stopped)
+my $streaming = 0;
+for (1 .. 300)
+{
+	if (substr(slurp_log($log), $at) =~ /streaming from slot/) { $streaming = 1; last; }
+	usleep(100_000);
+}
+ok($streaming, 'running again');
 $src->safe_psql('postgres', "INSERT INTO acct VALUES (201, 201, 'before'); ALTER TABLE acct RENAME TO account; "
 	  . "INSERT INTO account VALUES (202, 202, 'after')");
 my $said = 0;
