@@ -633,14 +633,16 @@ SELECT count(*) AS rows_that_differ FROM (SELECT id, x FROM lk_m EXCEPT SELECT i
 DROP TABLE lk, lk_h, lk_m, lk_m2, lk_c, lk_locks;
 
 -- The staged path (here: for unchanged TOAST) runs its statements prepared
--- and, for a session's own role when it is not a superuser, keeps its work
--- tables for the session: a batch like the one before, in a transaction of
--- its own, prepares nothing and runs those statements again.  A
--- superuser's work tables go at commit (a role switched to later could not
--- use or drop them), unless the session asks to keep them.  Discarding the
--- session's temp tables or prepared statements, or rolling back a call that
--- made the tables, breaks nothing.
-CREATE ROLE pgcdc_st_app;
+-- and, when the role the session logged in as is no superuser, keeps its
+-- work tables for the session: a batch like the one before, in a
+-- transaction of its own, prepares nothing and runs those statements again.
+-- A superuser's session (whatever role it switches to: SET ROLE, SET
+-- SESSION AUTHORIZATION) drops them at commit, as one of its roles could
+-- neither use nor drop another's, unless it asks to keep them.  Discarding
+-- the session's temp tables or prepared statements, or rolling back a call
+-- that made the tables, breaks nothing.
+SELECT current_user AS regress_superuser \gset
+CREATE ROLE pgcdc_st_app LOGIN;
 CREATE ROLE pgcdc_st_other;
 GRANT pgcdc_st_other TO pgcdc_st_app;
 CREATE TABLE st (id int PRIMARY KEY, x int, doc text);
@@ -656,28 +658,39 @@ TRUNCATE st_c;
 INSERT INTO st_c VALUES (2, 2, NULL, 'U', 4, '{doc}');
 SELECT * FROM pgcdc.scd2_apply_changes('st_h', 'st_c', '{id}', 'seq');
 RESET ROLE;
+SET SESSION AUTHORIZATION pgcdc_st_app;
+TRUNCATE st_c;
+INSERT INTO st_c VALUES (1, 3, NULL, 'U', 5, '{doc}');
+SELECT * FROM pgcdc.scd2_apply_changes('st_h', 'st_c', '{id}', 'seq');
+SELECT to_regclass('pg_temp._pgcdc_stage') IS NOT NULL AS kept_under_session_authorization;
+RESET SESSION AUTHORIZATION;
+SET SESSION AUTHORIZATION pgcdc_st_other;
+TRUNCATE st_c;
+INSERT INTO st_c VALUES (2, 3, NULL, 'U', 6, '{doc}');
+SELECT * FROM pgcdc.scd2_apply_changes('st_h', 'st_c', '{id}', 'seq');
+RESET SESSION AUTHORIZATION;
 -- a session that switches no roles may ask for them to be kept
 SET pgcdc.keep_work_tables = on;
 TRUNCATE st_c;
-INSERT INTO st_c VALUES (1, 25, NULL, 'U', 4, '{doc}');
+INSERT INTO st_c VALUES (1, 4, NULL, 'U', 7, '{doc}');
 SELECT * FROM pgcdc.scd2_apply_changes('st_h', 'st_c', '{id}', 'seq');
 SELECT to_regclass('pg_temp._pgcdc_stage') IS NOT NULL AS kept_when_asked;
 RESET pgcdc.keep_work_tables;
 DISCARD TEMP;
-SET SESSION AUTHORIZATION pgcdc_st_app;
-DEALLOCATE ALL;
+-- a session that logged in as a role that is no superuser
+\c - pgcdc_st_app
 TRUNCATE st_c;
-INSERT INTO st_c VALUES (1, 3, NULL, 'U', 5, '{doc}');
+INSERT INTO st_c VALUES (2, 4, NULL, 'U', 8, '{doc}');
 SELECT * FROM pgcdc.scd2_apply_changes('st_h', 'st_c', '{id}', 'seq');
 SELECT to_regclass('pg_temp._pgcdc_stage') IS NOT NULL AS stage_kept_after_commit;
 TRUNCATE st_c;
-INSERT INTO st_c VALUES (2, 3, NULL, 'U', 6, '{doc}'), (1, 4, NULL, 'U', 7, '{doc}');
+INSERT INTO st_c VALUES (2, 5, NULL, 'U', 9, '{doc}'), (1, 5, NULL, 'U', 10, '{doc}');
 SELECT * FROM pgcdc.scd2_apply_changes('st_h', 'st_c', '{id}', 'seq');
 CREATE TEMP TABLE st_before AS
 	SELECT name, generic_plans + custom_plans AS runs FROM pg_prepared_statements
 	 WHERE name LIKE 'pgcdc\_%';
 TRUNCATE st_c;
-INSERT INTO st_c VALUES (2, 4, NULL, 'U', 8, '{doc}'), (1, 5, NULL, 'U', 9, '{doc}');
+INSERT INTO st_c VALUES (2, 6, NULL, 'U', 11, '{doc}'), (1, 6, NULL, 'U', 12, '{doc}');
 SELECT * FROM pgcdc.scd2_apply_changes('st_h', 'st_c', '{id}', 'seq');
 SELECT count(*) FILTER (WHERE b.name IS NULL) AS prepared_by_this_call,
 	   count(*) FILTER (WHERE p.generic_plans + p.custom_plans > b.runs) >= 10 AS ran_ten_or_more_again
@@ -686,33 +699,28 @@ SELECT count(*) FILTER (WHERE b.name IS NULL) AS prepared_by_this_call,
 -- another role of the session can neither use nor replace them
 SET ROLE pgcdc_st_other;
 TRUNCATE st_c;
-INSERT INTO st_c VALUES (2, 99, NULL, 'U', 10, '{doc}');
+INSERT INTO st_c VALUES (2, 99, NULL, 'U', 13, '{doc}');
 SELECT * FROM pgcdc.scd2_apply_changes('st_h', 'st_c', '{id}', 'seq');
 RESET ROLE;
 DISCARD TEMP;
 TRUNCATE st_c;
-INSERT INTO st_c VALUES (2, 6, NULL, 'U', 10, '{doc}');
+INSERT INTO st_c VALUES (2, 7, NULL, 'U', 13, '{doc}');
 SELECT * FROM pgcdc.scd2_apply_changes('st_h', 'st_c', '{id}', 'seq');
 DEALLOCATE ALL;
 TRUNCATE st_c;
-INSERT INTO st_c VALUES (1, 6, NULL, 'U', 11, '{doc}');
+INSERT INTO st_c VALUES (1, 7, NULL, 'U', 14, '{doc}');
 SELECT * FROM pgcdc.scd2_apply_changes('st_h', 'st_c', '{id}', 'seq');
 DISCARD TEMP;
 BEGIN;
 TRUNCATE st_c;
-INSERT INTO st_c VALUES (1, 99, NULL, 'U', 12, '{doc}');
+INSERT INTO st_c VALUES (1, 99, NULL, 'U', 15, '{doc}');
 SELECT * FROM pgcdc.scd2_apply_changes('st_h', 'st_c', '{id}', 'seq');
 ROLLBACK;
 TRUNCATE st_c;
-INSERT INTO st_c VALUES (2, 7, NULL, 'U', 12, '{doc}');
+INSERT INTO st_c VALUES (2, 8, NULL, 'U', 15, '{doc}');
 SELECT * FROM pgcdc.scd2_apply_changes('st_h', 'st_c', '{id}', 'seq');
--- a superuser may take them over
-RESET SESSION AUTHORIZATION;
-TRUNCATE st_c;
-INSERT INTO st_c VALUES (1, 7, NULL, 'U', 13, '{doc}');
-SELECT * FROM pgcdc.scd2_apply_changes('st_h', 'st_c', '{id}', 'seq');
+\c - :regress_superuser
 SELECT id, x, doc, _version, _is_current, _sequence FROM st_h ORDER BY id, _valid_from;
-DISCARD TEMP;
 DROP TABLE st, st_h, st_c;
 DROP ROLE pgcdc_st_app, pgcdc_st_other;
 

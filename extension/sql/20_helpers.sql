@@ -332,6 +332,23 @@ BEGIN
 END
 $$;
 
+-- The role the session logged in as (session_user is another after SET
+-- SESSION AUTHORIZATION), found once per session.
+CREATE FUNCTION pgcdc._login_role()
+RETURNS name LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	login name := NULLIF(current_setting('pgcdc.login_role', true), '');
+BEGIN
+	IF login IS NULL THEN
+		SELECT a.usename INTO login FROM pg_stat_activity a WHERE a.pid = pg_backend_pid();
+		PERFORM set_config('pgcdc.login_role', login, false);
+	END IF;
+	RETURN login;
+END
+$$;
+
 /*
  * Fill work table name with query's rows (query has parameters of types,
  * given args: SQL literals) and return how many; with rows false only make
@@ -342,13 +359,14 @@ $$;
  * batches, would run out of max_locks_per_transaction.)  A table of another
  * query (another target's columns) is put aside under the name plus its
  * query's md5, and taken back when that query comes again.
- * The tables stay for the session when the session's own role, not a
- * superuser, makes them: planned once per session, not once per transaction.
- * Otherwise they go at commit, as a table stays its maker's: a table a
- * superuser kept would be in the way of every role the session switches to
- * later (SET ROLE), which could neither use nor rename nor drop it.  A
- * session that switches no roles (pgcdc_consumer's) says so by setting
- * pgcdc.keep_work_tables to on: then they stay whatever the role.  The md5
+ * The tables stay for the session when the role the session logged in as,
+ * not a superuser, makes them: planned once per session, not once per
+ * transaction.  Otherwise they go at commit, as a table stays its maker's:
+ * one a superuser kept would be in the way of every role the session
+ * switches to later (SET ROLE, SET SESSION AUTHORIZATION, which only a
+ * superuser's session can do), which could neither use nor rename nor drop
+ * it.  A session that switches no roles (pgcdc_consumer's) says so by
+ * setting pgcdc.keep_work_tables to on: then they stay whatever the role.  The md5
  * of the query a table holds (and of what the tables it reads hold) is a
  * session setting, so an aborted transaction takes it back with the table.
  */
@@ -366,7 +384,7 @@ DECLARE
 		(SELECT string_agg(current_setting('pgcdc.work_' || m[1], true), ',' ORDER BY m[1])
 		   FROM regexp_matches(query, 'pg_temp\.(_pgcdc_[a-z_]+)', 'g') m)));
 	keep boolean := current_setting('pgcdc.keep_work_tables', true) = 'on'
-					OR session_user = current_user
+					OR current_user = pgcdc._login_role()
 					   AND NOT (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = current_user);
 	owner name;
 	sel text;
@@ -377,7 +395,7 @@ BEGIN
 	IF owner IS NOT NULL AND NOT pg_has_role(owner, 'USAGE') THEN
 		RAISE EXCEPTION 'work table pg_temp.% of this session belongs to role %', name, owner
 			USING ERRCODE = '42501',
-				  DETAIL = 'pgcdc keeps the work tables a role makes for the session when the role is the session''s own.',
+				  DETAIL = 'pgcdc keeps the work tables a role makes for the session when the session logged in as that role.',
 				  HINT = format('Run DISCARD TEMP as role %s, or call this function from a session of its own.',
 								quote_ident(owner));
 	END IF;
