@@ -221,19 +221,12 @@ $$;
 -- a key of a type from another schema (citext, ...) still compares right
 -- while nothing is looked up on the caller's path.
 CREATE FUNCTION pgcdc._eq(l text, r text, typid oid)
-RETURNS text LANGUAGE plpgsql
+RETURNS text LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	-- found once per session and type: the catalog lookup took about 0.4 ms
-	-- of a small staged call (a type has one default btree operator class;
-	-- another is made only after the first is dropped)
-	known text := 'pgcdc.eq_' || typid;
-	opr text := NULLIF(current_setting(known, true), '');
+	opr text;
 BEGIN
-	IF opr IS NOT NULL THEN
-		RETURN format('%s %s %s', l, opr, r);
-	END IF;
 	SELECT format('OPERATOR(%I.%s)', n.nspname, o.oprname) INTO opr
 	  FROM pg_opclass c
 	  JOIN pg_am am ON am.oid = c.opcmethod AND am.amname = 'btree'
@@ -249,7 +242,6 @@ BEGIN
 		RAISE EXCEPTION 'key column type % has no default btree operator class',
 			format_type(typid, NULL) USING ERRCODE = '42883';
 	END IF;
-	PERFORM set_config(known, opr, false);
 	RETURN format('%s %s %s', l, opr, r);
 END
 $$;
@@ -267,7 +259,7 @@ $$;
 
 -- "l.k1 = r.k1 AND l.k2 = r.k2" for the key columns of rel.
 CREATE FUNCTION pgcdc._key_join(l text, r text, rel regclass, keys text[])
-RETURNS text LANGUAGE sql
+RETURNS text LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT string_agg(pgcdc._eq(format('%s.%I', l, k), format('%s.%I', r, k), c.typid),
@@ -332,23 +324,6 @@ BEGIN
 END
 $$;
 
--- The role the session logged in as (session_user is another after SET
--- SESSION AUTHORIZATION), found once per session.
-CREATE FUNCTION pgcdc._login_role()
-RETURNS name LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	login name := NULLIF(current_setting('pgcdc.login_role', true), '');
-BEGIN
-	IF login IS NULL THEN
-		SELECT a.usename INTO login FROM pg_stat_activity a WHERE a.pid = pg_backend_pid();
-		PERFORM set_config('pgcdc.login_role', login, false);
-	END IF;
-	RETURN login;
-END
-$$;
-
 /*
  * Fill work table name with query's rows (query has parameters of types,
  * given args: SQL literals) and return how many; with rows false only make
@@ -383,9 +358,12 @@ DECLARE
 	want text := md5(concat_ws(E'\n', query, types,
 		(SELECT string_agg(current_setting('pgcdc.work_' || m[1], true), ',' ORDER BY m[1])
 		   FROM regexp_matches(query, 'pg_temp\.(_pgcdc_[a-z_]+)', 'g') m)));
+	-- (the role the session logged in as: session_user is another after SET
+	-- SESSION AUTHORIZATION)
 	keep boolean := current_setting('pgcdc.keep_work_tables', true) = 'on'
-					OR current_user = pgcdc._login_role()
-					   AND NOT (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = current_user);
+					OR (SELECT NOT r.rolsuper AND r.oid = (SELECT a.usesysid
+															 FROM pg_stat_get_activity(pg_backend_pid()) a)
+						  FROM pg_roles r WHERE r.rolname = current_user);
 	owner name;
 	sel text;
 	n bigint := 0;
