@@ -532,10 +532,10 @@ target_note_drop(const TableMap *m, Lsn until)
 	d = &drops[ndrops++];
 	d->table = pg_strdup(m->source_table);
 	d->until = until;
-	d->key_columns = strdup_or_null(m->key_columns);
-	d->names = strdup_or_null(m->src_names);
-	d->types = strdup_or_null(m->src_types);
-	d->srccols = strdup_or_null(m->srccols);
+	d->key_columns = strdup_or_null(m->key_columns);	/* (NULL: an append map's) */
+	d->names = pg_strdup(m->src_names);
+	d->types = pg_strdup(m->src_types);
+	d->srccols = pg_strdup(m->srccols);
 }
 
 static const Drop *
@@ -642,6 +642,7 @@ target_load_pipeline(PGconn *conn, PGconn *source, Pipeline *p)
 	for (i = 0; i < p->nmaps; i++)
 	{
 		TableMap   *m = &p->maps[i];
+		const Drop *d;
 
 		m->source_table = get_str(res, i, 0);
 		m->source_schema = get_str(res, i, 1);
@@ -654,11 +655,11 @@ target_load_pipeline(PGconn *conn, PGconn *source, Pipeline *p)
 		m->soft_delete = strcmp(PQgetvalue(res, i, 8), "t") == 0;
 		m->map_table = pg_strdup(m->source_table);
 		apply_renames(m);
-		if (dropped(m))
+		if ((d = dropped(m)) != NULL)
 		{
-			m->dropped_until = dropped(m)->until;
+			m->dropped_until = d->until;
 			if (m->key_columns == NULL)
-				m->key_columns = strdup_or_null(dropped(m)->key_columns);
+				m->key_columns = strdup_or_null(d->key_columns);
 		}
 	}
 	PQclear(res);

@@ -358,12 +358,7 @@ DECLARE
 	want text := md5(concat_ws(E'\n', query, types,
 		(SELECT string_agg(current_setting('pgcdc.work_' || m[1], true), ',' ORDER BY m[1])
 		   FROM regexp_matches(query, 'pg_temp\.(_pgcdc_[a-z_]+)', 'g') m)));
-	-- (the role the session logged in as: session_user is another after SET
-	-- SESSION AUTHORIZATION)
-	keep boolean := current_setting('pgcdc.keep_work_tables', true) = 'on'
-					OR (SELECT NOT r.rolsuper AND r.oid = (SELECT a.usesysid
-															 FROM pg_stat_get_activity(pg_backend_pid()) a)
-						  FROM pg_roles r WHERE r.rolname = current_user);
+	keep boolean;
 	owner name;
 	sel text;
 	n bigint := 0;
@@ -393,13 +388,19 @@ BEGIN
 			EXECUTE format('ALTER TABLE pg_temp.%I RENAME TO %I', name || '_' || want, name);
 			PERFORM pgcdc._empty_temp(name);
 		ELSE
+			-- kept or not, decided when made (the role the session logged in
+			-- as: session_user is another after SET SESSION AUTHORIZATION)
+			keep := current_setting('pgcdc.keep_work_tables', true) = 'on'
+					OR (SELECT NOT r.rolsuper AND r.oid = (SELECT a.usesysid
+															 FROM pg_stat_get_activity(pg_backend_pid()) a)
+						  FROM pg_roles r WHERE r.rolname = current_user);
 			-- made with this call's rows (a table that goes at commit is made
 			-- by every transaction: the query planned once, not twice); the
 			-- SELECT is not kept, as the same text (s.*) gives other row
 			-- types over another target's stage
 			sel := pgcdc._prepared(query, types);
 			EXECUTE format('CREATE TEMP TABLE %I%s AS EXECUTE %I%s WITH %s', name,
-						   CASE WHEN keep THEN '' ELSE ' ON COMMIT DROP' END, sel,
+						   CASE WHEN coalesce(keep, false) THEN '' ELSE ' ON COMMIT DROP' END, sel,
 						   coalesce('(' || args || ')', ''), CASE WHEN rows THEN 'DATA' ELSE 'NO DATA' END);
 			GET DIAGNOSTICS n = ROW_COUNT;
 			EXECUTE format('DEALLOCATE %I', sel);
