@@ -253,7 +253,7 @@ record_batch(ApplyJob *b, long quarantined, int64_t started_us)
 
 	if (!checkpoint_advance(b->conn, b->p, b->last_commit_lsn, b->last_end_lsn,
 							b->last_ts[0] ? b->last_ts : NULL, b->xacts, b->events, quarantined,
-							b->source_lsn, &b->lag_seconds))
+							b->source_lsn, b->source_moves, &b->lag_seconds))
 		return false;
 	/* heartbeats and markers move the checkpoint; a log row for each would be noise */
 	if (b->events == 0 && quarantined == 0)

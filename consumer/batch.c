@@ -150,6 +150,7 @@ batch_free(Batch *b)
 	for (i = 0; i < 2; i++)
 	{
 		free(b->jobs[i].per_map);
+		free(b->jobs[i].source_moves);
 		if (b->jobs[i].raw)
 			fclose(b->jobs[i].raw);
 	}
@@ -981,6 +982,8 @@ batch_flush(Batch *b, Lsn *applied)
 	b->jobs[b->fill].p = b->p;
 	b->jobs[b->fill].has_rules = b->has_rules;
 	b->jobs[b->fill].source_lsn = stats.source_lsn;
+	free(b->jobs[b->fill].source_moves);
+	b->jobs[b->fill].source_moves = moves_text();
 	b->open = false;
 	b->applying = b->fill;
 	b->fill = 1 - b->fill;

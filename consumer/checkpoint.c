@@ -37,7 +37,8 @@ checkpoint_load(PGconn *conn, Pipeline *p)
  */
 bool
 checkpoint_advance(PGconn *conn, Pipeline *p, Lsn commit_lsn, Lsn end_lsn, const char *commit_ts,
-				   long xacts, long events, long quarantined, Lsn source_lsn, double *lag_seconds)
+				   long xacts, long events, long quarantined, Lsn source_lsn, const char *source_moves,
+				   double *lag_seconds)
 {
 	char		commit[32],
 				end[32],
@@ -45,7 +46,7 @@ checkpoint_advance(PGconn *conn, Pipeline *p, Lsn commit_lsn, Lsn end_lsn, const
 				n_x[24],
 				n_ev[24],
 				n_q[24];
-	const char *params[8] = {p->name, commit, end, commit_ts, src, n_x, n_ev, n_q};
+	const char *params[9] = {p->name, commit, end, commit_ts, src, n_x, n_ev, n_q, source_moves};
 	PGresult   *res;
 
 	format_lsn(commit_lsn, commit);
@@ -56,16 +57,17 @@ checkpoint_advance(PGconn *conn, Pipeline *p, Lsn commit_lsn, Lsn end_lsn, const
 	snprintf(n_q, sizeof(n_q), "%ld", quarantined);
 	res = exec_ok(conn,
 				  "INSERT INTO pgcdc.checkpoint AS c (pipeline, commit_lsn, end_lsn, commit_ts, applied_at, "
-				  "  source_lsn, source_seen_at, transactions, events, batches, quarantined) "
-				  "VALUES ($1, $2, $3, $4, pg_catalog.now(), $5, pg_catalog.now(), $6, $7, 1, $8) "
+				  "  source_lsn, source_seen_at, transactions, events, batches, quarantined, source_moves) "
+				  "VALUES ($1, $2, $3, $4, pg_catalog.now(), $5, pg_catalog.now(), $6, $7, 1, $8, $9) "
 				  "ON CONFLICT (pipeline) DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn, "
 				  "  end_lsn = EXCLUDED.end_lsn, commit_ts = EXCLUDED.commit_ts, applied_at = EXCLUDED.applied_at, "
 				  "  source_lsn = EXCLUDED.source_lsn, source_seen_at = EXCLUDED.source_seen_at, "
 				  "  transactions = c.transactions + EXCLUDED.transactions, events = c.events + EXCLUDED.events, "
-				  "  batches = c.batches + 1, quarantined = c.quarantined + EXCLUDED.quarantined "
+				  "  batches = c.batches + 1, quarantined = c.quarantined + EXCLUDED.quarantined, "
+				  "  source_moves = EXCLUDED.source_moves "
 				  "WHERE c.commit_lsn IS NULL OR c.commit_lsn < EXCLUDED.commit_lsn "
 				  "RETURNING extract(epoch FROM pg_catalog.clock_timestamp() - c.commit_ts)",
-				  8, params);
+				  9, params);
 	if (res == NULL)
 		return false;
 	if (PQntuples(res) != 1)

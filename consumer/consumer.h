@@ -194,6 +194,7 @@ extern __thread bool quiet_sql_errors;	/* failures expected: log them at DEBUG *
 extern bool sql_error_is_transient(const SqlError *e);
 extern int	target_pipeline_changed(PGconn *conn, const Pipeline *p);
 extern int	source_table_gone(PGconn *source, Pipeline *p);
+extern void append_array_element(PQExpBuffer buf, const char *s, bool first);
 /* what source_tables_look saw */
 typedef struct SourceLook
 {
@@ -205,10 +206,6 @@ typedef struct SourceLook
 	int			columns;		/* a map whose table's columns changed, else -1 */
 } SourceLook;
 extern bool source_tables_look(PGconn *source, const Pipeline *p, bool columns, SourceLook *look);
-extern void target_note_rename(const char *from, const char *schema, const char *name,
-							   const char *table, Lsn until);
-extern bool target_follow_rename(PGconn *conn, const Pipeline *p, const TableMap *m);
-extern void target_note_drop(const TableMap *m, Lsn until);
 extern void target_note_new_column(const char *source_table, const char *column);
 extern bool target_column_noted(const char *source_table, const char *column);
 extern bool target_copy_done(PGconn *conn, const TableMap *m, Lsn copied_at);
@@ -229,11 +226,32 @@ extern PGresult *exec_ok_progress(PGconn *conn, const char *sql, int nparams,
 extern bool exec_cmd(PGconn *conn, const char *sql);
 extern bool exec_savepoint(PGconn *conn, const char *verb, const char *name);
 
+/* source_moves.c */
+typedef struct SourceDrop		/* a source table dropped: what its maps need */
+{
+	char	   *table;
+	Lsn			until;			/* the stream's position when the drop was seen */
+	char	   *key_columns;
+	char	   *names;			/* the table's columns and types, as text[] literals */
+	char	   *types;
+	char	   *srccols;
+	bool		announce;		/* read from the target: say so when a map takes it */
+} SourceDrop;
+extern void target_note_rename(const char *from, const char *schema, const char *name,
+							   const char *table, Lsn until);
+extern bool target_follow_rename(PGconn *conn, const Pipeline *p, const TableMap *m);
+extern void target_note_drop(const TableMap *m, Lsn until);
+extern const SourceDrop *moves_dropped(const TableMap *m);
+extern void moves_apply(TableMap *m);
+extern bool moves_load(PGconn *target, PGconn *source, const char *pipeline);
+extern bool moves_save(PGconn *target, const Pipeline *p);
+extern char *moves_text(void);
+
 /* checkpoint.c */
 extern bool checkpoint_load(PGconn *conn, Pipeline *p);
 extern bool checkpoint_advance(PGconn *conn, Pipeline *p, Lsn commit_lsn, Lsn end_lsn,
 							   const char *commit_ts, long xacts, long events, long quarantined,
-							   Lsn source_lsn, double *lag_seconds);
+							   Lsn source_lsn, const char *source_moves, double *lag_seconds);
 extern bool checkpoint_set(PGconn *conn, Pipeline *p, Lsn lsn, const char *commit_ts);
 extern void checkpoint_note_source(PGconn *target, PGconn *source, Pipeline *p);
 
@@ -273,6 +291,7 @@ typedef struct ApplyJob
 	FILE	   *raw;			/* event JSON not kept in pgcdc_events (raw_off, raw_len) */
 	off_t		raw_len;
 	Lsn			source_lsn;		/* the source's position when the job started */
+	char	   *source_moves;	/* renames and drops being followed then (source_moves.c) */
 	long		moot;			/* rows not sent: a later event on the key replaced them */
 	long		refused;		/* rows the staging COPY refused: quarantined */
 	/* results */

@@ -384,6 +384,20 @@ source_identity(PGconn *source, const char *table)
 	return result;
 }
 
+/* s as the next element of a text[] literal being built in buf ("{" so far, when first) */
+void
+append_array_element(PQExpBuffer buf, const char *s, bool first)
+{
+	appendPQExpBufferStr(buf, first ? "\"" : ",\"");
+	for (const char *c = s; *c; c++)
+	{
+		if (*c == '"' || *c == '\\')
+			appendPQExpBufferChar(buf, '\\');
+		appendPQExpBufferChar(buf, *c);
+	}
+	appendPQExpBufferChar(buf, '"');
+}
+
 /* The maps' source tables, in map order, as a text[] literal (one query for all maps). */
 static PQExpBuffer
 source_tables_literal(const Pipeline *p)
@@ -392,16 +406,7 @@ source_tables_literal(const Pipeline *p)
 
 	appendPQExpBufferChar(names, '{');
 	for (int i = 0; i < p->nmaps; i++)
-	{
-		appendPQExpBufferStr(names, i > 0 ? ",\"" : "\"");
-		for (const char *c = p->maps[i].source_table; *c; c++)
-		{
-			if (*c == '"' || *c == '\\')
-				appendPQExpBufferChar(names, '\\');
-			appendPQExpBufferChar(names, *c);
-		}
-		appendPQExpBufferChar(names, '"');
-	}
+		append_array_element(names, p->maps[i].source_table, i == 0);
 	appendPQExpBufferChar(names, '}');
 	return names;
 }
@@ -443,154 +448,6 @@ source_table_gone(PGconn *source, Pipeline *p)
 	return gone;
 }
 
-/*
- * Source tables a running consumer saw renamed (stream.c), for the
- * process's life: their maps follow the new name, and take changes under
- * both, until the stream has passed the rename and the map names the new
- * one (target_follow_rename).
- */
-typedef struct Rename
-{
-	char	   *from;
-	char	   *schema;
-	char	   *name;
-	char	   *table;
-	Lsn			until;
-} Rename;
-static Rename *renames = NULL;
-static int	nrenames = 0;
-
-void
-target_note_rename(const char *from, const char *schema, const char *name, const char *table, Lsn until)
-{
-	Rename	   *r;
-
-	renames = pg_realloc(renames, sizeof(Rename) * (nrenames + 1));
-	r = &renames[nrenames++];
-	r->from = pg_strdup(from);
-	r->schema = pg_strdup(schema);
-	r->name = pg_strdup(name);
-	r->table = pg_strdup(table);
-	r->until = until;
-}
-
-/* A map of a renamed source table takes its new name, and keeps the old one for events. */
-static void
-apply_renames(TableMap *m)
-{
-	for (int r = 0; r < nrenames; r++)
-	{
-		if (strcmp(m->source_table, renames[r].from) != 0)
-			continue;
-		free(m->old_schema);
-		free(m->old_name);
-		m->old_schema = m->source_schema;
-		m->old_name = m->source_name;
-		free(m->source_table);
-		m->source_table = pg_strdup(renames[r].table);
-		m->source_schema = pg_strdup(renames[r].schema);
-		m->source_name = pg_strdup(renames[r].name);
-		m->renamed_until = renames[r].until;
-	}
-}
-
-/*
- * Source tables a running consumer saw dropped (stream.c), for the
- * process's life: a start over (a lost connection) keeps their maps, and
- * what it had read of the table, until their changes up to the drop are
- * applied; the name alone would be gone, and those changes stranded.
- */
-typedef struct Drop
-{
-	char	   *table;
-	Lsn			until;
-	char	   *key_columns;
-	char	   *names;
-	char	   *types;
-	char	   *srccols;
-} Drop;
-static Drop *drops = NULL;
-static int	ndrops = 0;
-
-static char *
-strdup_or_null(const char *s)
-{
-	return s ? pg_strdup(s) : NULL;
-}
-
-void
-target_note_drop(const TableMap *m, Lsn until)
-{
-	Drop	   *d;
-
-	for (int i = 0; i < ndrops; i++)
-		if (strcmp(drops[i].table, m->source_table) == 0)
-			return;
-	if (m->src_names == NULL || m->src_types == NULL || m->srccols == NULL)
-		return;					/* (read at every start before streaming) */
-	drops = pg_realloc(drops, sizeof(Drop) * (ndrops + 1));
-	d = &drops[ndrops++];
-	d->table = pg_strdup(m->source_table);
-	d->until = until;
-	d->key_columns = strdup_or_null(m->key_columns);	/* (NULL: an append map's) */
-	d->names = pg_strdup(m->src_names);
-	d->types = pg_strdup(m->src_types);
-	d->srccols = pg_strdup(m->srccols);
-}
-
-static const Drop *
-dropped(const TableMap *m)
-{
-	for (int i = 0; i < ndrops; i++)
-		if (strcmp(drops[i].table, m->source_table) == 0)
-			return &drops[i];
-	return NULL;
-}
-
-/*
- * The stream has passed the rename m follows: every change made under the
- * old name is applied.  Rename the map (and its rules, quarantined events
- * and target comments) with pgcdc.rename_source_table; the caller starts
- * over.  Without the privileges that takes, say what to run.
- */
-bool
-target_follow_rename(PGconn *conn, const Pipeline *p, const TableMap *m)
-{
-	const char *params[3] = {p->name, m->map_table, m->source_table};
-	PGresult   *res = exec_ok(conn, "SELECT pgcdc.rename_source_table($1, $2, $3)", 3, params);
-
-	if (res == NULL)
-	{
-		char	   *lp = PQescapeLiteral(conn, p->name, strlen(p->name));
-		char	   *lf = PQescapeLiteral(conn, m->map_table, strlen(m->map_table));
-		char	   *lt = PQescapeLiteral(conn, m->source_table, strlen(m->source_table));
-
-		log_msg(LOG_ERROR, "could not rename the maps of source table %s of pipeline \"%s\" to %s",
-				m->map_table, p->name, m->source_table);
-		log_hint("Its changes are applied up to and past its rename. As the owner of pgcdc.table_map, run "
-				 "SELECT pgcdc.rename_source_table(%s, %s, %s); and start pgcdc_consumer again.",
-				 lp ? lp : "?", lf ? lf : "?", lt ? lt : "?");
-		PQfreemem(lp);
-		PQfreemem(lf);
-		PQfreemem(lt);
-		return false;
-	}
-	PQclear(res);
-	log_msg(LOG_INFO, "the stream has passed the rename of source table %s: pipeline \"%s\" now maps %s",
-			m->map_table, p->name, m->source_table);
-	/* the map names the table now: forget how it got there */
-	for (int r = nrenames - 1; r >= 0; r--)
-		if (strcmp(renames[r].table, m->source_table) == 0 || strcmp(renames[r].from, m->map_table) == 0)
-		{
-			free(renames[r].from);
-			free(renames[r].schema);
-			free(renames[r].name);
-			free(renames[r].table);
-			memmove(&renames[r], &renames[r + 1], sizeof(Rename) * (--nrenames - r));
-		}
-	return true;
-}
-
 bool
 target_load_pipeline(PGconn *conn, PGconn *source, Pipeline *p)
 {
@@ -623,6 +480,9 @@ target_load_pipeline(PGconn *conn, PGconn *source, Pipeline *p)
 	p->digest = get_str(res, 0, 3);
 	PQclear(res);
 
+	/* renames and drops a process before this one was following */
+	if (!moves_load(conn, source, p->name))
+		return false;
 	res = exec_ok(conn,
 				  "SELECT source_table, source_schema, source_name, target, mode, "
 				  "       key_columns::text, track_columns::text, ignore_columns::text, soft_delete "
@@ -642,7 +502,6 @@ target_load_pipeline(PGconn *conn, PGconn *source, Pipeline *p)
 	for (i = 0; i < p->nmaps; i++)
 	{
 		TableMap   *m = &p->maps[i];
-		const Drop *d;
 
 		m->source_table = get_str(res, i, 0);
 		m->source_schema = get_str(res, i, 1);
@@ -654,13 +513,7 @@ target_load_pipeline(PGconn *conn, PGconn *source, Pipeline *p)
 		m->ignore_columns = get_str(res, i, 7);
 		m->soft_delete = strcmp(PQgetvalue(res, i, 8), "t") == 0;
 		m->map_table = pg_strdup(m->source_table);
-		apply_renames(m);
-		if ((d = dropped(m)) != NULL)
-		{
-			m->dropped_until = d->until;
-			if (m->key_columns == NULL)
-				m->key_columns = strdup_or_null(d->key_columns);
-		}
+		moves_apply(m);
 	}
 	PQclear(res);
 
@@ -730,7 +583,7 @@ target_load_pipeline(PGconn *conn, PGconn *source, Pipeline *p)
 		}
 	}
 
-	return checkpoint_load(conn, p);
+	return moves_save(conn, p) && checkpoint_load(conn, p);
 }
 
 /*
@@ -1403,7 +1256,7 @@ target_prepare_tables(PGconn *conn, PGconn *source, Pipeline *p)
 		 */
 		{
 			const char *sp[1] = {m->source_table};
-			const Drop *d = dropped(m);
+			const SourceDrop *d = moves_dropped(m);
 
 			res = d ? NULL : exec_ok(source, SOURCE_COLUMNS_SQL, 1, sp);
 			if (d == NULL && res == NULL)

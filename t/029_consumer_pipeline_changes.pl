@@ -419,6 +419,82 @@ is( $dst->safe_psql('postgres', "SELECT string_agg(id || ':' || v, ' ') FROM z_m
 	'1:10 200000', 'the change made before the drop is applied, and so is the transaction before it');
 $dst->safe_psql('postgres', "SELECT pgcdc.remove_table('p', 'public.z')");
 
+# --- the same, and the consumer killed (kill -9) in that window: the next
+# process learns of the drop from the target (pgcdc.checkpoint.source_moves,
+# written with the checkpoint), where the name alone would be gone
+$src->safe_psql('postgres', 'CREATE TABLE y (id int PRIMARY KEY, v int)');
+$dst->safe_psql('postgres', "SELECT pgcdc.add_table('p', 'public.y', 'public.y_mirror')");
+$at = length(slurp_log($log));
+$h = start_consumer(consumer_cmd($src, $dst, 'p'), $log);
+ok(wait_for_log(qr/streaming from slot/, $at), 'streaming with a map of another new table');
+for my $k (1 .. 3)
+{
+	$src->safe_psql('postgres',
+		"INSERT INTO zz SELECT g, g FROM generate_series($k * 200000 + 1, ($k + 1) * 200000) g");
+}
+$src->safe_psql('postgres', 'INSERT INTO y VALUES (1, 10)');
+$src->safe_psql('postgres', 'DROP TABLE y');
+ok(wait_for_log(qr/source table public\.y of pipeline "p" was dropped: applying its changes up to the drop/, $at),
+	'a dropped source table is noticed');
+ok( wait_for_row(
+		$dst, q{SELECT source_moves->'dropped' @> '[{"table": "public.y"}]' FROM pgcdc.checkpoint WHERE pipeline = 'p'}),
+	'the drop is noted in the checkpoint');
+kill9_consumer($h);
+note('y_mirror rows at the kill: ' . $dst->safe_psql('postgres', 'SELECT count(*) FROM y_mirror'));
+$at = length(slurp_log($log));
+$h = start_consumer(consumer_cmd($src, $dst, 'p'), $log);
+$h->finish;
+is($h->full_result(0) >> 8, 1, 'killed and started again, it stops with status 1');
+like(
+	substr(slurp_log($log), $at),
+	qr/source table public\.y was dropped before this start: applying its changes up to the drop.*ERROR: source table public\.y of pipeline "p" was dropped at the source; its changes up to the drop are applied\n/s,
+	'after applying the changes up to the drop, which the new process knew of');
+is( $dst->safe_psql('postgres', "SELECT string_agg(id || ':' || v, ' ') FROM y_mirror") . ' '
+	  . $dst->safe_psql('postgres', 'SELECT count(*) FROM zz_mirror'),
+	'1:10 800000', 'the change made before the drop is applied, and so are the transactions before it');
+$dst->safe_psql('postgres', "SELECT pgcdc.remove_table('p', 'public.y')");
+$src->safe_psql('postgres', 'CREATE TABLE y (id int PRIMARY KEY, v int); INSERT INTO y VALUES (5, 50)');
+$dst->safe_psql('postgres', "SELECT pgcdc.add_table('p', 'public.y', 'public.y_mirror')");
+($rc, $err) = run_consumer(consumer_cmd($src, $dst, 'p', '--exit-when-caught-up'), $log, 120);
+is($rc, 0, 'a new table of that name, mapped again, is not taken for the dropped one') or diag($err);
+is($dst->safe_psql('postgres', 'SELECT v FROM y_mirror WHERE id = 5'), '50', 'and its changes are applied');
+is($dst->safe_psql('postgres', q{SELECT coalesce(source_moves::text, 'none') FROM pgcdc.checkpoint WHERE pipeline = 'p'}),
+	'none', 'and the note is gone from the checkpoint');
+
+# --- a rename followed while it runs, and the consumer killed before the
+# stream passed it: the next process follows it too
+$src->safe_psql('postgres', 'CREATE TABLE x (id int PRIMARY KEY, v int)');
+$dst->safe_psql('postgres', "SELECT pgcdc.add_table('p', 'public.x', 'public.x_mirror')");
+$at = length(slurp_log($log));
+$h = start_consumer(consumer_cmd($src, $dst, 'p', '--batch-ms', 50), $log);
+ok(wait_for_log(qr/streaming from slot/, $at), 'streaming with a map of table x');
+$src->safe_psql('postgres', 'INSERT INTO zz SELECT g, g FROM generate_series(800001, 1000000) g');
+$src->safe_psql('postgres', 'INSERT INTO x VALUES (1, 1)');
+$src->safe_psql('postgres', 'ALTER TABLE x RENAME TO x2');
+$src->safe_psql('postgres', 'INSERT INTO x2 VALUES (2, 2)');
+ok(wait_for_log(qr/source table public\.x of pipeline "p" was renamed to public\.x2: following it/, $at),
+	'the rename is noticed');
+ok( wait_for_row(
+		$dst,
+		q{SELECT source_moves->'renamed' @> '[{"from": "public.x", "table": "public.x2"}]' FROM pgcdc.checkpoint WHERE pipeline = 'p'}),
+	'the rename is noted in the checkpoint');
+kill9_consumer($h);
+note('x_mirror rows at the kill: ' . $dst->safe_psql('postgres', 'SELECT count(*) FROM x_mirror'));
+note('maps of public.x at the kill (1: the stream had not passed the rename): '
+	  . $dst->safe_psql('postgres', "SELECT count(*) FROM pgcdc.table_map WHERE source_table = 'public.x'"));
+$at = length(slurp_log($log));
+$h = start_consumer(consumer_cmd($src, $dst, 'p', '--batch-ms', 50), $log);
+ok(wait_for_log(qr/source table public\.x was renamed to public\.x2 before this start: following it/, $at),
+	'the next process knows of the rename');
+ok( wait_for_log(qr/the stream has passed the rename of source table public\.x: pipeline "p" now maps public\.x2\n/, $at),
+	'and follows it');
+ok(wait_for_row($dst, "SELECT string_agg(id || ':' || v, ' ' ORDER BY id) = '1:1 2:2' FROM x_mirror"),
+	'the changes before and after the rename are applied');
+is(stop_consumer($h), 0, 'stopped');
+is($dst->safe_psql('postgres', q{SELECT coalesce(source_moves::text, 'none') FROM pgcdc.checkpoint WHERE pipeline = 'p'}),
+	'none', 'the rename is no longer noted once passed');
+$dst->safe_psql('postgres', "SELECT pgcdc.remove_table('p', 'public.x2')");
+
 # --- renamed while it was stopped: the name is gone at the start, and the
 # slot tells whether changes made under it wait there.  With one waiting it
 # says to rename the table back, and doing so loses nothing; with none,

@@ -50,7 +50,11 @@ CREATE TABLE pgcdc.checkpoint (
 	transactions bigint NOT NULL DEFAULT 0,
 	events		bigint NOT NULL DEFAULT 0,
 	batches		bigint NOT NULL DEFAULT 0,
-	quarantined	bigint NOT NULL DEFAULT 0
+	quarantined	bigint NOT NULL DEFAULT 0,
+	-- mapped source tables the consumer saw renamed or dropped, whose
+	-- changes under the old name the checkpoint has not passed yet: kept
+	-- here so that a new consumer process goes on where the last one was
+	source_moves jsonb
 );
 COMMENT ON TABLE pgcdc.checkpoint IS 'per pipeline: the last source transaction applied, written in the same transaction as the data';
 
