@@ -43,6 +43,33 @@ stage_range(ApplyJob *b, int i, const char *lo, const char *hi)
 	return res != NULL;
 }
 
+/*
+ * The pipeline's rules over an append map's staged events (JSON, typed by
+ * the source's columns): failing ones go to the quarantine.  staged is
+ * pgcdc_events_N, or the initial copy's pgcdc_snapshot_json with the
+ * snapshot's position and time.  The count of rows quarantined, or -1.
+ */
+long
+append_rules(PGconn *conn, const Pipeline *p, const TableMap *m, const char *staged, const char *lsn,
+			 const char *ts)
+{
+	const char *params[7] = {p->name, m->map_table, staged, m->target, m->src_names, m->src_types, lsn};
+	const char *tp[8];
+	PGresult   *res;
+	long		n;
+
+	memcpy(tp, params, sizeof(params));
+	tp[7] = ts;
+	res = exec_ok(conn, "SELECT pgcdc._apply_rules_json($1, $2, $3::pg_catalog.regclass, $4, "
+				  "(SELECT pg_catalog.jsonb_object_agg(n, t) FROM ROWS FROM (pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::text[])) u(n, t)), "
+				  "$7::pg_catalog.pg_lsn, $8::timestamptz)", 8, tp);
+	if (res == NULL)
+		return -1;
+	n = atol(PQgetvalue(res, 0, 0));
+	PQclear(res);
+	return n;
+}
+
 /* Apply map i's staged rows (all, or the events lo..hi) with one call. */
 static bool
 apply_map(ApplyJob *b, int i, const char *lo, const char *hi, long *quarantined)
@@ -58,6 +85,18 @@ apply_map(ApplyJob *b, int i, const char *lo, const char *hi, long *quarantined)
 	{
 		const char *params[2] = {lo, hi};
 
+		/* the rules as the batch was staged, before anything is applied */
+		if (b->has_rules[i])
+		{
+			char		events[64];
+
+			snprintf(events, sizeof(events), "pg_temp.pgcdc_events_%d", i);
+			if ((by_rules = append_rules(b->conn, b->p, m, events, NULL, NULL)) < 0)
+			{
+				destroyPQExpBuffer(sql);
+				return false;
+			}
+		}
 		appendPQExpBuffer(sql,
 						  "INSERT INTO %s (_op, _source_lsn, _source_seq, _xid, _commit_ts, _key, _new, _old, _received_at) "
 						  "SELECT e.op, e._source_lsn, e._source_seq, (e.j->>'xid')::bigint, e._commit_ts, e.j->'key', e.j->'new', "
@@ -69,6 +108,8 @@ apply_map(ApplyJob *b, int i, const char *lo, const char *hi, long *quarantined)
 		res = exec_ok(b->conn, sql->data, 2, params);
 		destroyPQExpBuffer(sql);
 		PQclear(res);
+		if (res != NULL)
+			*quarantined += by_rules;
 		return res != NULL;
 	}
 

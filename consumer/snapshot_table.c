@@ -44,6 +44,7 @@ struct Copy
 	const char *ts;				/* and its time */
 	long		rows;
 	long		refused;		/* rows quarantined because the target refused them */
+	long		ruled;			/* an append map's rows quarantined by a rule, before applying */
 	const char *keys;			/* the rows' key columns (text[]), to name a row */
 	bool		finding;		/* applying by halves: the rule counts are of parts */
 	/* applying by halves: rows lo..hi of pgcdc_snapshot_json into the target */
@@ -285,7 +286,7 @@ log_refused(Copy *c, bool ok)
 {
 	if (ok && c->refused > 0)
 		log_msg(LOG_INFO, "snapshot of %s into %s: %ld rows the target refuses are quarantined, the other %ld applied",
-				c->m->source_table, c->m->target, c->refused, c->rows - c->refused);
+				c->m->source_table, c->m->target, c->refused, c->rows - c->refused - c->ruled);
 }
 
 /*
@@ -307,6 +308,12 @@ copy_append(Copy *c)
 	if (!ok)
 		return false;
 	c->keys = m->key_columns ? m->key_columns : source_identity(c->src, m->source_table);
+	/* the rules hold for copied rows as for streamed events (quarantined as inserts) */
+	if ((c->ruled = append_rules(c->dst, c->p, m, "pg_temp.pgcdc_snapshot_json", c->lsn, c->ts)) < 0)
+		return false;
+	if (c->ruled > 0)
+		log_msg(LOG_INFO, "snapshot of %s into %s: %ld rows fail a rule and are quarantined",
+				m->source_table, m->target, c->ruled);
 	c->apply = append_range;
 	ok = c->rows == 0 || apply_range(c, 1, c->rows);
 	log_refused(c, ok);

@@ -55,6 +55,7 @@ SELECT string_agg(format('%s %s %s %s', target, op, event->'new'->>'id', error_c
 FROM pgcdc.quarantine WHERE status = 'open'}),
 	join("\n",
 		'public.orders_hist I 3 ' . rule_code(),
+		'public.orders_log I 3 ' . rule_code(),
 		'public.orders_mirror I 2 23514',
 		'public.orders_mirror I 3 ' . rule_code(),
 		'public.orders_mirror U 2 23514'),
@@ -69,12 +70,14 @@ is($dst->safe_psql('postgres', 'SELECT string_agg(id::text, \',\' ORDER BY id) F
 	'1,4,5,100', 'good events before, beside and after the poison ones are applied');
 is($dst->safe_psql('postgres', 'SELECT amount FROM orders_mirror WHERE id = 1'), '11.00',
 	'the good update in the batch is applied');
-is($dst->safe_psql('postgres', "SELECT count(*) FROM orders_log WHERE _op <> 'R'"), '7',
-	'the append log has every event (it has no constraint)');
+is($dst->safe_psql('postgres', "SELECT string_agg(_new->>'id', ',' ORDER BY _source_lsn, _source_seq) FROM orders_log WHERE _op <> 'R'"),
+	'1,2,1,4,2,5', 'the append log has every event but the one that fails the rule (it has no constraint)');
+like($dst->safe_psql('postgres', "SELECT event->'types'->>'qty' FROM pgcdc.quarantine WHERE target = 'public.orders_log'"),
+	qr/^integer$/, 'the quarantined event of the log keeps the source\'s column types, for the replay\'s rule check');
 is( $dst->safe_psql('postgres',
 		"SELECT count(*) FROM pgcdc.batch WHERE status = 'partial' AND quarantined > 0"),
 	'1', 'the batch is recorded as partial');
-is($dst->safe_psql('postgres', 'SELECT quarantined FROM pgcdc.checkpoint'), '4',
+is($dst->safe_psql('postgres', 'SELECT quarantined FROM pgcdc.checkpoint'), '5',
 	'the checkpoint counts the quarantined events');
 
 # More changes flow while the quarantine is open; key 2, whose insert and
@@ -96,11 +99,13 @@ ALTER TABLE orders_mirror DROP CONSTRAINT amount_nonneg;
 SELECT pgcdc.drop_rule('p', 'public.orders', 'qty_positive');
 });
 is($dst->safe_psql('postgres', 'SELECT applied || \' applied, \' || failed || \' failed\' FROM pgcdc.quarantine_replay()'),
-	'4 applied, 0 failed', 'quarantine_replay applies every open event after the fix')
+	'5 applied, 0 failed', 'quarantine_replay applies every open event after the fix')
   or diag($dst->safe_psql('postgres',
 	"SELECT id, target, op, status, attempts, error_code, error_message FROM pgcdc.quarantine ORDER BY id"));
 is($dst->safe_psql('postgres', "SELECT count(*) FROM pgcdc.quarantine WHERE status = 'replayed' AND resolved_at IS NOT NULL"),
-	'4', 'replayed events are closed');
+	'5', 'replayed events are closed');
+is($dst->safe_psql('postgres', "SELECT count(*) FROM orders_log WHERE _op = 'I' AND _new->>'id' = '3'"), '1',
+	'the log gets the replayed event');
 
 my $cols = 'id, amount, qty, note';
 same_rows($src, 'orders', $dst, 'orders_mirror', $cols, 'id',
@@ -123,6 +128,7 @@ same_rows($src, 'orders', $dst, 'orders_mirror', $cols, 'id', 'mirror still equa
 $dst->safe_psql('postgres', q{
 SELECT pgcdc.create_pipeline('q');
 SELECT pgcdc.add_table('q', 'public.orders', 'public.orders_q', 'mirror');
+SELECT pgcdc.add_table('q', 'public.orders', 'public.orders_q_log', 'append');
 SELECT pgcdc.add_rule('q', 'public.orders', 'qty_positive', 'qty > 0');
 });
 my $qcmd = consumer_cmd($src, $dst, 'q', '--exit-when-caught-up');
@@ -131,11 +137,20 @@ is($rc, 0, 'pipeline q: snapshot') or diag($err);
 $src->safe_psql('postgres', "INSERT INTO orders VALUES (6, 6, -6, 'rule')");
 ($rc, $err) = run_consumer($qcmd, $log);
 is($rc, 0, 'pipeline q: streaming') or diag($err);
-is($dst->safe_psql('postgres', "SELECT count(*) FROM pgcdc.quarantine WHERE pipeline = 'q' AND status = 'open'"),
-	'2', 'pipeline q: rows 3 (in the snapshot) and 6 (streamed) fail the rule');
+is( $dst->safe_psql('postgres',
+		"SELECT string_agg(target || ' ' || (event->'new'->>'id'), ', ' ORDER BY target, id) FROM pgcdc.quarantine WHERE pipeline = 'q' AND status = 'open'"),
+	'public.orders_q 3, public.orders_q 6, public.orders_q_log 3, public.orders_q_log 6',
+	'pipeline q: rows 3 (in the snapshot) and 6 (streamed) fail the rule, for the mirror and for the log');
+is($dst->safe_psql('postgres', "SELECT count(*) FROM orders_q_log WHERE _new->>'id' IN ('3', '6')"), '0',
+	'pipeline q: the log has neither');
+is($dst->safe_psql('postgres', "SELECT applied || '/' || failed FROM pgcdc.quarantine_replay(pipeline => 'q')"),
+	'0/4', 'pipeline q: before the fix, the replay fails again, for the log too');
 $dst->safe_psql('postgres', "SELECT pgcdc.drop_rule('q', 'public.orders', 'qty_positive')");
 is($dst->safe_psql('postgres', "SELECT applied || '/' || failed FROM pgcdc.quarantine_replay(pipeline => 'q')"),
-	'2/0', 'pipeline q: the replay applies rows 3 and 6');
+	'4/0', 'pipeline q: the replay applies rows 3 and 6');
+is( $dst->safe_psql('postgres',
+		"SELECT string_agg(_op || (_new->>'id'), ',' ORDER BY _new->>'id') FROM orders_q_log WHERE _new->>'id' IN ('3', '6')"),
+	'I3,I6', 'pipeline q: and the log gets both');
 same_rows($src, 'orders', $dst, 'orders_q', $cols, 'id', 'pipeline q: mirror equals source after the replay');
 
 # A snapshot taken again (its checkpoint is gone, as when the consumer dies

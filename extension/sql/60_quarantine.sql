@@ -127,6 +127,87 @@ AS $$
 	SELECT pgcdc._apply_rules(pg_catalog.current_schema(), $1, $2, $3, $4, $5)
 $$;
 
+/*
+ * A record column definition list (for jsonb_to_record) from an event's
+ * "types" object: each column as its type, when that type exists here (a
+ * typmod is dropped; a rule compares values, not their storage), else text.
+ */
+CREATE FUNCTION pgcdc._record_columns(types jsonb)
+RETURNS text LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce(string_agg(format('%I %s', t.key, coalesce(to_regtype(t.value)::text, 'text')), ', '
+							   ORDER BY t.key), '')
+	  FROM jsonb_each_text(CASE WHEN jsonb_typeof(types) = 'object' THEN types ELSE '{}' END) t
+$$;
+
+-- "NOT coalesce(rule, true)" over the row of event JSON ev (an expression
+-- of the caller's query), typed by cols (_record_columns)
+CREATE FUNCTION pgcdc._rule_fails_sql(check_expr text, ev text, cols text)
+RETURNS text LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT format('NOT coalesce((SELECT %s FROM pg_catalog.jsonb_to_record(%s) AS r(%s)), true)',
+				  pgcdc._paren(check_expr), ev, cols)
+$$;
+
+/*
+ * The rules for an append map, whose staged events are JSON, not typed
+ * rows: the consumer's pg_temp.pgcdc_events_N (op, raw: the event) or, for
+ * its initial copy, pg_temp.pgcdc_snapshot_json (pgcdc_ord, pgcdc_row: the
+ * row; snapshot_lsn and snapshot_ts given).  Columns are typed by types
+ * ({"col": "type"}, the source's), and the quarantined event keeps them
+ * (its "types" key), so that a replay checks the rules the same way.
+ * Failing rows are moved to the quarantine (23514); returns how many.
+ */
+CREATE FUNCTION pgcdc._apply_rules_json(pipeline text, source_table text, staged regclass,
+										target text, types jsonb, snapshot_lsn pg_lsn DEFAULT NULL,
+										snapshot_ts timestamptz DEFAULT NULL)
+RETURNS bigint LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r pgcdc.rule;
+	n bigint;
+	total bigint := 0;
+	cols text := pgcdc._record_columns(types);
+	-- the event each staged row is, and which rows are checked
+	ev text := CASE WHEN snapshot_lsn IS NULL THEN $e$(c.raw::jsonb OPERATOR(pg_catalog.||)
+		CASE WHEN c.raw::jsonb OPERATOR(pg_catalog.?) 'types' THEN '{}'
+			 ELSE pg_catalog.jsonb_build_object('types', $6) END)$e$
+		ELSE $e$pg_catalog.jsonb_build_object('op', 'I', 'commit_lsn', $4, 'seq', c.pgcdc_ord, 'ts', $5,
+			'schema', (pg_catalog.parse_ident($2))[1], 'table', (pg_catalog.parse_ident($2))[2],
+			'new', c.pgcdc_row, 'types', $6)$e$ END;
+	new_row text := CASE WHEN snapshot_lsn IS NULL THEN $n$(c.raw::jsonb OPERATOR(pg_catalog.->) 'new')$n$
+						 ELSE 'c.pgcdc_row' END;
+	checked text := CASE WHEN snapshot_lsn IS NULL THEN $w$c.op IN ('I', 'U')$w$ ELSE 'true' END;
+BEGIN
+	IF cols = '' THEN
+		RETURN 0;
+	END IF;
+	FOR r IN SELECT * FROM pgcdc.rule x
+			  WHERE x.pipeline = _apply_rules_json.pipeline AND x.source_table = _apply_rules_json.source_table
+			  ORDER BY x.name LOOP
+		EXECUTE format($f$
+			WITH bad AS (
+				DELETE FROM %1$s c WHERE %2$s AND %3$s
+				RETURNING %4$s AS e
+			)
+			INSERT INTO pgcdc.quarantine (pipeline, source_table, target, commit_lsn, seq, op,
+										  event, error_code, error_message, error_detail)
+			SELECT $1, $2, $3, (b.e->>'commit_lsn')::pg_lsn, (b.e->>'seq')::integer, b.e->>'op',
+				   b.e, '23514', pg_catalog.format('row violates rule "%%s" of %%s', $7, $2),
+				   pg_catalog.format('Failing check: %%s.', $8)
+			  FROM bad b$f$,
+			staged, checked, pgcdc._rule_fails_sql(r.check_expr, new_row, cols), ev)
+		USING pipeline, source_table, target, snapshot_lsn, snapshot_ts, types, r.name, r.check_expr;
+		GET DIAGNOSTICS n = ROW_COUNT;
+		total := total + n;
+	END LOOP;
+	RETURN total;
+END
+$$;
+
 -- Stage quarantined events (ids) into pg_temp._pgcdc_q, shaped like the
 -- consumer's staging table for target, and check the rules again.
 CREATE FUNCTION pgcdc._stage_events(ids bigint[], pipeline text, source_table text, target regclass)
@@ -159,6 +240,47 @@ BEGIN
 			  ORDER BY x.name LOOP
 		EXECUTE format('SELECT pg_catalog.bool_or(NOT coalesce(%s, true)) FROM pg_temp._pgcdc_q c '
 					   'WHERE c.op IN (''I'', ''U'')', pgcdc._paren(r.check_expr)) INTO bad;
+		IF bad THEN
+			RAISE EXCEPTION 'row violates rule "%" of %', r.name, source_table
+				USING ERRCODE = '23514', DETAIL = format('Failing check: %s.', r.check_expr);
+		END IF;
+	END LOOP;
+END
+$$;
+
+-- The rules of (pipeline, source_table) over quarantined events ids of an
+-- append map: an error (23514) if one fails.
+CREATE FUNCTION pgcdc._check_rules_json(ids bigint[], pipeline text, source_table text)
+RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r pgcdc.rule;
+	bad boolean;
+	cols text;
+BEGIN
+	IF NOT EXISTS (SELECT FROM pgcdc.rule x
+					WHERE x.pipeline = _check_rules_json.pipeline
+					  AND x.source_table = _check_rules_json.source_table) THEN
+		RETURN;
+	END IF;
+	-- every column an event names, typed as one of them says (else text)
+	cols := pgcdc._record_columns((
+		SELECT jsonb_object_agg(t.key, t.type)
+		  FROM (SELECT DISTINCT ON (c.key) c.key, coalesce(x.event->'types'->c.key, '"text"') AS type
+				  FROM pgcdc.quarantine x, jsonb_each(coalesce(x.event->'new', '{}')) c
+				 WHERE x.id = ANY (ids)
+				 ORDER BY c.key, x.event->'types'->c.key IS NULL) t));
+	IF cols = '' THEN
+		RETURN;
+	END IF;
+	FOR r IN SELECT * FROM pgcdc.rule x
+			  WHERE x.pipeline = _check_rules_json.pipeline AND x.source_table = _check_rules_json.source_table
+			  ORDER BY x.name LOOP
+		EXECUTE format('SELECT pg_catalog.bool_or(%s) FROM pgcdc.quarantine c '
+					   'WHERE c.id = ANY ($1) AND c.op IN (''I'', ''U'')',
+					   pgcdc._rule_fails_sql(r.check_expr, $e$(c.event OPERATOR(pg_catalog.->) 'new')$e$, cols))
+		USING ids INTO bad;
 		IF bad THEN
 			RAISE EXCEPTION 'row violates rule "%" of %', r.name, source_table
 				USING ERRCODE = '23514', DETAIL = format('Failing check: %s.', r.check_expr);
@@ -203,6 +325,8 @@ BEGIN
 				USING ERRCODE = '42P01';
 		END IF;
 		IF m.mode = 'append' THEN
+			-- the rules, with the columns typed as the events say (_apply_rules_json)
+			PERFORM pgcdc._check_rules_json(ids, m.pipeline, m.source_table);
 			EXECUTE format($f$
 				INSERT INTO %s (_op, _source_lsn, _source_seq, _xid, _commit_ts, _key, _new, _old,
 								_received_at)
