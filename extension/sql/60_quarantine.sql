@@ -208,6 +208,35 @@ BEGIN
 END
 $$;
 
+-- The first rule of (pipeline, source_table) that an I or U row of "FROM
+-- source" fails, raised (23514).  The rows' columns are there as they are,
+-- or (cols given) the JSON object row typed by cols (_record_columns); $1 in
+-- source is ids.
+CREATE FUNCTION pgcdc._raise_failed_rule(pipeline text, source_table text, source text, row_json text,
+										 cols text, ids bigint[])
+RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r pgcdc.rule;
+	bad boolean;
+BEGIN
+	FOR r IN SELECT * FROM pgcdc.rule x
+			  WHERE x.pipeline = _raise_failed_rule.pipeline AND x.source_table = _raise_failed_rule.source_table
+			  ORDER BY x.name LOOP
+		EXECUTE format('SELECT pg_catalog.bool_or(%s) FROM %s AND c.op IN (''I'', ''U'')',
+					   CASE WHEN cols IS NULL THEN format('NOT coalesce(%s, true)', pgcdc._paren(r.check_expr))
+							ELSE pgcdc._rule_fails_sql(r.check_expr, row_json, cols) END,
+					   source)
+		USING ids INTO bad;
+		IF bad THEN
+			RAISE EXCEPTION 'row violates rule "%" of %', r.name, source_table
+				USING ERRCODE = '23514', DETAIL = format('Failing check: %s.', r.check_expr);
+		END IF;
+	END LOOP;
+END
+$$;
+
 -- Stage quarantined events (ids) into pg_temp._pgcdc_q, shaped like the
 -- consumer's staging table for target, and check the rules again.
 CREATE FUNCTION pgcdc._stage_events(ids bigint[], pipeline text, source_table text, target regclass)
@@ -216,8 +245,6 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	work text;
-	r pgcdc.rule;
-	bad boolean;
 	cols text[] := ARRAY(SELECT c.attname FROM pgcdc._columns(target) c
 						  WHERE c.attname NOT IN (SELECT attname FROM pgcdc._scd2_system_columns())
 							AND c.attname NOT IN ('_synced_at', '_is_deleted'));
@@ -235,16 +262,7 @@ BEGIN
 		 WHERE x.id = ANY ($1)$f$,
 		pgcdc._list(cols, 'r'), target);
 	PERFORM pgcdc._fill('_pgcdc_q', work, 'bigint[]', format('%L', ids));
-	FOR r IN SELECT * FROM pgcdc.rule x
-			  WHERE x.pipeline = _stage_events.pipeline AND x.source_table = _stage_events.source_table
-			  ORDER BY x.name LOOP
-		EXECUTE format('SELECT pg_catalog.bool_or(NOT coalesce(%s, true)) FROM pg_temp._pgcdc_q c '
-					   'WHERE c.op IN (''I'', ''U'')', pgcdc._paren(r.check_expr)) INTO bad;
-		IF bad THEN
-			RAISE EXCEPTION 'row violates rule "%" of %', r.name, source_table
-				USING ERRCODE = '23514', DETAIL = format('Failing check: %s.', r.check_expr);
-		END IF;
-	END LOOP;
+	PERFORM pgcdc._raise_failed_rule(pipeline, source_table, 'pg_temp._pgcdc_q c WHERE true', NULL, NULL, ids);
 END
 $$;
 
@@ -255,8 +273,6 @@ RETURNS void LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	r pgcdc.rule;
-	bad boolean;
 	cols text;
 BEGIN
 	IF NOT EXISTS (SELECT FROM pgcdc.rule x
@@ -274,18 +290,8 @@ BEGIN
 	IF cols = '' THEN
 		RETURN;
 	END IF;
-	FOR r IN SELECT * FROM pgcdc.rule x
-			  WHERE x.pipeline = _check_rules_json.pipeline AND x.source_table = _check_rules_json.source_table
-			  ORDER BY x.name LOOP
-		EXECUTE format('SELECT pg_catalog.bool_or(%s) FROM pgcdc.quarantine c '
-					   'WHERE c.id = ANY ($1) AND c.op IN (''I'', ''U'')',
-					   pgcdc._rule_fails_sql(r.check_expr, $e$(c.event OPERATOR(pg_catalog.->) 'new')$e$, cols))
-		USING ids INTO bad;
-		IF bad THEN
-			RAISE EXCEPTION 'row violates rule "%" of %', r.name, source_table
-				USING ERRCODE = '23514', DETAIL = format('Failing check: %s.', r.check_expr);
-		END IF;
-	END LOOP;
+	PERFORM pgcdc._raise_failed_rule(pipeline, source_table, 'pgcdc.quarantine c WHERE c.id = ANY ($1)',
+									 $e$(c.event OPERATOR(pg_catalog.->) 'new')$e$, cols, ids);
 END
 $$;
 
