@@ -47,22 +47,22 @@ stage_range(ApplyJob *b, int i, const char *lo, const char *hi)
  * The pipeline's rules over an append map's staged events (JSON, typed by
  * the source's columns): failing ones go to the quarantine.  staged is
  * pgcdc_events_N, or the initial copy's pgcdc_snapshot_json with the
- * snapshot's position and time.  The count of rows quarantined, or -1.
+ * snapshot's position and time; lo..hi (pgcdc_ord), when isolating a
+ * failure, else NULLs.  The count of rows quarantined, or -1.
  */
 long
 append_rules(PGconn *conn, const Pipeline *p, const TableMap *m, const char *staged, const char *lsn,
-			 const char *ts)
+			 const char *ts, const char *lo, const char *hi)
 {
-	const char *params[7] = {p->name, m->map_table, staged, m->target, m->src_names, m->src_types, lsn};
-	const char *tp[8];
+	const char *params[10] = {p->name, m->map_table, staged, m->target, m->src_names, m->src_types, lsn, ts,
+	lo, hi};
 	PGresult   *res;
 	long		n;
 
-	memcpy(tp, params, sizeof(params));
-	tp[7] = ts;
 	res = exec_ok(conn, "SELECT pgcdc._apply_rules_json($1, $2, $3::pg_catalog.regclass, $4, "
-				  "(SELECT pg_catalog.jsonb_object_agg(n, t) FROM ROWS FROM (pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::text[])) u(n, t)), "
-				  "$7::pg_catalog.pg_lsn, $8::timestamptz)", 8, tp);
+				  "(SELECT pg_catalog.jsonb_object_agg(n, t) "
+				  "   FROM ROWS FROM (pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::text[])) u(n, t)), "
+				  "$7::pg_catalog.pg_lsn, $8::timestamptz, $9::bigint, $10::bigint)", 10, params);
 	if (res == NULL)
 		return -1;
 	n = atol(PQgetvalue(res, 0, 0));
@@ -91,7 +91,7 @@ apply_map(ApplyJob *b, int i, const char *lo, const char *hi, long *quarantined)
 			char		events[64];
 
 			snprintf(events, sizeof(events), "pg_temp.pgcdc_events_%d", i);
-			if ((by_rules = append_rules(b->conn, b->p, m, events, NULL, NULL)) < 0)
+			if ((by_rules = append_rules(b->conn, b->p, m, events, NULL, NULL, lo, hi)) < 0)
 			{
 				destroyPQExpBuffer(sql);
 				return false;

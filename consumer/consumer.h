@@ -304,7 +304,7 @@ typedef struct ApplyJob
 /* apply.c */
 extern bool apply_job(ApplyJob *job);
 extern long append_rules(PGconn *conn, const Pipeline *p, const TableMap *m, const char *staged,
-						 const char *lsn, const char *ts);
+						 const char *lsn, const char *ts, const char *lo, const char *hi);
 extern void record_failed_batch(ApplyJob *job, const SqlError *e);
 
 /* compact.c */

@@ -309,7 +309,8 @@ copy_append(Copy *c)
 		return false;
 	c->keys = m->key_columns ? m->key_columns : source_identity(c->src, m->source_table);
 	/* the rules hold for copied rows as for streamed events (quarantined as inserts) */
-	if ((c->ruled = append_rules(c->dst, c->p, m, "pg_temp.pgcdc_snapshot_json", c->lsn, c->ts)) < 0)
+	if ((c->ruled = append_rules(c->dst, c->p, m, "pg_temp.pgcdc_snapshot_json", c->lsn, c->ts, NULL,
+									NULL)) < 0)
 		return false;
 	if (c->ruled > 0)
 		log_msg(LOG_INFO, "snapshot of %s into %s: %ld rows fail a rule and are quarantined",

@@ -158,11 +158,13 @@ $$;
  * row; snapshot_lsn and snapshot_ts given).  Columns are typed by types
  * ({"col": "type"}, the source's), and the quarantined event keeps them
  * (its "types" key), so that a replay checks the rules the same way.
- * Failing rows are moved to the quarantine (23514); returns how many.
+ * Failing rows (of pgcdc_ord lo..hi, if given) are moved to the
+ * quarantine (23514); returns how many.
  */
 CREATE FUNCTION pgcdc._apply_rules_json(pipeline text, source_table text, staged regclass,
 										target text, types jsonb, snapshot_lsn pg_lsn DEFAULT NULL,
-										snapshot_ts timestamptz DEFAULT NULL)
+										snapshot_ts timestamptz DEFAULT NULL, lo bigint DEFAULT NULL,
+										hi bigint DEFAULT NULL)
 RETURNS bigint LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -180,7 +182,9 @@ DECLARE
 			'new', c.pgcdc_row, 'types', $6)$e$ END;
 	new_row text := CASE WHEN snapshot_lsn IS NULL THEN $n$(c.raw::jsonb OPERATOR(pg_catalog.->) 'new')$n$
 						 ELSE 'c.pgcdc_row' END;
-	checked text := CASE WHEN snapshot_lsn IS NULL THEN $w$c.op IN ('I', 'U')$w$ ELSE 'true' END;
+	-- (lo..hi: the rows pgcdc_ord numbers so, when a failure is being isolated)
+	checked text := CASE WHEN snapshot_lsn IS NULL THEN $w$c.op IN ('I', 'U')$w$ ELSE 'true' END
+					|| CASE WHEN lo IS NOT NULL THEN ' AND c.pgcdc_ord BETWEEN $9 AND $10' ELSE '' END;
 BEGIN
 	IF cols = '' THEN
 		RETURN 0;
@@ -200,7 +204,7 @@ BEGIN
 				   pg_catalog.format('Failing check: %%s.', $8)
 			  FROM bad b$f$,
 			staged, checked, pgcdc._rule_fails_sql(r.check_expr, new_row, cols), ev)
-		USING pipeline, source_table, target, snapshot_lsn, snapshot_ts, types, r.name, r.check_expr;
+		USING pipeline, source_table, target, snapshot_lsn, snapshot_ts, types, r.name, r.check_expr, lo, hi;
 		GET DIAGNOSTICS n = ROW_COUNT;
 		total := total + n;
 	END LOOP;
