@@ -44,7 +44,7 @@ struct Copy
 	const char *ts;				/* and its time */
 	long		rows;
 	long		refused;		/* rows quarantined because the target refused them */
-	long		ruled;			/* an append map's rows quarantined by a rule, before applying */
+	long		ruled;			/* an append map's rows quarantined by a rule */
 	const char *keys;			/* the rows' key columns (text[]), to name a row */
 	bool		finding;		/* applying by halves: the rule counts are of parts */
 	/* applying by halves: rows lo..hi of pgcdc_snapshot_json into the target */
@@ -261,20 +261,30 @@ static bool
 append_range(Copy *c, const char *lo, const char *hi)
 {
 	const char *params[5] = {c->lsn, c->ts, c->keys, lo, hi};
-	char	   *what = psprintf("snapshot of %s into %s: applying", c->m->source_table, c->m->target);
-	/* _key as a streamed event's: the key columns (none: null) */
-	char	   *sql = psprintf("INSERT INTO %s (_op, _source_lsn, _source_seq, _commit_ts, _key, _new, _received_at) "
-							   "SELECT 'R', $1::pg_catalog.pg_lsn, s.pgcdc_ord, $2::timestamptz, "
-							   "(SELECT pg_catalog.jsonb_object_agg(k, s.pgcdc_row OPERATOR(pg_catalog.->) k) "
-							   "   FROM pg_catalog.unnest($3::text[]) k), "
-							   "s.pgcdc_row, pg_catalog.now() FROM pg_temp.pgcdc_snapshot_json s "
-							   "WHERE s.pgcdc_ord BETWEEN $4::bigint AND $5::bigint",
-							   c->m->target);
-	PGresult   *res = exec_ok_progress(c->dst, sql, 5, params, what);
+	char	   *what;
+	char	   *sql;
+	PGresult   *res;
+	long		ruled;
 
+	/* the rules hold for copied rows as for streamed events (quarantined as inserts) */
+	if ((ruled = append_rules(c->dst, c->p, c->m, "pg_temp.pgcdc_snapshot_json", c->lsn, c->ts, lo, hi)) < 0)
+		return false;
+	what = psprintf("snapshot of %s into %s: applying", c->m->source_table, c->m->target);
+	/* _key as a streamed event's: the key columns (none: null) */
+	sql = psprintf("INSERT INTO %s (_op, _source_lsn, _source_seq, _commit_ts, _key, _new, _received_at) "
+				   "SELECT 'R', $1::pg_catalog.pg_lsn, s.pgcdc_ord, $2::timestamptz, "
+				   "(SELECT pg_catalog.jsonb_object_agg(k, s.pgcdc_row OPERATOR(pg_catalog.->) k) "
+				   "   FROM pg_catalog.unnest($3::text[]) k), "
+				   "s.pgcdc_row, pg_catalog.now() FROM pg_temp.pgcdc_snapshot_json s "
+				   "WHERE s.pgcdc_ord BETWEEN $4::bigint AND $5::bigint",
+				   c->m->target);
+	res = exec_ok_progress(c->dst, sql, 5, params, what);
 	free(sql);
 	free(what);
 	PQclear(res);
+	/* (a part that fails is rolled back, its rule failures with it) */
+	if (res != NULL)
+		c->ruled += ruled;
 	return res != NULL;
 }
 
@@ -308,15 +318,11 @@ copy_append(Copy *c)
 	if (!ok)
 		return false;
 	c->keys = m->key_columns ? m->key_columns : source_identity(c->src, m->source_table);
-	/* the rules hold for copied rows as for streamed events (quarantined as inserts) */
-	if ((c->ruled = append_rules(c->dst, c->p, m, "pg_temp.pgcdc_snapshot_json", c->lsn, c->ts, NULL,
-									NULL)) < 0)
-		return false;
-	if (c->ruled > 0)
-		log_msg(LOG_INFO, "snapshot of %s into %s: %ld rows fail a rule and are quarantined",
-				m->source_table, m->target, c->ruled);
 	c->apply = append_range;
 	ok = c->rows == 0 || apply_range(c, 1, c->rows);
+	if (ok && c->ruled > 0)
+		log_msg(LOG_INFO, "snapshot of %s into %s: %ld rows fail a rule and are quarantined",
+				m->source_table, m->target, c->ruled);
 	log_refused(c, ok);
 	return ok;
 }

@@ -153,27 +153,34 @@ is( $dst->safe_psql('postgres',
 	'I3,I6', 'pipeline q: and the log gets both');
 same_rows($src, 'orders', $dst, 'orders_q', $cols, 'id', 'pipeline q: mirror equals source after the replay');
 
-# An append log's rule that errors on one event (division by zero) and
-# fails for another: in one source transaction with a good one, each is
-# quarantined with its own SQLSTATE, the good one is logged.
+# An append log's rule that errors on one row (division by zero) and fails
+# for another, in the initial copy (rows 3 and 6) and streamed in one source
+# transaction with a good one: each is quarantined with its own SQLSTATE,
+# the others are logged.
 $dst->safe_psql('postgres', q{
 SELECT pgcdc.create_pipeline('s');
 SELECT pgcdc.add_table('s', 'public.orders', 'public.orders_s_log', 'append');
 SELECT pgcdc.add_rule('s', 'public.orders', 'hundred_per_qty', '100 / qty > 0');
 });
-my $scmd = consumer_cmd($src, $dst, 's', '--exit-when-caught-up', '--snapshot', 'never');
+is($src->safe_psql('postgres', 'SELECT qty FROM orders WHERE id IN (3, 6) ORDER BY id'), "0\n-6",
+	'pipeline s: rows 3 and 6 will err and fail');
+my $n_src = $src->safe_psql('postgres', 'SELECT count(*) FROM orders');
+my $scmd = consumer_cmd($src, $dst, 's', '--exit-when-caught-up');
 ($rc, $err) = run_consumer($scmd, $log);
-is($rc, 0, 'pipeline s: started') or diag($err);
+is($rc, 0, 'pipeline s: the initial copy') or diag($err);
 $src->safe_psql('postgres',
 	"BEGIN; INSERT INTO orders VALUES (7, 7, 5, 'good'), (8, 8, 0, 'errs'), (9, 9, -1, 'fails'); COMMIT;");
 ($rc, $err) = run_consumer($scmd, $log);
 is($rc, 0, 'pipeline s: streaming') or diag($err);
 is( $dst->safe_psql('postgres',
-		"SELECT string_agg((event->'new'->>'id') || ' ' || error_code, ', ' ORDER BY event->'new'->>'id') "
+		"SELECT string_agg((event->'new'->>'id') || ' ' || error_code, ', ' ORDER BY (event->'new'->>'id')::int) "
 		  . "FROM pgcdc.quarantine WHERE pipeline = 's'"),
-	'8 22012, 9 23514', 'pipeline s: the erring and the failing event are quarantined, each with its SQLSTATE');
-is($dst->safe_psql('postgres', "SELECT string_agg(_new->>'id', ',') FROM orders_s_log"), '7',
-	'pipeline s: the good event is logged');
+	'3 22012, 6 23514, 8 22012, 9 23514',
+	'pipeline s: the erring and the failing rows are quarantined, each with its SQLSTATE');
+is( $dst->safe_psql('postgres',
+		"SELECT count(*) FILTER (WHERE _op = 'R') || ' ' || string_agg(_new->>'id', ',') FILTER (WHERE _op <> 'R') "
+		  . "|| ' ' || count(*) FILTER (WHERE _new->>'id' IN ('3', '6', '8', '9')) FROM orders_s_log"),
+	($n_src - 2) . ' 7 0', 'pipeline s: the other copied rows and the good event are logged');
 
 # A snapshot taken again (its checkpoint is gone, as when the consumer dies
 # before the last table is in) does not leave its rule failures open twice.
