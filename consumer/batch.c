@@ -819,11 +819,16 @@ batch_add_event(Batch *b, const EventInfo *ev, const char *json, size_t len)
 	{
 		const TableMap *m = &b->p->maps[i];
 
-		/* (a renamed table's changes come under its old name up to the rename) */
-		if ((strcmp(m->source_schema, ev->schema) != 0 || strcmp(m->source_name, ev->table) != 0) &&
-			(m->old_name == NULL ||
-			 strcmp(m->old_schema, ev->schema) != 0 || strcmp(m->old_name, ev->table) != 0))
-			continue;
+		/* (a renamed table's changes come under an old name up to the rename) */
+		if (strcmp(m->source_schema, ev->schema) != 0 || strcmp(m->source_name, ev->table) != 0)
+		{
+			bool		old = false;
+
+			for (int o = 0; o < m->nold && !old; o++)
+				old = strcmp(m->old_schemas[o], ev->schema) == 0 && strcmp(m->old_names[o], ev->table) == 0;
+			if (!old)
+				continue;
+		}
 		/* a target copied after the pipeline's snapshot holds this change already */
 		if (ev->commit_lsn <= b->p->maps[i].copied_at)
 			continue;

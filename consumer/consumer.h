@@ -75,8 +75,9 @@ typedef struct TableMap
 	char	   *source_name;
 	unsigned int source_oid;	/* to notice a rename */
 	char	   *map_table;		/* as table_map names it: differs while a rename is followed */
-	char	   *old_schema;		/* ... and then the name events carry until the stream passes */
-	char	   *old_name;		/* the rename (else NULL) */
+	int			nold;			/* ... and then the names events carry until the stream passes */
+	char	  **old_schemas;	/* the renames (one per rename seen, oldest first) */
+	char	  **old_names;
 	Lsn			renamed_until;	/* the source's position when the rename was seen */
 	Lsn			dropped_until;	/* dropped at the source, seen at this position: its changes
 								 * up to it are applied, then the consumer stops */
@@ -238,7 +239,8 @@ typedef struct SourceDrop		/* a source table dropped: what its maps need */
 	bool		announce;		/* read from the target: say so when a map takes it */
 } SourceDrop;
 extern void target_note_rename(const char *from, const char *schema, const char *name,
-							   const char *table, Lsn until);
+							   const char *table, Lsn until, unsigned int oid);
+extern bool moves_chase(PGconn *source, Pipeline *p);
 extern bool target_follow_rename(PGconn *conn, const Pipeline *p, const TableMap *m);
 extern void target_note_drop(const TableMap *m, Lsn until);
 extern const SourceDrop *moves_dropped(const TableMap *m);
@@ -265,6 +267,7 @@ extern bool stream_create_slot(Stream *s, const char *slot, bool temporary, bool
 extern bool stream_drop_slot(PGconn *source, const char *slot);
 extern bool stream_start(Stream *s, Pipeline *p, Lsn start);
 extern int	stream_pending_changes(PGconn *source, const char *slot, const char *schema, const char *name);
+extern bool emit_marker(PGconn *source, const char *pipeline, const char *kind, Lsn *lsn);
 extern int	stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p);
 extern void stream_close(Stream *s);
 

@@ -21,6 +21,7 @@ typedef struct Rename
 	char	   *name;
 	char	   *table;
 	Lsn			until;
+	unsigned int oid;			/* the table's (0 if read from the target: an OID can be reused) */
 	bool		announce;		/* read from the target: say so when a map takes it */
 } Rename;
 static Rename *renames = NULL;
@@ -33,6 +34,8 @@ static int	ndrops = 0;
 static char *moves_json = NULL;
 /* ... and as the target had them when last read or written there */
 static char *moves_saved = NULL;
+
+static void moves_apply_one(TableMap *m, Rename *r);
 
 static char *
 strdup_or_null(const char *s)
@@ -123,7 +126,8 @@ moves_text(void)
 }
 
 static void
-add_rename(const char *from, const char *schema, const char *name, const char *table, Lsn until)
+add_rename(const char *from, const char *schema, const char *name, const char *table, Lsn until,
+		   unsigned int oid)
 {
 	Rename	   *r;
 
@@ -134,6 +138,7 @@ add_rename(const char *from, const char *schema, const char *name, const char *t
 	r->name = pg_strdup(name);
 	r->table = pg_strdup(table);
 	r->until = until;
+	r->oid = oid;
 	r->announce = false;
 }
 
@@ -176,9 +181,10 @@ remove_drop(int i)
 }
 
 void
-target_note_rename(const char *from, const char *schema, const char *name, const char *table, Lsn until)
+target_note_rename(const char *from, const char *schema, const char *name, const char *table, Lsn until,
+				   unsigned int oid)
 {
-	add_rename(from, schema, name, table, until);
+	add_rename(from, schema, name, table, until, oid);
 	serialize();
 }
 
@@ -207,27 +213,34 @@ moves_dropped(const TableMap *m)
  * new name and keeps the old one for events; if dropped, it takes the
  * table's changes up to the drop.
  */
+/* A map takes rename r if it names r's old name: the new name, the old one kept for events. */
+static void
+moves_apply_one(TableMap *m, Rename *r)
+{
+	if (strcmp(m->source_table, r->from) != 0)
+		return;
+	/* every name before it: a change before an earlier rename carries the first */
+	m->old_schemas = pg_realloc(m->old_schemas, sizeof(char *) * (m->nold + 1));
+	m->old_names = pg_realloc(m->old_names, sizeof(char *) * (m->nold + 1));
+	m->old_schemas[m->nold] = m->source_schema;
+	m->old_names[m->nold++] = m->source_name;
+	free(m->source_table);
+	m->source_table = pg_strdup(r->table);
+	m->source_schema = pg_strdup(r->schema);
+	m->source_name = pg_strdup(r->name);
+	m->renamed_until = r->until;
+	if (r->oid != 0)
+		m->source_oid = r->oid;
+	if (r->announce)
+		log_msg(LOG_INFO, "source table %s was renamed to %s before this start: following it", r->from, r->table);
+	r->announce = false;
+}
+
 void
 moves_apply(TableMap *m)
 {
 	for (int r = 0; r < nrenames; r++)
-	{
-		if (strcmp(m->source_table, renames[r].from) != 0)
-			continue;
-		free(m->old_schema);
-		free(m->old_name);
-		m->old_schema = m->source_schema;
-		m->old_name = m->source_name;
-		free(m->source_table);
-		m->source_table = pg_strdup(renames[r].table);
-		m->source_schema = pg_strdup(renames[r].schema);
-		m->source_name = pg_strdup(renames[r].name);
-		m->renamed_until = renames[r].until;
-		if (renames[r].announce)
-			log_msg(LOG_INFO, "source table %s was renamed to %s before this start: following it",
-					renames[r].from, renames[r].table);
-		renames[r].announce = false;
-	}
+		moves_apply_one(m, &renames[r]);
 	for (int i = 0; i < ndrops; i++)
 	{
 		SourceDrop *d = &drops[i];
@@ -245,10 +258,61 @@ moves_apply(TableMap *m)
 }
 
 /*
+ * At a start over, before the maps' names are looked up: a table this
+ * process follows may have been renamed again meanwhile (a migration's
+ * rename to a temporary name, then to the final one), and its name found
+ * gone.  By the OID noted with the rename, take the new name too: a marker
+ * on the source, a rename noted and applied to the map, which then takes
+ * changes under every name it had since the checkpoint.
+ */
+bool
+moves_chase(PGconn *source, Pipeline *p)
+{
+	for (int i = 0; i < p->nmaps; i++)
+	{
+		TableMap   *m = &p->maps[i];
+		char		oid[16];
+		const char *params[1] = {oid};
+		PGresult   *res;
+		Lsn			until;
+
+		if (m->nold == 0 || m->source_oid == 0)
+			continue;
+		snprintf(oid, sizeof(oid), "%u", m->source_oid);
+		res = exec_ok(source,
+					  "SELECT n.nspname, c.relname, "
+					  "       pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) "
+					  "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+					  "WHERE c.oid = $1::pg_catalog.oid", 1, params);
+		if (res == NULL)
+			return false;
+		if (PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 2), m->source_table) != 0)
+		{
+			if (!emit_marker(source, p->name, "renamed", &until))
+			{
+				PQclear(res);
+				return false;
+			}
+			log_msg(LOG_INFO, "source table %s of pipeline \"%s\" was renamed to %s: following it",
+					m->source_table, p->name, PQgetvalue(res, 0, 2));
+			target_note_rename(m->source_table, PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1),
+							   PQgetvalue(res, 0, 2), until, m->source_oid);
+			/* (the maps of the same table take it too) */
+			for (int k = 0; k < p->nmaps; k++)
+				if (p->maps[k].source_oid == m->source_oid)
+					moves_apply_one(&p->maps[k], &renames[nrenames - 1]);
+		}
+		PQclear(res);
+	}
+	return true;
+}
+
+/*
  * At a start: the notes a process before this one left in the target,
  * added to this process's (after a kill, it has none).  A note the source
  * contradicts is stale and left out: a rename to a name that no longer
- * exists, a drop of a name that exists again.
+ * exists (unless a later note renames it again), a drop of a name that
+ * exists again.
  */
 bool
 moves_load(PGconn *target, PGconn *source, const char *pipeline)
@@ -258,6 +322,7 @@ moves_load(PGconn *target, PGconn *source, const char *pipeline)
 	PGresult   *there;
 	PQExpBuffer names;
 	const char *sp[1];
+	bool	   *holds;
 
 	res = exec_ok(target,
 				  "SELECT 'r', r->>'from', r->>'schema', r->>'name', r->>'table', r->>'until', "
@@ -299,10 +364,24 @@ moves_load(PGconn *target, PGconn *source, const char *pipeline)
 		return false;
 	}
 
+	/*
+	 * A rename holds if its new name exists, or a later rename (of a chain:
+	 * to a temporary name, then to the final one) renamed that name and holds.
+	 */
+	holds = pg_malloc0(sizeof(bool) * PQntuples(res));
+	for (int i = PQntuples(res) - 1; i >= 0; i--)
+	{
+		holds[i] = strcmp(PQgetvalue(there, i, 0), "t") == 0;
+		if (*PQgetvalue(res, i, 0) != 'r')
+			continue;
+		for (int j = i + 1; j < PQntuples(res) && !holds[i]; j++)
+			holds[i] = *PQgetvalue(res, j, 0) == 'r' && holds[j] &&
+				strcmp(PQgetvalue(res, j, 1), PQgetvalue(res, i, 4)) == 0;
+	}
 	for (int i = 0; i < PQntuples(res); i++)
 	{
 		bool		rename = *PQgetvalue(res, i, 0) == 'r';
-		bool		exists = strcmp(PQgetvalue(there, i, 0), "t") == 0;
+		bool		exists = holds[i];
 		const char *table = PQgetvalue(res, i, 1);
 		Lsn			until;
 		bool		known = false;
@@ -323,7 +402,7 @@ moves_load(PGconn *target, PGconn *source, const char *pipeline)
 				known = strcmp(renames[r].from, table) == 0 && strcmp(renames[r].table, PQgetvalue(res, i, 4)) == 0;
 			if (!known)
 			{
-				add_rename(table, PQgetvalue(res, i, 2), PQgetvalue(res, i, 3), PQgetvalue(res, i, 4), until);
+				add_rename(table, PQgetvalue(res, i, 2), PQgetvalue(res, i, 3), PQgetvalue(res, i, 4), until, 0);
 				renames[nrenames - 1].announce = true;
 			}
 		}
@@ -339,6 +418,7 @@ moves_load(PGconn *target, PGconn *source, const char *pipeline)
 			}
 		}
 	}
+	free(holds);
 	PQclear(there);
 	PQclear(res);
 	serialize();

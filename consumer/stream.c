@@ -312,13 +312,13 @@ stream_start(Stream *s, Pipeline *p, Lsn start)
 		append_pattern_part(tables, p->maps[i].source_schema);
 		appendPQExpBufferChar(tables, '.');
 		append_pattern_part(tables, p->maps[i].source_name);
-		/* a rename being followed: changes before it carry the old name */
-		if (p->maps[i].old_name)
+		/* renames being followed: changes before one carry a name before it */
+		for (int o = 0; o < p->maps[i].nold; o++)
 		{
 			appendPQExpBufferChar(tables, ',');
-			append_pattern_part(tables, p->maps[i].old_schema);
+			append_pattern_part(tables, p->maps[i].old_schemas[o]);
 			appendPQExpBufferChar(tables, '.');
-			append_pattern_part(tables, p->maps[i].old_name);
+			append_pattern_part(tables, p->maps[i].old_names[o]);
 		}
 	}
 	appendPQExpBuffer(sql, "START_REPLICATION SLOT %s LOGICAL %s (\"tables\" ", ident, format_lsn(start, b));
@@ -418,7 +418,7 @@ finish_batch(Stream *s, Batch *b, bool wait)
 }
 
 /* pg_logical_emit_message on the source; returns the message's LSN. */
-static bool
+bool
 emit_marker(PGconn *source, const char *pipeline, const char *kind, Lsn *lsn)
 {
 	const char *params[2] = {kind, pipeline};
@@ -577,7 +577,8 @@ sources_unchanged(Stream *s, PGconn *source, Pipeline *p, bool columns, int *res
 	{
 		log_msg(LOG_INFO, "source table %s of pipeline \"%s\" was renamed to %s: following it",
 				p->maps[look.moved].source_table, p->name, look.table);
-		target_note_rename(p->maps[look.moved].source_table, look.schema, look.name, look.table, until);
+		target_note_rename(p->maps[look.moved].source_table, look.schema, look.name, look.table, until,
+						   p->maps[look.moved].source_oid);
 	}
 	free(look.schema);
 	free(look.name);
@@ -672,7 +673,7 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 		if (!s->in_xact && !batch_pending(b))
 			for (int i = 0; i < p->nmaps; i++)
 			{
-				if (p->maps[i].old_name && p->has_checkpoint &&
+				if (p->maps[i].nold > 0 && p->has_checkpoint &&
 					p->ckpt_commit_lsn >= p->maps[i].renamed_until)
 				{
 					result = target_follow_rename(target, p, &p->maps[i]) ? RUN_RETRY : EXIT_ERROR;

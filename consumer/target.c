@@ -517,6 +517,9 @@ target_load_pipeline(PGconn *conn, PGconn *source, Pipeline *p)
 	}
 	PQclear(res);
 
+	/* a table followed by its OID may have a newer name than the notes give */
+	if (!moves_chase(source, p))
+		return false;
 	{
 		int			gone = source_table_gone(source, p);
 
@@ -1326,8 +1329,13 @@ pipeline_free(Pipeline *p)
 		free(m->source_schema);
 		free(m->source_name);
 		free(m->map_table);
-		free(m->old_schema);
-		free(m->old_name);
+		for (int o = 0; o < m->nold; o++)
+		{
+			free(m->old_schemas[o]);
+			free(m->old_names[o]);
+		}
+		free(m->old_schemas);
+		free(m->old_names);
 		free(m->target);
 		free(m->mode);
 		free(m->key_columns);

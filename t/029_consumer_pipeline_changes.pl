@@ -495,6 +495,40 @@ is($dst->safe_psql('postgres', q{SELECT coalesce(source_moves::text, 'none') FRO
 	'none', 'the rename is no longer noted once passed');
 $dst->safe_psql('postgres', "SELECT pgcdc.remove_table('p', 'public.x2')");
 
+# --- renamed twice before the stream has passed the first rename (as a
+# migration renaming to a temporary name and then to the final one): the
+# changes made under each of the three names arrive
+$src->safe_psql('postgres', 'CREATE TABLE w (id int PRIMARY KEY, v int)');
+$dst->safe_psql('postgres', "SELECT pgcdc.add_table('p', 'public.w', 'public.w_mirror')");
+$at = length(slurp_log($log));
+$h = start_consumer(consumer_cmd($src, $dst, 'p', '--batch-ms', 50), $log);
+ok(wait_for_log(qr/streaming from slot/, $at), 'streaming with a map of table w');
+$src->safe_psql('postgres', 'INSERT INTO zz SELECT g, g FROM generate_series(1000001, 1200000) g');
+$src->safe_psql('postgres', 'INSERT INTO w VALUES (1, 1)');
+$src->safe_psql('postgres', 'ALTER TABLE w RENAME TO w_tmp');
+$src->safe_psql('postgres', 'INSERT INTO w_tmp VALUES (2, 2)');
+ok(wait_for_log(qr/source table public\.w of pipeline "p" was renamed to public\.w_tmp: following it/, $at),
+	'the first rename is noticed');
+$src->safe_psql('postgres', 'ALTER TABLE w_tmp RENAME TO w_final; INSERT INTO w_final VALUES (3, 3)');
+ok(wait_for_log(qr/source table public\.w_tmp of pipeline "p" was renamed to public\.w_final: following it/, $at),
+	'the second rename is noticed');
+# ... and the consumer killed (kill -9) once both are noted in the target:
+# the next process follows the chain from the notes
+ok( wait_for_row(
+		$dst,
+		q{SELECT source_moves->'renamed' @> '[{"from": "public.w"}, {"from": "public.w_tmp", "table": "public.w_final"}]' FROM pgcdc.checkpoint WHERE pipeline = 'p'}),
+	'both renames are noted in the checkpoint');
+kill9_consumer($h);
+note('maps of public.w at the kill (1: the stream had not passed the renames): '
+	  . $dst->safe_psql('postgres', "SELECT count(*) FROM pgcdc.table_map WHERE source_table = 'public.w'"));
+$h = start_consumer(consumer_cmd($src, $dst, 'p', '--batch-ms', 50), $log);
+ok( wait_for_log(qr/the stream has passed the rename of source table public\.w: pipeline "p" now maps public\.w_final\n/, $at),
+	'the map follows to the final name');
+ok(wait_for_row($dst, "SELECT string_agg(id || ':' || v, ' ' ORDER BY id) = '1:1 2:2 3:3' FROM w_mirror"),
+	'the changes made under the first, the temporary and the final name are applied');
+is(stop_consumer($h), 0, 'stopped');
+$dst->safe_psql('postgres', "SELECT pgcdc.remove_table('p', 'public.w_final')");
+
 # --- renamed while it was stopped: the name is gone at the start, and the
 # slot tells whether changes made under it wait there.  With one waiting it
 # says to rename the table back, and doing so loses nothing; with none,
