@@ -32,9 +32,11 @@ typedef uint64_t Lsn;
 #define EXIT_DONE	0
 #define EXIT_ERROR	1
 #define EXIT_USAGE	2
-/* run_once's other outcomes: retry after a backoff; paused, look again later */
+/* run_once's other outcomes: retry after a backoff; paused, look again later;
+ * start over at once (the source's tables or the maps changed: nothing failed) */
 #define RUN_RETRY	(-1)
 #define RUN_PAUSED	(-2)
+#define RUN_AGAIN	(-3)
 
 typedef enum SnapshotMode
 {

@@ -186,6 +186,13 @@ run_once(void)
 	if (!source_check(source, &p, &slot_exists) || !target_prepare_tables(target, source, &p))
 	{
 		rc = classify(target, source);
+		/* a source table renamed or dropped since it was looked up: the next start sees how */
+		if (rc == EXIT_ERROR && strcmp(last_sql_error.code, "42P01") == 0 && source_table_gone(source, &p) >= 0)
+		{
+			log_msg(LOG_INFO, "a source table of pipeline \"%s\" was renamed or dropped while starting: starting over",
+					p.name);
+			rc = RUN_AGAIN;
+		}
 		goto done;
 	}
 	if ((stream = stream_open(opts.source)) == NULL)
@@ -366,6 +373,7 @@ main(int argc, char **argv)
 	int			c;
 	int			rc;
 	int			delay = 1;
+	int			quick = 0;		/* planned start overs in a row, each soon after the last */
 
 	if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-?") == 0))
 	{
@@ -478,6 +486,17 @@ main(int argc, char **argv)
 		{
 			pause_seconds(5);
 			continue;
+		}
+		/*
+		 * A planned start over (a rename to follow, maps changed) goes at
+		 * once; one that comes back within seconds, again and again, waits
+		 * as a retry does.
+		 */
+		if (rc == RUN_AGAIN)
+		{
+			quick = now_us() - started < 5 * INT64CONST(1000000) ? quick + 1 : 0;
+			if (quick <= 3)
+				continue;
 		}
 		/* a connection that worked for a while starts the backoff over */
 		if (now_us() - started > 60 * INT64CONST(1000000))

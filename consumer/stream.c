@@ -521,7 +521,7 @@ take_event(Stream *s, Batch *b, const char *json, size_t len, int64_t now,
  * the new types (target.c).
  *
  * Returns true if nothing moved or changed (s->checked is then the position
- * looked at), else false with *result = RUN_RETRY (also if the look
+ * looked at), else false with *result = RUN_AGAIN (RUN_RETRY if the look
  * failed).  One query on the source.
  */
 static bool
@@ -542,7 +542,8 @@ sources_unchanged(Stream *s, PGconn *source, Pipeline *p, bool columns, int *res
 		s->checked = look.checked_at;
 	if (look.moved < 0 && look.columns < 0)
 		return true;
-	*result = RUN_RETRY;
+	/* (nothing failed: the caller starts over at once, unless a marker cannot be sent) */
+	*result = RUN_AGAIN;
 	if (look.moved < 0)
 	{
 		log_msg(LOG_INFO, "the columns of source table %s changed: starting over",
@@ -559,7 +560,10 @@ sources_unchanged(Stream *s, PGconn *source, Pipeline *p, bool columns, int *res
 		 * Its maps take them until the marker, then the consumer stops.
 		 */
 		if (!emit_marker(source, p->name, "dropped", &until))
+		{
+			*result = RUN_RETRY;
 			return false;
+		}
 		log_msg(LOG_INFO, "source table %s of pipeline \"%s\" was dropped: applying its changes up to the drop",
 				gone, p->name);
 		for (int i = 0; i < p->nmaps; i++)
@@ -571,6 +575,7 @@ sources_unchanged(Stream *s, PGconn *source, Pipeline *p, bool columns, int *res
 				target_note_drop(&p->maps[i], until);
 			}
 		/* the other tables are looked at again */
+		*result = RUN_RETRY;
 		return sources_unchanged(s, source, p, columns, result);
 	}
 	if (emit_marker(source, p->name, "renamed", &until))
@@ -580,6 +585,8 @@ sources_unchanged(Stream *s, PGconn *source, Pipeline *p, bool columns, int *res
 		target_note_rename(p->maps[look.moved].source_table, look.schema, look.name, look.table, until,
 						   p->maps[look.moved].source_oid);
 	}
+	else
+		*result = RUN_RETRY;
 	free(look.schema);
 	free(look.name);
 	free(look.table);
@@ -676,7 +683,7 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 				if (p->maps[i].nold > 0 && p->has_checkpoint &&
 					p->ckpt_commit_lsn >= p->maps[i].renamed_until)
 				{
-					result = target_follow_rename(target, p, &p->maps[i]) ? RUN_RETRY : EXIT_ERROR;
+					result = target_follow_rename(target, p, &p->maps[i]) ? RUN_AGAIN : EXIT_ERROR;
 					goto done;
 				}
 				/* ... and a dropped table's changes up to the drop: then stop */
@@ -705,7 +712,7 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 					log_msg(LOG_INFO, "source table %s has a new or dropped column \"%s\": starting over",
 							p->maps[i].source_table, p->maps[i].changed_column);
 					target_note_new_column(p->maps[i].source_table, p->maps[i].changed_column);
-					result = RUN_RETRY;
+					result = RUN_AGAIN;
 					goto done;
 				}
 
@@ -720,7 +727,7 @@ stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
 					log_msg(LOG_INFO, "pipeline \"%s\" was paused: stopping", p->name);
 				else if (changed == 2)
 					log_msg(LOG_INFO, "pipeline \"%s\" or its table maps changed: starting over", p->name);
-				result = changed == 1 ? RUN_PAUSED : RUN_RETRY;
+				result = changed == 1 ? RUN_PAUSED : RUN_AGAIN;
 				goto done;
 			}
 			/*
