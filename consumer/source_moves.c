@@ -208,11 +208,6 @@ moves_dropped(const TableMap *m)
 	return NULL;
 }
 
-/*
- * A map just read from table_map: if its table was renamed, it takes the
- * new name and keeps the old one for events; if dropped, it takes the
- * table's changes up to the drop.
- */
 /* A map takes rename r if it names r's old name: the new name, the old one kept for events. */
 static void
 moves_apply_one(TableMap *m, Rename *r)
@@ -236,6 +231,11 @@ moves_apply_one(TableMap *m, Rename *r)
 	r->announce = false;
 }
 
+/*
+ * A map just read from table_map: if its table was renamed (once or more),
+ * it takes the newest name and keeps the others for events; if dropped, it
+ * takes the table's changes up to the drop.
+ */
 void
 moves_apply(TableMap *m)
 {
