@@ -478,6 +478,8 @@ ok( wait_for_row(
 		$dst,
 		q{SELECT source_moves->'renamed' @> '[{"from": "public.x", "table": "public.x2"}]' FROM pgcdc.checkpoint WHERE pipeline = 'p'}),
 	'the rename is noted in the checkpoint');
+is($dst->safe_psql('postgres', "SELECT source_moves->'renamed'->0->>'table' FROM pgcdc.status WHERE pipeline = 'p'"),
+	'public.x2', 'and pgcdc.status shows it');
 kill9_consumer($h);
 note('x_mirror rows at the kill: ' . $dst->safe_psql('postgres', 'SELECT count(*) FROM x_mirror'));
 note('maps of public.x at the kill (1: the stream had not passed the rename): '

@@ -157,7 +157,8 @@ SELECT p.name AS pipeline,
 		   AND q.status OPERATOR(pg_catalog.=) 'open') AS open_quarantine,
 	   b.status AS last_batch_status,
 	   b.finished_at AS last_batch_at,
-	   b.error AS last_batch_error
+	   b.error AS last_batch_error,
+	   c.source_moves		-- renames and drops the consumer is following
   FROM pgcdc.pipeline p
   LEFT JOIN pgcdc.checkpoint c ON c.pipeline OPERATOR(pg_catalog.=) p.name
   LEFT JOIN LATERAL (SELECT b.status, b.finished_at, b.error FROM pgcdc.batch b
