@@ -82,9 +82,6 @@ AS $$
 DECLARE
 	src text;
 	tgt text;
-	r pgcdc.rule;
-	n bigint;
-	total bigint := 0;
 BEGIN
 	PERFORM pgcdc._pipeline_must_exist(pipeline);
 	src := pgcdc._qualify(source_table, caller_schema, 'source_table');
@@ -96,27 +93,8 @@ BEGIN
 		RAISE EXCEPTION 'op column "%" does not exist in %', op_column, changes
 			USING ERRCODE = '42703';
 	END IF;
-	FOR r IN SELECT * FROM pgcdc.rule x
-			  WHERE x.pipeline = _apply_rules.pipeline AND x.source_table = src
-			  ORDER BY x.name LOOP
-		EXECUTE format($f$
-			WITH bad AS (
-				DELETE FROM %1$s c WHERE c.%2$I IN ('I', 'U') AND NOT coalesce(%3$s, true)
-				RETURNING pg_catalog.to_jsonb(c) AS row
-			)
-			INSERT INTO pgcdc.quarantine (pipeline, source_table, target, commit_lsn, seq, op,
-										  event, error_code, error_message, error_detail)
-			SELECT $1, $2, $3, (b.row->>'_source_lsn')::pg_lsn, (b.row->>'_source_seq')::integer,
-				   b.row->>%4$L, pgcdc._event_of(b.row, %4$L, $2), '23514',
-				   pg_catalog.format('row violates rule "%%s" of %%s', $4, $2),
-				   pg_catalog.format('Failing check: %%s.', $5)
-			  FROM bad b$f$,
-			changes, op_column, pgcdc._paren(r.check_expr), op_column)
-		USING pipeline, src, tgt, r.name, r.check_expr;
-		GET DIAGNOSTICS n = ROW_COUNT;
-		total := total + n;
-	END LOOP;
-	RETURN total;
+	RETURN pgcdc._quarantine_failing(pipeline, src, tgt, changes, format('c.%I IN (''I'', ''U'')', op_column),
+									 NULL, NULL, format('pgcdc._event_of(pg_catalog.to_jsonb(c), %L, $2)', op_column));
 END
 $$;
 
@@ -141,14 +119,59 @@ AS $$
 	  FROM jsonb_each_text(CASE WHEN jsonb_typeof(types) = 'object' THEN types ELSE '{}' END) t
 $$;
 
--- "NOT coalesce(rule, true)" over the row of event JSON ev (an expression
--- of the caller's query), typed by cols (_record_columns)
+-- "NOT coalesce(rule, true)": over the columns of the row at hand, or (cols
+-- given) over the JSON object ev (an expression of the caller's query)
+-- typed by cols (_record_columns)
 CREATE FUNCTION pgcdc._rule_fails_sql(check_expr text, ev text, cols text)
 RETURNS text LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT format('NOT coalesce((SELECT %s FROM pg_catalog.jsonb_to_record(%s) AS r(%s)), true)',
-				  pgcdc._paren(check_expr), ev, cols)
+	SELECT CASE WHEN cols IS NULL THEN format('NOT coalesce(%s, true)', pgcdc._paren(check_expr))
+				ELSE format('NOT coalesce((SELECT %s FROM pg_catalog.jsonb_to_record(%s) AS r(%s)), true)',
+							pgcdc._paren(check_expr), ev, cols) END
+$$;
+
+/*
+ * The rows c of staged that match checked and fail a rule of (pipeline,
+ * source_table), rule by rule, moved to the quarantine (23514) as the
+ * event event_expr makes of each; returns how many.  The rule is over c's
+ * columns, or (cols given) over the JSON object row_json typed by cols
+ * (_rule_fails_sql).  checked and event_expr may use $1 pipeline,
+ * $2 source_table, $6 snapshot_lsn, $7 snapshot_ts, $8 types, $9 lo, $10 hi.
+ */
+CREATE FUNCTION pgcdc._quarantine_failing(pipeline text, source_table text, target text, staged regclass,
+										  checked text, row_json text, cols text, event_expr text,
+										  snapshot_lsn pg_lsn DEFAULT NULL, snapshot_ts timestamptz DEFAULT NULL,
+										  types jsonb DEFAULT NULL, lo bigint DEFAULT NULL, hi bigint DEFAULT NULL)
+RETURNS bigint LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r pgcdc.rule;
+	n bigint;
+	total bigint := 0;
+BEGIN
+	FOR r IN SELECT * FROM pgcdc.rule x
+			  WHERE x.pipeline = _quarantine_failing.pipeline AND x.source_table = _quarantine_failing.source_table
+			  ORDER BY x.name LOOP
+		EXECUTE format($f$
+			WITH bad AS (
+				DELETE FROM %1$s c WHERE %2$s AND %3$s
+				RETURNING %4$s AS e
+			)
+			INSERT INTO pgcdc.quarantine (pipeline, source_table, target, commit_lsn, seq, op,
+										  event, error_code, error_message, error_detail)
+			SELECT $1, $2, $3, (b.e->>'commit_lsn')::pg_lsn, (b.e->>'seq')::integer, b.e->>'op',
+				   b.e, '23514', pg_catalog.format('row violates rule "%%s" of %%s', $4, $2),
+				   pg_catalog.format('Failing check: %%s.', $5)
+			  FROM bad b$f$,
+			staged, checked, pgcdc._rule_fails_sql(r.check_expr, row_json, cols), event_expr)
+		USING pipeline, source_table, target, r.name, r.check_expr, snapshot_lsn, snapshot_ts, types, lo, hi;
+		GET DIAGNOSTICS n = ROW_COUNT;
+		total := total + n;
+	END LOOP;
+	RETURN total;
+END
 $$;
 
 /*
@@ -169,17 +192,14 @@ RETURNS bigint LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	r pgcdc.rule;
-	n bigint;
-	total bigint := 0;
 	cols text := pgcdc._record_columns(types);
 	-- the event each staged row is, and which rows are checked
 	ev text := CASE WHEN snapshot_lsn IS NULL THEN $e$(c.raw::jsonb OPERATOR(pg_catalog.||)
 		CASE WHEN c.raw::jsonb OPERATOR(pg_catalog.?) 'types' THEN '{}'
-			 ELSE pg_catalog.jsonb_build_object('types', $6) END)$e$
-		ELSE $e$pg_catalog.jsonb_build_object('op', 'I', 'commit_lsn', $4, 'seq', c.pgcdc_ord, 'ts', $5,
+			 ELSE pg_catalog.jsonb_build_object('types', $8) END)$e$
+		ELSE $e$pg_catalog.jsonb_build_object('op', 'I', 'commit_lsn', $6, 'seq', c.pgcdc_ord, 'ts', $7,
 			'schema', (pg_catalog.parse_ident($2))[1], 'table', (pg_catalog.parse_ident($2))[2],
-			'new', c.pgcdc_row, 'types', $6)$e$ END;
+			'new', c.pgcdc_row, 'types', $8)$e$ END;
 	new_row text := CASE WHEN snapshot_lsn IS NULL THEN $n$(c.raw::jsonb OPERATOR(pg_catalog.->) 'new')$n$
 						 ELSE 'c.pgcdc_row' END;
 	-- (lo..hi: the rows pgcdc_ord numbers so, when a failure is being isolated)
@@ -189,26 +209,8 @@ BEGIN
 	IF cols = '' THEN
 		RETURN 0;
 	END IF;
-	FOR r IN SELECT * FROM pgcdc.rule x
-			  WHERE x.pipeline = _apply_rules_json.pipeline AND x.source_table = _apply_rules_json.source_table
-			  ORDER BY x.name LOOP
-		EXECUTE format($f$
-			WITH bad AS (
-				DELETE FROM %1$s c WHERE %2$s AND %3$s
-				RETURNING %4$s AS e
-			)
-			INSERT INTO pgcdc.quarantine (pipeline, source_table, target, commit_lsn, seq, op,
-										  event, error_code, error_message, error_detail)
-			SELECT $1, $2, $3, (b.e->>'commit_lsn')::pg_lsn, (b.e->>'seq')::integer, b.e->>'op',
-				   b.e, '23514', pg_catalog.format('row violates rule "%%s" of %%s', $7, $2),
-				   pg_catalog.format('Failing check: %%s.', $8)
-			  FROM bad b$f$,
-			staged, checked, pgcdc._rule_fails_sql(r.check_expr, new_row, cols), ev)
-		USING pipeline, source_table, target, snapshot_lsn, snapshot_ts, types, r.name, r.check_expr, lo, hi;
-		GET DIAGNOSTICS n = ROW_COUNT;
-		total := total + n;
-	END LOOP;
-	RETURN total;
+	RETURN pgcdc._quarantine_failing(pipeline, source_table, target, staged, checked, new_row, cols, ev,
+									 snapshot_lsn, snapshot_ts, types, lo, hi);
 END
 $$;
 
@@ -229,8 +231,7 @@ BEGIN
 			  WHERE x.pipeline = _raise_failed_rule.pipeline AND x.source_table = _raise_failed_rule.source_table
 			  ORDER BY x.name LOOP
 		EXECUTE format('SELECT pg_catalog.bool_or(%s) FROM %s AND c.op IN (''I'', ''U'')',
-					   CASE WHEN cols IS NULL THEN format('NOT coalesce(%s, true)', pgcdc._paren(r.check_expr))
-							ELSE pgcdc._rule_fails_sql(r.check_expr, row_json, cols) END,
+					   pgcdc._rule_fails_sql(r.check_expr, row_json, cols),
 					   source)
 		USING ids INTO bad;
 		IF bad THEN
