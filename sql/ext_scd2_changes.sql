@@ -241,11 +241,12 @@ CREATE VIEW item_diff AS
 SELECT 'only fast' AS side, * FROM (SELECT * FROM item_fast EXCEPT ALL SELECT * FROM item_staged) a
 UNION ALL
 SELECT 'only staged', * FROM (SELECT * FROM item_staged EXCEPT ALL SELECT * FROM item_fast) b;
--- statements prepared by this session and how often they ran
+-- statements prepared by this session and how often they ran (the read
+-- query of the C writer, which writes these batches)
 CREATE VIEW fast_runs AS
 SELECT count(*) AS statements, sum(generic_plans + custom_plans) AS runs
   FROM pg_prepared_statements
- WHERE statement LIKE '%pgcdc_s AS MATERIALIZED%' AND statement LIKE '%public.item_fast %';
+ WHERE statement LIKE '%ORDER BY l.pgcdc_kno%' AND statement LIKE '%public.item_fast %';
 
 INSERT INTO item_changes (op, _source_lsn, _source_seq, _commit_ts, k1, k2, name, qty, note) VALUES
 	-- new keys, one of them with several changes, two of them in one transaction

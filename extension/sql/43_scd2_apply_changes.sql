@@ -24,6 +24,61 @@ END
 $$;
 
 /*
+ * The changes of a plain batch and each key's latest version, as both
+ * writers of a plain batch read them: pgcdc_s, each change cast to the
+ * target's types with its position, time and hash (of the tracked
+ * columns, inserts and updates only); pgcdc_l, one row per key: its number
+ * here (pgcdc_kno), its changes' first position, count and whether any is
+ * no delete, and its latest version in the history (the current one's hash
+ * recomputed, not _row_hash: track_columns may differ from the last call).
+ */
+CREATE FUNCTION pgcdc._scd2_changes_ctes(target regclass, changes regclass, key_columns text[],
+										 op_column text, seq text, vf text, data_cols text[],
+										 tracked text[])
+RETURNS text LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT format($f$
+WITH pgcdc_s AS MATERIALIZED (
+	SELECT x.*, CASE WHEN x.pgcdc_op <> 'D' THEN %1$s END AS pgcdc_h
+	  FROM (SELECT %2$s, c.%3$I::text AS pgcdc_op, %4$s AS pgcdc_seq, %5$s AS pgcdc_vf,
+				   %6$s AS pgcdc_lsn, %7$s AS pgcdc_lseq
+			  FROM %8$s c OFFSET 0) x
+), pgcdc_l AS MATERIALIZED (
+	SELECT k.*, l.*
+	  FROM (SELECT %9$s, pg_catalog.row_number() OVER () AS pgcdc_kno,
+				   pg_catalog.min(x.pgcdc_seq) AS pgcdc_min_seq,
+				   pg_catalog.count(*) AS pgcdc_n, pg_catalog.bool_or(x.pgcdc_op <> 'D') AS pgcdc_iu
+			  FROM pgcdc_s x WHERE %10$s GROUP BY %9$s) k
+	  LEFT JOIN LATERAL (
+			SELECT t.ctid AS pgcdc_l_tid, t._version AS pgcdc_l_version,
+				   t._valid_from AS pgcdc_l_from, t._valid_to AS pgcdc_l_to,
+				   t._is_current AS pgcdc_l_cur, t._is_deleted AS pgcdc_l_del,
+				   CASE WHEN t._is_current AND k.pgcdc_iu THEN %11$s END AS pgcdc_l_hash,
+				   t._last_sequence AS pgcdc_l_last
+			  FROM %12$s t WHERE %13$s
+			 ORDER BY t._valid_from DESC LIMIT 1) l ON true
+)$f$,
+		pgcdc._hash_expr(tracked, 'x'),
+		pgcdc._cast_list(target, changes, data_cols, 'c'),
+		op_column, seq, vf,
+		CASE WHEN pgcdc._has_column(changes, '_source_lsn', 'pg_lsn')
+			 THEN 'c._source_lsn' ELSE 'NULL::pg_lsn' END,
+		CASE WHEN pgcdc._has_column(changes, '_source_seq', 'int4')
+			 THEN 'c._source_seq' ELSE 'NULL::integer' END,
+		pgcdc._qname(changes),
+		pgcdc._list(key_columns, 'x'),
+		-- a null key fails the batch before anything is written
+		format('(%s) OR pgcdc._fail(''23502'', %L, %L) IS NULL',
+			   (SELECT string_agg(format('x.%I IS NOT NULL', k), ' AND ') FROM unnest(key_columns) k),
+			   format('null key in changes %s', changes),
+			   format('Key columns: %s.', array_to_string(key_columns, ', '))),
+		pgcdc._hash_expr(tracked, 't'),
+		pgcdc._qname(target),
+		pgcdc._key_join('t', 'k', target, key_columns))
+$$;
+
+/*
  * The common batch in one statement, prepared once per session and shape:
  * only I, U and D, no unchanged TOAST, no key change, no truncate, and every
  * change after its key's last applied position (scd2_apply_changes has
@@ -84,72 +139,50 @@ DECLARE
 				   'l.pgcdc_l_del, l.pgcdc_l_hash';
 	t0 text := 'CASE WHEN l.pgcdc_l_cur THEN l.pgcdc_l_from ELSE l.pgcdc_l_to END';
 BEGIN
-	RETURN format($f$
-WITH pgcdc_s AS MATERIALIZED (
-	SELECT x.*, CASE WHEN x.pgcdc_op <> 'D' THEN %1$s END AS pgcdc_h
-	  FROM (SELECT %2$s, c.%3$I::text AS pgcdc_op, %4$s AS pgcdc_seq, %5$s AS pgcdc_vf,
-				   %6$s AS pgcdc_lsn, %7$s AS pgcdc_lseq
-			  FROM %8$s c OFFSET 0) x
-), pgcdc_l AS MATERIALIZED (
-	-- each key's latest version, and its changes here
-	SELECT k.*, l.*
-	  FROM (SELECT %9$s, pg_catalog.min(x.pgcdc_seq) AS pgcdc_min_seq,
-				   pg_catalog.count(*) AS pgcdc_n, pg_catalog.bool_or(x.pgcdc_op <> 'D') AS pgcdc_iu
-			  FROM pgcdc_s x WHERE %10$s GROUP BY %9$s) k
-	  LEFT JOIN LATERAL (
-			SELECT t.ctid AS pgcdc_l_tid, t._version AS pgcdc_l_version,
-				   t._valid_from AS pgcdc_l_from, t._valid_to AS pgcdc_l_to,
-				   t._is_current AS pgcdc_l_cur, t._is_deleted AS pgcdc_l_del,
-				   -- recomputed, not _row_hash: track_columns may differ from the
-				   -- last call; only inserts and updates compare with it
-				   CASE WHEN t._is_current AND k.pgcdc_iu THEN %11$s END AS pgcdc_l_hash,
-				   t._last_sequence AS pgcdc_l_last
-			  FROM %12$s t WHERE %13$s
-			 ORDER BY t._valid_from DESC LIMIT 1) l ON true
-), pgcdc_go AS MATERIALIZED (
+	RETURN format($f$%1$s, pgcdc_go AS MATERIALIZED (
 	SELECT NOT EXISTS (SELECT FROM pgcdc_l l WHERE l.pgcdc_min_seq <= l.pgcdc_l_last) AS pgcdc_ok
 ), pgcdc_1 AS (
 	-- keys with one change
 	SELECT x.*, x.pgcdc_kind IN ('new', 'change') AS pgcdc_o_open, x.pgcdc_t AS pgcdc_o_t,
 		   x.pgcdc_seq AS pgcdc_o_seq,
 		   x.pgcdc_lsn AS pgcdc_o_lsn, x.pgcdc_lseq AS pgcdc_o_lseq, true AS pgcdc_last,
-		   %18$s AS pgcdc_cur, false AS pgcdc_back
+		   %8$s AS pgcdc_cur, false AS pgcdc_back
 	  FROM (SELECT x.*, (x.pgcdc_kind IN ('new', 'change', 'close', 'drop'))::integer AS pgcdc_run,
 				   (x.pgcdc_kind IN ('new', 'change'))::integer AS pgcdc_open_no,
 				   NULL::text AS pgcdc_prev_op, NULL::text AS pgcdc_next_kind,
 				   NULL::timestamptz AS pgcdc_next_t, NULL::text AS pgcdc_next_op,
 				   NULL::numeric[] AS pgcdc_next_seq
-			  FROM (SELECT x.*, %15$s AS pgcdc_kind
+			  FROM (SELECT x.*, %5$s AS pgcdc_kind
 					  FROM (SELECT x.*, l.pgcdc_l_tid, l.pgcdc_l_version, l.pgcdc_l_from,
 								   l.pgcdc_l_cur, l.pgcdc_l_del, l.pgcdc_l_hash,
 								   -- as _times_sql gives it for one change
-								   greatest(x.pgcdc_vf, %17$s + CASE WHEN x.pgcdc_vf = %17$s
+								   greatest(x.pgcdc_vf, %7$s + CASE WHEN x.pgcdc_vf = %7$s
 										THEN interval '0' ELSE interval '1 microsecond' END) AS pgcdc_t
-							  FROM pgcdc_s x JOIN pgcdc_l l ON %16$s AND l.pgcdc_n = 1) x) x) x
+							  FROM pgcdc_s x JOIN pgcdc_l l ON %6$s AND l.pgcdc_n = 1) x) x) x
 ), pgcdc_a AS (
 	-- keys with several: pgcdc_t; a change is collapsed into the next one
 	-- when that one's time is not later (they have the same pgcdc_t).  A
 	-- clock gone backwards (pgcdc_back) is left to the staged path.
-	SELECT %14$s, greatest(pg_catalog.max(x.pgcdc_vf) OVER w, %17$s) AS pgcdc_t,
+	SELECT %4$s, greatest(pg_catalog.max(x.pgcdc_vf) OVER w, %7$s) AS pgcdc_t,
 		   pg_catalog.lead(x.pgcdc_vf) OVER w AS pgcdc_next_vf,
 		   -- (the running maximum passed it: an earlier change, or the
 		   -- latest version, is later)
-		   greatest(pg_catalog.max(x.pgcdc_vf) OVER w, %17$s) > x.pgcdc_vf AS pgcdc_back,
+		   greatest(pg_catalog.max(x.pgcdc_vf) OVER w, %7$s) > x.pgcdc_vf AS pgcdc_back,
 		   -- two changes of a key at one position: which came first?
 		   CASE WHEN pg_catalog.lead(x.pgcdc_seq) OVER w = x.pgcdc_seq
-				THEN pgcdc._fail('21000', %25$L, %26$L || ROW(%9$s)::text || '.') END AS pgcdc_dup
-	  FROM pgcdc_s x JOIN pgcdc_l l ON %16$s AND l.pgcdc_n > 1
-	WINDOW w AS (%19$s)
+				THEN pgcdc._fail('21000', %15$L, %16$L || ROW(%2$s)::text || '.') END AS pgcdc_dup
+	  FROM pgcdc_s x JOIN pgcdc_l l ON %6$s AND l.pgcdc_n > 1
+	WINDOW w AS (%9$s)
 ), pgcdc_k AS (
 	-- collapsed, classified, and the next change
-	SELECT x.*, %20$s AS pgcdc_kind, pg_catalog.lag(x.pgcdc_op) OVER w AS pgcdc_prev_op,
+	SELECT x.*, %10$s AS pgcdc_kind, pg_catalog.lag(x.pgcdc_op) OVER w AS pgcdc_prev_op,
 		   pg_catalog.lead(x.pgcdc_t) OVER w AS pgcdc_next_t,
 		   pg_catalog.lead(x.pgcdc_op) OVER w AS pgcdc_next_op,
 		   pg_catalog.lead(x.pgcdc_seq) OVER w AS pgcdc_next_seq
 	  FROM pgcdc_a x
 	 WHERE x.pgcdc_next_vf IS NULL OR x.pgcdc_next_vf > x.pgcdc_t
 		OR x.pgcdc_back			-- kept, to be seen by pgcdc_ok
-	WINDOW w AS (%19$s)
+	WINDOW w AS (%9$s)
 ), pgcdc_r AS (
 	-- runs; pgcdc_t and pgcdc_seq increase, so the greatest of the opening
 	-- changes so far is the run's: its time, and its position and kind
@@ -166,11 +199,11 @@ WITH pgcdc_s AS MATERIALIZED (
 				(x.pgcdc_kind IN ('new', 'change'))::integer]::numeric[])
 			 FILTER (WHERE x.pgcdc_kind IN ('new', 'change', 'close', 'drop')) OVER w AS pgcdc_o
 	  FROM pgcdc_k x
-	WINDOW w AS (%19$s)
+	WINDOW w AS (%9$s)
 ), pgcdc_w AS MATERIALIZED (
-	SELECT %21$s FROM pgcdc_1 x
+	SELECT %11$s FROM pgcdc_1 x
 	UNION ALL
-	SELECT %21$s FROM (
+	SELECT %11$s FROM (
 		SELECT x.*, x.pgcdc_o[pg_catalog.cardinality(x.pgcdc_o)] = 1 AS pgcdc_o_open,
 			   x.pgcdc_o[1:pg_catalog.cardinality(x.pgcdc_o) - 3] AS pgcdc_o_seq,
 			   '0/0'::pg_lsn OPERATOR(pg_catalog.+) x.pgcdc_o[pg_catalog.cardinality(x.pgcdc_o) - 2]
@@ -178,21 +211,21 @@ WITH pgcdc_s AS MATERIALIZED (
 			   x.pgcdc_o[pg_catalog.cardinality(x.pgcdc_o) - 1]::integer AS pgcdc_o_lseq,
 			   x.pgcdc_next_kind IS NULL
 				 OR x.pgcdc_next_kind IN ('new', 'change', 'close', 'drop') AS pgcdc_last,
-			   %18$s AS pgcdc_cur
+			   %8$s AS pgcdc_cur
 		  FROM pgcdc_r x) x
 ), pgcdc_ok AS MATERIALIZED (
 	SELECT (SELECT g.pgcdc_ok FROM pgcdc_go g)
 		   AND NOT EXISTS (SELECT FROM pgcdc_w w WHERE w.pgcdc_back) AS pgcdc_ok
 ), pgcdc_del AS (
 	-- a delete at the very instant the current version started: it never was
-	DELETE FROM %12$s t USING pgcdc_w u
+	DELETE FROM %3$s t USING pgcdc_w u
 	 WHERE t.ctid = ANY (ARRAY(SELECT u.pgcdc_l_tid FROM pgcdc_w u WHERE u.pgcdc_kind = 'drop'))
 	   AND t.ctid = u.pgcdc_l_tid AND u.pgcdc_kind = 'drop'
 	   AND (SELECT g.pgcdc_ok FROM pgcdc_ok g)
 	RETURNING 1
 ), pgcdc_upd AS (
-	UPDATE %12$s t
-	   SET %22$s
+	UPDATE %3$s t
+	   SET %12$s
 		   _row_hash = CASE WHEN u.pgcdc_cur = 'values' THEN u.pgcdc_h ELSE t._row_hash END,
 		   _is_deleted = CASE WHEN u.pgcdc_cur = 'values' THEN false ELSE t._is_deleted END,
 		   _valid_to = CASE WHEN u.pgcdc_cur = 'close' THEN u.pgcdc_t
@@ -217,9 +250,9 @@ WITH pgcdc_s AS MATERIALIZED (
 ), pgcdc_ins AS (
 	-- after pgcdc_upd and pgcdc_del: the unique index on current rows
 	-- checks as rows go in
-	INSERT INTO %12$s (%23$s, _valid_from, _valid_to, _is_current, _is_deleted, _version,
+	INSERT INTO %3$s (%13$s, _valid_from, _valid_to, _is_current, _is_deleted, _version,
 					   _row_hash, _source_lsn, _source_seq, _sequence, _last_sequence, _last_at)
-	SELECT %24$s, x.pgcdc_o_t, coalesce(x.pgcdc_next_t, 'infinity'), x.pgcdc_next_t IS NULL, false,
+	SELECT %14$s, x.pgcdc_o_t, coalesce(x.pgcdc_next_t, 'infinity'), x.pgcdc_next_t IS NULL, false,
 		   coalesce(x.pgcdc_l_version, 0) + x.pgcdc_open_no, x.pgcdc_h, x.pgcdc_o_lsn, x.pgcdc_o_lseq,
 		   x.pgcdc_o_seq, CASE WHEN x.pgcdc_next_op = 'D' THEN x.pgcdc_next_seq ELSE x.pgcdc_seq END,
 		   CASE WHEN x.pgcdc_next_op = 'D' THEN x.pgcdc_next_t ELSE x.pgcdc_t END
@@ -238,34 +271,21 @@ SELECT CASE WHEN (SELECT g.pgcdc_ok FROM pgcdc_ok g) THEN ARRAY[
 		   pg_catalog.count(*) FILTER (WHERE x.pgcdc_kind IN ('close', 'drop')),
 		   (SELECT pg_catalog.count(*) FROM pgcdc_s)] END
   FROM pgcdc_w x$f$,
-		pgcdc._hash_expr(tracked, 'x'),										-- 1
-		pgcdc._cast_list(target, changes, data_cols, 'c'),
-		op_column, seq, vf,
-		CASE WHEN pgcdc._has_column(changes, '_source_lsn', 'pg_lsn')
-			 THEN 'c._source_lsn' ELSE 'NULL::pg_lsn' END,
-		CASE WHEN pgcdc._has_column(changes, '_source_seq', 'int4')
-			 THEN 'c._source_seq' ELSE 'NULL::integer' END,
-		pgcdc._qname(changes),												-- 8
+		pgcdc._scd2_changes_ctes(target, changes, key_columns, op_column, seq, vf, data_cols,
+								 tracked),											-- 1
 		keys,
-		-- a null key fails the batch before anything is written
-		format('(%s) OR pgcdc._fail(''23502'', %L, %L) IS NULL',
-			   (SELECT string_agg(format('x.%I IS NOT NULL', k), ' AND ') FROM unnest(key_columns) k),
-			   format('null key in changes %s', changes),
-			   format('Key columns: %s.', array_to_string(key_columns, ', '))),
-		pgcdc._hash_expr(tracked, 't'),
-		pgcdc._qname(target),												-- 12
-		pgcdc._key_join('t', 'k', target, key_columns),
+		pgcdc._qname(target),
 		joined,
-		format(kind, 'true', first_prior, 'x.pgcdc_l_hash'),					-- 15
+		format(kind, 'true', first_prior, 'x.pgcdc_l_hash'),					-- 5
 		pgcdc._key_join('x', 'l', target, key_columns),
 		t0,
-		cur,																	-- 18
+		cur,																	-- 8
 		w,
 		format(kind, 'pg_catalog.lag(x.pgcdc_op) OVER w IS NULL',
 			   format('CASE WHEN pg_catalog.lag(x.pgcdc_op) OVER w IS NULL THEN %s '
 					  'ELSE pg_catalog.lag(x.pgcdc_op) OVER w <> ''D'' END', first_prior),
 			   'CASE WHEN pg_catalog.lag(x.pgcdc_op) OVER w IS NULL THEN x.pgcdc_l_hash '
-			   'ELSE pg_catalog.lag(x.pgcdc_h) OVER w END'),							-- 20
+			   'ELSE pg_catalog.lag(x.pgcdc_h) OVER w END'),							-- 10
 		-- pgcdc_w's columns, the same in both flows
 		pgcdc._list(data_cols, 'x') || ', x.pgcdc_op, x.pgcdc_seq, x.pgcdc_h, x.pgcdc_t, x.pgcdc_l_tid, '
 			 'x.pgcdc_l_version, x.pgcdc_l_del, x.pgcdc_kind, x.pgcdc_run, x.pgcdc_open_no, '
@@ -274,9 +294,9 @@ SELECT CASE WHEN (SELECT g.pgcdc_ok FROM pgcdc_ok g) THEN ARRAY[
 			 'x.pgcdc_last, x.pgcdc_cur, x.pgcdc_back',
 		(SELECT coalesce(string_agg(format('%1$I = CASE WHEN u.pgcdc_cur = ''values'' THEN u.%1$I '
 										   'ELSE t.%1$I END, ', c), ''), '')
-		   FROM unnest(vals) c),												-- 22
+		   FROM unnest(vals) c),												-- 12
 		pgcdc._list(data_cols), pgcdc._list(data_cols, 'x'),
-		format('two changes in %s have the same key and sequence_by value', changes), 'Key: ');	-- 25
+		format('two changes in %s have the same key and sequence_by value', changes), 'Key: ');	-- 15
 END
 $$;
 
@@ -300,6 +320,42 @@ BEGIN
 	RETURN counts;
 END
 $$;
+
+
+/*
+ * The read query of the C history writer (_scd2_write, scd2_writer.c): each
+ * change of a plain batch as _scd2_fast_sql's pgcdc_s has it (cast, hashed),
+ * with its key's number, whether a change of the key is late or a replay,
+ * and the key's latest version as pgcdc_l, in (key, sequence) order.
+ */
+CREATE FUNCTION pgcdc._scd2_read_sql(target regclass, changes regclass, key_columns text[],
+									 op_column text, seq text, vf text, data_cols text[],
+									 tracked text[])
+RETURNS text LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT format($f$%1$s
+SELECT %2$s, x.pgcdc_op, x.pgcdc_seq, x.pgcdc_vf, x.pgcdc_lsn, x.pgcdc_lseq, x.pgcdc_h,
+	   l.pgcdc_kno, l.pgcdc_l_tid, l.pgcdc_l_version, l.pgcdc_l_from, l.pgcdc_l_to,
+	   l.pgcdc_l_cur, l.pgcdc_l_del, l.pgcdc_l_hash,
+	   coalesce(l.pgcdc_min_seq OPERATOR(pg_catalog.<=) l.pgcdc_l_last, false) AS pgcdc_late
+  FROM pgcdc_s x JOIN pgcdc_l l ON %3$s
+ ORDER BY l.pgcdc_kno, x.pgcdc_seq$f$,
+		pgcdc._scd2_changes_ctes(target, changes, key_columns, op_column, seq, vf, data_cols, tracked),
+		pgcdc._list(data_cols, 'x'),
+		pgcdc._key_join('x', 'l', target, key_columns))
+$$;
+
+-- Run the read query stmt and write the batch to target in C: the counts as
+-- _scd2_fast gives them, NULL when the batch must be staged, '{}' when the
+-- target is not one the C writer writes (then _scd2_fast does).  Planned
+-- as _scd2_fast is, for the same reasons.
+CREATE FUNCTION pgcdc._scd2_write(target regclass, stmt text, key_columns text[])
+RETURNS bigint[] LANGUAGE c
+SET search_path = pg_catalog, pg_temp
+SET enable_nestloop = off
+SET enable_seqscan = off
+AS 'MODULE_PATHNAME', 'pgcdc_scd2_write';
 
 
 /*
@@ -336,11 +392,11 @@ BEGIN
 	-- A call of the same shape earlier in this session checked the
 	-- arguments and prepared the statements.
 	IF target IS NOT NULL AND changes IS NOT NULL THEN
-		shape := pgcdc._shape('{scd2_apply_changes,_scd2_fast_sql,_stage_args,_plain_sql}',
+		shape := pgcdc._shape('{scd2_apply_changes,_scd2_changes_ctes,_scd2_fast_sql,_scd2_read_sql,_stage_args,_plain_sql}',
 							  target, changes,
 							  key_columns::text, sequence_by, op_column, track_columns::text,
 							  valid_from_column);
-		stmts := pgcdc._cached(shape, 2);
+		stmts := pgcdc._cached(shape, 3);
 	END IF;
 	IF stmts IS NULL THEN
 		PERFORM pgcdc._check_scd2(target, positions => true);
@@ -356,13 +412,21 @@ BEGIN
 			pgcdc._prepared(pgcdc._plain_sql(changes, op_column,
 											 array_remove(args.seq_cols || valid_from_column, NULL))),
 			pgcdc._prepared(pgcdc._scd2_fast_sql(target, changes, key_columns, op_column,
+												 args.seq, args.vf, args.data_cols, tracked)),
+			pgcdc._prepared(pgcdc._scd2_read_sql(target, changes, key_columns, op_column,
 												 args.seq, args.vf, args.data_cols, tracked))];
 		PERFORM set_config(shape, array_to_string(stmts, ' '), false);
 	END IF;
 
 	EXECUTE 'EXECUTE ' || quote_ident(stmts[1]) INTO plain;
 	IF plain THEN
-		c := pgcdc._scd2_fast(stmts[2]);
+		-- the C writer, unless the session asks for the statement (or the
+		-- target is not one it writes: '{}')
+		c := CASE WHEN current_setting('pgcdc.scd2_writer', true) IS DISTINCT FROM 'sql'
+				  THEN pgcdc._scd2_write(target, stmts[3], key_columns) ELSE '{}' END;
+		IF c = '{}' THEN
+			c := pgcdc._scd2_fast(stmts[2]);
+		END IF;
 		IF c IS NOT NULL THEN
 			inserted := c[1];
 			updated := c[2];

@@ -1,0 +1,173 @@
+-- pgcdc extension: scd2_apply_changes writes a plain batch from C
+-- (scd2_writer.c); it must give what its SQL statement gives, batch by
+-- batch: the same history, the same counts, the same errors.
+CREATE EXTENSION pgcdc;
+SET timezone = 'UTC';
+SET datestyle = 'ISO, YMD';
+\set SHOW_CONTEXT never
+
+CREATE TABLE item (id int PRIMARY KEY, name text, qty int, note text);
+SELECT pgcdc.create_history_table('item', 'hist_c');
+SELECT pgcdc.create_history_table('item', 'hist_sql');
+-- as the consumer stages them: position (lsn, seq), commit time, op, row
+CREATE TABLE changes (op text, _source_lsn pg_lsn, _source_seq int, _commit_ts timestamptz,
+					  id int, name text, qty int, note text);
+CREATE TABLE applied (LIKE changes);
+CREATE TABLE outcome (round int, writer text, counts text, state text, staged boolean,
+					  history text, PRIMARY KEY (round, writer));
+
+-- Apply the batch in changes to target with one writer; note what it gave,
+-- whether it took the staged path (calls of pgcdc._stage, counted in this
+-- transaction) and the whole history after it.
+CREATE FUNCTION stage_calls() RETURNS bigint LANGUAGE sql AS $$
+	SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions
+	 WHERE schemaname = 'pgcdc' AND funcname = '_stage'
+$$;
+CREATE FUNCTION apply_with(r int, writer text, target regclass, track text[]) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+	res text;
+	err text;
+	staged bigint := stage_calls();
+	history text;
+BEGIN
+	PERFORM set_config('pgcdc.scd2_writer', writer, true);
+	BEGIN
+		SELECT ROW(a.*)::text INTO res
+		  FROM pgcdc.scd2_apply_changes(target, 'changes', '{id}', '_source_lsn,_source_seq',
+										track_columns => track, valid_from_column => '_commit_ts') a;
+	EXCEPTION WHEN OTHERS THEN
+		err := SQLSTATE;
+	END;
+	PERFORM set_config('pgcdc.scd2_writer', '', true);
+	EXECUTE format('SELECT md5(string_agg(ROW(h.*)::text, E''\n'' ORDER BY id, _valid_from)) FROM %s h',
+				   target) INTO history;
+	INSERT INTO outcome VALUES (r, writer, res, err, stage_calls() > staged, history);
+END
+$$;
+
+-- 400 random batches of 1-24 changes over 6 keys: inserts, updates and
+-- deletes whether or not the key has a version; transactions of several
+-- changes (one time) and times that repeat across transactions and
+-- batches (zero-length versions: collapse, overwrite, drop); now and then a
+-- clock that goes back, a replayed change or one twice at one position
+-- (staged or refused, by both); track_columns all or two of three.
+BEGIN;
+SET LOCAL track_functions = 'all';
+SELECT setseed(0.42);
+DO $$
+DECLARE
+	lsn bigint := 1000;
+	seq int := 0;
+	clock timestamptz := '2024-01-01';
+	n int;
+	track text[];
+BEGIN
+	FOR r IN 1 .. 400 LOOP
+		DELETE FROM changes;
+		n := 1 + floor(random() * 24)::int;
+		FOR i IN 1 .. n LOOP
+			IF i = 1 OR random() < 0.4 THEN		-- a new transaction
+				lsn := lsn + 1 + floor(random() * 3)::int;
+				seq := 0;
+				clock := clock + (ARRAY[interval '0', interval '1 second', interval '1 microsecond',
+										interval '1 hour'])[1 + floor(random() * 4)::int];
+			ELSE
+				seq := seq + 1;
+			END IF;
+			INSERT INTO changes VALUES (
+				(ARRAY['I', 'U', 'U', 'D'])[1 + floor(random() * 4)::int],
+				pg_lsn('0/0') + lsn, seq,
+				CASE WHEN random() < 0.03 THEN clock - interval '1 minute' ELSE clock END,
+				1 + floor(random() * 6)::int,
+				(ARRAY['ann', 'bob', NULL])[1 + floor(random() * 3)::int],
+				(ARRAY[1, 2, NULL])[1 + floor(random() * 3)::int],
+				'note ' || floor(random() * 3)::int);
+		END LOOP;
+		IF random() < 0.04 THEN		-- a replay of changes applied before
+			INSERT INTO changes SELECT * FROM applied ORDER BY random() LIMIT 3;
+		END IF;
+		IF random() < 0.02 THEN		-- two changes of a key at one position
+			INSERT INTO changes SELECT * FROM changes LIMIT 1;
+		END IF;
+		track := CASE WHEN random() < 0.3 THEN '{name,qty}' END;
+		PERFORM apply_with(r, '', 'hist_c', track);
+		PERFORM apply_with(r, 'sql', 'hist_sql', track);
+		INSERT INTO applied SELECT * FROM changes;
+	END LOOP;
+END
+$$;
+
+COMMIT;
+
+-- every round gave the same counts (or the same error) and the same
+-- history; most were written by the C writer, the others staged by both
+SELECT count(*) AS rounds,
+	   count(*) FILTER (WHERE c.counts IS NOT DISTINCT FROM s.counts
+						AND c.state IS NOT DISTINCT FROM s.state) AS same_result,
+	   count(*) FILTER (WHERE c.history = s.history) AS same_history,
+	   count(*) FILTER (WHERE NOT c.staged AND c.state IS NULL) > 300 AS mostly_c,
+	   count(*) FILTER (WHERE c.staged) > 10 AS some_staged
+  FROM outcome c JOIN outcome s USING (round)
+ WHERE c.writer = '' AND s.writer = 'sql';
+SELECT c.state, count(*) > 0 AS seen FROM outcome c WHERE c.state IS NOT NULL GROUP BY 1 ORDER BY 1;
+SELECT (SELECT count(*) FROM hist_c) > 2000 AS many_versions,
+	   (SELECT count(*) FROM hist_c WHERE _is_current) AS current_keys;
+
+-- A target the C writer leaves to the statement gives the same too: one
+-- with a trigger, one with row security.
+CREATE TABLE seen (n int);
+CREATE FUNCTION count_row() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO public.seen VALUES (1); RETURN NEW; END $$;
+SELECT pgcdc.create_history_table('item', 'hist_trig');
+CREATE TRIGGER hist_trig_count BEFORE INSERT ON hist_trig FOR EACH ROW EXECUTE FUNCTION count_row();
+DELETE FROM changes;
+INSERT INTO changes VALUES ('I', '0/10', 0, '2024-01-01', 1, 'ann', 1, 'x'),
+						   ('U', '0/11', 0, '2024-01-02', 1, 'bob', 1, 'x'),
+						   ('I', '0/11', 1, '2024-01-02', 2, 'cy', 2, 'y');
+SELECT * FROM pgcdc.scd2_apply_changes('hist_trig', 'changes', '{id}', '_source_lsn,_source_seq',
+									   valid_from_column => '_commit_ts');
+SELECT count(*) AS trigger_fired FROM seen;
+SELECT id, name, _valid_from, _valid_to, _version FROM hist_trig ORDER BY id, _valid_from;
+
+-- row security that refuses bob's row, for a role it applies to
+CREATE ROLE scd2_writer_rls;
+SELECT pgcdc.create_history_table('item', 'hist_rls');
+GRANT ALL ON hist_rls TO scd2_writer_rls;
+GRANT SELECT ON changes TO scd2_writer_rls;
+ALTER TABLE hist_rls ENABLE ROW LEVEL SECURITY;
+CREATE POLICY no_bob ON hist_rls USING (true) WITH CHECK (name <> 'bob');
+SET ROLE scd2_writer_rls;
+SELECT * FROM pgcdc.scd2_apply_changes('hist_rls', 'changes', '{id}', '_source_lsn,_source_seq',
+									   valid_from_column => '_commit_ts');
+RESET ROLE;
+SELECT count(*) AS rls_versions FROM hist_rls;
+
+-- A role with every privilege but DELETE: refused as the statement refuses it
+CREATE ROLE scd2_writer_nodelete;
+SELECT pgcdc.create_history_table('item', 'hist_nodel');
+GRANT SELECT, INSERT, UPDATE ON hist_nodel TO scd2_writer_nodelete;
+GRANT SELECT ON changes TO scd2_writer_nodelete;
+SET ROLE scd2_writer_nodelete;
+SELECT * FROM pgcdc.scd2_apply_changes('hist_nodel', 'changes', '{id}', '_source_lsn,_source_seq',
+									   valid_from_column => '_commit_ts');
+RESET ROLE;
+GRANT DELETE ON hist_nodel TO scd2_writer_nodelete;
+SET ROLE scd2_writer_nodelete;
+SELECT * FROM pgcdc.scd2_apply_changes('hist_nodel', 'changes', '{id}', '_source_lsn,_source_seq',
+									   valid_from_column => '_commit_ts');
+RESET ROLE;
+SELECT id, name, _valid_from, _valid_to, _version FROM hist_nodel ORDER BY id, _valid_from;
+
+-- a constraint the C writer's row breaks fails as the statement's would
+ALTER TABLE hist_c ADD CONSTRAINT qty_small CHECK (qty < 100);
+DELETE FROM changes;
+INSERT INTO changes VALUES ('U', '0/FFFFFF', 0, '2030-01-01', 1, 'ann', 500, 'x');
+SELECT * FROM pgcdc.scd2_apply_changes('hist_c', 'changes', '{id}', '_source_lsn,_source_seq',
+									   valid_from_column => '_commit_ts');
+
+DROP EXTENSION pgcdc;
+DROP TABLE item, hist_c, hist_sql, hist_trig, hist_rls, hist_nodel, changes, applied, outcome, seen;
+DROP FUNCTION apply_with(int, text, regclass, text[]), stage_calls(), count_row();
+DROP OWNED BY scd2_writer_nodelete, scd2_writer_rls;
+DROP ROLE scd2_writer_nodelete, scd2_writer_rls;
