@@ -9,7 +9,7 @@
  * replication apply worker does (constraints, index entries, unique checks,
  * replica identity).  A prepared query (_scd2_read_sql) gives each change,
  * cast to the target's types and hashed, with its key's number and that
- * key's latest version, in (key, sequence) order.
+ * key's latest version; this puts them in (key, sequence) order.
  *
  * The rules are _scd2_fast_sql's, restated per key (its comment explains
  * them): the changes' times, collapse, kinds, runs, the current version's
@@ -83,10 +83,17 @@ static const char *const sys_names[NSYS] = {
 	"_source_lsn", "_source_seq", "_sequence", "_last_sequence", "_last_at"
 };
 
+/* A row of the read query, deformed once. */
+typedef struct Row
+{
+	Datum	   *v;
+	bool	   *n;
+} Row;
+
 /* One change of the batch, as the read query gives it, once classified. */
 typedef struct Change
 {
-	HeapTuple	tup;
+	Row		   *row;
 	char		op;				/* I, U or D */
 	TimestampTz t;				/* its time in the history */
 	Datum		seq;
@@ -124,21 +131,22 @@ typedef struct Writer
 	bool	   *data_key;		/* which of them are key columns */
 	int			col[NREAD];		/* the read query's columns, 1-based */
 	AttrNumber	sys[NSYS];		/* the SCD2 columns' attribute numbers */
-	FmgrInfo	seq_eq;
+	FmgrInfo	seq_cmp;
 	int64		counts[4];		/* inserted, updated, deleted, change rows */
 } Writer;
 
 static Datum
-get(Writer *w, HeapTuple tup, int c, bool *isnull)
+get(Writer *w, Row *r, int c, bool *isnull)
 {
-	return heap_getattr(tup, w->col[c], w->in, isnull);
+	*isnull = r->n[w->col[c] - 1];
+	return r->v[w->col[c] - 1];
 }
 
 static bool
-get_bool(Writer *w, HeapTuple tup, int c)
+get_bool(Writer *w, Row *r, int c)
 {
 	bool		isnull;
-	Datum		d = get(w, tup, c, &isnull);
+	Datum		d = get(w, r, c, &isnull);
 
 	return !isnull && DatumGetBool(d);
 }
@@ -258,6 +266,14 @@ set(Writer *w, int s, Datum value, bool isnull)
 	w->new->tts_isnull[w->sys[s] - 1] = isnull;
 }
 
+/* Column c of read row r into SCD2 column s of the new row. */
+static void
+set_from(Writer *w, int s, Row *r, int c)
+{
+	w->new->tts_values[w->sys[s] - 1] = r->v[w->col[c] - 1];
+	w->new->tts_isnull[w->sys[s] - 1] = r->n[w->col[c] - 1];
+}
+
 /* Change c's data columns (all, or those outside the key) into the new row. */
 static void
 set_data(Writer *w, Change *c, bool keys_too)
@@ -269,8 +285,8 @@ set_data(Writer *w, Change *c, bool keys_too)
 		{
 			AttrNumber	a = w->data_att[i];
 
-			w->new->tts_values[a - 1] = heap_getattr(c->tup, i + 1, w->in,
-													 &w->new->tts_isnull[a - 1]);
+			w->new->tts_values[a - 1] = c->row->v[i];
+			w->new->tts_isnull[a - 1] = c->row->n[i];
 		}
 }
 
@@ -314,10 +330,8 @@ update_latest(Writer *w, Latest *l, Change *c, Change *next, char cur)
 	memcpy(n->tts_isnull, w->old->tts_isnull, sizeof(bool) * n->tts_tupleDescriptor->natts);
 	if (cur == 'v')
 	{
-		bool		isnull;
-
 		set_data(w, c, false);
-		set(w, S_ROW_HASH, get(w, c->tup, R_H, &isnull), isnull);
+		set_from(w, S_ROW_HASH, c->row, R_H);
 		set(w, S_IS_DELETED, BoolGetDatum(false), false);
 		if (next != NULL && next->kind != K_DROP)
 			set(w, S_VALID_TO, TimestampTzGetDatum(next->t), false);
@@ -343,7 +357,6 @@ static void
 insert_version(Writer *w, Latest *l, Change *c, Change *o, Change *next)
 {
 	TupleTableSlot *n = w->new;
-	bool		isnull;
 
 	ExecClearTuple(n);
 	memset(n->tts_isnull, true, sizeof(bool) * n->tts_tupleDescriptor->natts);
@@ -353,9 +366,9 @@ insert_version(Writer *w, Latest *l, Change *c, Change *o, Change *next)
 	set(w, S_IS_CURRENT, BoolGetDatum(next == NULL), false);
 	set(w, S_IS_DELETED, BoolGetDatum(false), false);
 	set(w, S_VERSION, Int32GetDatum((l->exists ? l->version : 0) + c->open_no), false);
-	set(w, S_ROW_HASH, get(w, c->tup, R_H, &isnull), isnull);
-	set(w, S_SOURCE_LSN, get(w, o->tup, R_LSN, &isnull), isnull);
-	set(w, S_SOURCE_SEQ, get(w, o->tup, R_LSEQ, &isnull), isnull);
+	set_from(w, S_ROW_HASH, c->row, R_H);
+	set_from(w, S_SOURCE_LSN, o->row, R_LSN);
+	set_from(w, S_SOURCE_SEQ, o->row, R_LSEQ);
 	set(w, S_SEQUENCE, o->seq, false);
 	set_last(w, c, next);
 	ExecStoreVirtualTuple(n);
@@ -368,7 +381,7 @@ insert_version(Writer *w, Latest *l, Change *c, Change *o, Change *next)
  * backwards).  Sets each change's time.
  */
 static bool
-read_key(Writer *w, HeapTuple *rows, int n, Change *ch, Latest *l)
+read_key(Writer *w, Row **rows, int n, Change *ch, Latest *l)
 {
 	bool		isnull;
 	TimestampTz t0 = 0;
@@ -404,7 +417,7 @@ read_key(Writer *w, HeapTuple *rows, int n, Change *ch, Latest *l)
 		Datum		d;
 		text	   *op;
 
-		c->tup = rows[i];
+		c->row = rows[i];
 		op = DatumGetTextPP(get(w, rows[i], R_OP, &isnull));
 		c->op = VARSIZE_ANY_EXHDR(op) == 1 ? *VARDATA_ANY(op) : '?';
 		c->seq = get(w, rows[i], R_SEQ, &isnull);
@@ -414,7 +427,7 @@ read_key(Writer *w, HeapTuple *rows, int n, Change *ch, Latest *l)
 		if (isnull)
 			return false;
 		vf = DatumGetTimestampTz(d);
-		if (i > 0 && DatumGetBool(FunctionCall2(&w->seq_eq, ch[i - 1].seq, c->seq)))
+		if (i > 0 && DatumGetInt32(FunctionCall2(&w->seq_cmp, ch[i - 1].seq, c->seq)) == 0)
 			return false;
 		if (n == 1)
 		{
@@ -462,7 +475,7 @@ write_key(Writer *w, Change *ch, int n, Latest *l)
 		bool		first = prev == NULL;
 		bool		prior_open = first ? (l->exists && l->cur && !l->del) : prev->op != 'D';
 		bool		isnull;
-		Datum		h = get(w, c->tup, R_H, &isnull);
+		Datum		h = get(w, c->row, R_H, &isnull);
 
 		if (c->op == 'D')
 			c->kind = !prior_open ? K_NOOP
@@ -483,7 +496,7 @@ write_key(Writer *w, Change *ch, int n, Latest *l)
 				ph_null = l->hash_null;
 			}
 			else
-				ph = get(w, prev->tup, R_H, &ph_null);
+				ph = get(w, prev->row, R_H, &ph_null);
 			c->kind = bytea_same(h, isnull, ph, ph_null) ? K_NOOP : K_CHANGE;
 		}
 		if (MARKS(c->kind))
@@ -558,12 +571,15 @@ pgcdc_scd2_write(PG_FUNCTION_ARGS)
 	SPITupleTable *tt;
 	uint64		nrows;
 	uint64		i;
-	uint64		start;
 	bool		stage = false;
 	bool		isnull;
+	Row		   *rows;
+	Row		  **ord;
+	uint64	   *first;			/* the rows of key k are ord[first[k] .. first[k + 1]) */
+	uint64	   *fill;
 	Change	   *ch;
 	Datum		out[4];
-	int			k;
+	int64		k;
 
 	deconstruct_array(keys_arr, TEXTOID, -1, false, TYPALIGN_INT, &key_datums, &key_nulls, &nkeys);
 	for (k = 0; k < nkeys; k++)
@@ -595,33 +611,70 @@ pgcdc_scd2_write(PG_FUNCTION_ARGS)
 		PG_RETURN_ARRAYTYPE_P(construct_empty_array(INT8OID));
 	}
 
-	/* first every key is read and checked, then written: staging writes nothing */
-	fmgr_info(F_ARRAY_EQ, &w.seq_eq);
-	ch = palloc(sizeof(Change) * Max(nrows, 1));
-	for (start = 0; start < nrows && !stage; start = i)
+	/*
+	 * Each row deformed once; in (key, sequence) order: by key number (a
+	 * counting sort), then by sequence within a key (a few rows, most often
+	 * one: insertion sort).
+	 */
+	fmgr_info(F_BTARRAYCMP, &w.seq_cmp);
+	rows = palloc(sizeof(Row) * Max(nrows, 1));
+	first = palloc0(sizeof(uint64) * (nrows + 2));
+	for (i = 0; i < nrows; i++)
 	{
-		int64		kno = DatumGetInt64(get(&w, tt->vals[start], R_KNO, &isnull));
+		int64		kno;
+
+		rows[i].v = palloc(sizeof(Datum) * w.in->natts);
+		rows[i].n = palloc(sizeof(bool) * w.in->natts);
+		heap_deform_tuple(tt->vals[i], w.in, rows[i].v, rows[i].n);
+		kno = DatumGetInt64(get(&w, &rows[i], R_KNO, &isnull));
+		if (isnull || kno < 1 || (uint64) kno > nrows)
+			elog(ERROR, "read query of scd2_apply_changes gave key number " INT64_FORMAT, kno);
+		first[kno + 1]++;
+	}
+	for (i = 1; i <= nrows + 1; i++)
+		first[i] += first[i - 1];
+	ord = palloc(sizeof(Row *) * Max(nrows, 1));
+	fill = palloc0(sizeof(uint64) * (nrows + 1));
+	for (i = 0; i < nrows; i++)
+	{
+		int64		kno = DatumGetInt64(get(&w, &rows[i], R_KNO, &isnull));
+		uint64		at = first[kno] + fill[kno]++;
+
+		/* rows of a key come in scan order: insert by sequence */
+		while (at > first[kno] &&
+			   DatumGetInt32(FunctionCall2(&w.seq_cmp,
+										   get(&w, ord[at - 1], R_SEQ, &isnull),
+										   get(&w, &rows[i], R_SEQ, &isnull))) > 0)
+		{
+			ord[at] = ord[at - 1];
+			at--;
+		}
+		ord[at] = &rows[i];
+	}
+
+	/* first every key is read and checked, then written: staging writes nothing */
+	ch = palloc(sizeof(Change) * Max(nrows, 1));
+	for (k = 1; (uint64) k <= nrows && !stage; k++)
+	{
 		Latest		l;
 
-		for (i = start + 1; i < nrows; i++)
-			if (DatumGetInt64(get(&w, tt->vals[i], R_KNO, &isnull)) != kno)
-				break;
-		stage = !read_key(&w, &tt->vals[start], (int) (i - start), &ch[start], &l);
+		if (first[k + 1] > first[k])
+			stage = !read_key(&w, &ord[first[k]], (int) (first[k + 1] - first[k]),
+							  &ch[first[k]], &l);
 	}
 	if (!stage)
 	{
 		writer_begin(&w, rel, keys);
-		for (start = 0; start < nrows; start = i)
+		for (k = 1; (uint64) k <= nrows; k++)
 		{
-			int64		kno = DatumGetInt64(get(&w, tt->vals[start], R_KNO, &isnull));
 			Latest		l;
+			int			n = (int) (first[k + 1] - first[k]);
 
+			if (n == 0)
+				continue;
 			CHECK_FOR_INTERRUPTS();
-			for (i = start + 1; i < nrows; i++)
-				if (DatumGetInt64(get(&w, tt->vals[i], R_KNO, &isnull)) != kno)
-					break;
-			(void) read_key(&w, &tt->vals[start], (int) (i - start), &ch[start], &l);
-			write_key(&w, &ch[start], (int) (i - start), &l);
+			(void) read_key(&w, &ord[first[k]], n, &ch[first[k]], &l);
+			write_key(&w, &ch[first[k]], n, &l);
 			ResetPerTupleExprContext(w.estate);
 		}
 		writer_end(&w);

@@ -246,7 +246,7 @@ SELECT 'only staged', * FROM (SELECT * FROM item_staged EXCEPT ALL SELECT * FROM
 CREATE VIEW fast_runs AS
 SELECT count(*) AS statements, sum(generic_plans + custom_plans) AS runs
   FROM pg_prepared_statements
- WHERE statement LIKE '%ORDER BY l.pgcdc_kno%' AND statement LIKE '%public.item_fast %';
+ WHERE statement LIKE '%AS pgcdc_late%' AND statement LIKE '%public.item_fast %';
 
 INSERT INTO item_changes (op, _source_lsn, _source_seq, _commit_ts, k1, k2, name, qty, note) VALUES
 	-- new keys, one of them with several changes, two of them in one transaction

@@ -326,7 +326,9 @@ $$;
  * The read query of the C history writer (_scd2_write, scd2_writer.c): each
  * change of a plain batch as _scd2_fast_sql's pgcdc_s has it (cast, hashed),
  * with its key's number, whether a change of the key is late or a replay,
- * and the key's latest version as pgcdc_l, in (key, sequence) order.
+ * and the key's latest version as pgcdc_l.  In no order: the writer sorts
+ * them by key number and sequence itself, cheaper than a sort of the wide
+ * rows here.
  */
 CREATE FUNCTION pgcdc._scd2_read_sql(target regclass, changes regclass, key_columns text[],
 									 op_column text, seq text, vf text, data_cols text[],
@@ -339,8 +341,7 @@ SELECT %2$s, x.pgcdc_op, x.pgcdc_seq, x.pgcdc_vf, x.pgcdc_lsn, x.pgcdc_lseq, x.p
 	   l.pgcdc_kno, l.pgcdc_l_tid, l.pgcdc_l_version, l.pgcdc_l_from, l.pgcdc_l_to,
 	   l.pgcdc_l_cur, l.pgcdc_l_del, l.pgcdc_l_hash,
 	   coalesce(l.pgcdc_min_seq OPERATOR(pg_catalog.<=) l.pgcdc_l_last, false) AS pgcdc_late
-  FROM pgcdc_s x JOIN pgcdc_l l ON %3$s
- ORDER BY l.pgcdc_kno, x.pgcdc_seq$f$,
+  FROM pgcdc_s x JOIN pgcdc_l l ON %3$s$f$,
 		pgcdc._scd2_changes_ctes(target, changes, key_columns, op_column, seq, vf, data_cols, tracked),
 		pgcdc._list(data_cols, 'x'),
 		pgcdc._key_join('x', 'l', target, key_columns))
