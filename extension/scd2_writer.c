@@ -24,13 +24,18 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/nbtree.h"
 #include "access/table.h"
 #include "access/tableam.h"
+#include "catalog/pg_am.h"
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "commands/trigger.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
+#include "funcapi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
@@ -43,6 +48,7 @@
 #include "utils/rls.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
+#include "utils/typcache.h"
 
 PG_FUNCTION_INFO_V1(pgcdc_scd2_write);
 
@@ -63,13 +69,10 @@ typedef enum Kind
 /* The read query's own columns, after the data columns. */
 enum
 {
-	R_OP, R_SEQ, R_VF, R_LSN, R_LSEQ, R_H, R_KNO, R_TID, R_VERSION, R_FROM, R_TO,
-	R_CUR, R_DEL, R_HASH, R_LATE, NREAD
+	R_OP, R_SEQ, R_VF, R_LSN, R_LSEQ, R_H, NREAD
 };
 static const char *const col_names[NREAD] = {
-	"pgcdc_op", "pgcdc_seq", "pgcdc_vf", "pgcdc_lsn", "pgcdc_lseq", "pgcdc_h", "pgcdc_kno",
-	"pgcdc_l_tid", "pgcdc_l_version", "pgcdc_l_from", "pgcdc_l_to", "pgcdc_l_cur",
-	"pgcdc_l_del", "pgcdc_l_hash", "pgcdc_late"
+	"pgcdc_op", "pgcdc_seq", "pgcdc_vf", "pgcdc_lsn", "pgcdc_lseq", "pgcdc_h"
 };
 
 /* The history's SCD2 columns this writes. */
@@ -88,6 +91,7 @@ typedef struct Row
 {
 	Datum	   *v;
 	bool	   *n;
+	int64		kno;			/* its key's number, from 1 */
 } Row;
 
 /* One change of the batch, as the read query gives it, once classified. */
@@ -113,8 +117,10 @@ typedef struct Latest
 	TimestampTz to;
 	bool		cur;
 	bool		del;
-	Datum		hash;
+	Datum		hash;			/* of the tracked columns: current versions only */
 	bool		hash_null;
+	Datum		last;			/* _last_sequence */
+	bool		last_null;
 } Latest;
 
 typedef struct Writer
@@ -132,6 +138,24 @@ typedef struct Writer
 	int			col[NREAD];		/* the read query's columns, 1-based */
 	AttrNumber	sys[NSYS];		/* the SCD2 columns' attribute numbers */
 	FmgrInfo	seq_cmp;
+
+	/* the key: columns, their hashing and equality, the (key, _valid_from) index */
+	int			nkeys;
+	int		   *key_in;			/* key column i is data column key_in[i] */
+	AttrNumber *key_att;
+	FmgrInfo   *key_hash;
+	FmgrInfo   *key_eq;
+	Oid		   *key_coll;
+	ScanKeyData *sk;
+	IndexScanDesc scan;
+
+	/* the tracked columns, hashed as pgcdc._hash_expr does */
+	int			ntrk;
+	AttrNumber *trk_att;
+	TupleDesc	trk_desc;
+	FmgrInfo	rec_send;
+	FmgrInfo	sha256;
+
 	int64		counts[4];		/* inserted, updated, deleted, change rows */
 } Writer;
 
@@ -140,15 +164,6 @@ get(Writer *w, Row *r, int c, bool *isnull)
 {
 	*isnull = r->n[w->col[c] - 1];
 	return r->v[w->col[c] - 1];
-}
-
-static bool
-get_bool(Writer *w, Row *r, int c)
-{
-	bool		isnull;
-	Datum		d = get(w, r, c, &isnull);
-
-	return !isnull && DatumGetBool(d);
 }
 
 static bool
@@ -211,10 +226,9 @@ writable(Relation rel, TupleDesc in, int ndata)
 }
 
 static void
-writer_begin(Writer *w, Relation rel, List *key_columns)
+writer_begin(Writer *w, Relation rel)
 {
 	RangeTblEntry *rte = makeNode(RangeTblEntry);
-	TupleDesc	desc = RelationGetDescr(rel);
 	int			i;
 
 	w->rel = rel;
@@ -232,20 +246,12 @@ writer_begin(Writer *w, Relation rel, List *key_columns)
 	ExecOpenIndices(w->rri, false);
 	EvalPlanQualInit(&w->epq, w->estate, NULL, NIL, -1);
 	w->old = table_slot_create(rel, &w->estate->es_tupleTable);
-	w->new = ExecInitExtraTupleSlot(w->estate, desc, &TTSOpsVirtual);
+	w->new = ExecInitExtraTupleSlot(w->estate, RelationGetDescr(rel), &TTSOpsVirtual);
 
 	w->data_att = palloc(sizeof(AttrNumber) * w->ndata);
-	w->data_key = palloc0(sizeof(bool) * w->ndata);
 	for (i = 0; i < w->ndata; i++)
-	{
-		const char *name = NameStr(TupleDescAttr(w->in, i)->attname);
-		ListCell   *lc;
-
-		w->data_att[i] = get_attnum(RelationGetRelid(rel), name);
-		foreach(lc, key_columns)
-			if (strcmp(lfirst(lc), name) == 0)
-				w->data_key[i] = true;
-	}
+		w->data_att[i] = get_attnum(RelationGetRelid(rel),
+									NameStr(TupleDescAttr(w->in, i)->attname));
 	for (i = 0; i < NSYS; i++)
 		w->sys[i] = get_attnum(RelationGetRelid(rel), sys_names[i]);
 }
@@ -253,11 +259,220 @@ writer_begin(Writer *w, Relation rel, List *key_columns)
 static void
 writer_end(Writer *w)
 {
+	if (w->scan != NULL)
+		index_endscan(w->scan);
 	EvalPlanQualEnd(&w->epq);
 	ExecCloseIndices(w->rri);
 	ExecResetTupleTable(w->estate->es_tupleTable, false);
 	FreeExecutorState(w->estate);
 }
+
+/* Data column by name, or -1. */
+static int
+data_column(Writer *w, const char *name)
+{
+	int			i;
+
+	for (i = 0; i < w->ndata; i++)
+		if (strcmp(NameStr(TupleDescAttr(w->in, i)->attname), name) == 0)
+			return i;
+	return -1;
+}
+
+/*
+ * Set up the key (hashing, equality, the index that finds a key's latest
+ * version) and the tracked columns (track, or every data column but the
+ * key's).  False if the target has no plain btree index on (key columns,
+ * _valid_from) or a key type cannot be hashed: the statement does without.
+ */
+static bool
+prepare_keys(Writer *w, List *keys, List *track)
+{
+	Relation	idx = NULL;
+	ListCell   *lc;
+	int			i;
+	int			j;
+
+	w->nkeys = list_length(keys);
+	w->key_in = palloc(sizeof(int) * w->nkeys);
+	w->key_att = palloc(sizeof(AttrNumber) * w->nkeys);
+	w->key_hash = palloc(sizeof(FmgrInfo) * w->nkeys);
+	w->key_eq = palloc(sizeof(FmgrInfo) * w->nkeys);
+	w->key_coll = palloc(sizeof(Oid) * w->nkeys);
+	w->sk = palloc(sizeof(ScanKeyData) * w->nkeys);
+	w->data_key = palloc0(sizeof(bool) * w->ndata);
+	i = 0;
+	foreach(lc, keys)
+	{
+		w->key_in[i] = data_column(w, lfirst(lc));
+		if (w->key_in[i] < 0)
+			return false;
+		w->key_att[i] = w->data_att[w->key_in[i]];
+		w->data_key[w->key_in[i]] = true;
+		i++;
+	}
+
+	for (j = 0; j < w->rri->ri_NumIndices && idx == NULL; j++)
+	{
+		Relation	r = w->rri->ri_IndexRelationDescs[j];
+		IndexInfo  *info = w->rri->ri_IndexRelationInfo[j];
+		bool		ok = r->rd_rel->relam == BTREE_AM_OID && r->rd_index->indisvalid &&
+			info->ii_NumIndexKeyAttrs == w->nkeys + 1 && info->ii_Predicate == NIL &&
+			info->ii_Expressions == NIL &&
+			info->ii_IndexAttrNumbers[w->nkeys] == w->sys[S_VALID_FROM] &&
+			(r->rd_indoption[w->nkeys] & INDOPTION_DESC) == 0;
+
+		for (i = 0; i < w->nkeys && ok; i++)
+			ok = info->ii_IndexAttrNumbers[i] == w->key_att[i];
+		if (ok)
+			idx = r;
+	}
+	if (idx == NULL)
+		return false;
+
+	for (i = 0; i < w->nkeys; i++)
+	{
+		Oid			type = TupleDescAttr(w->in, w->key_in[i])->atttypid;
+		TypeCacheEntry *tc = lookup_type_cache(type, TYPECACHE_HASH_PROC_FINFO |
+											   TYPECACHE_EQ_OPR_FINFO);
+		Oid			eq = get_opfamily_member(idx->rd_opfamily[i], idx->rd_opcintype[i],
+											 idx->rd_opcintype[i], BTEqualStrategyNumber);
+
+		if (!OidIsValid(tc->hash_proc) || !OidIsValid(tc->eq_opr) || !OidIsValid(eq))
+			return false;
+		fmgr_info_copy(&w->key_hash[i], &tc->hash_proc_finfo, CurrentMemoryContext);
+		fmgr_info_copy(&w->key_eq[i], &tc->eq_opr_finfo, CurrentMemoryContext);
+		w->key_coll[i] = idx->rd_indcollation[i];
+		ScanKeyEntryInitialize(&w->sk[i], 0, i + 1, BTEqualStrategyNumber,
+							   idx->rd_opcintype[i], idx->rd_indcollation[i],
+							   get_opcode(eq), (Datum) 0);
+	}
+	w->scan = index_beginscan(w->rel, idx, GetActiveSnapshot(), w->nkeys, 0);
+
+	/* pgcdc._tracked: track_columns as given, else the data columns but the key */
+	w->ntrk = 0;
+	w->trk_att = palloc(sizeof(AttrNumber) * Max(w->ndata + list_length(track), 1));
+	if (track != NIL)
+	{
+		foreach(lc, track)
+		{
+			AttrNumber	a = get_attnum(RelationGetRelid(w->rel), lfirst(lc));
+
+			if (a == InvalidAttrNumber)
+				return false;
+			w->trk_att[w->ntrk++] = a;
+		}
+	}
+	else
+		for (i = 0; i < w->ndata; i++)
+			if (!w->data_key[i])
+				w->trk_att[w->ntrk++] = w->data_att[i];
+	/* as ROW(...)::record, or ROW(NULL::integer) for no column */
+	w->trk_desc = CreateTemplateTupleDesc(Max(w->ntrk, 1));
+	if (w->ntrk == 0)
+		TupleDescInitEntry(w->trk_desc, 1, NULL, INT4OID, -1, 0);
+	for (i = 0; i < w->ntrk; i++)
+	{
+		Form_pg_attribute a = TupleDescAttr(RelationGetDescr(w->rel), w->trk_att[i] - 1);
+
+		TupleDescInitEntry(w->trk_desc, i + 1, NULL, a->atttypid, a->atttypmod, 0);
+	}
+	w->trk_desc = BlessTupleDesc(w->trk_desc);
+	fmgr_info(F_RECORD_SEND, &w->rec_send);
+	fmgr_info(F_SHA256, &w->sha256);
+	return true;
+}
+
+/* sha256(record_send(ROW(tracked columns)::record)) of a stored version. */
+static Datum
+version_hash(Writer *w, TupleTableSlot *slot)
+{
+	Datum	   *v = palloc0(sizeof(Datum) * Max(w->ntrk, 1));
+	bool	   *n = palloc(sizeof(bool) * Max(w->ntrk, 1));
+	int			i;
+
+	n[0] = true;
+	for (i = 0; i < w->ntrk; i++)
+	{
+		v[i] = slot->tts_values[w->trk_att[i] - 1];
+		n[i] = slot->tts_isnull[w->trk_att[i] - 1];
+	}
+	return FunctionCall1(&w->sha256,
+						 FunctionCall1(&w->rec_send,
+									   HeapTupleGetDatum(heap_form_tuple(w->trk_desc, v, n))));
+}
+
+/* The key's latest version (by _valid_from) before the batch, if any. */
+static void
+find_latest(Writer *w, Row *r, bool has_iu, Latest *l)
+{
+	TupleTableSlot *s = w->old;
+	int			i;
+
+	for (i = 0; i < w->nkeys; i++)
+		w->sk[i].sk_argument = r->v[w->key_in[i]];
+	index_rescan(w->scan, w->sk, w->nkeys, NULL, 0);
+	l->exists = index_getnext_slot(w->scan, BackwardScanDirection, s);
+	if (!l->exists)
+		return;
+	slot_getallattrs(s);
+	l->tid = s->tts_tid;
+	l->version = DatumGetInt32(s->tts_values[w->sys[S_VERSION] - 1]);
+	l->from = DatumGetTimestampTz(s->tts_values[w->sys[S_VALID_FROM] - 1]);
+	l->to = DatumGetTimestampTz(s->tts_values[w->sys[S_VALID_TO] - 1]);
+	l->cur = DatumGetBool(s->tts_values[w->sys[S_IS_CURRENT] - 1]);
+	l->del = DatumGetBool(s->tts_values[w->sys[S_IS_DELETED] - 1]);
+	l->last_null = s->tts_isnull[w->sys[S_LAST_SEQUENCE] - 1];
+	l->last = l->last_null ? (Datum) 0
+		: PointerGetDatum(PG_DETOAST_DATUM_COPY(s->tts_values[w->sys[S_LAST_SEQUENCE] - 1]));
+	/* only an insert or update compares with the current version */
+	l->hash_null = !(l->cur && has_iu);
+	l->hash = l->hash_null ? (Datum) 0 : version_hash(w, s);
+	ExecClearTuple(s);
+}
+
+/* Group rows by key: a key's hash and equality, as GROUP BY has them. */
+static uint32
+key_hash(Writer *w, Row *r)
+{
+	uint32		h = 0;
+	int			i;
+
+	for (i = 0; i < w->nkeys; i++)
+		h = hash_combine(h, DatumGetUInt32(FunctionCall1Coll(&w->key_hash[i], w->key_coll[i],
+															 r->v[w->key_in[i]])));
+	return h;
+}
+
+static bool
+key_equal(Writer *w, Row *a, Row *b)
+{
+	int			i;
+
+	for (i = 0; i < w->nkeys; i++)
+		if (!DatumGetBool(FunctionCall2Coll(&w->key_eq[i], w->key_coll[i],
+											a->v[w->key_in[i]], b->v[w->key_in[i]])))
+			return false;
+	return true;
+}
+
+typedef struct KeyEntry
+{
+	Row		   *row;			/* the key's first row */
+	int64		kno;
+	char		status;
+} KeyEntry;
+
+#define SH_PREFIX		keys
+#define SH_ELEMENT_TYPE	KeyEntry
+#define SH_KEY_TYPE		Row *
+#define SH_KEY			row
+#define SH_HASH_KEY(tb, key)	key_hash((Writer *) (tb)->private_data, key)
+#define SH_EQUAL(tb, a, b)		key_equal((Writer *) (tb)->private_data, a, b)
+#define SH_SCOPE		static inline
+#define SH_DECLARE
+#define SH_DEFINE
+#include "lib/simplehash.h"
 
 static void
 set(Writer *w, int s, Datum value, bool isnull)
@@ -376,34 +591,26 @@ insert_version(Writer *w, Latest *l, Change *c, Change *o, Change *next)
 }
 
 /*
- * Read rows[0..n) (one key, in sequence order): false if the batch must be
- * staged (a late change or replay, two changes at one position, a clock gone
- * backwards).  Sets each change's time.
+ * Read rows[0..n) (one key, in sequence order; l its latest version): false
+ * if the batch must be staged (a late change or replay, two changes at one
+ * position, a clock gone backwards).  Sets each change's time.
  */
 static bool
 read_key(Writer *w, Row **rows, int n, Change *ch, Latest *l)
 {
 	bool		isnull;
+	Datum		d;
 	TimestampTz t0 = 0;
 	bool		have_t0;
 	TimestampTz max = 0;
 	bool		have_max;
 	int			i;
 
-	if (get_bool(w, rows[0], R_LATE))
+	/* a change at or before what the history holds: late, or a replay */
+	d = get(w, rows[0], R_SEQ, &isnull);
+	if (isnull || (l->exists && !l->last_null &&
+				   DatumGetInt32(FunctionCall2(&w->seq_cmp, d, l->last)) <= 0))
 		return false;
-	(void) get(w, rows[0], R_TID, &isnull);
-	l->exists = !isnull;
-	if (l->exists)
-	{
-		l->tid = *(ItemPointer) DatumGetPointer(get(w, rows[0], R_TID, &isnull));
-		l->version = DatumGetInt32(get(w, rows[0], R_VERSION, &isnull));
-		l->from = DatumGetTimestampTz(get(w, rows[0], R_FROM, &isnull));
-		l->to = DatumGetTimestampTz(get(w, rows[0], R_TO, &isnull));
-		l->cur = get_bool(w, rows[0], R_CUR);
-		l->del = get_bool(w, rows[0], R_DEL);
-		l->hash = get(w, rows[0], R_HASH, &l->hash_null);
-	}
 	/* where the key's history ends: its current version's start, else its last end */
 	have_t0 = l->exists;
 	if (have_t0)
@@ -414,7 +621,6 @@ read_key(Writer *w, Row **rows, int n, Change *ch, Latest *l)
 	{
 		Change	   *c = &ch[i];
 		TimestampTz vf;
-		Datum		d;
 		text	   *op;
 
 		c->row = rows[i];
@@ -549,27 +755,57 @@ write_key(Writer *w, Change *ch, int n, Latest *l)
 	}
 }
 
+/* The non-null elements of a text[] as a List of C strings. */
+static List *
+text_list(ArrayType *arr)
+{
+	Datum	   *d;
+	bool	   *nulls;
+	int			n;
+	int			i;
+	List	   *l = NIL;
+
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &d, &nulls, &n);
+	for (i = 0; i < n; i++)
+		if (!nulls[i])
+			l = lappend(l, TextDatumGetCString(d[i]));
+	return l;
+}
+
+/* "a, b": the key columns as the null key error names them. */
+static char *
+key_names(List *keys)
+{
+	StringInfoData buf;
+	ListCell   *lc;
+
+	initStringInfo(&buf);
+	foreach(lc, keys)
+		appendStringInfo(&buf, "%s%s", buf.len > 0 ? ", " : "", (char *) lfirst(lc));
+	return buf.data;
+}
+
 /*
- * pgcdc._scd2_write(target regclass, stmt text, key_columns text[]) -> bigint[]
+ * pgcdc._scd2_write(target regclass, changes regclass, stmt text,
+ *					 key_columns text[], track_columns text[]) -> bigint[]
  *
- * Run the prepared read query stmt and write target: {inserted, updated,
- * deleted, change rows}; '{}' when this may not write target; NULL when the
- * batch must be staged (nothing written).
+ * Run the prepared read query stmt over changes and write target:
+ * {inserted, updated, deleted, change rows}; '{}' when this may not write
+ * target; NULL when the batch must be staged (nothing written).
  */
 Datum
 pgcdc_scd2_write(PG_FUNCTION_ARGS)
 {
 	Oid			relid = PG_GETARG_OID(0);
-	char	   *stmt = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	ArrayType  *keys_arr = PG_GETARG_ARRAYTYPE_P(2);
-	List	   *keys = NIL;
-	Datum	   *key_datums;
-	bool	   *key_nulls;
-	int			nkeys;
+	Oid			changes = PG_GETARG_OID(1);
+	char	   *stmt = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	List	   *keys = text_list(PG_GETARG_ARRAYTYPE_P(3));
+	List	   *track = PG_ARGISNULL(4) ? NIL : text_list(PG_GETARG_ARRAYTYPE_P(4));
 	Relation	rel;
 	Writer		w = {0};
 	SPITupleTable *tt;
 	uint64		nrows;
+	uint64		nkeys = 0;
 	uint64		i;
 	bool		stage = false;
 	bool		isnull;
@@ -578,13 +814,10 @@ pgcdc_scd2_write(PG_FUNCTION_ARGS)
 	uint64	   *first;			/* the rows of key k are ord[first[k] .. first[k + 1]) */
 	uint64	   *fill;
 	Change	   *ch;
+	Latest	   *latest;
+	keys_hash  *groups;
 	Datum		out[4];
 	int64		k;
-
-	deconstruct_array(keys_arr, TEXTOID, -1, false, TYPALIGN_INT, &key_datums, &key_nulls, &nkeys);
-	for (k = 0; k < nkeys; k++)
-		if (!key_nulls[k])
-			keys = lappend(keys, TextDatumGetCString(key_datums[k]));
 
 	/* scd2_apply_changes holds SHARE ROW EXCLUSIVE: no other writer */
 	rel = table_open(relid, RowExclusiveLock);
@@ -610,37 +843,59 @@ pgcdc_scd2_write(PG_FUNCTION_ARGS)
 		table_close(rel, NoLock);
 		PG_RETURN_ARRAYTYPE_P(construct_empty_array(INT8OID));
 	}
+	writer_begin(&w, rel);
+	if (!prepare_keys(&w, keys, track))
+	{
+		writer_end(&w);
+		SPI_finish();
+		table_close(rel, NoLock);
+		PG_RETURN_ARRAYTYPE_P(construct_empty_array(INT8OID));
+	}
 
-	/*
-	 * Each row deformed once; in (key, sequence) order: by key number (a
-	 * counting sort), then by sequence within a key (a few rows, most often
-	 * one: insertion sort).
-	 */
+	/* Each row deformed once, and numbered by its key. */
 	fmgr_info(F_BTARRAYCMP, &w.seq_cmp);
 	rows = palloc(sizeof(Row) * Max(nrows, 1));
-	first = palloc0(sizeof(uint64) * (nrows + 2));
+	groups = keys_create(CurrentMemoryContext, Max(nrows, 16), &w);
 	for (i = 0; i < nrows; i++)
 	{
-		int64		kno;
+		KeyEntry   *e;
+		bool		found;
+		int			j;
 
 		rows[i].v = palloc(sizeof(Datum) * w.in->natts);
 		rows[i].n = palloc(sizeof(bool) * w.in->natts);
 		heap_deform_tuple(tt->vals[i], w.in, rows[i].v, rows[i].n);
-		kno = DatumGetInt64(get(&w, &rows[i], R_KNO, &isnull));
-		if (isnull || kno < 1 || (uint64) kno > nrows)
-			elog(ERROR, "read query of scd2_apply_changes gave key number " INT64_FORMAT, kno);
-		first[kno + 1]++;
+		/* a null key fails the batch before anything is written, as in SQL */
+		for (j = 0; j < w.nkeys; j++)
+			if (rows[i].n[w.key_in[j]])
+				ereport(ERROR,
+						(errcode(ERRCODE_NOT_NULL_VIOLATION),
+						 errmsg("null key in changes %s",
+								DatumGetCString(DirectFunctionCall1(regclassout,
+																	ObjectIdGetDatum(changes)))),
+						 errdetail("Key columns: %s.", key_names(keys))));
+		e = keys_insert(groups, &rows[i], &found);
+		if (!found)
+			e->kno = ++nkeys;
+		rows[i].kno = e->kno;
 	}
-	for (i = 1; i <= nrows + 1; i++)
+
+	/*
+	 * In (key, sequence) order: by key number (a counting sort), then by
+	 * sequence within a key (a few rows, most often one: insertion sort).
+	 */
+	first = palloc0(sizeof(uint64) * (nkeys + 2));
+	for (i = 0; i < nrows; i++)
+		first[rows[i].kno + 1]++;
+	for (i = 1; i <= nkeys + 1; i++)
 		first[i] += first[i - 1];
 	ord = palloc(sizeof(Row *) * Max(nrows, 1));
-	fill = palloc0(sizeof(uint64) * (nrows + 1));
+	fill = palloc0(sizeof(uint64) * (nkeys + 1));
 	for (i = 0; i < nrows; i++)
 	{
-		int64		kno = DatumGetInt64(get(&w, &rows[i], R_KNO, &isnull));
+		int64		kno = rows[i].kno;
 		uint64		at = first[kno] + fill[kno]++;
 
-		/* rows of a key come in scan order: insert by sequence */
 		while (at > first[kno] &&
 			   DatumGetInt32(FunctionCall2(&w.seq_cmp,
 										   get(&w, ord[at - 1], R_SEQ, &isnull),
@@ -652,33 +907,37 @@ pgcdc_scd2_write(PG_FUNCTION_ARGS)
 		ord[at] = &rows[i];
 	}
 
-	/* first every key is read and checked, then written: staging writes nothing */
+	/* first every key is looked up and checked, then written: staging writes nothing */
 	ch = palloc(sizeof(Change) * Max(nrows, 1));
-	for (k = 1; (uint64) k <= nrows && !stage; k++)
+	latest = palloc(sizeof(Latest) * (nkeys + 1));
+	for (k = 1; (uint64) k <= nkeys && !stage; k++)
 	{
-		Latest		l;
+		int			n = (int) (first[k + 1] - first[k]);
+		bool		has_iu = false;
+		int			j;
 
-		if (first[k + 1] > first[k])
-			stage = !read_key(&w, &ord[first[k]], (int) (first[k + 1] - first[k]),
-							  &ch[first[k]], &l);
+		for (j = 0; j < n && !has_iu; j++)
+		{
+			text	   *op = DatumGetTextPP(get(&w, ord[first[k] + j], R_OP, &isnull));
+
+			has_iu = VARSIZE_ANY_EXHDR(op) != 1 || *VARDATA_ANY(op) != 'D';
+		}
+		find_latest(&w, ord[first[k]], has_iu, &latest[k]);
+		stage = !read_key(&w, &ord[first[k]], n, &ch[first[k]], &latest[k]);
 	}
 	if (!stage)
 	{
-		writer_begin(&w, rel, keys);
-		for (k = 1; (uint64) k <= nrows; k++)
+		for (k = 1; (uint64) k <= nkeys; k++)
 		{
-			Latest		l;
 			int			n = (int) (first[k + 1] - first[k]);
 
-			if (n == 0)
-				continue;
 			CHECK_FOR_INTERRUPTS();
-			(void) read_key(&w, &ord[first[k]], n, &ch[first[k]], &l);
-			write_key(&w, &ch[first[k]], n, &l);
+			(void) read_key(&w, &ord[first[k]], n, &ch[first[k]], &latest[k]);
+			write_key(&w, &ch[first[k]], n, &latest[k]);
 			ResetPerTupleExprContext(w.estate);
 		}
-		writer_end(&w);
 	}
+	writer_end(&w);
 	SPI_finish();
 	table_close(rel, NoLock);
 	if (stage)

@@ -242,11 +242,12 @@ SELECT 'only fast' AS side, * FROM (SELECT * FROM item_fast EXCEPT ALL SELECT * 
 UNION ALL
 SELECT 'only staged', * FROM (SELECT * FROM item_staged EXCEPT ALL SELECT * FROM item_fast) b;
 -- statements prepared by this session and how often they ran (the read
--- query of the C writer, which writes these batches)
+-- query of the C writer, which writes the fast side)
 CREATE VIEW fast_runs AS
 SELECT count(*) AS statements, sum(generic_plans + custom_plans) AS runs
   FROM pg_prepared_statements
- WHERE statement LIKE '%AS pgcdc_late%' AND statement LIKE '%public.item_fast %';
+ WHERE statement LIKE '%AS pgcdc_h%' AND statement NOT LIKE '%WITH pgcdc_s%'
+   AND statement LIKE '%public.item_changes %';
 
 INSERT INTO item_changes (op, _source_lsn, _source_seq, _commit_ts, k1, k2, name, qty, note) VALUES
 	-- new keys, one of them with several changes, two of them in one transaction

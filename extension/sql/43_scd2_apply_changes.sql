@@ -24,13 +24,36 @@ END
 $$;
 
 /*
- * The changes of a plain batch and each key's latest version, as both
- * writers of a plain batch read them: pgcdc_s, each change cast to the
- * target's types with its position, time and hash (of the tracked
- * columns, inserts and updates only); pgcdc_l, one row per key: its number
- * here (pgcdc_kno), its changes' first position, count and whether any is
- * no delete, and its latest version in the history (the current one's hash
- * recomputed, not _row_hash: track_columns may differ from the last call).
+ * The changes of a plain batch, as both writers read them: each cast to the
+ * target's types, with its position, time and hash (of the tracked
+ * columns; inserts and updates only).
+ */
+CREATE FUNCTION pgcdc._scd2_changes_sql(target regclass, changes regclass, op_column text,
+										seq text, vf text, data_cols text[], tracked text[])
+RETURNS text LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT format($f$
+	SELECT x.*, CASE WHEN x.pgcdc_op <> 'D' THEN %1$s END AS pgcdc_h
+	  FROM (SELECT %2$s, c.%3$I::text AS pgcdc_op, %4$s AS pgcdc_seq, %5$s AS pgcdc_vf,
+				   %6$s AS pgcdc_lsn, %7$s AS pgcdc_lseq
+			  FROM %8$s c OFFSET 0) x$f$,
+		pgcdc._hash_expr(tracked, 'x'),
+		pgcdc._cast_list(target, changes, data_cols, 'c'),
+		op_column, seq, vf,
+		CASE WHEN pgcdc._has_column(changes, '_source_lsn', 'pg_lsn')
+			 THEN 'c._source_lsn' ELSE 'NULL::pg_lsn' END,
+		CASE WHEN pgcdc._has_column(changes, '_source_seq', 'int4')
+			 THEN 'c._source_seq' ELSE 'NULL::integer' END,
+		pgcdc._qname(changes))
+$$;
+
+/*
+ * _scd2_fast_sql's first two CTEs: pgcdc_s, the changes (_scd2_changes_sql);
+ * pgcdc_l, one row per key: its changes' first position, count and whether
+ * any is no delete, and its latest version in the history (the current
+ * one's hash recomputed, not _row_hash: track_columns may differ from the
+ * last call).
  */
 CREATE FUNCTION pgcdc._scd2_changes_ctes(target regclass, changes regclass, key_columns text[],
 										 op_column text, seq text, vf text, data_cols text[],
@@ -39,34 +62,22 @@ RETURNS text LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT format($f$
-WITH pgcdc_s AS MATERIALIZED (
-	SELECT x.*, CASE WHEN x.pgcdc_op <> 'D' THEN %1$s END AS pgcdc_h
-	  FROM (SELECT %2$s, c.%3$I::text AS pgcdc_op, %4$s AS pgcdc_seq, %5$s AS pgcdc_vf,
-				   %6$s AS pgcdc_lsn, %7$s AS pgcdc_lseq
-			  FROM %8$s c OFFSET 0) x
+WITH pgcdc_s AS MATERIALIZED (%1$s
 ), pgcdc_l AS MATERIALIZED (
 	SELECT k.*, l.*
-	  FROM (SELECT %9$s, pg_catalog.row_number() OVER () AS pgcdc_kno,
-				   pg_catalog.min(x.pgcdc_seq) AS pgcdc_min_seq,
+	  FROM (SELECT %2$s, pg_catalog.min(x.pgcdc_seq) AS pgcdc_min_seq,
 				   pg_catalog.count(*) AS pgcdc_n, pg_catalog.bool_or(x.pgcdc_op <> 'D') AS pgcdc_iu
-			  FROM pgcdc_s x WHERE %10$s GROUP BY %9$s) k
+			  FROM pgcdc_s x WHERE %3$s GROUP BY %2$s) k
 	  LEFT JOIN LATERAL (
 			SELECT t.ctid AS pgcdc_l_tid, t._version AS pgcdc_l_version,
 				   t._valid_from AS pgcdc_l_from, t._valid_to AS pgcdc_l_to,
 				   t._is_current AS pgcdc_l_cur, t._is_deleted AS pgcdc_l_del,
-				   CASE WHEN t._is_current AND k.pgcdc_iu THEN %11$s END AS pgcdc_l_hash,
+				   CASE WHEN t._is_current AND k.pgcdc_iu THEN %4$s END AS pgcdc_l_hash,
 				   t._last_sequence AS pgcdc_l_last
-			  FROM %12$s t WHERE %13$s
+			  FROM %5$s t WHERE %6$s
 			 ORDER BY t._valid_from DESC LIMIT 1) l ON true
 )$f$,
-		pgcdc._hash_expr(tracked, 'x'),
-		pgcdc._cast_list(target, changes, data_cols, 'c'),
-		op_column, seq, vf,
-		CASE WHEN pgcdc._has_column(changes, '_source_lsn', 'pg_lsn')
-			 THEN 'c._source_lsn' ELSE 'NULL::pg_lsn' END,
-		CASE WHEN pgcdc._has_column(changes, '_source_seq', 'int4')
-			 THEN 'c._source_seq' ELSE 'NULL::integer' END,
-		pgcdc._qname(changes),
+		pgcdc._scd2_changes_sql(target, changes, op_column, seq, vf, data_cols, tracked),
 		pgcdc._list(key_columns, 'x'),
 		-- a null key fails the batch before anything is written
 		format('(%s) OR pgcdc._fail(''23502'', %L, %L) IS NULL',
@@ -323,39 +334,27 @@ $$;
 
 
 /*
- * The read query of the C history writer (_scd2_write, scd2_writer.c): each
- * change of a plain batch as _scd2_fast_sql's pgcdc_s has it (cast, hashed),
- * with its key's number, whether a change of the key is late or a replay,
- * and the key's latest version as pgcdc_l.  In no order: the writer sorts
- * them by key number and sequence itself, cheaper than a sort of the wide
- * rows here.
+ * The read query of the C history writer (_scd2_write, scd2_writer.c): the
+ * changes as _scd2_fast_sql's pgcdc_s has them, in no order.  The writer
+ * groups them by key, sorts each key's by sequence and looks up its latest
+ * version itself.
  */
-CREATE FUNCTION pgcdc._scd2_read_sql(target regclass, changes regclass, key_columns text[],
-									 op_column text, seq text, vf text, data_cols text[],
-									 tracked text[])
+CREATE FUNCTION pgcdc._scd2_read_sql(target regclass, changes regclass, op_column text,
+									 seq text, vf text, data_cols text[], tracked text[])
 RETURNS text LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT format($f$%1$s
-SELECT %2$s, x.pgcdc_op, x.pgcdc_seq, x.pgcdc_vf, x.pgcdc_lsn, x.pgcdc_lseq, x.pgcdc_h,
-	   l.pgcdc_kno, l.pgcdc_l_tid, l.pgcdc_l_version, l.pgcdc_l_from, l.pgcdc_l_to,
-	   l.pgcdc_l_cur, l.pgcdc_l_del, l.pgcdc_l_hash,
-	   coalesce(l.pgcdc_min_seq OPERATOR(pg_catalog.<=) l.pgcdc_l_last, false) AS pgcdc_late
-  FROM pgcdc_s x JOIN pgcdc_l l ON %3$s$f$,
-		pgcdc._scd2_changes_ctes(target, changes, key_columns, op_column, seq, vf, data_cols, tracked),
-		pgcdc._list(data_cols, 'x'),
-		pgcdc._key_join('x', 'l', target, key_columns))
+	SELECT pgcdc._scd2_changes_sql(target, changes, op_column, seq, vf, data_cols, tracked)
 $$;
 
--- Run the read query stmt and write the batch to target in C: the counts as
--- _scd2_fast gives them, NULL when the batch must be staged, '{}' when the
--- target is not one the C writer writes (then _scd2_fast does).  Planned
--- as _scd2_fast is, for the same reasons.
-CREATE FUNCTION pgcdc._scd2_write(target regclass, stmt text, key_columns text[])
+-- Run the read query stmt over changes and write the batch to target in C:
+-- the counts as _scd2_fast gives them, NULL when the batch must be staged,
+-- '{}' when the target is not one the C writer writes (then _scd2_fast
+-- does).  track_columns as scd2_apply_changes has it (checked there).
+CREATE FUNCTION pgcdc._scd2_write(target regclass, changes regclass, stmt text,
+								  key_columns text[], track_columns text[])
 RETURNS bigint[] LANGUAGE c
 SET search_path = pg_catalog, pg_temp
-SET enable_nestloop = off
-SET enable_seqscan = off
 AS 'MODULE_PATHNAME', 'pgcdc_scd2_write';
 
 
@@ -393,7 +392,7 @@ BEGIN
 	-- A call of the same shape earlier in this session checked the
 	-- arguments and prepared the statements.
 	IF target IS NOT NULL AND changes IS NOT NULL THEN
-		shape := pgcdc._shape('{scd2_apply_changes,_scd2_changes_ctes,_scd2_fast_sql,_scd2_read_sql,_stage_args,_plain_sql}',
+		shape := pgcdc._shape('{scd2_apply_changes,_scd2_changes_sql,_scd2_changes_ctes,_scd2_fast_sql,_scd2_read_sql,_stage_args,_plain_sql}',
 							  target, changes,
 							  key_columns::text, sequence_by, op_column, track_columns::text,
 							  valid_from_column);
@@ -414,8 +413,8 @@ BEGIN
 											 array_remove(args.seq_cols || valid_from_column, NULL))),
 			pgcdc._prepared(pgcdc._scd2_fast_sql(target, changes, key_columns, op_column,
 												 args.seq, args.vf, args.data_cols, tracked)),
-			pgcdc._prepared(pgcdc._scd2_read_sql(target, changes, key_columns, op_column,
-												 args.seq, args.vf, args.data_cols, tracked))];
+			pgcdc._prepared(pgcdc._scd2_read_sql(target, changes, op_column, args.seq, args.vf,
+												 args.data_cols, tracked))];
 		PERFORM set_config(shape, array_to_string(stmts, ' '), false);
 	END IF;
 
@@ -424,7 +423,8 @@ BEGIN
 		-- the C writer, unless the session asks for the statement (or the
 		-- target is not one it writes: '{}')
 		c := CASE WHEN current_setting('pgcdc.scd2_writer', true) IS DISTINCT FROM 'sql'
-				  THEN pgcdc._scd2_write(target, stmts[3], key_columns) ELSE '{}' END;
+				  THEN pgcdc._scd2_write(target, changes, stmts[3], key_columns, track_columns)
+				  ELSE '{}' END;
 		IF c = '{}' THEN
 			c := pgcdc._scd2_fast(stmts[2]);
 		END IF;
