@@ -66,13 +66,16 @@ typedef enum Kind
 #define OPENS(k)	((k) == K_NEW || (k) == K_CHANGE)	/* opens a version */
 #define MARKS(k)	((k) >= K_NEW)	/* starts a run */
 
-/* The read query's own columns, after the data columns. */
+/* The read query's own columns, after the data columns, and their types. */
 enum
 {
 	R_OP, R_SEQ, R_VF, R_LSN, R_LSEQ, R_H, NREAD
 };
 static const char *const col_names[NREAD] = {
 	"pgcdc_op", "pgcdc_seq", "pgcdc_vf", "pgcdc_lsn", "pgcdc_lseq", "pgcdc_h"
+};
+static const Oid col_types[NREAD] = {
+	TEXTOID, NUMERICARRAYOID, TIMESTAMPTZOID, PG_LSNOID, INT4OID, BYTEAOID
 };
 
 /* The history's SCD2 columns this writes. */
@@ -84,6 +87,10 @@ enum
 static const char *const sys_names[NSYS] = {
 	"_valid_from", "_valid_to", "_is_current", "_is_deleted", "_version", "_row_hash",
 	"_source_lsn", "_source_seq", "_sequence", "_last_sequence", "_last_at"
+};
+static const Oid sys_types[NSYS] = {
+	TIMESTAMPTZOID, TIMESTAMPTZOID, BOOLOID, BOOLOID, INT4OID, BYTEAOID,
+	PG_LSNOID, INT4OID, NUMERICARRAYOID, NUMERICARRAYOID, TIMESTAMPTZOID
 };
 
 /* A row of the read query, deformed once. */
@@ -184,15 +191,21 @@ bytea_same(Datum a, bool a_null, Datum b, bool b_null)
  * May this write the history as the statement would?  Anything that makes a
  * plain INSERT or UPDATE do more than store the row (triggers, rules, row
  * security, generated or defaulted columns) or refuse it (privileges) is
- * left to the statement.
+ * left to the statement.  The read query's columns must have the types the
+ * history's have (anyone may call _scd2_write with a statement of their
+ * own: a value of another type must never be stored).
  */
 static bool
-writable(Relation rel, TupleDesc in, int ndata)
+writable(Relation rel, TupleDesc in, int ndata, const int *col)
 {
 	Oid			relid = RelationGetRelid(rel);
 	TupleDesc	desc = RelationGetDescr(rel);
 	int			known = 0;
 	int			i;
+
+	for (i = 0; i < NREAD; i++)
+		if (TupleDescAttr(in, col[i] - 1)->atttypid != col_types[i])
+			return false;
 
 	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_rel->relispartition ||
 		rel->trigdesc != NULL || rel->rd_rules != NULL ||
@@ -215,9 +228,19 @@ writable(Relation rel, TupleDesc in, int ndata)
 		if (a->attisdropped)
 			continue;
 		for (j = 0; j < ndata && !found; j++)
-			found = strcmp(NameStr(TupleDescAttr(in, j)->attname), name) == 0;
+			if (strcmp(NameStr(TupleDescAttr(in, j)->attname), name) == 0)
+			{
+				if (TupleDescAttr(in, j)->atttypid != a->atttypid)
+					return false;
+				found = true;
+			}
 		for (j = 0; j < NSYS && !found; j++)
-			found = strcmp(sys_names[j], name) == 0;
+			if (strcmp(sys_names[j], name) == 0)
+			{
+				if (a->atttypid != sys_types[j])
+					return false;
+				found = true;
+			}
 		if (!found)
 			return false;
 		known++;
@@ -837,7 +860,7 @@ pgcdc_scd2_write(PG_FUNCTION_ARGS)
 	}
 	w.ndata = w.col[R_OP] - 1;
 
-	if (!writable(rel, w.in, w.ndata))
+	if (!writable(rel, w.in, w.ndata, w.col))
 	{
 		SPI_finish();
 		table_close(rel, NoLock);

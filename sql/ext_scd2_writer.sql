@@ -159,6 +159,15 @@ SELECT * FROM pgcdc.scd2_apply_changes('hist_nodel', 'changes', '{id}', '_source
 RESET ROLE;
 SELECT id, name, _valid_from, _valid_to, _version FROM hist_nodel ORDER BY id, _valid_from;
 
+-- anyone may call the C writer with a statement of their own: one whose
+-- columns do not have the history's types is refused (nothing is written)
+PREPARE not_the_types AS
+SELECT 'one'::text AS id, 'ann'::text AS name, 1 AS qty, 'n'::text AS note, 'I'::text AS pgcdc_op,
+	   '{1}'::numeric[] AS pgcdc_seq, now() AS pgcdc_vf, '0/1'::pg_lsn AS pgcdc_lsn,
+	   1 AS pgcdc_lseq, NULL::bytea AS pgcdc_h;
+SELECT pgcdc._scd2_write('hist_c', 'changes', 'not_the_types', '{id}', NULL);
+DEALLOCATE not_the_types;
+
 -- a constraint the C writer's row breaks fails as the statement's would
 ALTER TABLE hist_c ADD CONSTRAINT qty_small CHECK (qty < 100);
 DELETE FROM changes;
