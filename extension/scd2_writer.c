@@ -833,6 +833,8 @@ pgcdc_scd2_write(PG_FUNCTION_ARGS)
 	bool		stage = false;
 	bool		isnull;
 	Row		   *rows;
+	Datum	   *values;
+	bool	   *nulls;
 	Row		  **ord;
 	uint64	   *first;			/* the rows of key k are ord[first[k] .. first[k + 1]) */
 	uint64	   *fill;
@@ -878,6 +880,8 @@ pgcdc_scd2_write(PG_FUNCTION_ARGS)
 	/* Each row deformed once, and numbered by its key. */
 	fmgr_info(F_BTARRAYCMP, &w.seq_cmp);
 	rows = palloc(sizeof(Row) * Max(nrows, 1));
+	values = palloc(sizeof(Datum) * w.in->natts * Max(nrows, 1));
+	nulls = palloc(sizeof(bool) * w.in->natts * Max(nrows, 1));
 	groups = keys_create(CurrentMemoryContext, Max(nrows, 16), &w);
 	for (i = 0; i < nrows; i++)
 	{
@@ -885,9 +889,13 @@ pgcdc_scd2_write(PG_FUNCTION_ARGS)
 		bool		found;
 		int			j;
 
-		rows[i].v = palloc(sizeof(Datum) * w.in->natts);
-		rows[i].n = palloc(sizeof(bool) * w.in->natts);
+		rows[i].v = values + i * w.in->natts;
+		rows[i].n = nulls + i * w.in->natts;
 		heap_deform_tuple(tt->vals[i], w.in, rows[i].v, rows[i].n);
+		/* the position is compared often: its array untoasted once, not at each compare */
+		if (!rows[i].n[w.col[R_SEQ] - 1])
+			rows[i].v[w.col[R_SEQ] - 1] =
+				PointerGetDatum(PG_DETOAST_DATUM(rows[i].v[w.col[R_SEQ] - 1]));
 		/* a null key fails the batch before anything is written, as in SQL */
 		for (j = 0; j < w.nkeys; j++)
 			if (rows[i].n[w.key_in[j]])
