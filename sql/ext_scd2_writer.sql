@@ -159,6 +159,22 @@ SELECT * FROM pgcdc.scd2_apply_changes('hist_nodel', 'changes', '{id}', '_source
 RESET ROLE;
 SELECT id, name, _valid_from, _valid_to, _version FROM hist_nodel ORDER BY id, _valid_from;
 
+-- the C writer holds a batch in memory: one of more than 100,000 rows is
+-- left to the statement
+CREATE TABLE big (LIKE changes);
+INSERT INTO big
+SELECT 'I', pg_lsn('0/0') + g, 0, timestamptz '2025-01-01' + g * interval '1 second', g, 'n', 1, 'x'
+  FROM generate_series(1, 100001) g;
+SELECT pgcdc.create_history_table('item', 'hist_big');
+BEGIN;
+SET LOCAL track_functions = 'all';
+SELECT * FROM pgcdc.scd2_apply_changes('hist_big', 'big', '{id}', '_source_lsn,_source_seq',
+									   valid_from_column => '_commit_ts');
+SELECT f.funcname, f.calls FROM pg_stat_xact_user_functions f
+ WHERE f.schemaname = 'pgcdc' AND f.funcname IN ('_scd2_write', '_scd2_fast') ORDER BY 1;
+COMMIT;
+SELECT count(*), count(*) FILTER (WHERE _is_current) AS current FROM hist_big;
+
 -- anyone may call the C writer with a statement of their own: one whose
 -- columns do not have the history's types is refused (nothing is written)
 PREPARE not_the_types AS
@@ -176,7 +192,8 @@ SELECT * FROM pgcdc.scd2_apply_changes('hist_c', 'changes', '{id}', '_source_lsn
 									   valid_from_column => '_commit_ts');
 
 DROP EXTENSION pgcdc;
-DROP TABLE item, hist_c, hist_sql, hist_trig, hist_rls, hist_nodel, changes, applied, outcome, seen;
+DROP TABLE item, hist_c, hist_sql, hist_trig, hist_rls, hist_nodel, hist_big, big, changes, applied, outcome,
+	seen;
 DROP FUNCTION apply_with(int, text, regclass, text[]), stage_calls(), count_row();
 DROP OWNED BY scd2_writer_nodelete, scd2_writer_rls;
 DROP ROLE scd2_writer_nodelete, scd2_writer_rls;

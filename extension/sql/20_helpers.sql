@@ -513,16 +513,17 @@ $$;
 
 -- The query that says whether a batch of change rows is plain: ops I, U and
 -- D only, none of the columns not_null null, no unchanged TOAST, no key
--- change.  One pass over the routing columns only (a view over staged
+-- change (counted: how many rows a plain one has, NULL for another).  One pass over the routing columns only (a view over staged
 -- events does not build its rows for it).  A batch that is not plain takes
 -- the staged path, which also says what is wrong with a bad one.
-CREATE FUNCTION pgcdc._plain_sql(changes regclass, op_column text, not_null text[])
+CREATE FUNCTION pgcdc._plain_sql(changes regclass, op_column text, not_null text[],
+								 counted boolean DEFAULT false)
 RETURNS text LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT format($f$
-		SELECT pg_catalog.count(*) FILTER (WHERE c.%1$I IS NULL OR c.%1$I NOT IN ('I', 'U', 'D')
-			OR %2$s OR %3$s OR %4$s) = 0
+		SELECT %6$s pg_catalog.count(*) FILTER (WHERE c.%1$I IS NULL OR c.%1$I NOT IN ('I', 'U', 'D')
+			OR %2$s OR %3$s OR %4$s) = 0 %7$s
 		  FROM %5$s c$f$,
 		op_column,
 		coalesce((SELECT string_agg(format('c.%I IS NULL', x), ' OR ') FROM unnest(not_null) x), 'false'),
@@ -531,5 +532,8 @@ AS $$
 		CASE WHEN pgcdc._has_column(changes, '_old_key', 'jsonb')
 			 THEN format('(c.%I = ''U'' AND c._old_key IS NOT NULL)', op_column)
 			 ELSE 'false' END,
-		pgcdc._qname(changes))
+		pgcdc._qname(changes),
+		-- counted: the number of rows of a plain batch, NULL for another
+		CASE WHEN counted THEN 'CASE WHEN' ELSE '' END,
+		CASE WHEN counted THEN 'THEN pg_catalog.count(*) END' ELSE '' END)
 $$;

@@ -378,9 +378,9 @@ SET jit = off			-- as scd2_merge
 AS $$
 DECLARE
 	shape text;
-	stmts text[];		-- prepared: is the batch plain, and the fast path
+	stmts text[];		-- prepared: is the batch plain, the statement, the C writer's read query
 	args record;
-	plain boolean;
+	plain bigint;		-- the rows of a plain batch, NULL for another
 	st record;
 	tracked text[];
 	tr record;
@@ -410,7 +410,8 @@ BEGIN
 		stmts := ARRAY[
 			-- is the batch plain (null positions or times are not)
 			pgcdc._prepared(pgcdc._plain_sql(changes, op_column,
-											 array_remove(args.seq_cols || valid_from_column, NULL))),
+											 array_remove(args.seq_cols || valid_from_column, NULL),
+											 counted => true)),
 			pgcdc._prepared(pgcdc._scd2_fast_sql(target, changes, key_columns, op_column,
 												 args.seq, args.vf, args.data_cols, tracked)),
 			pgcdc._prepared(pgcdc._scd2_read_sql(target, changes, op_column, args.seq, args.vf,
@@ -419,10 +420,12 @@ BEGIN
 	END IF;
 
 	EXECUTE 'EXECUTE ' || quote_ident(stmts[1]) INTO plain;
-	IF plain THEN
-		-- the C writer, unless the session asks for the statement (or the
-		-- target is not one it writes: '{}')
+	IF plain IS NOT NULL THEN
+		-- the C writer, unless the session asks for the statement or the
+		-- target is not one it writes ('{}').  It holds the batch in memory:
+		-- a larger one goes to the statement, whose tuplestores spill to disk.
 		c := CASE WHEN current_setting('pgcdc.scd2_writer', true) IS DISTINCT FROM 'sql'
+					   AND plain <= 100000
 				  THEN pgcdc._scd2_write(target, changes, stmts[3], key_columns, track_columns)
 				  ELSE '{}' END;
 		IF c = '{}' THEN
