@@ -42,6 +42,7 @@
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
@@ -162,6 +163,7 @@ typedef struct Writer
 	TupleDesc	trk_desc;
 	FmgrInfo	rec_send;
 	FmgrInfo	sha256;
+	MemoryContext hash_cxt;
 
 	int64		counts[4];		/* inserted, updated, deleted, change rows */
 } Writer;
@@ -403,15 +405,23 @@ prepare_keys(Writer *w, List *keys, List *track)
 	w->trk_desc = BlessTupleDesc(w->trk_desc);
 	fmgr_info(F_RECORD_SEND, &w->rec_send);
 	fmgr_info(F_SHA256, &w->sha256);
+	w->hash_cxt = AllocSetContextCreate(CurrentMemoryContext, "pgcdc scd2 version hash",
+										ALLOCSET_SMALL_SIZES);
 	return true;
 }
 
-/* sha256(record_send(ROW(tracked columns)::record)) of a stored version. */
+/*
+ * sha256(record_send(ROW(tracked columns)::record)) of a stored version.
+ * Each column's send function allocates a buffer: in a context of its own,
+ * emptied after each hash (as an expression's per-tuple memory is).
+ */
 static Datum
 version_hash(Writer *w, TupleTableSlot *slot)
 {
+	MemoryContext old = MemoryContextSwitchTo(w->hash_cxt);
 	Datum	   *v = palloc0(sizeof(Datum) * Max(w->ntrk, 1));
 	bool	   *n = palloc(sizeof(bool) * Max(w->ntrk, 1));
+	Datum		hash;
 	int			i;
 
 	n[0] = true;
@@ -420,9 +430,13 @@ version_hash(Writer *w, TupleTableSlot *slot)
 		v[i] = slot->tts_values[w->trk_att[i] - 1];
 		n[i] = slot->tts_isnull[w->trk_att[i] - 1];
 	}
-	return FunctionCall1(&w->sha256,
+	hash = FunctionCall1(&w->sha256,
 						 FunctionCall1(&w->rec_send,
 									   HeapTupleGetDatum(heap_form_tuple(w->trk_desc, v, n))));
+	MemoryContextSwitchTo(old);
+	hash = datumCopy(hash, false, -1);
+	MemoryContextReset(w->hash_cxt);
+	return hash;
 }
 
 /* The key's latest version (by _valid_from) before the batch, if any. */
