@@ -7,20 +7,23 @@
  * writes.  This decides the same key by key in C and writes the versions
  * through the executor's simple-relation routines, as the logical
  * replication apply worker does (constraints, index entries, unique checks,
- * replica identity).  A prepared query (_scd2_read_sql) gives each change,
- * cast to the target's types and hashed, with its key's number and that
- * key's latest version; this puts them in (key, sequence) order.
+ * replica identity).  A prepared query (_scd2_changes_sql) gives the
+ * changes, cast to the target's types and hashed; this groups them by key
+ * (a hash table on the key types' hash and equality functions), puts each
+ * key's in sequence order and finds its latest version through the
+ * (key, _valid_from) index, hashing a current one as pgcdc._hash_expr does.
  *
  * The rules are _scd2_fast_sql's, restated per key (its comment explains
  * them): the changes' times, collapse, kinds, runs, the current version's
  * update or delete, then the new versions.  Where this and the statement
  * could differ it stays out: on a table with triggers, rules, row security,
- * generated columns or columns that are neither data nor SCD2 columns, or
- * without SELECT, INSERT, UPDATE and DELETE for the caller, it returns an
- * empty array and the statement runs.  NULL, as from _scd2_fast: a change is
- * late or a replay, a key's clock went backwards or two of its changes share
- * a position; nothing was written, and the staged path takes the batch (and
- * raises the error of the last case).
+ * generated columns or columns that are neither data nor SCD2 columns,
+ * without the (key, _valid_from) index, with a key type that cannot be
+ * hashed, or without SELECT, INSERT, UPDATE and DELETE for the caller, it
+ * returns an empty array and the statement runs.  NULL, as from _scd2_fast:
+ * a change is late or a replay, a key's clock went backwards or two of its
+ * changes share a position; nothing was written, and the staged path takes
+ * the batch (and raises the error of the last case).
  */
 #include "postgres.h"
 

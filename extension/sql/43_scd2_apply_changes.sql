@@ -333,24 +333,13 @@ END
 $$;
 
 
-/*
- * The read query of the C history writer (_scd2_write, scd2_writer.c): the
- * changes as _scd2_fast_sql's pgcdc_s has them, in no order.  The writer
- * groups them by key, sorts each key's by sequence and looks up its latest
- * version itself.
- */
-CREATE FUNCTION pgcdc._scd2_read_sql(target regclass, changes regclass, op_column text,
-									 seq text, vf text, data_cols text[], tracked text[])
-RETURNS text LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-	SELECT pgcdc._scd2_changes_sql(target, changes, op_column, seq, vf, data_cols, tracked)
-$$;
-
--- Run the read query stmt over changes and write the batch to target in C:
--- the counts as _scd2_fast gives them, NULL when the batch must be staged,
--- '{}' when the target is not one the C writer writes (then _scd2_fast
--- does).  track_columns as scd2_apply_changes has it (checked there).
+-- The C history writer (scd2_writer.c): run the read query stmt over
+-- changes (_scd2_changes_sql: the changes alone, in no order; the writer
+-- groups them by key, sorts each key's by sequence and looks up its latest
+-- version itself) and write the batch to target.  The counts as _scd2_fast
+-- gives them, NULL when the batch must be staged, '{}' when the target is
+-- not one the writer writes (then _scd2_fast does).  track_columns as
+-- scd2_apply_changes has it (checked there).
 CREATE FUNCTION pgcdc._scd2_write(target regclass, changes regclass, stmt text,
 								  key_columns text[], track_columns text[])
 RETURNS bigint[] LANGUAGE c
@@ -361,10 +350,12 @@ AS 'MODULE_PATHNAME', 'pgcdc_scd2_write';
 /*
  * Apply a batch of change rows to an SCD2 history.  A plain batch (only I,
  * U and D, after what the history holds for their keys, no unchanged TOAST,
- * no key change: the consumer's common one) is applied by one statement
- * (_scd2_fast_sql) prepared once per session and shape; truncates, unchanged
- * TOAST, key-changing updates, late changes and replays are staged (_stage)
- * and applied segment by segment (_scd2_run).  Both give the same history.
+ * no key change: the consumer's common one) is written by the C history
+ * writer (_scd2_write), or where it does not write, by one statement
+ * (_scd2_fast_sql); both read statements prepared once per session and
+ * shape.  Truncates, unchanged TOAST, key-changing updates, late changes and
+ * replays are staged (_stage) and applied segment by segment (_scd2_run).
+ * All give the same history.
  */
 CREATE FUNCTION pgcdc.scd2_apply_changes(target regclass, changes regclass,
 										 key_columns text[], sequence_by text,
@@ -392,7 +383,7 @@ BEGIN
 	-- A call of the same shape earlier in this session checked the
 	-- arguments and prepared the statements.
 	IF target IS NOT NULL AND changes IS NOT NULL THEN
-		shape := pgcdc._shape('{scd2_apply_changes,_scd2_changes_sql,_scd2_changes_ctes,_scd2_fast_sql,_scd2_read_sql,_stage_args,_plain_sql}',
+		shape := pgcdc._shape('{scd2_apply_changes,_scd2_changes_sql,_scd2_changes_ctes,_scd2_fast_sql,_stage_args,_plain_sql}',
 							  target, changes,
 							  key_columns::text, sequence_by, op_column, track_columns::text,
 							  valid_from_column);
@@ -414,8 +405,8 @@ BEGIN
 											 counted => true)),
 			pgcdc._prepared(pgcdc._scd2_fast_sql(target, changes, key_columns, op_column,
 												 args.seq, args.vf, args.data_cols, tracked)),
-			pgcdc._prepared(pgcdc._scd2_read_sql(target, changes, op_column, args.seq, args.vf,
-												 args.data_cols, tracked))];
+			pgcdc._prepared(pgcdc._scd2_changes_sql(target, changes, op_column, args.seq, args.vf,
+													args.data_cols, tracked))];
 		PERFORM set_config(shape, array_to_string(stmts, ' '), false);
 	END IF;
 
