@@ -114,6 +114,19 @@ SELECT c.state, count(*) > 0 AS seen FROM outcome c WHERE c.state IS NOT NULL GR
 SELECT (SELECT count(*) FROM hist_c) > 2000 AS many_versions,
 	   (SELECT count(*) FROM hist_c WHERE _is_current) AS current_keys;
 
+-- values stored out of line (TOAST) in the changes, and NULLs: the same too
+DELETE FROM changes;
+INSERT INTO changes
+SELECT 'U', '0/F0000000'::pg_lsn + g, 0, timestamptz '2029-01-01' + g * interval '1 hour', 1 + g % 6,
+	   CASE WHEN g % 2 = 0 THEN NULL ELSE 'big' END, NULL,
+	   (SELECT string_agg(md5((g * 10000 + i)::text), '') FROM generate_series(1, 4000) i)
+  FROM generate_series(1, 12) g;
+SELECT apply_with(1000, '', 'hist_c', NULL), apply_with(1000, 'sql', 'hist_sql', NULL);
+SELECT c.counts, c.counts = s.counts AND c.history = s.history AS same
+  FROM outcome c JOIN outcome s USING (round)
+ WHERE round = 1000 AND c.writer = '' AND s.writer = 'sql';
+SELECT count(*) AS big_notes FROM hist_c WHERE length(note) = 128000;
+
 -- A target the C writer leaves to the statement gives the same too: one
 -- with a trigger, one with row security.
 CREATE TABLE seen (n int);
@@ -187,7 +200,7 @@ DEALLOCATE not_the_types;
 -- a constraint the C writer's row breaks fails as the statement's would
 ALTER TABLE hist_c ADD CONSTRAINT qty_small CHECK (qty < 100);
 DELETE FROM changes;
-INSERT INTO changes VALUES ('U', '0/FFFFFF', 0, '2030-01-01', 1, 'ann', 500, 'x');
+INSERT INTO changes VALUES ('U', 'FF/0', 0, '2030-01-01', 1, 'ann', 500, 'x');
 SELECT * FROM pgcdc.scd2_apply_changes('hist_c', 'changes', '{id}', '_source_lsn,_source_seq',
 									   valid_from_column => '_commit_ts');
 
