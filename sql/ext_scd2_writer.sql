@@ -9,9 +9,14 @@ SET datestyle = 'ISO, YMD';
 CREATE TABLE item (id int PRIMARY KEY, name text, qty int, note text);
 SELECT pgcdc.create_history_table('item', 'hist_c');
 SELECT pgcdc.create_history_table('item', 'hist_sql');
+-- and a key of two columns, one of them text
+CREATE TABLE item2 (region text, id int, name text, qty int, note text, PRIMARY KEY (region, id));
+SELECT pgcdc.create_history_table('item2', 'hist2_c');
+SELECT pgcdc.create_history_table('item2', 'hist2_sql');
 -- as the consumer stages them: position (lsn, seq), commit time, op, row
+-- (region: item2's only)
 CREATE TABLE changes (op text, _source_lsn pg_lsn, _source_seq int, _commit_ts timestamptz,
-					  id int, name text, qty int, note text);
+					  id int, name text, qty int, note text, region text);
 CREATE TABLE applied (LIKE changes);
 CREATE TABLE outcome (round int, writer text, counts text, state text, staged boolean,
 					  history text, PRIMARY KEY (round, writer));
@@ -23,7 +28,8 @@ CREATE FUNCTION stage_calls() RETURNS bigint LANGUAGE sql AS $$
 	SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions
 	 WHERE schemaname = 'pgcdc' AND funcname = '_stage'
 $$;
-CREATE FUNCTION apply_with(r int, writer text, target regclass, track text[]) RETURNS void
+CREATE FUNCTION apply_with(r int, writer text, target regclass, track text[],
+						   keys text[] DEFAULT '{id}') RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
 	res text;
@@ -34,13 +40,13 @@ BEGIN
 	PERFORM set_config('pgcdc.scd2_writer', writer, true);
 	BEGIN
 		SELECT ROW(a.*)::text INTO res
-		  FROM pgcdc.scd2_apply_changes(target, 'changes', '{id}', '_source_lsn,_source_seq',
+		  FROM pgcdc.scd2_apply_changes(target, 'changes', keys, '_source_lsn,_source_seq',
 										track_columns => track, valid_from_column => '_commit_ts') a;
 	EXCEPTION WHEN OTHERS THEN
 		err := SQLSTATE;
 	END;
 	PERFORM set_config('pgcdc.scd2_writer', '', true);
-	EXECUTE format('SELECT md5(string_agg(ROW(h.*)::text, E''\n'' ORDER BY id, _valid_from)) FROM %s h',
+	EXECUTE format('SELECT md5(string_agg(ROW(h.*)::text, E''\n'' ORDER BY ROW(h.*)::text)) FROM %s h',
 				   target) INTO history;
 	INSERT INTO outcome VALUES (r, writer, res, err, stage_calls() > staged, history);
 END
@@ -51,7 +57,10 @@ $$;
 -- changes (one time) and times that repeat across transactions and
 -- batches (zero-length versions: collapse, overwrite, drop); now and then a
 -- clock that goes back, a replayed change or one twice at one position
--- (staged or refused, by both); track_columns all or two of three.
+-- (staged or refused, by both); track_columns all or two of three.  Each
+-- batch goes to both pairs of histories: key id (rounds 1-400), key
+-- (region, id) (rounds 10001-10400, where now and then a region is NULL:
+-- refused).  Histories compared after every round.
 BEGIN;
 SET LOCAL track_functions = 'all';
 SELECT setseed(0.42);
@@ -82,7 +91,9 @@ BEGIN
 				1 + floor(random() * 6)::int,
 				(ARRAY['ann', 'bob', NULL])[1 + floor(random() * 3)::int],
 				(ARRAY[1, 2, NULL])[1 + floor(random() * 3)::int],
-				'note ' || floor(random() * 3)::int);
+				'note ' || floor(random() * 3)::int,
+				CASE WHEN random() < 0.003 THEN NULL
+					 ELSE (ARRAY['north', 'south'])[1 + floor(random() * 2)::int] END);
 		END LOOP;
 		IF random() < 0.04 THEN		-- a replay of changes applied before
 			INSERT INTO changes SELECT * FROM applied ORDER BY random() LIMIT 3;
@@ -93,6 +104,8 @@ BEGIN
 		track := CASE WHEN random() < 0.3 THEN '{name,qty}' END;
 		PERFORM apply_with(r, '', 'hist_c', track);
 		PERFORM apply_with(r, 'sql', 'hist_sql', track);
+		PERFORM apply_with(10000 + r, '', 'hist2_c', track, '{region,id}');
+		PERFORM apply_with(10000 + r, 'sql', 'hist2_sql', track, '{region,id}');
 		INSERT INTO applied SELECT * FROM changes;
 	END LOOP;
 END
@@ -106,13 +119,14 @@ SELECT count(*) AS rounds,
 	   count(*) FILTER (WHERE c.counts IS NOT DISTINCT FROM s.counts
 						AND c.state IS NOT DISTINCT FROM s.state) AS same_result,
 	   count(*) FILTER (WHERE c.history = s.history) AS same_history,
-	   count(*) FILTER (WHERE NOT c.staged AND c.state IS NULL) > 300 AS mostly_c,
-	   count(*) FILTER (WHERE c.staged) > 10 AS some_staged
+	   count(*) FILTER (WHERE NOT c.staged AND c.state IS NULL) > 600 AS mostly_c,
+	   count(*) FILTER (WHERE c.staged) > 20 AS some_staged
   FROM outcome c JOIN outcome s USING (round)
  WHERE c.writer = '' AND s.writer = 'sql';
 SELECT c.state, count(*) > 0 AS seen FROM outcome c WHERE c.state IS NOT NULL GROUP BY 1 ORDER BY 1;
 SELECT (SELECT count(*) FROM hist_c) > 2000 AS many_versions,
-	   (SELECT count(*) FROM hist_c WHERE _is_current) AS current_keys;
+	   (SELECT count(*) FROM hist_c WHERE _is_current) AS current_keys,
+	   (SELECT count(*) FROM hist2_c) > 2000 AS many_versions_2;
 
 -- values stored out of line (TOAST) in the changes, and NULLs: the same too
 DELETE FROM changes;
@@ -205,8 +219,8 @@ SELECT * FROM pgcdc.scd2_apply_changes('hist_c', 'changes', '{id}', '_source_lsn
 									   valid_from_column => '_commit_ts');
 
 DROP EXTENSION pgcdc;
-DROP TABLE item, hist_c, hist_sql, hist_trig, hist_rls, hist_nodel, hist_big, big, changes, applied, outcome,
-	seen;
-DROP FUNCTION apply_with(int, text, regclass, text[]), stage_calls(), count_row();
+DROP TABLE item, item2, hist_c, hist_sql, hist2_c, hist2_sql, hist_trig, hist_rls, hist_nodel, hist_big,
+	big, changes, applied, outcome, seen;
+DROP FUNCTION apply_with(int, text, regclass, text[], text[]), stage_calls(), count_row();
 DROP OWNED BY scd2_writer_nodelete, scd2_writer_rls;
 DROP ROLE scd2_writer_nodelete, scd2_writer_rls;
