@@ -305,30 +305,55 @@ event_parse(const char *json, size_t len, EventInfo *ev, char *scratch, size_t s
 	return ev->op != 0;
 }
 
-/* One character of a value: escaped as an array literal needs, or doubled if it is the CSV quote. */
-static inline void
-value_char(PQExpBuffer out, char c, bool csv)
+/*
+ * The characters a value's text cannot hold as they are: in an array
+ * literal element ("...": quote and backslash), and in a field of the
+ * batch's COPY (text format, \x1f between fields: backslash, newline,
+ * carriage return and the delimiter).
+ */
+static inline bool
+special_char(char c)
 {
-	if (csv ? c == '\x1e' : (c == '"' || c == '\\'))
-		appendPQExpBufferChar(out, csv ? c : '\\');
-	appendPQExpBufferChar(out, c);
+	return c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\x1f';
+}
+
+/* One character of a value, escaped as an array literal or a COPY field needs. */
+static inline void
+value_char(PQExpBuffer out, char c, bool copy)
+{
+	if (!copy)
+	{
+		if (c == '"' || c == '\\')
+			appendPQExpBufferChar(out, '\\');
+		appendPQExpBufferChar(out, c);
+	}
+	else if (c == '\n')
+		appendPQExpBufferStr(out, "\\n");
+	else if (c == '\r')
+		appendPQExpBufferStr(out, "\\r");
+	else
+	{
+		if (c == '\\' || c == '\x1f')
+			appendPQExpBufferChar(out, '\\');
+		appendPQExpBufferChar(out, c);
+	}
 }
 
 /*
  * Append the text of a JSON value (a string unescaped to UTF-8, anything
- * else as it is), quoted: as an element of an array literal ("...", quotes
- * and backslashes escaped) or, with csv, as a CSV field quoted with \x1e
- * (the COPY format of batch.c).
+ * else as it is): as an element of an array literal ("...", quotes and
+ * backslashes escaped) or, with copy, as a field of the batch's COPY (text
+ * format, escaped; batch.c).
  */
 static bool
-append_value(PQExpBuffer out, const char *v, size_t len, bool raw, bool csv)
+append_value(PQExpBuffer out, const char *v, size_t len, bool raw, bool copy)
 {
 	const char *p = v;
 	const char *end = v + len;
 	bool		string = !raw && *p == '"';
-	char		quote = csv ? '\x1e' : '"';
 
-	appendPQExpBufferChar(out, quote);
+	if (!copy)
+		appendPQExpBufferChar(out, '"');
 	if (string)
 	{
 		p++;
@@ -340,7 +365,7 @@ append_value(PQExpBuffer out, const char *v, size_t len, bool raw, bool csv)
 		char		c;
 
 		/* copy runs that need nothing done to them in one go */
-		while (p < end && *p != '"' && *p != '\\' && *p != '\x1e')
+		while (p < end && !special_char(*p))
 			p++;
 		if (p > run)
 			appendBinaryPQExpBuffer(out, run, p - run);
@@ -350,7 +375,7 @@ append_value(PQExpBuffer out, const char *v, size_t len, bool raw, bool csv)
 		if (!string || c != '\\')
 		{
 			/* a character of the text */
-			value_char(out, c, csv);
+			value_char(out, c, copy);
 			p++;
 			continue;
 		}
@@ -366,10 +391,10 @@ append_value(PQExpBuffer out, const char *v, size_t len, bool raw, bool csv)
 				appendPQExpBufferChar(out, '\f');
 				break;
 			case 'n':
-				appendPQExpBufferChar(out, '\n');
+				value_char(out, '\n', copy);
 				break;
 			case 'r':
-				appendPQExpBufferChar(out, '\r');
+				value_char(out, '\r', copy);
 				break;
 			case 't':
 				appendPQExpBufferChar(out, '\t');
@@ -386,19 +411,20 @@ append_value(PQExpBuffer out, const char *v, size_t len, bool raw, bool csv)
 					p = hex - 1;	/* the loop steps past the last digit */
 					n = utf8_encode(cp, utf8);
 					if (n == 1)
-						value_char(out, utf8[0], csv);
+						value_char(out, utf8[0], copy);
 					else
 						appendBinaryPQExpBuffer(out, utf8, n);
 					break;
 				}
 			default:
 				/* \" \\ \/: the character itself */
-				value_char(out, *p, csv);
+				value_char(out, *p, copy);
 				break;
 		}
 		p++;
 	}
-	appendPQExpBufferChar(out, quote);
+	if (!copy)
+		appendPQExpBufferChar(out, '"');
 	return true;
 }
 
@@ -485,9 +511,9 @@ row_values(TableMap *m, JsonSpan obj, bool whole)
 
 /*
  * The row found by row_values as COPY fields of the map's data columns, in
- * target order, each after a \x1f: absent and null columns are empty
- * (NULL).  The target parses each with its column's input function; no
- * JSON is parsed on the server.
+ * target order, each after a \x1f: absent and null columns are NULL (\N).
+ * The target parses each with its column's input function; no JSON is
+ * parsed on the server.
  */
 bool
 row_fields(PQExpBuffer out, TableMap *m)
@@ -498,7 +524,10 @@ row_fields(PQExpBuffer out, TableMap *m)
 
 		appendPQExpBufferChar(out, '\x1f');
 		if (v.ptr == NULL || (v.len == 4 && memcmp(v.ptr, "null", 4) == 0))
+		{
+			appendPQExpBufferStr(out, "\\N");
 			continue;
+		}
 		if (!append_value(out, v.ptr, v.len, m->coljson[j], true))
 			return false;
 	}

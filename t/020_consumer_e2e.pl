@@ -44,6 +44,10 @@ INSERT INTO orders VALUES (4, E'\u00e9\u20ac"\\\\', 4, 99999999.99, -1, 1e300, 3
   '2026-06-30 23:59:59.999999', '2026-06-30 23:59:59.999999+00', '100 years', '\xdeadbeef', '{"e": "\u00e9"}',
   '{"nested": {"deep": [true, false]}}', '00000000-0000-0000-0000-000000000000', '{-1,0,NULL}', '{a,b}',
   '192.168.1.0/24', big_doc(4));
+INSERT INTO orders (id, code, doc, tags, j, js) VALUES
+ (7, E'\\\\N', E'back\\\\slash\r\ncr \x1f us \x1e rs \\\\N end\\\\', ARRAY[E'a\\\\b', 'c"d', E'e\nf', '', NULL],
+  '{"k": "line\nbreak \\\\ slash \u001f"}', E'{\n  "a": "x\\\\\\\\y"\n}'),
+ (8, '', '', '{}', NULL, NULL);
 UPDATE orders SET qty = 11 WHERE id = 1;
 UPDATE orders SET doc = big_doc(11) WHERE id = 1;
 UPDATE orders SET qty = NULL, amount = NULL, j = NULL WHERE id = 4;
