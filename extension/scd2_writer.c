@@ -34,6 +34,7 @@
 #include "access/tableam.h"
 #include "catalog/pg_am.h"
 #include "catalog/pg_type.h"
+#include "commands/prepare.h"
 #include "common/hashfn.h"
 #include "commands/trigger.h"
 #include "executor/executor.h"
@@ -289,6 +290,8 @@ writer_end(Writer *w)
 {
 	if (w->scan != NULL)
 		index_endscan(w->scan);
+	if (w->hash_cxt != NULL)
+		MemoryContextDelete(w->hash_cxt);
 	EvalPlanQualEnd(&w->epq);
 	ExecCloseIndices(w->rri);
 	ExecResetTupleTable(w->estate->es_tupleTable, false);
@@ -842,6 +845,7 @@ pgcdc_scd2_write(PG_FUNCTION_ARGS)
 	List	   *keys = text_list(PG_GETARG_ARRAYTYPE_P(3));
 	List	   *track = PG_ARGISNULL(4) ? NIL : text_list(PG_GETARG_ARRAYTYPE_P(4));
 	Relation	rel;
+	PreparedStatement *ps;
 	Writer		w = {0};
 	SPITupleTable *tt;
 	uint64		nrows;
@@ -864,13 +868,14 @@ pgcdc_scd2_write(PG_FUNCTION_ARGS)
 	/* scd2_apply_changes holds SHARE ROW EXCLUSIVE: no other writer */
 	rel = table_open(relid, RowExclusiveLock);
 
-	SPI_connect();
-	if (SPI_execute(psprintf("EXECUTE %s", quote_identifier(stmt)), false, 0) < 0 ||
-		SPI_tuptable == NULL)
-		elog(ERROR, "could not run the read query of scd2_apply_changes");
-	tt = SPI_tuptable;
-	nrows = SPI_processed;
-	w.in = tt->tupdesc;
+	/*
+	 * Whether this may write the target is known from the read query's
+	 * columns: a target left to the statement costs no read here.
+	 */
+	ps = FetchPreparedStatement(stmt, true);
+	if (ps->plansource->resultDesc == NULL)
+		elog(ERROR, "read query of scd2_apply_changes returns no rows");
+	w.in = CreateTupleDescCopy(ps->plansource->resultDesc);
 	for (k = 0; k < NREAD; k++)
 	{
 		w.col[k] = SPI_fnumber(w.in, col_names[k]);
@@ -878,15 +883,29 @@ pgcdc_scd2_write(PG_FUNCTION_ARGS)
 			elog(ERROR, "read query of scd2_apply_changes has no column \"%s\"", col_names[k]);
 	}
 	w.ndata = w.col[R_OP] - 1;
-
 	if (!writable(rel, w.in, w.ndata, w.col))
 	{
-		SPI_finish();
 		table_close(rel, NoLock);
 		PG_RETURN_ARRAYTYPE_P(construct_empty_array(INT8OID));
 	}
 	writer_begin(&w, rel);
 	if (!prepare_keys(&w, keys, track))
+	{
+		writer_end(&w);
+		table_close(rel, NoLock);
+		PG_RETURN_ARRAYTYPE_P(construct_empty_array(INT8OID));
+	}
+
+	SPI_connect();
+	if (SPI_execute(psprintf("EXECUTE %s", quote_identifier(stmt)), false, 0) < 0 ||
+		SPI_tuptable == NULL)
+		elog(ERROR, "could not run the read query of scd2_apply_changes");
+	tt = SPI_tuptable;
+	nrows = SPI_processed;
+	/* the writes' command: after the one the read query ran in */
+	w.estate->es_output_cid = GetCurrentCommandId(true);
+	/* (re-planned meanwhile with other columns: the statement does it) */
+	if (!equalTupleDescs(w.in, tt->tupdesc))
 	{
 		writer_end(&w);
 		SPI_finish();
