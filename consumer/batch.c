@@ -666,34 +666,14 @@ batch_begin_xact(Batch *b, const EventInfo *begin)
 	return true;
 }
 
-/*
- * A field of the batch's COPY (text format, \x1f between fields): NULL is
- * \N; a backslash, newline, carriage return or \x1f in the text is escaped.
- */
+/* A field of the batch's COPY (text format, \x1f between fields): NULL is \N. */
 static void
 copy_field(PQExpBuffer line, const char *v, size_t len)
 {
-	const char *end = v + len;
-
 	if (v == NULL)
-	{
 		appendPQExpBufferStr(line, "\\N");
-		return;
-	}
-	while (v < end)
-	{
-		const char *run = v;
-
-		while (v < end && *v != '\\' && *v != '\n' && *v != '\r' && *v != '\x1f')
-			v++;
-		appendBinaryPQExpBuffer(line, run, v - run);
-		if (v >= end)
-			break;
-		appendPQExpBufferStr(line, *v == '\n' ? "\\n" : *v == '\r' ? "\\r" : "\\");
-		if (*v == '\\' || *v == '\x1f')
-			appendPQExpBufferChar(line, *v);
-		v++;
-	}
+	else
+		copy_text(line, v, len);
 }
 
 /*

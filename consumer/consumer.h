@@ -181,6 +181,7 @@ extern int64_t now_us(void);
 extern bool event_parse(const char *json, size_t len, EventInfo *ev, char *scratch, size_t scratchlen);
 extern bool row_values(TableMap *m, JsonSpan obj, bool whole);
 extern bool row_fields(PQExpBuffer out, TableMap *m);
+extern void copy_text(PQExpBuffer out, const char *v, size_t len);
 extern bool array_literal(PQExpBuffer out, JsonSpan arr);
 
 /* target.c */

@@ -428,6 +428,13 @@ append_value(PQExpBuffer out, const char *v, size_t len, bool raw, bool copy)
 	return true;
 }
 
+/* Text (no JSON) as a field of the batch's COPY: escaped, not NULL. */
+void
+copy_text(PQExpBuffer out, const char *v, size_t len)
+{
+	(void) append_value(out, v, len, true, true);
+}
+
 /*
  * Find the map's data columns in a row object of an event ({"col": value,
  * ...}): m->values[j] is column j's JSON value, or empty if absent.  A

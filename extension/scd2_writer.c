@@ -270,7 +270,6 @@ writer_begin(Writer *w, Relation rel)
 	w->rri = makeNode(ResultRelInfo);
 	InitResultRelInfo(w->rri, rel, 1, NULL, 0);
 	w->estate->es_opened_result_relations = list_make1(w->rri);
-	w->estate->es_output_cid = GetCurrentCommandId(true);
 	w->estate->es_snapshot = GetActiveSnapshot();
 	ExecOpenIndices(w->rri, false);
 	EvalPlanQualInit(&w->epq, w->estate, NULL, NIL, -1);
@@ -974,7 +973,11 @@ pgcdc_scd2_write(PG_FUNCTION_ARGS)
 		ord[at] = &rows[i];
 	}
 
-	/* first every key is looked up and checked, then written: staging writes nothing */
+	/*
+	 * First every key is looked up and read (its changes' times and order
+	 * into ch, its latest version into latest), then written: a batch that
+	 * must be staged has written nothing.
+	 */
 	ch = palloc(sizeof(Change) * Max(nrows, 1));
 	latest = palloc(sizeof(Latest) * (nkeys + 1));
 	for (k = 1; (uint64) k <= nkeys && !stage; k++)
@@ -999,7 +1002,6 @@ pgcdc_scd2_write(PG_FUNCTION_ARGS)
 			int			n = (int) (first[k + 1] - first[k]);
 
 			CHECK_FOR_INTERRUPTS();
-			(void) read_key(&w, &ord[first[k]], n, &ch[first[k]], &latest[k]);
 			write_key(&w, &ch[first[k]], n, &latest[k]);
 			ResetPerTupleExprContext(w.estate);
 		}
