@@ -224,7 +224,7 @@ extern bool target_prepare_tables(PGconn *conn, PGconn *source, Pipeline *p);
 extern bool target_forget_snapshot_quarantine(PGconn *conn, Pipeline *p);
 extern void pipeline_free(Pipeline *p);
 extern PGresult *exec_ok(PGconn *conn, const char *sql, int nparams, const char *const *params);
-extern char *source_identity(PGconn *source, const char *table);
+extern char *source_identity(PGconn *source, const char *table, bool *failed);
 extern PGresult *exec_ok_progress(PGconn *conn, const char *sql, int nparams,
 								  const char *const *params, const char *what);
 extern bool exec_cmd(PGconn *conn, const char *sql);
@@ -243,7 +243,7 @@ typedef struct SourceDrop		/* a source table dropped: what its maps need */
 } SourceDrop;
 extern void target_note_rename(const char *from, const char *schema, const char *name,
 							   const char *table, Lsn until, unsigned int oid);
-extern bool moves_chase(PGconn *source, Pipeline *p);
+extern int	moves_chase(PGconn *source, Pipeline *p);
 extern bool target_follow_rename(PGconn *conn, const Pipeline *p, const TableMap *m);
 extern void target_note_drop(const TableMap *m, Lsn until);
 extern const SourceDrop *moves_dropped(const TableMap *m);

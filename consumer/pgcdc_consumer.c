@@ -127,6 +127,26 @@ connect_failed(const char *which)
 	return EXIT_ERROR;
 }
 
+/*
+ * A start that failed: as classify, except that a source table renamed or
+ * dropped since the start looked it up by name (42P01 from a later query)
+ * makes it start over, and the next start sees how.
+ */
+static int
+start_failed(PGconn *target, PGconn *source, Pipeline *p)
+{
+	int			rc = classify(target, source);
+
+	if (rc == EXIT_ERROR && strcmp(last_sql_error.code, "42P01") == 0 && p->nmaps > 0 &&
+		source_table_gone(source, p) >= 0)
+	{
+		log_msg(LOG_INFO, "a source table of pipeline \"%s\" was renamed or dropped while starting: starting over",
+				p->name);
+		rc = RUN_AGAIN;
+	}
+	return rc;
+}
+
 static int
 run_once(void)
 {
@@ -159,7 +179,7 @@ run_once(void)
 
 	if (!target_load_pipeline(target, source, &p))
 	{
-		rc = classify(target, source);
+		rc = start_failed(target, source, &p);
 		goto done;
 	}
 	if (p.paused && opts.exit_when_caught_up)
@@ -185,14 +205,7 @@ run_once(void)
 	was_paused = false;
 	if (!source_check(source, &p, &slot_exists) || !target_prepare_tables(target, source, &p))
 	{
-		rc = classify(target, source);
-		/* a source table renamed or dropped since it was looked up: the next start sees how */
-		if (rc == EXIT_ERROR && strcmp(last_sql_error.code, "42P01") == 0 && source_table_gone(source, &p) >= 0)
-		{
-			log_msg(LOG_INFO, "a source table of pipeline \"%s\" was renamed or dropped while starting: starting over",
-					p.name);
-			rc = RUN_AGAIN;
-		}
+		rc = start_failed(target, source, &p);
 		goto done;
 	}
 	if ((stream = stream_open(opts.source)) == NULL)

@@ -317,7 +317,7 @@ copy_append(Copy *c)
 	free(query);
 	if (!ok)
 		return false;
-	c->keys = m->key_columns ? m->key_columns : source_identity(c->src, m->source_table);
+	c->keys = m->key_columns ? m->key_columns : source_identity(c->src, m->source_table, NULL);
 	c->apply = append_range;
 	ok = c->rows == 0 || apply_range(c, 1, c->rows);
 	if (ok && c->ruled > 0)
@@ -488,7 +488,7 @@ find_refused(Copy *c)
 					"FROM (SELECT j.pgcdc_rec::pg_temp.pgcdc_snapshot_shape AS r FROM pg_temp.pgcdc_snapshot_json j "
 					"      WHERE j.pgcdc_ord BETWEEN $1::bigint AND $2::bigint OFFSET 0) s",
 					m->data_columns);
-	c->keys = m->key_columns ? m->key_columns : source_identity(c->src, m->source_table);
+	c->keys = m->key_columns ? m->key_columns : source_identity(c->src, m->source_table, NULL);
 	c->finding = true;
 	c->apply = changes_range;
 	ok = ok && (c->rows == 0 || apply_range(c, 1, c->rows));

@@ -263,11 +263,14 @@ moves_apply(TableMap *m)
  * rename to a temporary name, then to the final one), and its name found
  * gone.  By the OID noted with the rename, take the new name too: a marker
  * on the source, a rename noted and applied to the map, which then takes
- * changes under every name it had since the checkpoint.
+ * changes under every name it had since the checkpoint.  Returns how many
+ * tables it followed to a new name, -1 if a query failed.
  */
-bool
+int
 moves_chase(PGconn *source, Pipeline *p)
 {
+	int			moved = 0;
+
 	for (int i = 0; i < p->nmaps; i++)
 	{
 		TableMap   *m = &p->maps[i];
@@ -285,13 +288,13 @@ moves_chase(PGconn *source, Pipeline *p)
 					  "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
 					  "WHERE c.oid = $1::pg_catalog.oid", 1, params);
 		if (res == NULL)
-			return false;
+			return -1;
 		if (PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 2), m->source_table) != 0)
 		{
 			if (!emit_marker(source, p->name, "renamed", &until))
 			{
 				PQclear(res);
-				return false;
+				return -1;
 			}
 			log_msg(LOG_INFO, "source table %s of pipeline \"%s\" was renamed to %s: following it",
 					m->source_table, p->name, PQgetvalue(res, 0, 2));
@@ -301,10 +304,11 @@ moves_chase(PGconn *source, Pipeline *p)
 			for (int k = 0; k < p->nmaps; k++)
 				if (p->maps[k].source_oid == m->source_oid)
 					moves_apply_one(&p->maps[k], &renames[nrenames - 1]);
+			moved++;
 		}
 		PQclear(res);
 	}
-	return true;
+	return moved;
 }
 
 /*

@@ -360,9 +360,12 @@ target_forget_snapshot_quarantine(PGconn *conn, Pipeline *p)
 	return false;
 }
 
-/* The source's key for a table without key_columns: its replica identity. */
+/*
+ * The source's key for a table without key_columns: its replica identity.
+ * NULL if it has none, or if the query failed (*failed then, when given).
+ */
 char *
-source_identity(PGconn *source, const char *table)
+source_identity(PGconn *source, const char *table, bool *failed)
 {
 	const char *params[1] = {table};
 	PGresult   *res = exec_ok(source,
@@ -378,6 +381,8 @@ source_identity(PGconn *source, const char *table)
 							  1, params);
 	char	   *result = NULL;
 
+	if (failed)
+		*failed = res == NULL;
 	if (res != NULL && !PQgetisnull(res, 0, 0))
 		result = pg_strdup(PQgetvalue(res, 0, 0));
 	PQclear(res);
@@ -517,12 +522,25 @@ target_load_pipeline(PGconn *conn, PGconn *source, Pipeline *p)
 	}
 	PQclear(res);
 
-	/* a table followed by its OID may have a newer name than the notes give */
-	if (!moves_chase(source, p))
-		return false;
 	{
-		int			gone = source_table_gone(source, p);
+		int			gone;
 
+		/*
+		 * A table followed by its OID may have a newer name than the notes
+		 * give; renamed again between that look and the next, it is chased
+		 * again rather than taken for gone.
+		 */
+		for (int tries = 0;; tries++)
+		{
+			int			moved = moves_chase(source, p);
+
+			if (moved < 0)
+				return false;
+			gone = source_table_gone(source, p);
+			if (gone < 0 || p->maps[gone].nold == 0 || p->maps[gone].source_oid == 0 ||
+				(tries > 0 && moved == 0) || tries == 5)
+				break;
+		}
 		if (gone >= 0)
 		{
 			/* the hint's call is SQL a user may paste: its arguments as literals */
@@ -574,7 +592,11 @@ target_load_pipeline(PGconn *conn, PGconn *source, Pipeline *p)
 
 		if (m->key_columns == NULL && strcmp(m->mode, "append") != 0)
 		{
-			m->key_columns = source_identity(source, m->source_table);
+			bool		failed;
+
+			m->key_columns = source_identity(source, m->source_table, &failed);
+			if (failed)
+				return false;	/* (42P01: renamed or dropped since it was looked up) */
 			if (m->key_columns == NULL)
 			{
 				log_msg(LOG_ERROR, "source table %s has no primary key or replica identity index",
