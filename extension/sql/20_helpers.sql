@@ -473,8 +473,10 @@ $$;
 -- prepared for a call of this shape: everything their text depends on (the
 -- arguments, the names and columns of both relations, the source of the
 -- functions in code that write them), hashed.  A later call of the same
--- shape runs them without checking and generating them again.
-CREATE FUNCTION pgcdc._shape(code text[], target regclass, changes regclass, VARIADIC args text[])
+-- shape runs them without checking and generating them again.  _shape
+-- (C, shape.c) keeps it for the session until the relcache or syscache says
+-- that something it read changed.
+CREATE FUNCTION pgcdc._shape_of(code text[], target regclass, changes regclass, args text[])
 RETURNS text LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -490,6 +492,11 @@ AS $$
 		   FROM pg_proc p
 		  WHERE p.pronamespace = 'pgcdc'::regnamespace AND p.proname = ANY (code))))
 $$;
+
+CREATE FUNCTION pgcdc._shape(code text[], target regclass, changes regclass, VARIADIC args text[])
+RETURNS text LANGUAGE c STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'pgcdc_shape';
 
 -- The statements cached under shape, if all n are still prepared (DEALLOCATE
 -- ALL or an aborted transaction loses them) and each is one _prepared made:
