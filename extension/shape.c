@@ -13,6 +13,7 @@
  * either table changed, renamed or dropped, the syscaches of a function or
  * schema changed (rare: everything is forgotten then).  Invalidations for
  * a transaction's own DDL, and for DDL rolled back, arrive here as well.
+ * A shape computed while an invalidation came is returned, not kept.
  */
 #include "postgres.h"
 
@@ -24,6 +25,7 @@
 #include "utils/fmgroids.h"
 #include "utils/inval.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
 PG_FUNCTION_INFO_V1(pgcdc_shape);
@@ -39,6 +41,8 @@ typedef struct Shape
 /* the session's shapes, in TopMemoryContext (a few per table map) */
 static List *shapes = NIL;
 static bool callbacks_set = false;
+/* invalidations processed in this session, of any relation or function */
+static uint64 invalidations = 0;
 
 static void
 forget(Shape *s)
@@ -53,6 +57,7 @@ forget_relation(Datum arg, Oid relid)
 {
 	ListCell   *lc;
 
+	invalidations++;
 	foreach(lc, shapes)
 	{
 		Shape	   *s = lfirst(lc);
@@ -83,7 +88,10 @@ pgcdc_shape(PG_FUNCTION_ARGS)
 	Datum		values[4];
 	Oid			types[4] = {TEXTARRAYOID, REGCLASSOID, REGCLASSOID, TEXTARRAYOID};
 	char	   *shape;
-	MemoryContext old;
+	SPIPlanPtr	plan;
+	uint64		before;
+	bool		keep;
+	MemoryContext caller = CurrentMemoryContext;
 
 	/* (STRICT) */
 	target = PG_GETARG_OID(1);
@@ -110,28 +118,39 @@ pgcdc_shape(PG_FUNCTION_ARGS)
 	values[1] = ObjectIdGetDatum(target);
 	values[2] = ObjectIdGetDatum(changes);
 	values[3] = PG_GETARG_DATUM(3);
+	before = invalidations;
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT pgcdc._shape_of($1, $2, $3, $4)", 4, types, values, NULL, true, 1)
+	plan = SPI_prepare("SELECT pgcdc._shape_of($1, $2, $3, $4)", 4, types);
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+
+	/*
+	 * Read with a snapshot taken now, not the transaction's (REPEATABLE
+	 * READ): a change committed before it is in the shape; one committed
+	 * after it has its invalidation processed later, and that either
+	 * forgets the entry or, processed before the entry exists (when the
+	 * query takes its locks), keeps it from being stored.
+	 */
+	if (SPI_execute_snapshot(plan, values, NULL, GetLatestSnapshot(), InvalidSnapshot, true, false, 1)
 		!= SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "pgcdc._shape_of returned no row");
 	shape = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	if (shape == NULL)
 		elog(ERROR, "pgcdc._shape_of returned NULL");
-
-	/*
-	 * (An invalidation processed during the query found no entry to
-	 * forget; the shape it gives may then mix old and new catalog rows, a
-	 * key that only makes the callers generate their statements again.
-	 * One processed later forgets the entry.)
-	 */
-	old = MemoryContextSwitchTo(TopMemoryContext);
-	s = palloc(sizeof(Shape));
-	s->target = target;
-	s->changes = changes;
-	s->key = pstrdup(key);
-	s->shape = pstrdup(shape);
-	shapes = lappend(shapes, s);
-	MemoryContextSwitchTo(old);
+	keep = invalidations == before;
+	shape = MemoryContextStrdup(keep ? TopMemoryContext : caller, shape);
 	SPI_finish();
-	PG_RETURN_TEXT_P(cstring_to_text(s->shape));
+	if (keep)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		s = palloc(sizeof(Shape));
+		s->target = target;
+		s->changes = changes;
+		s->key = pstrdup(key);
+		s->shape = shape;
+		shapes = lappend(shapes, s);
+		MemoryContextSwitchTo(old);
+	}
+	PG_RETURN_TEXT_P(cstring_to_text(shape));
 }
