@@ -128,22 +128,28 @@ connect_failed(const char *which)
 }
 
 /*
- * A start that failed: as classify, except that a source table renamed or
- * dropped since the start looked it up by name (42P01 from a later query)
- * makes it start over, and the next start sees how.
+ * Whether a source table of the pipeline was renamed or dropped since this
+ * start looked it up by name (a later query of it failed): then it starts
+ * over, and the next start sees how, and says what to do.
  */
+static bool
+moved_while_starting(PGconn *source, Pipeline *p)
+{
+	if (p->nmaps == 0 || PQstatus(source) != CONNECTION_OK || source_table_gone(source, p) < 0)
+		return false;
+	log_msg(LOG_INFO, "a source table of pipeline \"%s\" was renamed or dropped while starting: starting over",
+			p->name);
+	return true;
+}
+
+/* A start that failed: as classify, but 42P01 on a source table that moved starts over. */
 static int
 start_failed(PGconn *target, PGconn *source, Pipeline *p)
 {
 	int			rc = classify(target, source);
 
-	if (rc == EXIT_ERROR && strcmp(last_sql_error.code, "42P01") == 0 && p->nmaps > 0 &&
-		source_table_gone(source, p) >= 0)
-	{
-		log_msg(LOG_INFO, "a source table of pipeline \"%s\" was renamed or dropped while starting: starting over",
-				p->name);
+	if (rc == EXIT_ERROR && strcmp(last_sql_error.code, "42P01") == 0 && moved_while_starting(source, p))
 		rc = RUN_AGAIN;
-	}
 	return rc;
 }
 
@@ -250,7 +256,10 @@ run_once(void)
 			snapshot_run(opts.source, target, &p, snapshot_name, consistent, snapshot_ts, &transient);
 		free(snapshot_name);
 		free(snapshot_ts);
-		if (!ok && !transient && !stop_requested)
+		/* (a table renamed or dropped meanwhile: its copy failed, 42P01 in a child) */
+		if (!ok && !transient && !stop_requested && moved_while_starting(source, &p))
+			rc = RUN_AGAIN;
+		else if (!ok && !transient && !stop_requested)
 		{
 			/* taking it again would meet the same rows: no retry loop */
 			log_msg(LOG_ERROR, "the initial snapshot of pipeline \"%s\" failed on a table's rows", p.name);
@@ -263,6 +272,8 @@ run_once(void)
 	else if (!snapshot_added_maps(opts.source, source, target, &p))
 	{
 		rc = classify(target, source);
+		if (rc == EXIT_ERROR && moved_while_starting(source, &p))
+			rc = RUN_AGAIN;
 		goto done;
 	}
 

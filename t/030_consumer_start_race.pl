@@ -4,8 +4,9 @@
 #
 # A table followed through a rename, renamed again while the start over
 # looks, is followed (a CI run once saw the consumer stop there with "does
-# not exist", by timing alone); one renamed while a first start looks
-# makes it start over and stop with the usual error and hint.
+# not exist", by timing alone); one renamed while a first start looks, or
+# while its initial snapshot starts, makes it start over and stop with the
+# usual error and hint.
 use strict;
 use warnings;
 use lib 't';
@@ -132,30 +133,42 @@ like($tail, qr/LOG: a source table of pipeline "r" was renamed or dropped while 
 	'r: it started over once more');
 unlike($tail, qr/ERROR: (?!relation "public\.v_tmp" does not exist)/, 'r: no other error on the way');
 
-# A table renamed after the start checked the names and before it read the
-# table's columns (target_prepare_tables: its first call, before the slot
-# exists): the read fails (42P01) and the consumer starts over, which finds
-# the name gone and stops (status 1) saying what to run; nothing was
-# streamed under the old name, so mapping the new one loses nothing.
-$src->safe_psql('postgres', 'CREATE TABLE y (id int PRIMARY KEY, v int); INSERT INTO y VALUES (1, 1)');
-$dst->safe_psql('postgres', q{
-SELECT pgcdc.create_pipeline('q');
-SELECT pgcdc.add_table('q', 'public.y', 'public.y_mirror');
-});
-my $at = length(slurp_log($log));
-my $h = consumer_under_gdb('q', 'target_prepare_tables', 0, 'y', 'y2');
-$h->finish;
-$tail = substr(slurp_log($log), $at);
-is($h->full_result(0) >> 8, 1, 'renamed while starting: the consumer stops with status 1');
-like(
-	$tail,
-	qr/test: y renamed to y2 at the consumer breakpoint\n.*LOG: a source table of pipeline "q" was renamed or dropped while starting: starting over\n.*ERROR: source table public\.y of pipeline "q" does not exist\nHINT: .*pgcdc\.rename_source_table\('q', 'public\.y', 'schema\.new_name'\)/s,
-	'after starting over once, and says how to map the new name') or diag($tail);
-$dst->safe_psql('postgres', "SELECT pgcdc.rename_source_table('q', 'public.y', 'public.y2')");
-$src->safe_psql('postgres', 'INSERT INTO y2 VALUES (2, 2)');
-my ($rc, $err) = run_consumer(consumer_cmd($src, $dst, 'q', '--exit-when-caught-up'), $log, 60);
-is($rc, 0, 'with the new name mapped, it runs') or diag($err);
-is($dst->safe_psql('postgres', "SELECT string_agg(id || ':' || v, ' ' ORDER BY id) FROM y_mirror"),
-	'1:1 2:2', 'the rows copied at the start and the change after it are applied');
+# A table renamed while a first start looks (no slot yet, nothing
+# followed), at the breakpoint $break: the query that meets the old name
+# fails (42P01) and the consumer starts over, which finds the name gone and
+# stops (status 1) saying what to run; nothing was streamed under the old
+# name, so mapping the new one loses nothing, and the rows are copied.
+sub renamed_while_first_start
+{
+	my ($pipeline, $t, $break, $when) = @_;
+	$src->safe_psql('postgres', "CREATE TABLE $t (id int PRIMARY KEY, v int); INSERT INTO $t VALUES (1, 1)");
+	$dst->safe_psql('postgres',
+		"SELECT pgcdc.create_pipeline('$pipeline'); SELECT pgcdc.add_table('$pipeline', 'public.$t', 'public.${t}_mirror')");
+	my $at = length(slurp_log($log));
+	my $h = consumer_under_gdb($pipeline, $break, 0, $t, "${t}2");
+	$h->finish;
+	my $tail = substr(slurp_log($log), $at);
+	is($h->full_result(0) >> 8, 1, "$pipeline: renamed while $when: the consumer stops with status 1");
+	like(
+		$tail,
+		qr/test: $t renamed to ${t}2 at the consumer breakpoint\n.*LOG: a source table of pipeline "$pipeline" was renamed or dropped while starting: starting over\n.*ERROR: source table public\.$t of pipeline "$pipeline" does not exist\nHINT: .*pgcdc\.rename_source_table\('$pipeline', 'public\.$t', 'schema\.new_name'\)/s,
+		"$pipeline: after starting over once, and says how to map the new name") or diag($tail);
+	$dst->safe_psql('postgres', "SELECT pgcdc.rename_source_table('$pipeline', 'public.$t', 'public.${t}2')");
+	$src->safe_psql('postgres', "INSERT INTO ${t}2 VALUES (2, 2)");
+	my ($rc, $err) = run_consumer(consumer_cmd($src, $dst, $pipeline, '--exit-when-caught-up'), $log, 60);
+	is($rc, 0, "$pipeline: with the new name mapped, it runs") or diag($err);
+	is($dst->safe_psql('postgres', "SELECT string_agg(id || ':' || v, ' ' ORDER BY id) FROM ${t}_mirror"),
+		'1:1 2:2', "$pipeline: the rows copied at the start and the change after it are applied");
+	return $tail;
+}
+
+# after the names were checked, before the table's columns were read
+renamed_while_first_start('q', 'y', 'target_prepare_tables', 'starting');
+
+# after the slot was made, before the initial snapshot copied the table (a
+# child's COPY fails): not "the initial snapshot failed on a table's rows"
+$tail = renamed_while_first_start('s', 'x', 'snapshot_run', 'its initial snapshot was starting');
+like($tail, qr/ERROR: relation "public\.x" does not exist/, 's: the copy met the rename');
+unlike($tail, qr/failed on a table's rows/, 's: not taken for bad rows');
 
 done_testing();
