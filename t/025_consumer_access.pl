@@ -10,7 +10,6 @@ use ConsumerTest;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(usleep);
 
 my $log = "$PostgreSQL::Test::Utils::log_path/consumer_access.log";
 my $dir = PostgreSQL::Test::Utils::tempdir();
@@ -160,21 +159,10 @@ my $at = length(slurp_log($log));
 my $ren = start_consumer(consumer_cmd($src_conn, $dst_conn, 'p', '--batch-ms', 50), $log);
 # (streaming, not merely connected: a rename before its start would be one
 # made while it was stopped)
-my $streaming = 0;
-for (1 .. 300)
-{
-	if (substr(slurp_log($log), $at) =~ /streaming from slot/) { $streaming = 1; last; }
-	usleep(100_000);
-}
-ok($streaming, 'running again');
+ok(wait_for_log($log, qr/streaming from slot/, $at, 30), 'running again');
 $src->safe_psql('postgres', "INSERT INTO acct VALUES (201, 201, 'before'); ALTER TABLE acct RENAME TO account; "
 	  . "INSERT INTO account VALUES (202, 202, 'after')");
-my $said = 0;
-for (1 .. 600)
-{
-	if (substr(slurp_log($log), $at) =~ /HINT:  Its changes are applied/) { $said = 1; last; }
-	usleep(100_000);
-}
+wait_for_log($log, qr/HINT:  Its changes are applied/, $at);
 $ren->finish;
 is($ren->full_result(0) >> 8, 1, 'a rename it may not follow in pgcdc.table_map: status 1');
 like(

@@ -14,7 +14,6 @@ use ConsumerTest;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(usleep);
 
 my $src = new_node('source', no_extension => 1);
 my $dst = new_node('target');
@@ -31,18 +30,6 @@ SELECT pgcdc.create_pipeline('p');
 SELECT pgcdc.add_table('p', 'public.a', 'public.a_mirror');
 });
 
-# wait until the log has grown by a line matching $re
-sub wait_for_log
-{
-	my ($re, $from) = @_;
-	for (1 .. 300)
-	{
-		return 1 if substr(slurp_log($log), $from) =~ $re;
-		usleep(100_000);
-	}
-	return 0;
-}
-
 my $h = start_consumer(consumer_cmd($src, $dst, 'p', '--batch-ms', 50), $log);
 $src->safe_psql('postgres', "INSERT INTO a VALUES (2, 'a2')");
 # (the consumer creates the target first)
@@ -52,7 +39,7 @@ ok(wait_for_row($dst, "SELECT EXISTS (SELECT FROM a_mirror WHERE id = 2)"), 'str
 # --- pause and resume while it runs
 my $at = length(slurp_log($log));
 $dst->safe_psql('postgres', "SELECT pgcdc.pause_pipeline('p')");
-ok(wait_for_log(qr/pipeline "p" was paused: stopping/, $at), 'a pause is noticed by the running consumer');
+ok(wait_for_log($log, qr/pipeline "p" was paused: stopping/, $at), 'a pause is noticed by the running consumer');
 $src->safe_psql('postgres', "INSERT INTO a VALUES (3, 'while paused')");
 sleep 2;
 is($dst->safe_psql('postgres', 'SELECT count(*) FROM a_mirror WHERE id = 3'), '0', 'nothing is applied while paused');
@@ -73,8 +60,8 @@ like(slurp_log($log), qr/pipeline "p" was resumed/, 'the resume is logged');
 # --- a table map added while it runs
 $at = length(slurp_log($log));
 $dst->safe_psql('postgres', "SELECT pgcdc.add_table('p', 'public.b', 'public.b_mirror')");
-ok(wait_for_log(qr/pipeline "p" or its table maps changed: starting over/, $at), 'an added table map is noticed');
-ok(wait_for_log(qr/copy of the tables added to pipeline "p" done at/, $at),
+ok(wait_for_log($log, qr/pipeline "p" or its table maps changed: starting over/, $at), 'an added table map is noticed');
+ok(wait_for_log($log, qr/copy of the tables added to pipeline "p" done at/, $at),
 	'a mirror target created after the snapshot gets a copy of its own');
 $src->safe_psql('postgres', "INSERT INTO b VALUES (3, 'b3')");
 ok(wait_for_row($dst, "SELECT EXISTS (SELECT FROM b_mirror WHERE id = 3)"), 'the added table streams');
@@ -84,8 +71,8 @@ is($dst->safe_psql('postgres', 'SELECT string_agg(id || v, \',\' ORDER BY id) FR
 # --- a table map removed while it runs
 $at = length(slurp_log($log));
 $dst->safe_psql('postgres', "SELECT pgcdc.remove_table('p', 'public.a', 'public.a_mirror')");
-ok(wait_for_log(qr/pipeline "p" or its table maps changed: starting over/, $at), 'a removed table map is noticed');
-ok(wait_for_log(qr/streaming from slot/, $at), 'and streaming goes on');
+ok(wait_for_log($log, qr/pipeline "p" or its table maps changed: starting over/, $at), 'a removed table map is noticed');
+ok(wait_for_log($log, qr/streaming from slot/, $at), 'and streaming goes on');
 $src->safe_psql('postgres', "INSERT INTO a VALUES (4, 'after removal'); INSERT INTO b VALUES (4, 'b4')");
 ok(wait_for_row($dst, "SELECT EXISTS (SELECT FROM b_mirror WHERE id = 4)"), 'the other map still streams');
 is($dst->safe_psql('postgres', 'SELECT count(*) FROM a_mirror WHERE id = 4'), '0',
@@ -112,8 +99,8 @@ ok(wait_for_row($dst, "SELECT last_batch_status = 'ok' FROM pgcdc.status WHERE p
 # --- a column added at the source while it runs is added to the targets
 $at = length(slurp_log($log));
 $src->safe_psql('postgres', "ALTER TABLE b ADD COLUMN note text; INSERT INTO b VALUES (7, 'b7', 'new column')");
-ok(wait_for_log(qr/source table public\.b has a new or dropped column "note": starting over/, $at), 'the new column is noticed');
-ok(wait_for_log(qr/added column "note" of source table public\.b to target public\.b_mirror/, $at),
+ok(wait_for_log($log, qr/source table public\.b has a new or dropped column "note": starting over/, $at), 'the new column is noticed');
+ok(wait_for_log($log, qr/added column "note" of source table public\.b to target public\.b_mirror/, $at),
 	'and added to the target');
 ok(wait_for_row($dst, "SELECT EXISTS (SELECT FROM b_mirror WHERE id = 7 AND note = 'new column')"),
 	'the change that brought it is applied with it');
@@ -134,7 +121,7 @@ INSERT INTO b VALUES (8, 'b8', 'while stopped', 11);
 $at = length(slurp_log($log));
 $h = start_consumer(consumer_cmd($src, $dst, 'p', '--batch-ms', 50), $log);
 ok(wait_for_row($dst, "SELECT EXISTS (SELECT FROM b_mirror WHERE id = 8)"), 'restarted: the backlog comes');
-ok(wait_for_log(qr/added column "qty" of source table public\.b to target public\.b_mirror/, $at),
+ok(wait_for_log($log, qr/added column "qty" of source table public\.b to target public\.b_mirror/, $at),
 	'the column added while it was stopped is added to the target it created');
 is($dst->safe_psql('postgres', 'SELECT id, note, qty FROM b_mirror WHERE id IN (7, 8) ORDER BY id'),
 	"7|new column|9\n8|while stopped|11", 'with the values of the changes made since');
@@ -160,15 +147,15 @@ SELECT pgcdc.add_table('p', 'public.c', 'public.c_hist', 'scd2');
 $at = length(slurp_log($log));
 $h = start_consumer(consumer_cmd($src, $dst, 'p', '--batch-ms', 50), $log);
 ok(wait_for_row($dst, "SELECT to_regclass('public.c_hist') IS NOT NULL"), 'the targets are created');
-ok(wait_for_log(qr/copy of the tables added to pipeline "p" done at/, $at),
+ok(wait_for_log($log, qr/copy of the tables added to pipeline "p" done at/, $at),
 	'mirror and scd2 targets created after the snapshot get a copy of their own');
 $src->safe_psql('postgres', "INSERT INTO c VALUES (1, 'c1', 1); UPDATE c SET n = 2 WHERE id = 1");
 ok(wait_for_row($dst, "SELECT EXISTS (SELECT FROM c_mirror WHERE id = 1 AND must = 'c1' AND n = 2)"),
 	'a table with NOT NULL columns streams');
 $src->safe_psql('postgres', "ALTER TABLE c DROP COLUMN must; INSERT INTO c VALUES (2, 20); UPDATE c SET n = 3 WHERE id = 1");
-ok(wait_for_log(qr/source table public\.c has a new or dropped column "must": starting over/, $at),
+ok(wait_for_log($log, qr/source table public\.c has a new or dropped column "must": starting over/, $at),
 	'a dropped column is noticed while it runs');
-ok(wait_for_log(qr/column "must" of target public\.c_hist is no longer in source table public\.c/, $at),
+ok(wait_for_log($log, qr/column "must" of target public\.c_hist is no longer in source table public\.c/, $at),
 	'and the scd2 target it made no longer requires it');
 ok(wait_for_row($dst, "SELECT EXISTS (SELECT FROM c_mirror WHERE id = 2)"), 'rows written after the drop are applied');
 is($dst->safe_psql('postgres', "SELECT string_agg(id || ':' || coalesce(must, '-') || ':' || n, ' ' ORDER BY id) FROM c_mirror"),
@@ -216,7 +203,7 @@ CREATE TRIGGER stall_b BEFORE INSERT ON b_mirror FOR EACH ROW EXECUTE FUNCTION s
 $src->safe_psql('postgres', "UPDATE d SET v = 'after the map' WHERE id IN (1, 15, 30); DELETE FROM d WHERE id = 40");
 $at = length(slurp_log($log));
 $h = start_consumer(consumer_cmd($src, $dst, 'p', '--batch-ms', 50, '--max-backoff', 1), $log);
-ok(wait_for_log(qr/copy of the tables added to pipeline "p" done at/, $at), 'the added targets are copied');
+ok(wait_for_log($log, qr/copy of the tables added to pipeline "p" done at/, $at), 'the added targets are copied');
 ok(wait_for_row($dst, "SELECT last_batch_status = 'failed' FROM pgcdc.status WHERE pipeline = 'p'"),
 	'the first batch after the copy fails, to be retried');
 like( $dst->safe_psql('postgres', "SELECT obj_description('public.d_hist'::regclass, 'pg_class')"),
@@ -350,7 +337,7 @@ unlike($err, qr/taken again/, 'a copy that committed is not taken again');
 # reach the source before the consumer looks, which is every 5 s when idle)
 $at = length(slurp_log($log));
 $h = start_consumer(consumer_cmd($src, $dst, 'p', '--batch-ms', 50, '--status-interval', 1), $log);
-ok(wait_for_log(qr/streaming from slot/, $at), 'streaming again');
+ok(wait_for_log($log, qr/streaming from slot/, $at), 'streaming again');
 my $n0 = $src->safe_psql('postgres', 'SELECT n FROM c WHERE id = 1');
 $src->safe_psql('postgres', q{
 UPDATE c SET n = n + 100 WHERE id = 1;
@@ -358,10 +345,10 @@ BEGIN; INSERT INTO c VALUES (10, 10); ALTER TABLE c RENAME TO c_renamed; UPDATE 
 UPDATE c_renamed SET n = n + 1000 WHERE id = 1;
 INSERT INTO c_renamed VALUES (11, 11);
 });
-ok(wait_for_log(qr/source table public\.c of pipeline "p" was renamed to public\.c_renamed: following it/, $at),
+ok(wait_for_log($log, qr/source table public\.c of pipeline "p" was renamed to public\.c_renamed: following it/, $at),
 	'a renamed source table is noticed');
 ok( wait_for_log(
-		qr/the stream has passed the rename of source table public\.c: pipeline "p" now maps public\.c_renamed/, $at),
+		$log, qr/the stream has passed the rename of source table public\.c: pipeline "p" now maps public\.c_renamed/, $at),
 	'and followed');
 $src->safe_psql('postgres', 'INSERT INTO c_renamed VALUES (12, 12)');
 ok(wait_for_row($dst, 'SELECT EXISTS (SELECT FROM c_mirror WHERE id = 12)'), 'changes made after it arrive');
@@ -385,7 +372,7 @@ like($dst->safe_psql('postgres', "SELECT obj_description('public.c_hist'::regcla
 $at = length(slurp_log($log));
 $src->safe_psql('postgres', 'ALTER TABLE c_renamed RENAME TO c_again; INSERT INTO c_again VALUES (13, 13)');
 ok( wait_for_log(
-		qr/the stream has passed the rename of source table public\.c_renamed: pipeline "p" now maps public\.c_again/, $at),
+		$log, qr/the stream has passed the rename of source table public\.c_renamed: pipeline "p" now maps public\.c_again/, $at),
 	'a rename with no change before it is followed too');
 ok(wait_for_row($dst, 'SELECT EXISTS (SELECT FROM c_mirror WHERE id = 13)'), 'and its change arrives');
 is(stop_consumer($h), 0, 'stopped');
@@ -400,14 +387,14 @@ $dst->safe_psql('postgres',
 	"SELECT pgcdc.add_table('p', 'public.z', 'public.z_mirror'); SELECT pgcdc.add_table('p', 'public.zz', 'public.zz_mirror')");
 $at = length(slurp_log($log));
 $h = start_consumer(consumer_cmd($src, $dst, 'p'), $log);
-ok(wait_for_log(qr/streaming from slot/, $at), 'streaming with maps of new tables');
+ok(wait_for_log($log, qr/streaming from slot/, $at), 'streaming with maps of new tables');
 $src->safe_psql('postgres', 'INSERT INTO zz SELECT g, g FROM generate_series(1, 200000) g');
 $src->safe_psql('postgres', 'INSERT INTO z VALUES (1, 10)');
 $src->safe_psql('postgres', 'DROP TABLE z');
-ok(wait_for_log(qr/source table public\.z of pipeline "p" was dropped: applying its changes up to the drop/, $at),
+ok(wait_for_log($log, qr/source table public\.z of pipeline "p" was dropped: applying its changes up to the drop/, $at),
 	'a dropped source table is noticed');
 $src->safe_psql('postgres', "SELECT pg_terminate_backend(pid) FROM pg_stat_replication");
-ok(wait_for_log(qr/retrying in \d+ s/, $at), 'the lost connection is retried');
+ok(wait_for_log($log, qr/retrying in \d+ s/, $at), 'the lost connection is retried');
 $h->finish;
 is($h->full_result(0) >> 8, 1, 'then the consumer stops, with status 1');
 like(
@@ -426,7 +413,7 @@ $src->safe_psql('postgres', 'CREATE TABLE y (id int PRIMARY KEY, v int)');
 $dst->safe_psql('postgres', "SELECT pgcdc.add_table('p', 'public.y', 'public.y_mirror')");
 $at = length(slurp_log($log));
 $h = start_consumer(consumer_cmd($src, $dst, 'p'), $log);
-ok(wait_for_log(qr/streaming from slot/, $at), 'streaming with a map of another new table');
+ok(wait_for_log($log, qr/streaming from slot/, $at), 'streaming with a map of another new table');
 for my $k (1 .. 3)
 {
 	$src->safe_psql('postgres',
@@ -434,7 +421,7 @@ for my $k (1 .. 3)
 }
 $src->safe_psql('postgres', 'INSERT INTO y VALUES (1, 10)');
 $src->safe_psql('postgres', 'DROP TABLE y');
-ok(wait_for_log(qr/source table public\.y of pipeline "p" was dropped: applying its changes up to the drop/, $at),
+ok(wait_for_log($log, qr/source table public\.y of pipeline "p" was dropped: applying its changes up to the drop/, $at),
 	'a dropped source table is noticed');
 ok( wait_for_row(
 		$dst, q{SELECT source_moves->'dropped' @> '[{"table": "public.y"}]' FROM pgcdc.checkpoint WHERE pipeline = 'p'}),
@@ -467,12 +454,12 @@ $src->safe_psql('postgres', 'CREATE TABLE x (id int PRIMARY KEY, v int)');
 $dst->safe_psql('postgres', "SELECT pgcdc.add_table('p', 'public.x', 'public.x_mirror')");
 $at = length(slurp_log($log));
 $h = start_consumer(consumer_cmd($src, $dst, 'p', '--batch-ms', 50), $log);
-ok(wait_for_log(qr/streaming from slot/, $at), 'streaming with a map of table x');
+ok(wait_for_log($log, qr/streaming from slot/, $at), 'streaming with a map of table x');
 $src->safe_psql('postgres', 'INSERT INTO zz SELECT g, g FROM generate_series(800001, 1000000) g');
 $src->safe_psql('postgres', 'INSERT INTO x VALUES (1, 1)');
 $src->safe_psql('postgres', 'ALTER TABLE x RENAME TO x2');
 $src->safe_psql('postgres', 'INSERT INTO x2 VALUES (2, 2)');
-ok(wait_for_log(qr/source table public\.x of pipeline "p" was renamed to public\.x2: following it/, $at),
+ok(wait_for_log($log, qr/source table public\.x of pipeline "p" was renamed to public\.x2: following it/, $at),
 	'the rename is noticed');
 ok( wait_for_row(
 		$dst,
@@ -486,9 +473,9 @@ note('maps of public.x at the kill (1: the stream had not passed the rename): '
 	  . $dst->safe_psql('postgres', "SELECT count(*) FROM pgcdc.table_map WHERE source_table = 'public.x'"));
 $at = length(slurp_log($log));
 $h = start_consumer(consumer_cmd($src, $dst, 'p', '--batch-ms', 50), $log);
-ok(wait_for_log(qr/source table public\.x was renamed to public\.x2 before this start: following it/, $at),
+ok(wait_for_log($log, qr/source table public\.x was renamed to public\.x2 before this start: following it/, $at),
 	'the next process knows of the rename');
-ok( wait_for_log(qr/the stream has passed the rename of source table public\.x: pipeline "p" now maps public\.x2\n/, $at),
+ok( wait_for_log($log, qr/the stream has passed the rename of source table public\.x: pipeline "p" now maps public\.x2\n/, $at),
 	'and follows it');
 ok(wait_for_row($dst, "SELECT string_agg(id || ':' || v, ' ' ORDER BY id) = '1:1 2:2' FROM x_mirror"),
 	'the changes before and after the rename are applied');
@@ -504,15 +491,15 @@ $src->safe_psql('postgres', 'CREATE TABLE w (id int PRIMARY KEY, v int)');
 $dst->safe_psql('postgres', "SELECT pgcdc.add_table('p', 'public.w', 'public.w_mirror')");
 $at = length(slurp_log($log));
 $h = start_consumer(consumer_cmd($src, $dst, 'p', '--batch-ms', 50), $log);
-ok(wait_for_log(qr/streaming from slot/, $at), 'streaming with a map of table w');
+ok(wait_for_log($log, qr/streaming from slot/, $at), 'streaming with a map of table w');
 $src->safe_psql('postgres', 'INSERT INTO zz SELECT g, g FROM generate_series(1000001, 1200000) g');
 $src->safe_psql('postgres', 'INSERT INTO w VALUES (1, 1)');
 $src->safe_psql('postgres', 'ALTER TABLE w RENAME TO w_tmp');
 $src->safe_psql('postgres', 'INSERT INTO w_tmp VALUES (2, 2)');
-ok(wait_for_log(qr/source table public\.w of pipeline "p" was renamed to public\.w_tmp: following it/, $at),
+ok(wait_for_log($log, qr/source table public\.w of pipeline "p" was renamed to public\.w_tmp: following it/, $at),
 	'the first rename is noticed');
 $src->safe_psql('postgres', 'ALTER TABLE w_tmp RENAME TO w_final; INSERT INTO w_final VALUES (3, 3)');
-ok(wait_for_log(qr/source table public\.w_tmp of pipeline "p" was renamed to public\.w_final: following it/, $at),
+ok(wait_for_log($log, qr/source table public\.w_tmp of pipeline "p" was renamed to public\.w_final: following it/, $at),
 	'the second rename is noticed');
 # ... and the consumer killed (kill -9) once both are noted in the target:
 # the next process follows the chain from the notes
@@ -524,7 +511,7 @@ kill9_consumer($h);
 note('maps of public.w at the kill (1: the stream had not passed the renames): '
 	  . $dst->safe_psql('postgres', "SELECT count(*) FROM pgcdc.table_map WHERE source_table = 'public.w'"));
 $h = start_consumer(consumer_cmd($src, $dst, 'p', '--batch-ms', 50), $log);
-ok( wait_for_log(qr/the stream has passed the rename of source table public\.w: pipeline "p" now maps public\.w_final\n/, $at),
+ok( wait_for_log($log, qr/the stream has passed the rename of source table public\.w: pipeline "p" now maps public\.w_final\n/, $at),
 	'the map follows to the final name');
 ok(wait_for_row($dst, "SELECT string_agg(id || ':' || v, ' ' ORDER BY id) = '1:1 2:2 3:3' FROM w_mirror"),
 	'the changes made under the first, the temporary and the final name are applied');
@@ -549,7 +536,7 @@ $h = start_consumer(consumer_cmd($src, $dst, 'p', '--batch-ms', 50), $log);
 ok(wait_for_row($dst, 'SELECT n = 14 FROM c_mirror WHERE id = 13'), 'renamed back: the waiting change is applied');
 $src->safe_psql('postgres', 'ALTER TABLE c_again RENAME TO c');
 ok( wait_for_log(
-		qr/the stream has passed the rename of source table public\.c_again: pipeline "p" now maps public\.c\n/, $at),
+		$log, qr/the stream has passed the rename of source table public\.c_again: pipeline "p" now maps public\.c\n/, $at),
 	'renamed again while it runs: followed');
 is(stop_consumer($h), 0, 'stopped');
 $src->safe_psql('postgres', 'ALTER TABLE c RENAME TO c_stopped');

@@ -14,7 +14,6 @@ use ConsumerTest;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(usleep);
 
 my ($gdb) = grep { -x $_ } map { "$_/gdb" } split /:/, $ENV{PATH};
 # (scripts/install-deps installs it: a test run without it is not a pass)
@@ -29,16 +28,6 @@ my $src = new_node('source', no_extension => 1);
 my $dst = new_node('target');
 my $log = "$PostgreSQL::Test::Utils::log_path/consumer_start_race.log";
 
-sub wait_for_log
-{
-	my ($re) = @_;
-	for (1 .. 600)
-	{
-		return 1 if slurp_log($log) =~ $re;
-		usleep(100_000);
-	}
-	return 0;
-}
 
 # The consumer under gdb, stopped at the start of function $break from its
 # ($skip + 1)th call on; there, if table $from exists at the source, it is
@@ -84,6 +73,17 @@ sub stop_under_gdb
 	return ($pid, $h->full_result(0) >> 8);
 }
 
+# Table $t at the source (filled by $fill, SQL), and pipeline $pipeline
+# mapping it to ${t}_mirror; returns where the log ends now.
+sub new_pipeline
+{
+	my ($pipeline, $t, $fill) = @_;
+	$src->safe_psql('postgres', "CREATE TABLE $t (id int PRIMARY KEY, v int); $fill");
+	$dst->safe_psql('postgres',
+		"SELECT pgcdc.create_pipeline('$pipeline'); SELECT pgcdc.add_table('$pipeline', 'public.$t', 'public.${t}_mirror')");
+	return length(slurp_log($log));
+}
+
 # A table followed through a rename ($t to ${t}_tmp) renamed again (to
 # ${t}_final) at the consumer's breakpoint in the start over: the changes
 # made under each name arrive, and the map takes the final one.  Returns
@@ -91,27 +91,24 @@ sub stop_under_gdb
 sub renamed_twice_while_starting
 {
 	my ($pipeline, $t, $break, $when) = @_;
-	$src->safe_psql('postgres', "CREATE TABLE $t (id int PRIMARY KEY, v int)");
-	$dst->safe_psql('postgres',
-		"SELECT pgcdc.create_pipeline('$pipeline'); SELECT pgcdc.add_table('$pipeline', 'public.$t', 'public.${t}_mirror')");
-	my $at = length(slurp_log($log));
+	my $at = new_pipeline($pipeline, $t, '');
 	# (the breakpoint's first call is the first start's)
 	my $h = consumer_under_gdb($pipeline, $break, 1, "${t}_tmp", "${t}_final");
-	ok(wait_for_log(qr/pipeline "$pipeline".*streaming from slot/s), "$pipeline: streaming (under gdb)");
+	ok(wait_for_log($log, qr/pipeline "$pipeline".*streaming from slot/s), "$pipeline: streaming (under gdb)");
 	$src->safe_psql('postgres',
 		"INSERT INTO $t VALUES (1, 1); ALTER TABLE $t RENAME TO ${t}_tmp; INSERT INTO ${t}_tmp VALUES (2, 2)");
-	ok(wait_for_log(qr/source table public\.$t of pipeline "$pipeline" was renamed to public\.${t}_tmp: following it/),
+	ok(wait_for_log($log, qr/source table public\.$t of pipeline "$pipeline" was renamed to public\.${t}_tmp: following it/),
 		"$pipeline: the first rename is followed");
-	ok(wait_for_log(qr/test: ${t}_tmp renamed to ${t}_final at the consumer breakpoint/),
+	ok(wait_for_log($log, qr/test: ${t}_tmp renamed to ${t}_final at the consumer breakpoint/),
 		"$pipeline: the second rename was made while the start over $when");
 	ok( wait_for_log(
-			qr/source table public\.${t}_tmp of pipeline "$pipeline" was renamed to public\.${t}_final: following it/),
+			$log, qr/source table public\.${t}_tmp of pipeline "$pipeline" was renamed to public\.${t}_final: following it/),
 		"$pipeline: the consumer found the table under its newest name, by OID");
 	$src->safe_psql('postgres', "INSERT INTO ${t}_final VALUES (3, 3)");
 	ok(wait_for_row($dst, "SELECT string_agg(id || ':' || v, ' ' ORDER BY id) = '1:1 2:2 3:3' FROM ${t}_mirror"),
 		"$pipeline: the changes made under each of the three names are applied");
 	ok( wait_for_log(
-			qr/the stream has passed the rename of source table public\.$t: pipeline "$pipeline" now maps public\.${t}_final\n/),
+			$log, qr/the stream has passed the rename of source table public\.$t: pipeline "$pipeline" now maps public\.${t}_final\n/),
 		"$pipeline: and the map follows to the final name");
 	my ($pid, $status) = stop_under_gdb($h, $at);
 	is($status, 0, "$pipeline: stopped by SIGTERM with status 0");
@@ -141,10 +138,7 @@ unlike($tail, qr/ERROR: (?!relation "public\.v_tmp" does not exist)/, 'r: no oth
 sub renamed_while_first_start
 {
 	my ($pipeline, $t, $break, $when) = @_;
-	$src->safe_psql('postgres', "CREATE TABLE $t (id int PRIMARY KEY, v int); INSERT INTO $t VALUES (1, 1)");
-	$dst->safe_psql('postgres',
-		"SELECT pgcdc.create_pipeline('$pipeline'); SELECT pgcdc.add_table('$pipeline', 'public.$t', 'public.${t}_mirror')");
-	my $at = length(slurp_log($log));
+	my $at = new_pipeline($pipeline, $t, "INSERT INTO $t VALUES (1, 1)");
 	my $h = consumer_under_gdb($pipeline, $break, 0, $t, "${t}2");
 	$h->finish;
 	my $tail = substr(slurp_log($log), $at);

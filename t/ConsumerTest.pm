@@ -14,7 +14,7 @@ use Test::More;
 use Time::HiRes qw(usleep);
 
 our @EXPORT = qw(new_node consumer_cmd run_consumer start_consumer stop_consumer
-  kill9_consumer slurp_log same_rows scd2_check append_check wait_for_row
+  kill9_consumer slurp_log same_rows scd2_check append_check wait_for_row wait_for_log
   audit_sql versions_check workload_sql start_workload stop_workload acct_pipeline_sql acct_checks
   http_get);
 
@@ -181,6 +181,19 @@ sub wait_for_row
 	for (1 .. ($seconds // 60) * 10)
 	{
 		return 1 if $node->safe_psql('postgres', $query) eq 't';
+		usleep(100_000);
+	}
+	return 0;
+}
+
+# Wait (up to $seconds, default 60) until the consumer log $log, from byte
+# $from on (default: all of it), has a match of $re.
+sub wait_for_log
+{
+	my ($log, $re, $from, $seconds) = @_;
+	for (1 .. ($seconds // 60) * 10)
+	{
+		return 1 if substr(slurp_log($log), $from // 0) =~ $re;
 		usleep(100_000);
 	}
 	return 0;
