@@ -194,6 +194,114 @@ bytea_same(Datum a, bool a_null, Datum b, bool b_null)
 }
 
 /*
+ * The read query's rows, received straight into Rows: a tuple table would
+ * form each row as a tuple only for this to deform it again (with the page
+ * faults of growing it, about a twentieth of a batch's time).  Values are
+ * copied, as the executor reuses its slot's memory, into blocks carved up
+ * here rather than by one palloc each.
+ */
+typedef struct RowReceiver
+{
+	DestReceiver pub;
+	TupleDesc	expect;			/* the columns the writer was set up for */
+	bool		started;
+	bool		same;			/* the query gave those columns */
+	MemoryContext cxt;
+	Row		   *rows;
+	uint64		nrows;
+	uint64		cap;
+	char	   *free;			/* the current block's unused part */
+	Size		left;
+} RowReceiver;
+
+#define ROW_BLOCK	(64 * 1024)
+
+static void *
+rows_alloc(RowReceiver *r, Size size)
+{
+	void	   *p;
+
+	size = MAXALIGN(size);
+	if (size > r->left)
+	{
+		Size		block = Max(size, ROW_BLOCK);
+
+		r->free = MemoryContextAlloc(r->cxt, block);
+		r->left = block;
+	}
+	p = r->free;
+	r->free += size;
+	r->left -= size;
+	return p;
+}
+
+static void
+rows_startup(DestReceiver *self, int operation, TupleDesc desc)
+{
+	RowReceiver *r = (RowReceiver *) self;
+
+	r->started = true;
+	r->same = equalTupleDescs(r->expect, desc);
+}
+
+static bool
+rows_receive(TupleTableSlot *slot, DestReceiver *self)
+{
+	RowReceiver *r = (RowReceiver *) self;
+	TupleDesc	desc = slot->tts_tupleDescriptor;
+	Row		   *row;
+	int			i;
+
+	if (!r->same)
+		return true;			/* the caller falls back to the statement */
+	slot_getallattrs(slot);
+	if (r->nrows == r->cap)
+	{
+		r->cap *= 2;
+		r->rows = repalloc_huge(r->rows, sizeof(Row) * r->cap);
+	}
+	row = &r->rows[r->nrows++];
+	row->v = rows_alloc(r, sizeof(Datum) * desc->natts);
+	row->n = rows_alloc(r, sizeof(bool) * desc->natts);
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute a = TupleDescAttr(desc, i);
+		Datum		d = slot->tts_values[i];
+
+		row->n[i] = slot->tts_isnull[i];
+		if (row->n[i] || a->attbyval)
+			row->v[i] = d;
+		else if (a->attlen == -1 && VARATT_IS_EXTERNAL(DatumGetPointer(d)))
+		{
+			/* a TOAST pointer or an expanded object: as datumCopy keeps them */
+			MemoryContext old = MemoryContextSwitchTo(r->cxt);
+
+			row->v[i] = datumCopy(d, false, -1);
+			MemoryContextSwitchTo(old);
+		}
+		else
+		{
+			Size		len = datumGetSize(d, false, a->attlen);
+			void	   *p = rows_alloc(r, len);
+
+			memcpy(p, DatumGetPointer(d), len);
+			row->v[i] = PointerGetDatum(p);
+		}
+	}
+	return true;
+}
+
+static void
+rows_shutdown(DestReceiver *self)
+{
+}
+
+static void
+rows_destroy(DestReceiver *self)
+{
+}
+
+/*
  * May this write the history as the statement would?  Anything that makes a
  * plain INSERT or UPDATE do more than store the row (triggers, rules, row
  * security, generated or defaulted columns) or refuse it (privileges) is
@@ -846,15 +954,14 @@ pgcdc_scd2_write(PG_FUNCTION_ARGS)
 	Relation	rel;
 	PreparedStatement *ps;
 	Writer		w = {0};
-	SPITupleTable *tt;
+	RowReceiver recv = {0};
+	SPIExecuteOptions opts = {0};
 	uint64		nrows;
 	uint64		nkeys = 0;
 	uint64		i;
 	bool		stage = false;
 	bool		isnull;
 	Row		   *rows;
-	Datum	   *values;
-	bool	   *nulls;
 	Row		  **ord;
 	uint64	   *first;			/* the rows of key k are ord[first[k] .. first[k + 1]) */
 	uint64	   *fill;
@@ -895,28 +1002,38 @@ pgcdc_scd2_write(PG_FUNCTION_ARGS)
 		PG_RETURN_ARRAYTYPE_P(construct_empty_array(INT8OID));
 	}
 
+	/* the rows, in a context of their own: they can outgrow SPI's */
+	recv.pub.receiveSlot = rows_receive;
+	recv.pub.rStartup = rows_startup;
+	recv.pub.rShutdown = rows_shutdown;
+	recv.pub.rDestroy = rows_destroy;
+	recv.pub.mydest = DestNone;
+	recv.expect = w.in;
+	recv.cxt = AllocSetContextCreate(CurrentMemoryContext, "pgcdc scd2 batch rows",
+									 ALLOCSET_DEFAULT_SIZES);
+	recv.cap = 1024;
+	recv.rows = MemoryContextAlloc(recv.cxt, sizeof(Row) * recv.cap);
+	opts.dest = &recv.pub;
 	SPI_connect();
-	if (SPI_execute(psprintf("EXECUTE %s", quote_identifier(stmt)), false, 0) < 0 ||
-		SPI_tuptable == NULL)
+	if (SPI_execute_extended(psprintf("EXECUTE %s", quote_identifier(stmt)), &opts) < 0 ||
+		!recv.started)
 		elog(ERROR, "could not run the read query of scd2_apply_changes");
-	tt = SPI_tuptable;
-	nrows = SPI_processed;
+	rows = recv.rows;
+	nrows = recv.nrows;
 	/* the writes' command: after the one the read query ran in */
 	w.estate->es_output_cid = GetCurrentCommandId(true);
 	/* (re-planned meanwhile with other columns: the statement does it) */
-	if (!equalTupleDescs(w.in, tt->tupdesc))
+	if (!recv.same)
 	{
 		writer_end(&w);
 		SPI_finish();
+		MemoryContextDelete(recv.cxt);
 		table_close(rel, NoLock);
 		PG_RETURN_ARRAYTYPE_P(construct_empty_array(INT8OID));
 	}
 
-	/* Each row deformed once, and numbered by its key. */
+	/* Each row numbered by its key. */
 	fmgr_info(F_BTARRAYCMP, &w.seq_cmp);
-	rows = palloc(sizeof(Row) * Max(nrows, 1));
-	values = palloc(sizeof(Datum) * w.in->natts * Max(nrows, 1));
-	nulls = palloc(sizeof(bool) * w.in->natts * Max(nrows, 1));
 	groups = keys_create(CurrentMemoryContext, Max(nrows, 16), &w);
 	for (i = 0; i < nrows; i++)
 	{
@@ -924,9 +1041,6 @@ pgcdc_scd2_write(PG_FUNCTION_ARGS)
 		bool		found;
 		int			j;
 
-		rows[i].v = values + i * w.in->natts;
-		rows[i].n = nulls + i * w.in->natts;
-		heap_deform_tuple(tt->vals[i], w.in, rows[i].v, rows[i].n);
 		/* the position is compared often: its array untoasted once, not at each compare */
 		if (!rows[i].n[w.col[R_SEQ] - 1])
 			rows[i].v[w.col[R_SEQ] - 1] =
@@ -1008,6 +1122,7 @@ pgcdc_scd2_write(PG_FUNCTION_ARGS)
 	}
 	writer_end(&w);
 	SPI_finish();
+	MemoryContextDelete(recv.cxt);
 	table_close(rel, NoLock);
 	if (stage)
 		PG_RETURN_NULL();
