@@ -26,19 +26,22 @@ $$;
 /*
  * The changes of a plain batch, as both writers read them: each cast to the
  * target's types, with its position, time and hash (of the tracked
- * columns; inserts and updates only).
+ * columns; inserts and updates only).  The C writer hashes them itself
+ * (hashed => false: pgcdc_h is NULL).
  */
 CREATE FUNCTION pgcdc._scd2_changes_sql(target regclass, changes regclass, op_column text,
-										seq text, vf text, data_cols text[], tracked text[])
+										seq text, vf text, data_cols text[], tracked text[],
+										hashed boolean DEFAULT true)
 RETURNS text LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT format($f$
-	SELECT x.*, CASE WHEN x.pgcdc_op <> 'D' THEN %1$s END AS pgcdc_h
+	SELECT x.*, %1$s AS pgcdc_h
 	  FROM (SELECT %2$s, c.%3$I::text AS pgcdc_op, %4$s AS pgcdc_seq, %5$s AS pgcdc_vf,
 				   %6$s AS pgcdc_lsn, %7$s AS pgcdc_lseq
 			  FROM %8$s c OFFSET 0) x$f$,
-		pgcdc._hash_expr(tracked, 'x'),
+		CASE WHEN hashed THEN format('CASE WHEN x.pgcdc_op <> ''D'' THEN %s END', pgcdc._hash_expr(tracked, 'x'))
+			 ELSE 'NULL::bytea' END,
 		pgcdc._cast_list(target, changes, data_cols, 'c'),
 		op_column, seq, vf,
 		CASE WHEN pgcdc._has_column(changes, '_source_lsn', 'pg_lsn')
@@ -334,9 +337,9 @@ $$;
 
 
 -- The C history writer (scd2_writer.c): run the read query stmt over
--- changes (_scd2_changes_sql: the changes alone, in no order; the writer
--- groups them by key, sorts each key's by sequence and looks up its latest
--- version itself) and write the batch to target.  The counts as _scd2_fast
+-- changes (_scd2_changes_sql: the changes alone, in no order, unhashed; the
+-- writer hashes them, groups them by key, sorts each key's by sequence and
+-- looks up its latest version itself) and write the batch to target.  The counts as _scd2_fast
 -- gives them, NULL when the batch must be staged, '{}' when the target is
 -- not one the writer writes (then _scd2_fast does).  track_columns as
 -- scd2_apply_changes has it (checked there).
@@ -406,7 +409,7 @@ BEGIN
 			pgcdc._prepared(pgcdc._scd2_fast_sql(target, changes, key_columns, op_column,
 												 args.seq, args.vf, args.data_cols, tracked)),
 			pgcdc._prepared(pgcdc._scd2_changes_sql(target, changes, op_column, args.seq, args.vf,
-													args.data_cols, tracked))];
+													args.data_cols, tracked, hashed => false))];
 		PERFORM set_config(shape, array_to_string(stmts, ' '), false);
 	END IF;
 
