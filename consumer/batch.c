@@ -11,12 +11,15 @@
  *		to a spill file as events arrive: the consumer keeps no events in
  *		memory, so a huge source transaction costs it disk, not memory.
  *
- *		When the batch is full, the apply thread sends its rows with one
+ *		When the batch is full, an apply thread sends its rows with one
  *		COPY per map (for mirror maps, less the rows a later event on the
  *		same key makes moot: compact.c) and applies them (apply.c), while
- *		the stream goes on into the next batch's spill file.  Only one batch
- *		is applied at a time, in source order, and the source learns a
- *		position only after the batch holding it has committed.
+ *		the stream goes on into the next batch's spill file.  Batches
+ *		alternate between two target sessions (lanes): the next batch's
+ *		COPY runs in one while the batch before is applied in the other,
+ *		and waits for that one's COMMIT before it applies anything, so
+ *		batches still commit one at a time, in source order.  The source
+ *		learns a position only after the batch holding it has committed.
  *
  *		The event JSON (for the quarantine) goes to a per-batch file, not to
  *		the target, except for append maps whose rows are the JSON.
@@ -30,26 +33,49 @@
 
 #include "consumer.h"
 
+/*
+ * A target session and the job it runs.  A job goes to the lane of the job
+ * before if that one has ended (its session is warm: its temp tables, plans
+ * and buffers), else to the other.  With one session (--apply-sessions 1,
+ * or the second could not be opened) both lanes use it, and a job starts
+ * only after the one before has ended.
+ */
+typedef struct Lane
+{
+	struct Batch *b;
+	int			job;			/* the jobs[] slot it runs */
+	PGconn	   *conn;
+	bool		tables_ready;	/* its session's temp tables exist */
+	bool		copying;		/* a COPY is open in it */
+	bool		has_origin;		/* its session uses the pipeline's replication origin */
+	bool	   *has_rules;		/* per map, as its job was staged */
+	bool		inflight;		/* a thread runs the job (main thread's view) */
+	bool		done;			/* ... and has ended (set by it) */
+	uint64_t	seq;			/* the job's number: it applies after job seq - 1 ended */
+	pthread_t	thread;
+} Lane;
+
 struct Batch
 {
-	PGconn	   *conn;
 	Pipeline   *p;
 	bool		open;			/* a batch is filling */
-	bool		copying;		/* its rows are being sent to the target */
 	bool		skipping;		/* current source transaction is at/before the checkpoint */
-	bool		tables_ready;	/* session temp tables created */
 	ApplyJob	jobs[2];		/* jobs[fill] fills; the other may be applying */
+	Lane		lanes[2];
+	Lane	   *lane_of[2];		/* the lane of jobs[k] */
+	Lane	   *last;			/* the lane of the last job */
 	int			fill;
-	bool		inflight;		/* the apply thread runs jobs[applying] */
-	int			applying;
-	bool		done;			/* ... and has finished (set by it) */
-	pthread_t	thread;
-	int			done_pipe[2];	/* the apply thread writes a byte when it ends */
+	int			done_pipe[2];	/* each apply thread writes a byte when it ends */
+	/* jobs end in the order they started (each waits for the one before) */
+	pthread_mutex_t mu;
+	pthread_cond_t ended_cv;
+	uint64_t	started;		/* jobs started */
+	uint64_t	ended;			/* jobs ended (under mu) */
+	bool		broken;			/* one of them failed: later ones apply nothing (under mu) */
 	/* per job, as jobs[]: */
 	FILE	   *spill[2];		/* its COPY rows, each after a SpillHeader */
 	char	   *buffers[4];		/* stdio buffers of spill[] and jobs[].raw */
 	Compactor  *compact[2];		/* its mirror keys */
-	bool	   *has_rules;		/* per map, read by the apply thread */
 	PQExpBuffer line;			/* the COPY line being built */
 	PQExpBuffer tmp;			/* a field being built */
 	PQExpBuffer key;			/* a compaction key being built */
@@ -94,25 +120,34 @@ batch_file(void)
 }
 
 Batch *
-batch_new(PGconn *target, Pipeline *p)
+batch_new(PGconn *target, PGconn *target2, Pipeline *p)
 {
 	Batch	   *b = pg_malloc0(sizeof(Batch));
 	int			i;
 
-	b->conn = target;
 	b->p = p;
 	b->done_pipe[0] = b->done_pipe[1] = -1;
+	pthread_mutex_init(&b->mu, NULL);
+	pthread_cond_init(&b->ended_cv, NULL);
 	for (i = 0; i < 2; i++)
 	{
 		b->jobs[i].per_map = pg_malloc0(sizeof(long) * p->nmaps);
 		b->jobs[i].raw = batch_file();
+		b->lanes[i].b = b;
+		b->lane_of[i] = &b->lanes[i];
+		b->lanes[i].has_rules = pg_malloc0(sizeof(bool) * Max(p->nmaps, 1));
 	}
 	for (i = 0; i < 2; i++)
 	{
 		b->spill[i] = batch_file();
 		b->compact[i] = compact_new();
 	}
-	b->has_rules = pg_malloc0(sizeof(bool) * Max(p->nmaps, 1));
+	b->lanes[0].conn = target;
+	b->lanes[1].conn = target2 ? target2 : target;
+	/* run_once set the origin up in the first session */
+	b->lanes[0].has_origin = p->origin != NULL;
+	b->lanes[1].has_origin = p->origin != NULL && target2 == NULL;
+	b->last = &b->lanes[0];
 	if (b->jobs[0].raw == NULL || b->jobs[1].raw == NULL || b->spill[0] == NULL || b->spill[1] == NULL ||
 		pipe(b->done_pipe) != 0)
 	{
@@ -147,8 +182,11 @@ batch_free(Batch *b)
 	if (b == NULL)
 		return;
 	batch_abort(b);
+	pthread_mutex_destroy(&b->mu);
+	pthread_cond_destroy(&b->ended_cv);
 	for (i = 0; i < 2; i++)
 	{
+		free(b->lanes[i].has_rules);
 		free(b->jobs[i].per_map);
 		free(b->jobs[i].source_moves);
 		if (b->jobs[i].raw)
@@ -162,7 +200,6 @@ batch_free(Batch *b)
 	}
 	for (i = 0; i < 4; i++)
 		free(b->buffers[i]);	/* after fclose, which may still write from them */
-	free(b->has_rules);
 	for (i = 0; i < 2; i++)
 		if (b->done_pipe[i] >= 0)
 			close(b->done_pipe[i]);
@@ -191,21 +228,21 @@ batch_open(Batch *b)
 bool
 batch_applying(Batch *b)
 {
-	return b->inflight;
+	return b->lanes[0].inflight || b->lanes[1].inflight;
 }
 
 /* A batch is filling or being applied: nothing past it may be confirmed. */
 bool
 batch_pending(Batch *b)
 {
-	return b->open || b->inflight;
+	return b->open || batch_applying(b);
 }
 
 /* Readable when the batch being applied is done (-1: none is). */
 int
 batch_wait_fd(Batch *b)
 {
-	return b->inflight ? b->done_pipe[0] : -1;
+	return batch_applying(b) ? b->done_pipe[0] : -1;
 }
 
 int64_t
@@ -224,8 +261,9 @@ empty_file(FILE *f)
 
 /* The session's staging tables: one per map. */
 static bool
-create_session_tables(Batch *b)
+create_session_tables(Batch *b, int k)
 {
+	PGconn	   *conn = b->lane_of[k]->conn;
 	PQExpBuffer sql = createPQExpBuffer();
 	bool		ok;
 	int			i;
@@ -267,16 +305,17 @@ create_session_tables(Batch *b)
 						  "CREATE TEMP TABLE pgcdc_one_%d (LIKE pg_temp.pgcdc_changes_%d);",
 						  i, i, i, m->data_types, i, i);
 	}
-	ok = exec_cmd(b->conn, sql->data);
+	ok = exec_cmd(conn, sql->data);
 	destroyPQExpBuffer(sql);
-	b->tables_ready = ok;
+	b->lane_of[k]->tables_ready = ok;
 	return ok;
 }
 
 /* Start the COPY of map i's rows (in the batch's open target transaction). */
 static bool
-start_copy(Batch *b, int i)
+start_copy(Batch *b, int k, int i)
 {
+	PGconn	   *conn = b->lane_of[k]->conn;
 	TableMap   *m = &b->p->maps[i];
 	PQExpBuffer sql = createPQExpBuffer();
 	PGresult   *res;
@@ -290,13 +329,13 @@ start_copy(Batch *b, int i)
 						  "_commit_ts, unchanged_toast, _old_key, pgcdc_raw_off, pgcdc_raw_len, %s) ",
 						  i, m->data_columns);
 	appendPQExpBufferStr(sql, "FROM STDIN (FORMAT text, DELIMITER E'\\x1f')");
-	res = PQexec(b->conn, sql->data);
+	res = PQexec(conn, sql->data);
 	destroyPQExpBuffer(sql);
 	ok = PQresultStatus(res) == PGRES_COPY_IN;
 	if (!ok)
-		log_msg(LOG_ERROR, "could not stage events in the target: %s", conn_error(b->conn));
+		log_msg(LOG_ERROR, "could not stage events in the target: %s", conn_error(conn));
 	PQclear(res);
-	b->copying = ok;
+	b->lane_of[k]->copying = ok;
 	return ok;
 }
 
@@ -306,43 +345,45 @@ start_copy(Batch *b, int i)
  * maps get every event, not only each key's last, and their commit times.
  */
 static bool
-load_rules(Batch *b)
+load_rules(Batch *b, int k)
 {
+	PGconn	   *conn = b->lane_of[k]->conn;
 	const char *params[1] = {b->p->name};
-	PGresult   *res = exec_ok(b->conn, "SELECT DISTINCT source_table FROM pgcdc.rule WHERE pipeline = $1",
+	PGresult   *res = exec_ok(conn, "SELECT DISTINCT source_table FROM pgcdc.rule WHERE pipeline = $1",
 							  1, params);
 
 	if (res == NULL)
 		return false;
 	for (int i = 0; i < b->p->nmaps; i++)
 	{
-		b->has_rules[i] = false;
+		b->lane_of[k]->has_rules[i] = false;
 		for (int r = 0; r < PQntuples(res); r++)
 			if (strcmp(PQgetvalue(res, r, 0), b->p->maps[i].map_table) == 0)
-				b->has_rules[i] = true;
+				b->lane_of[k]->has_rules[i] = true;
 	}
 	PQclear(res);
 	return true;
 }
 
 static bool
-end_copy(Batch *b)
+end_copy(Batch *b, int k)
 {
+	PGconn	   *conn = b->lane_of[k]->conn;
 	PGresult   *res;
 	bool		ok;
 
-	b->copying = false;
-	if (PQputCopyEnd(b->conn, NULL) != 1)
+	b->lane_of[k]->copying = false;
+	if (PQputCopyEnd(conn, NULL) != 1)
 	{
-		log_msg(LOG_ERROR, "could not stage events in the target: %s", conn_error(b->conn));
+		log_msg(LOG_ERROR, "could not stage events in the target: %s", conn_error(conn));
 		return false;
 	}
-	res = PQgetResult(b->conn);
+	res = PQgetResult(conn);
 	ok = PQresultStatus(res) == PGRES_COMMAND_OK;
 	if (!ok)
-		keep_sql_error(b->conn, res);
+		keep_sql_error(conn, res);
 	PQclear(res);
-	while ((res = PQgetResult(b->conn)) != NULL)
+	while ((res = PQgetResult(conn)) != NULL)
 		PQclear(res);
 	return ok;
 }
@@ -402,14 +443,15 @@ drop_commit_ts(PQExpBuffer row)
 static bool
 copy_spill(Batch *b, int k, int i, PQExpBuffer row)
 {
+	PGconn	   *conn = b->lane_of[k]->conn;
 	char		chunk[65536];
 	FILE	   *spill = b->spill[k];
 	size_t		n = 0;
 	long		line = 0;
 	SpillHeader h;
-	bool		no_ts = strcmp(b->p->maps[i].mode, "mirror") == 0 && !b->has_rules[i];
+	bool		no_ts = strcmp(b->p->maps[i].mode, "mirror") == 0 && !b->lane_of[k]->has_rules[i];
 
-	if (!start_copy(b, i))
+	if (!start_copy(b, k, i))
 		return false;
 	rewind(spill);
 	while (fread(&h, sizeof(h), 1, spill) == 1)
@@ -417,7 +459,7 @@ copy_spill(Batch *b, int k, int i, PQExpBuffer row)
 		bool		send;
 
 		line++;					/* numbered across maps, as compact_line saw them */
-		send = h.map == i && (b->has_rules[i] || !compact_dead(b->compact[k], line));
+		send = h.map == i && (b->lane_of[k]->has_rules[i] || !compact_dead(b->compact[k], line));
 		if (!send)
 		{
 			if (!skip_bytes(spill, h.len))
@@ -435,13 +477,13 @@ copy_spill(Batch *b, int k, int i, PQExpBuffer row)
 			drop_commit_ts(row);
 		if (n + row->len > sizeof(chunk))
 		{
-			if (PQputCopyData(b->conn, chunk, (int) n) != 1)
+			if (PQputCopyData(conn, chunk, (int) n) != 1)
 				goto copy_failed;
 			n = 0;
 		}
 		if (row->len > sizeof(chunk))
 		{
-			if (PQputCopyData(b->conn, row->data, (int) row->len) != 1)
+			if (PQputCopyData(conn, row->data, (int) row->len) != 1)
 				goto copy_failed;
 			continue;
 		}
@@ -453,34 +495,37 @@ copy_spill(Batch *b, int k, int i, PQExpBuffer row)
 		log_msg(LOG_ERROR, "could not read the batch's spill file: %m");
 		return false;
 	}
-	if (n > 0 && PQputCopyData(b->conn, chunk, (int) n) != 1)
+	if (n > 0 && PQputCopyData(conn, chunk, (int) n) != 1)
 		goto copy_failed;
-	return end_copy(b);
+	return end_copy(b, k);
 
 copy_failed:
-	log_msg(LOG_ERROR, "could not stage events in the target: %s", conn_error(b->conn));
+	log_msg(LOG_ERROR, "could not stage events in the target: %s", conn_error(conn));
 	return false;
 }
 
 /* COPY the rows v[0..n) of map i. */
 static bool
-copy_rows(Batch *b, int i, SpillRow *v, long n)
+copy_rows(Batch *b, int k, int i, SpillRow *v, long n)
 {
-	if (!start_copy(b, i))
+	PGconn	   *conn = b->lane_of[k]->conn;
+
+	if (!start_copy(b, k, i))
 		return false;
 	for (long r = 0; r < n; r++)
-		if (PQputCopyData(b->conn, v[r].data, (int) v[r].h.len) != 1)
+		if (PQputCopyData(conn, v[r].data, (int) v[r].h.len) != 1)
 		{
-			log_msg(LOG_ERROR, "could not stage events in the target: %s", conn_error(b->conn));
+			log_msg(LOG_ERROR, "could not stage events in the target: %s", conn_error(conn));
 			return false;
 		}
-	return end_copy(b);
+	return end_copy(b, k);
 }
 
 /* A refused row: its event goes to the quarantine with the COPY's error. */
 static bool
 quarantine_row(Batch *b, int k, int i, const SpillRow *row, const SqlError *e)
 {
+	PGconn	   *conn = b->lane_of[k]->conn;
 	ApplyJob   *j = &b->jobs[k];
 	TableMap   *m = &b->p->maps[i];
 	char	   *json = pg_malloc(row->h.raw_len + 1);
@@ -494,7 +539,7 @@ quarantine_row(Batch *b, int k, int i, const SpillRow *row, const SqlError *e)
 	else
 	{
 		json[row->h.raw_len] = '\0';
-		res = exec_ok(b->conn, "SELECT pgcdc.quarantine_event($1, $2, $3, $4::jsonb, $5, $6, $7)",
+		res = exec_ok(conn, "SELECT pgcdc.quarantine_event($1, $2, $3, $4::jsonb, $5, $6, $7)",
 					  7, params);
 	}
 	if (res != NULL)
@@ -516,19 +561,20 @@ quarantine_row(Batch *b, int k, int i, const SpillRow *row, const SqlError *e)
 static bool
 copy_or_split(Batch *b, int k, int i, SpillRow *v, long n)
 {
+	PGconn	   *conn = b->lane_of[k]->conn;
 	SqlError	e;
 	bool		ok;
 
-	if (!exec_cmd(b->conn, "SAVEPOINT pgcdc_part"))
+	if (!exec_cmd(conn, "SAVEPOINT pgcdc_part"))
 		return false;
 	quiet_sql_errors = true;
-	ok = copy_rows(b, i, v, n);
+	ok = copy_rows(b, k, i, v, n);
 	quiet_sql_errors = false;
 	if (ok)
-		return exec_cmd(b->conn, "RELEASE SAVEPOINT pgcdc_part");
+		return exec_cmd(conn, "RELEASE SAVEPOINT pgcdc_part");
 	e = last_sql_error;
-	if (sql_error_is_transient(&e) || !exec_cmd(b->conn, "ROLLBACK TO SAVEPOINT pgcdc_part") ||
-		!exec_cmd(b->conn, "RELEASE SAVEPOINT pgcdc_part"))
+	if (sql_error_is_transient(&e) || !exec_cmd(conn, "ROLLBACK TO SAVEPOINT pgcdc_part") ||
+		!exec_cmd(conn, "RELEASE SAVEPOINT pgcdc_part"))
 		return false;
 	if (n == 1)
 		return quarantine_row(b, k, i, &v[0], &e);
@@ -549,7 +595,7 @@ read_rows(Batch *b, int k, int i, long *n)
 	while (fread(&h, sizeof(h), 1, spill) == 1)
 	{
 		line++;
-		if (h.map != i || (!b->has_rules[i] && compact_dead(b->compact[k], line)))
+		if (h.map != i || (!b->lane_of[k]->has_rules[i] && compact_dead(b->compact[k], line)))
 		{
 			if (!skip_bytes(spill, h.len))
 				break;
@@ -573,18 +619,19 @@ read_rows(Batch *b, int k, int i, long *n)
 static bool
 send_map(Batch *b, int k, int i, PQExpBuffer row)
 {
+	PGconn	   *conn = b->lane_of[k]->conn;
 	SpillRow   *v;
 	long		n;
 	bool		ok;
 	SqlError	e;
 
-	if (!exec_cmd(b->conn, "SAVEPOINT pgcdc_copy"))
+	if (!exec_cmd(conn, "SAVEPOINT pgcdc_copy"))
 		return false;
 	quiet_sql_errors = true;
 	ok = copy_spill(b, k, i, row);
 	quiet_sql_errors = false;
 	if (ok)
-		return exec_cmd(b->conn, "RELEASE SAVEPOINT pgcdc_copy");
+		return exec_cmd(conn, "RELEASE SAVEPOINT pgcdc_copy");
 	e = last_sql_error;
 	if (strcmp(b->p->maps[i].mode, "append") == 0 || sql_error_is_transient(&e) ||
 		(strncmp(e.code, "22", 2) != 0 && strncmp(e.code, "23", 2) != 0))
@@ -595,10 +642,10 @@ send_map(Batch *b, int k, int i, PQExpBuffer row)
 	}
 	log_msg(LOG_INFO, "%s refused events of %s (SQLSTATE %s: %s); finding them",
 			b->p->maps[i].target, b->p->maps[i].source_table, e.code, e.message);
-	if (!exec_cmd(b->conn, "ROLLBACK TO SAVEPOINT pgcdc_copy"))
+	if (!exec_cmd(conn, "ROLLBACK TO SAVEPOINT pgcdc_copy"))
 		return false;
 	v = read_rows(b, k, i, &n);
-	ok = copy_or_split(b, k, i, v, n) && exec_cmd(b->conn, "RELEASE SAVEPOINT pgcdc_copy");
+	ok = copy_or_split(b, k, i, v, n) && exec_cmd(conn, "RELEASE SAVEPOINT pgcdc_copy");
 	for (long r = 0; r < n; r++)
 		free(v[r].data);
 	free(v);
@@ -612,14 +659,16 @@ send_map(Batch *b, int k, int i, PQExpBuffer row)
 static bool
 send_spill(Batch *b, int k)
 {
+	PGconn	   *conn = b->lane_of[k]->conn;
 	PQExpBufferData row;
 	bool		ok;
 
 	b->jobs[k].moot = 0;
 	b->jobs[k].refused = 0;
-	if (!b->tables_ready && !create_session_tables(b))
+	if (!b->lane_of[k]->tables_ready && !create_session_tables(b, k))
 		return false;
-	if (!load_rules(b) || !exec_cmd(b->conn, "BEGIN"))
+	/* (read committed whatever the default: it applies after the batch before commits) */
+	if (!load_rules(b, k) || !exec_cmd(conn, "BEGIN ISOLATION LEVEL READ COMMITTED"))
 		return false;
 	fflush(b->spill[k]);
 	initPQExpBuffer(&row);
@@ -878,21 +927,93 @@ batch_end_xact(Batch *b, const EventInfo *commit)
 	return true;
 }
 
+/*
+ * The pipeline's replication origin marks what the batches write (see
+ * target_setup_origin), and one session at a time may use it: a lane takes
+ * it before it applies, and gives it up when its job has ended if the next
+ * job is in the other lane (end_turn).
+ */
+static bool
+take_origin(Batch *b, Lane *l)
+{
+	const char *params[1] = {b->p->origin};
+	PGresult   *res;
+
+	if (b->p->origin == NULL || l->has_origin)
+		return true;
+	res = exec_ok(l->conn, "SELECT pg_catalog.pg_replication_origin_session_setup($1)", 1, params);
+	PQclear(res);
+	l->has_origin = res != NULL;
+	return l->has_origin;
+}
+
+static void
+give_origin(Batch *b, Lane *l)
+{
+	PGresult   *res;
+
+	if (!l->has_origin || b->lanes[0].conn == b->lanes[1].conn)
+		return;
+	/* (a session that is gone has released it) */
+	quiet_sql_errors = true;
+	res = exec_ok(l->conn, "SELECT pg_catalog.pg_replication_origin_session_reset()", 0, NULL);
+	quiet_sql_errors = false;
+	PQclear(res);
+	l->has_origin = false;
+}
+
+/*
+ * Wait until the job before this one (seq - 1) has ended: whether it
+ * committed.  Jobs thus end, and commit, in the order they started.
+ */
+static bool
+wait_turn(Batch *b, uint64_t seq)
+{
+	bool		ok;
+
+	pthread_mutex_lock(&b->mu);
+	while (b->ended < seq - 1)
+		pthread_cond_wait(&b->ended_cv, &b->mu);
+	ok = !b->broken;
+	pthread_mutex_unlock(&b->mu);
+	return ok;
+}
+
+/*
+ * Job seq has ended.  If a later job started meanwhile (in the other lane),
+ * its lane gets the replication origin; batch_flush looks at both counters
+ * under the same lock, so a job that starts after this goes to this lane.
+ */
+static void
+end_turn(Batch *b, Lane *l, uint64_t seq, bool ok)
+{
+	pthread_mutex_lock(&b->mu);
+	if (l != NULL && b->started > seq)
+		give_origin(b, l);
+	b->ended = seq;
+	if (!ok)
+		b->broken = true;
+	pthread_cond_broadcast(&b->ended_cv);
+	pthread_mutex_unlock(&b->mu);
+}
+
 static void *
 apply_thread(void *arg)
 {
-	Batch	   *b = arg;
-	ApplyJob   *j = &b->jobs[b->applying];
+	Lane	   *l = arg;
+	Batch	   *b = l->b;
+	ApplyJob   *j = &b->jobs[l->job];
 	sigset_t	all;
+	bool		staged;
+	bool		turn;
 
 	/* signals are the stream loop's: its select() must see them */
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
-	if (send_spill(b, b->applying))
-		apply_job(j);
-	else
+	j->ok = false;
+	staged = send_spill(b, l->job);
+	if (!staged)
 	{
-		j->ok = false;
 		j->error = last_sql_error;
 		if (j->error.code[0] == '\0')
 		{
@@ -901,28 +1022,62 @@ apply_thread(void *arg)
 			strcpy(j->error.message, "could not stage the batch");
 		}
 	}
-	if (!j->ok)
+	/* staged while the batch before was applied: apply it after that one committed */
+	turn = wait_turn(b, l->seq);
+	if (staged && turn && !take_origin(b, l))
+	{
+		j->error = last_sql_error;
+		staged = false;
+	}
+	if (staged && turn)
+		apply_job(j);
+	if (!j->ok && turn)
 		record_failed_batch(j, &j->error);
-	__atomic_store_n(&b->done, true, __ATOMIC_RELEASE);
+	else if (!turn)
+	{
+		/* the batch before failed: this one comes again from the slot too */
+		quiet_sql_errors = true;
+		if (PQtransactionStatus(l->conn) != PQTRANS_IDLE)
+			(void) exec_cmd(l->conn, "ROLLBACK");
+		quiet_sql_errors = false;
+		strcpy(j->error.code, "40001");
+		strcpy(j->error.message, "the batch before failed");
+		j->ok = false;
+	}
+	end_turn(b, l, l->seq, j->ok);
+	__atomic_store_n(&l->done, true, __ATOMIC_RELEASE);
 	if (write(b->done_pipe[1], "x", 1) != 1)
 		log_msg(LOG_ERROR, "could not signal the end of a batch: %m");
 	return NULL;
 }
 
+/* The lane of the job that started first, of those in flight, or NULL. */
+static Lane *
+oldest(Batch *b)
+{
+	Lane	   *l = NULL;
+
+	for (int k = 0; k < 2; k++)
+		if (b->lanes[k].inflight && (l == NULL || b->lanes[k].seq < l->seq))
+			l = &b->lanes[k];
+	return l;
+}
+
 /*
- * Wait for the batch being applied.  On success *applied is the end LSN of
- * its last transaction: what the source may forget.
+ * Wait for the job of lane l (the oldest in flight).  On success *applied
+ * is the end LSN of its last transaction: what the source may forget.
  */
 static bool
-collect(Batch *b, Lsn *applied)
+collect(Batch *b, Lane *l, Lsn *applied)
 {
-	ApplyJob   *j = &b->jobs[b->applying];
+	ApplyJob   *j = &b->jobs[l->job];
 	char		c;
 
-	pthread_join(b->thread, NULL);
-	b->inflight = false;
-	while (read(b->done_pipe[0], &c, 1) == 1)
-		;
+	pthread_join(l->thread, NULL);
+	l->inflight = false;
+	/* its thread wrote one byte; another may be the other lane's */
+	if (read(b->done_pipe[0], &c, 1) != 1)
+		log_msg(LOG_DEBUG, "no byte from the apply thread in its pipe");
 	if (!j->ok)
 	{
 		last_sql_error = j->error;
@@ -940,9 +1095,10 @@ collect(Batch *b, Lsn *applied)
 	{
 		char		lb[32];
 
-		log_msg(LOG_DEBUG, "batch: %ld transactions, %ld events, %ld quarantined, up to %s in %.1f ms",
+		log_msg(LOG_DEBUG, "batch: %ld transactions, %ld events, %ld quarantined, up to %s in %.1f ms "
+				"(target session %d)",
 				j->xacts, j->events, j->quarantined, format_lsn(j->last_end_lsn, lb),
-				(now_us() - j->started_us) / 1000.0);
+				(now_us() - j->started_us) / 1000.0, l == &b->lanes[0] ? 1 : 2);
 	}
 	return true;
 }
@@ -951,84 +1107,133 @@ collect(Batch *b, Lsn *applied)
 bool
 batch_poll(Batch *b, Lsn *applied)
 {
+	Lane	   *l = oldest(b);
+
 	*applied = InvalidLsn;
 	/* called per message: a flag, not a system call */
-	if (!b->inflight || !__atomic_load_n(&b->done, __ATOMIC_ACQUIRE))
+	if (l == NULL || !__atomic_load_n(&l->done, __ATOMIC_ACQUIRE))
 		return true;
-	return collect(b, applied);
+	return collect(b, l, applied);
 }
 
 /* Wait until no batch is being applied. */
 bool
 batch_wait(Batch *b, Lsn *applied)
 {
-	*applied = InvalidLsn;
-	return !b->inflight || collect(b, applied);
-}
+	Lane	   *l;
 
-/*
- * The filling batch is complete: hand it to the apply thread (which sends
- * its rows and applies them), once the previous one has committed.  *applied is the end LSN of the batch that
- * committed meanwhile (InvalidLsn if none did).
- */
-bool
-batch_flush(Batch *b, Lsn *applied)
-{
 	*applied = InvalidLsn;
-	if (!b->open)
-		return true;
-	if (b->inflight && !collect(b, applied))
-		return false;
-	b->jobs[b->fill].conn = b->conn;
-	b->jobs[b->fill].p = b->p;
-	b->jobs[b->fill].has_rules = b->has_rules;
-	b->jobs[b->fill].source_lsn = stats.source_lsn;
-	free(b->jobs[b->fill].source_moves);
-	b->jobs[b->fill].source_moves = moves_text();
-	b->open = false;
-	b->applying = b->fill;
-	b->fill = 1 - b->fill;
-	b->inflight = true;
-	b->done = false;
-	if ((errno = pthread_create(&b->thread, NULL, apply_thread, b)) != 0)
-	{
-		b->inflight = false;
-		log_msg(LOG_ERROR, "could not start the apply thread: %m");
-		return false;
-	}
+	while ((l = oldest(b)) != NULL)
+		if (!collect(b, l, applied))
+			return false;
 	return true;
 }
 
 /*
+ * The filling batch is complete: hand it to an apply thread, which stages
+ * its rows at once (in the other session while the batch before is
+ * applied) and applies them once that one has committed.  Then, as the
+ * next batch fills the slot of the batch before, wait for that one.
+ * *applied is the end LSN of the batch that committed meanwhile (InvalidLsn
+ * if none did).
+ */
+bool
+batch_flush(Batch *b, Lsn *applied)
+{
+	int			k = b->fill;
+	Lane	   *busy = oldest(b);	/* runs jobs[1 - k] */
+	Lane	   *l;
+	uint64_t	seq;
+	bool		running;
+
+	*applied = InvalidLsn;
+	if (!b->open)
+		return true;
+	if (b->lanes[0].conn == b->lanes[1].conn)
+	{
+		/* one session: the batch before must be done with it */
+		if (busy != NULL && !collect(b, busy, applied))
+			return false;
+		busy = NULL;
+	}
+	pthread_mutex_lock(&b->mu);
+	seq = ++b->started;
+	running = busy != NULL && b->ended < busy->seq;
+	pthread_mutex_unlock(&b->mu);
+	if (busy != NULL && !running)
+	{
+		/* it has ended, keeping its session's origin: this one goes there */
+		l = busy;
+		busy = NULL;
+		if (!collect(b, l, applied))
+		{
+			end_turn(b, NULL, seq, false);
+			return false;
+		}
+	}
+	else
+		l = busy == NULL ? b->last : busy == &b->lanes[0] ? &b->lanes[1] : &b->lanes[0];
+	b->last = l;
+	b->lane_of[k] = l;
+	l->job = k;
+	b->jobs[k].conn = l->conn;
+	b->jobs[k].p = b->p;
+	b->jobs[k].has_rules = l->has_rules;
+	b->jobs[k].source_lsn = stats.source_lsn;
+	free(b->jobs[k].source_moves);
+	b->jobs[k].source_moves = moves_text();
+	b->open = false;
+	b->fill = 1 - k;
+	l->seq = seq;
+	l->done = false;
+	l->inflight = true;
+	if ((errno = pthread_create(&l->thread, NULL, apply_thread, l)) != 0)
+	{
+		l->inflight = false;
+		/* a job that never started never ends: later ones must not wait for it */
+		end_turn(b, NULL, l->seq, false);
+		log_msg(LOG_ERROR, "could not start the apply thread: %m");
+		return false;
+	}
+	return busy == NULL || collect(b, busy, applied);
+}
+
+/*
  * Throw the filling batch away (its transactions come again from the
- * slot), after the batch being applied, if any, has ended.
+ * slot), after the batches being applied, if any, have ended.
  */
 void
 batch_abort(Batch *b)
 {
 	PGresult   *res;
 	Lsn			ignored;
+	Lane	   *l;
 
 	if (b == NULL)
 		return;
 	b->open = false;
-	if (b->inflight)
-		(void) collect(b, &ignored);
-	if (PQstatus(b->conn) != CONNECTION_OK)
+	while ((l = oldest(b)) != NULL)
+		(void) collect(b, l, &ignored);
+	for (int k = 0; k < 2; k++)
 	{
-		b->copying = false;
-		return;
-	}
-	if (b->copying)
-	{
-		PQputCopyEnd(b->conn, "batch abandoned");
-		while ((res = PQgetResult(b->conn)) != NULL)
+		PGconn	   *conn = b->lanes[k].conn;
+
+		if (conn == NULL || PQstatus(conn) != CONNECTION_OK)
+		{
+			b->lanes[k].copying = false;
+			continue;
+		}
+		if (b->lanes[k].copying)
+		{
+			PQputCopyEnd(conn, "batch abandoned");
+			while ((res = PQgetResult(conn)) != NULL)
+				PQclear(res);
+			b->lanes[k].copying = false;
+		}
+		if (PQtransactionStatus(conn) != PQTRANS_IDLE)
+		{
+			res = PQexec(conn, "ROLLBACK");
 			PQclear(res);
-		b->copying = false;
-	}
-	if (PQtransactionStatus(b->conn) != PQTRANS_IDLE)
-	{
-		res = PQexec(b->conn, "ROLLBACK");
-		PQclear(res);
+		}
 	}
 }

@@ -54,6 +54,7 @@ typedef struct ConsumerOptions
 	long		batch_size;		/* events */
 	int			batch_ms;
 	bool		idle_flush;		/* a batch also goes when the source pauses */
+	int			apply_sessions; /* target sessions batches alternate between (batch.c) */
 	int			status_interval;	/* seconds */
 	int			heartbeat;		/* seconds, 0 = off */
 	bool		exit_when_caught_up;
@@ -119,6 +120,7 @@ typedef struct Pipeline
 	bool		paused;
 	char	   *decoder_options;	/* extra decoder options from pipeline.options */
 	char	   *digest;			/* of its row and table maps, to see them change */
+	char	   *origin;			/* replication origin of the target sessions, or NULL */
 	int			nmaps;
 	TableMap   *maps;
 	/* the checkpoint: the last source transaction applied */
@@ -217,8 +219,8 @@ extern bool target_copy_given_up(PGconn *conn, const TableMap *m);
 extern bool target_read_marks(PGconn *conn, TableMap *m);
 extern void keep_sql_error(PGconn *conn, const PGresult *res);
 extern PGconn *target_connect(const char *conninfo);
-extern bool target_lock_pipeline(PGconn *conn, const char *pipeline);
-extern bool target_setup_origin(PGconn *conn, const char *pipeline);
+extern bool target_lock_pipeline(PGconn *conn, const char *pipeline, int session);
+extern bool target_setup_origin(PGconn *conn, const char *pipeline, char **origin);
 extern bool target_load_pipeline(PGconn *conn, PGconn *source, Pipeline *p);
 extern bool target_prepare_tables(PGconn *conn, PGconn *source, Pipeline *p);
 extern bool target_forget_snapshot_quarantine(PGconn *conn, Pipeline *p);
@@ -271,7 +273,7 @@ extern bool stream_drop_slot(PGconn *source, const char *slot);
 extern bool stream_start(Stream *s, Pipeline *p, Lsn start);
 extern int	stream_pending_changes(PGconn *source, const char *slot, const char *schema, const char *name);
 extern bool emit_marker(PGconn *source, const char *pipeline, const char *kind, Lsn *lsn);
-extern int	stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p);
+extern int	stream_run(Stream *s, PGconn *target, PGconn *target2, PGconn *source, Pipeline *p);
 extern void stream_close(Stream *s);
 
 /*
@@ -324,7 +326,7 @@ extern void compact_free(Compactor *c);
 
 /* batch.c */
 typedef struct Batch Batch;
-extern Batch *batch_new(PGconn *target, Pipeline *p);
+extern Batch *batch_new(PGconn *target, PGconn *target2, Pipeline *p);
 extern bool batch_begin_xact(Batch *b, const EventInfo *begin);
 extern bool batch_add_event(Batch *b, const EventInfo *ev, const char *json, size_t len);
 extern bool batch_end_xact(Batch *b, const EventInfo *commit);

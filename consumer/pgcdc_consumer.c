@@ -22,6 +22,7 @@ ConsumerOptions opts = {
 	.batch_size = 10000,
 	.batch_ms = 200,
 	.idle_flush = true,
+	.apply_sessions = 2,
 	.status_interval = 10,
 	.heartbeat = 0,
 	.max_backoff = 60,
@@ -46,6 +47,8 @@ usage(void)
 		   "      --batch-ms=MS          longest wait before a batch is applied (default: 200)\n"
 		   "      --idle-flush=on|off    when the source pauses and the target is free, apply a batch\n"
 		   "                             after a tenth of --batch-ms (default: on)\n"
+		   "      --apply-sessions=N     target sessions batches alternate between: with 2, a batch's\n"
+		   "                             COPY runs while the one before is applied (default: 2)\n"
 		   "      --status-interval=S    feedback to the source at least this often (default: 10)\n"
 		   "      --heartbeat=S          when nothing is captured for S seconds, emit a message on the\n"
 		   "                             source so the slot advances (default: 0, off)\n"
@@ -157,6 +160,7 @@ static int
 run_once(void)
 {
 	PGconn	   *target = NULL;
+	PGconn	   *target2 = NULL;
 	PGconn	   *source = NULL;
 	Stream	   *stream = NULL;
 	Pipeline	p = {.name = (char *) opts.pipeline};
@@ -169,7 +173,28 @@ run_once(void)
 		rc = connect_failed("target");
 		goto done;
 	}
-	if (!target_lock_pipeline(target, opts.pipeline) || !target_setup_origin(target, opts.pipeline))
+	if (!target_lock_pipeline(target, opts.pipeline, 1))
+	{
+		rc = stop_requested ? EXIT_DONE : classify(target, NULL);
+		goto done;
+	}
+	/*
+	 * The second apply session (batch.c), locked before the checkpoint is
+	 * read and the replication origin taken: a killed consumer's second
+	 * session may still be committing, holding the origin.  Without it (a
+	 * connection limit, say) batches take turns in the first.
+	 */
+	if (opts.apply_sessions < 2)
+		;
+	else if ((target2 = target_connect(opts.target)) == NULL)
+		log_msg(LOG_INFO, "applying in one target session: each batch's COPY waits for the batch before");
+	else if (!target_lock_pipeline(target2, opts.pipeline, 2))
+	{
+		/* (its session ends within a second of its client: try again) */
+		rc = stop_requested ? EXIT_DONE : RUN_RETRY;
+		goto done;
+	}
+	if (!target_setup_origin(target, opts.pipeline, &p.origin))
 	{
 		rc = stop_requested ? EXIT_DONE : classify(target, NULL);
 		goto done;
@@ -282,11 +307,12 @@ run_once(void)
 		rc = classify(target, PQstatus(source) == CONNECTION_BAD ? source : stream_conn(stream));
 		goto done;
 	}
-	rc = stream_run(stream, target, source, &p);
+	rc = stream_run(stream, target, target2, source, &p);
 
 done:
 	stream_close(stream);
 	PQfinish(source);
+	PQfinish(target2);
 	PQfinish(target);
 	pipeline_free(&p);
 	return rc;
@@ -389,6 +415,7 @@ main(int argc, char **argv)
 		{"metrics-port", required_argument, NULL, 8},
 		{"max-backoff", required_argument, NULL, 9},
 		{"idle-flush", required_argument, NULL, 11},
+		{"apply-sessions", required_argument, NULL, 12},
 		{"verbose", no_argument, NULL, 'v'},
 		{"version", no_argument, NULL, 'V'},
 		{"help", no_argument, NULL, 10},
@@ -447,6 +474,9 @@ main(int argc, char **argv)
 				break;
 			case 11:
 				opts.idle_flush = parse_pair_option("idle-flush", optarg, "on", "off");
+				break;
+			case 12:
+				opts.apply_sessions = parse_int_option("apply-sessions", optarg, 1, 2);
 				break;
 			case 'v':
 				opts.verbose++;

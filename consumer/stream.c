@@ -622,9 +622,9 @@ source_drained(PGconn *conn, const Pipeline *p, const TableMap *m)
  * fix.
  */
 int
-stream_run(Stream *s, PGconn *target, PGconn *source, Pipeline *p)
+stream_run(Stream *s, PGconn *target, PGconn *target2, PGconn *source, Pipeline *p)
 {
-	Batch	   *b = batch_new(target, p);
+	Batch	   *b = batch_new(target, target2, p);
 	char		scratch[1024];
 	Lsn			caught_up_at = InvalidLsn;
 	int64_t		last_progress_us = now_us();

@@ -245,14 +245,17 @@ target_connect(const char *conninfo)
  * while the consumer's target session lives (a killed consumer's session
  * ends with it, and the lock with the session).  The server notices a
  * killed client only after a moment, so a restart waits a little for the
- * lock before it concludes that another consumer runs.
+ * lock before it concludes that another consumer runs.  The second apply
+ * session (batch.c) holds a lock of its own (session 2): a restart also
+ * waits for a killed consumer's second session, whose last COMMIT may
+ * still be under way, before it reads the checkpoint.
  */
 #define LOCK_WAIT_SECONDS 5
 
 bool
-target_lock_pipeline(PGconn *conn, const char *pipeline)
+target_lock_pipeline(PGconn *conn, const char *pipeline, int session)
 {
-	const char *params[1] = {pipeline};
+	const char *params[2] = {pipeline, session > 1 ? "pgcdc_consumer_apply2" : "pgcdc_consumer"};
 	PGresult   *res = NULL;
 	bool		ok = false;
 
@@ -264,18 +267,21 @@ target_lock_pipeline(PGconn *conn, const char *pipeline)
 			nanosleep(&ts, NULL);
 		PQclear(res);
 		res = exec_ok(conn,
-					  "SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtext('pgcdc_consumer'), "
+					  "SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtext($2), "
 					  "pg_catalog.hashtext($1)), "
 					  "(SELECT string_agg(l.pid::text, ', ') FROM pg_catalog.pg_locks l "
 					  " WHERE l.locktype = 'advisory' AND l.granted "
-					  "   AND l.classid = pg_catalog.hashtext('pgcdc_consumer')::oid "
+					  "   AND l.classid = pg_catalog.hashtext($2)::oid "
 					  "   AND l.objid = pg_catalog.hashtext($1)::oid)",
-					  1, params);
+					  2, params);
 		if (res == NULL)
 			return false;
 		ok = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
 	}
-	if (!ok && !stop_requested)
+	if (!ok && !stop_requested && session > 1)
+		log_msg(LOG_ERROR, "the second target session of an earlier pgcdc_consumer of pipeline \"%s\" "
+				"is still there (target backend pid %s)", pipeline, PQgetvalue(res, 0, 1));
+	else if (!ok && !stop_requested)
 	{
 		log_msg(LOG_ERROR, "pipeline \"%s\" is already being run by another pgcdc_consumer "
 				"(target backend pid %s)", pipeline, PQgetvalue(res, 0, 1));
@@ -290,15 +296,19 @@ target_lock_pipeline(PGconn *conn, const char *pipeline)
  * so that a pipeline reading the target with origin=none (the target being
  * a source too, e.g. one database for both) does not capture it again.
  * The origin functions are superuser-only unless granted: without them the
- * consumer works the same, its changes just carry no origin.
+ * consumer works the same, its changes just carry no origin.  *origin is
+ * the origin's name, or NULL without one.  (One session at a time may use
+ * an origin: the second apply session takes it over for its batches,
+ * batch.c.)
  */
 bool
-target_setup_origin(PGconn *conn, const char *pipeline)
+target_setup_origin(PGconn *conn, const char *pipeline, char **origin)
 {
 	char		name[NAMEDATALEN * 2];
 	const char *params[1] = {name};
 	PGresult   *res;
 
+	*origin = NULL;
 	snprintf(name, sizeof(name), "pgcdc_%s", pipeline);
 	quiet_sql_errors = true;
 	res = exec_ok(conn,
@@ -311,6 +321,7 @@ target_setup_origin(PGconn *conn, const char *pipeline)
 	{
 		PQclear(res);
 		log_msg(LOG_DEBUG, "changes applied in the target carry replication origin \"%s\"", name);
+		*origin = pg_strdup(name);
 		return true;
 	}
 	if (strcmp(last_sql_error.code, "42501") == 0)
@@ -1380,6 +1391,8 @@ pipeline_free(Pipeline *p)
 		free(m->srcnames);
 	}
 	free(p->maps);
+	free(p->origin);
+	p->origin = NULL;
 	free(p->slot_name);
 	free(p->decoder_options);
 	free(p->digest);

@@ -209,5 +209,36 @@ is( $c->safe_psql('postgres',
 		"SELECT string_agg(_op || ':' || (_new->>'id') || ':' || (_new->>'code'), ',') FROM loop_log WHERE _op <> 'R'"),
 	'U:1:by hand', 'origin: only the change made by hand is captured, not the consumer\'s own');
 
+# Batches in both target sessions (--apply-sessions 2): a statement
+# trigger makes each apply of orders_mirror take 50 ms, so every next batch
+# (one source transaction each, --batch-size 1) is complete while the one
+# before is applied, and goes to the other session.  The mirror is exact,
+# and what either session applied carries the origin: pipeline "loop"
+# captures none of it.
+$c->safe_psql('postgres', q{
+CREATE FUNCTION slow_apply() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.05); RETURN NULL; END $$;
+CREATE TRIGGER slow_apply AFTER INSERT OR UPDATE OR DELETE ON orders_mirror
+  FOR EACH STATEMENT EXECUTE FUNCTION slow_apply();
+});
+$c->safe_psql('postgres', "INSERT INTO orders (id, code, qty) VALUES ($_, 'two sessions', $_)") for 100 .. 119;
+$c->safe_psql('postgres', "UPDATE orders SET qty = qty + 1 WHERE id = $_") for 100 .. 109;
+$c->safe_psql('postgres', "DELETE FROM orders WHERE id = $_") for 110 .. 114;
+my $one_log = "$PostgreSQL::Test::Utils::log_path/consumer_one_sessions.log";
+($rc, $err) = run_consumer(consumer_cmd($c, $c, 'one', '--exit-when-caught-up', '--batch-size', 1, '-v'), $one_log);
+is($rc, 0, 'two sessions: pipeline one applies 35 transactions, one batch each') or diag($err);
+my @second = $err =~ /^.* batch: .*\(target session 2\)$/mg;
+my @first = $err =~ /^.* batch: .*\(target session 1\)$/mg;
+ok(@second >= 5 && @first >= 5,
+	'two sessions: batches were applied in both target sessions (' . scalar(@first) . ' and ' . scalar(@second) . ')')
+  or diag($err);
+# (row 1 of the mirror was changed by hand above)
+same_rows($c, 'orders WHERE id >= 100', $c, 'orders_mirror WHERE id >= 100', $cols, 'id',
+	'two sessions: mirror equals source');
+($rc, $err) = run_consumer($loop, $loop_log);
+is($rc, 0, 'two sessions: the second pipeline catches up') or diag($err);
+is( $c->safe_psql('postgres',
+		"SELECT string_agg(_op || ':' || (_new->>'id') || ':' || (_new->>'code'), ',') FROM loop_log WHERE _op <> 'R'"),
+	'U:1:by hand', 'two sessions: what either session applied carries the origin, so none of it is captured');
+
 $_->stop for ($a, $b, $c);
 done_testing();
