@@ -214,13 +214,16 @@ target_connect(const char *conninfo)
 	 * Batches stage in temp tables: give them room in memory (settable
 	 * only before the session's first temp table; the server default of 8MB
 	 * made them spill to disk).  The extension's work tables may stay for
-	 * the session, whatever our role: we never switch roles.  Events are
-	 * UTF-8 JSON whatever the databases' encodings: the server converts
-	 * from UTF-8.
+	 * the session, whatever our role: we never switch roles.  A batch
+	 * staged in the second apply session waits, idle in its transaction,
+	 * for the batch before to commit, however long that takes: no idle
+	 * timeout may end it.  Events are UTF-8 JSON whatever the databases'
+	 * encodings: the server converts from UTF-8.
 	 */
 	if (!exec_cmd(conn, "SELECT pg_catalog.set_config('search_path', '', false), "
 				  "pg_catalog.set_config('temp_buffers', '128MB', false), "
-				  "pg_catalog.set_config('pgcdc.keep_work_tables', 'on', false)") ||
+				  "pg_catalog.set_config('pgcdc.keep_work_tables', 'on', false), "
+				  "pg_catalog.set_config('idle_in_transaction_session_timeout', '0', false)") ||
 		PQsetClientEncoding(conn, "UTF8") != 0)
 	{
 		PQfinish(conn);
@@ -230,9 +233,12 @@ target_connect(const char *conninfo)
 	/*
 	 * If this process dies (kill -9), the server ends our session within a
 	 * second even mid-statement, releasing the pipeline lock for a restart.
+	 * A session may wait long for a batch (the second one, when batches do
+	 * not overlap): no idle timeout either.
 	 */
 	if (PQserverVersion(conn) >= 140000 &&
-		!exec_cmd(conn, "SELECT pg_catalog.set_config('client_connection_check_interval', '1s', false)"))
+		!exec_cmd(conn, "SELECT pg_catalog.set_config('client_connection_check_interval', '1s', false), "
+				  "pg_catalog.set_config('idle_session_timeout', '0', false)"))
 	{
 		PQfinish(conn);
 		return NULL;

@@ -210,15 +210,18 @@ is( $c->safe_psql('postgres',
 	'U:1:by hand', 'origin: only the change made by hand is captured, not the consumer\'s own');
 
 # Batches in both target sessions (--apply-sessions 2): a statement
-# trigger makes each apply of orders_mirror take 50 ms, so every next batch
+# trigger makes each apply statement on orders_mirror take 80 ms, so every next batch
 # (one source transaction each, --batch-size 1) is complete while the one
-# before is applied, and goes to the other session.  The mirror is exact,
-# and what either session applied carries the origin: pipeline "loop"
-# captures none of it.
+# before is applied, and goes to the other session, where it waits, idle in
+# its transaction, longer than the database's idle timeouts allow others.
+# Nothing fails, the mirror is exact, and what either session applied
+# carries the origin: pipeline "loop" captures none of it.
 $c->safe_psql('postgres', q{
-CREATE FUNCTION slow_apply() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.05); RETURN NULL; END $$;
+CREATE FUNCTION slow_apply() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.08); RETURN NULL; END $$;
 CREATE TRIGGER slow_apply AFTER INSERT OR UPDATE OR DELETE ON orders_mirror
   FOR EACH STATEMENT EXECUTE FUNCTION slow_apply();
+ALTER DATABASE postgres SET idle_in_transaction_session_timeout = '40ms';
+ALTER DATABASE postgres SET idle_session_timeout = '40ms';
 });
 $c->safe_psql('postgres', "INSERT INTO orders (id, code, qty) VALUES ($_, 'two sessions', $_)") for 100 .. 119;
 $c->safe_psql('postgres', "UPDATE orders SET qty = qty + 1 WHERE id = $_") for 100 .. 109;
@@ -231,6 +234,11 @@ my @first = $err =~ /^.* batch: .*\(target session 1\)$/mg;
 ok(@second >= 5 && @first >= 5,
 	'two sessions: batches were applied in both target sessions (' . scalar(@first) . ' and ' . scalar(@second) . ')')
   or diag($err);
+unlike($err, qr/ ERROR: /, 'two sessions: no error on the way (no idle timeout ends a waiting session)');
+$c->safe_psql('postgres', q{
+ALTER DATABASE postgres RESET idle_in_transaction_session_timeout;
+ALTER DATABASE postgres RESET idle_session_timeout;
+});
 # (row 1 of the mirror was changed by hand above)
 same_rows($c, 'orders WHERE id >= 100', $c, 'orders_mirror WHERE id >= 100', $cols, 'id',
 	'two sessions: mirror equals source');

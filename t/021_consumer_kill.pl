@@ -21,7 +21,8 @@ my $log = "$PostgreSQL::Test::Utils::log_path/consumer_kill.log";
 
 $src->safe_psql('postgres', workload_sql(rows => 3000, keys => 400));
 $dst->safe_psql('postgres', acct_pipeline_sql('p'));
-my $cmd = consumer_cmd($src, $dst, 'p', '--batch-size', 40, '--batch-ms', 50, '--status-interval', 1);
+# (-v: a line per batch, saying which of the two target sessions applied it)
+my $cmd = consumer_cmd($src, $dst, 'p', '--batch-size', 40, '--batch-ms', 50, '--status-interval', 1, '-v');
 
 my $workload = start_workload($src);
 my $seed = $ENV{PGCDC_SEED} // time;
@@ -57,11 +58,13 @@ my $snapshots = () = $all =~ /initial snapshot done/g;
 my $redone = () = $all =~ /has no checkpoint in the target: taking the snapshot again/g;
 my $starts = () = $all =~ /streaming from slot "pgcdc_p" at/g;
 my $batches = $dst->safe_psql('postgres', 'SELECT count(*) FROM pgcdc.batch');
+my $in_second = () = $all =~ /\(target session 2\)$/mg;
 # ("initial snapshot done" is logged after the snapshot's commit: a kill
 # between the two leaves a completed snapshot without its line)
 note("kills: $kills ($in_snapshot before the snapshot completed); 'initial snapshot done' logged: $snapshots, "
 	  . "slots dropped to redo an interrupted snapshot: $redone; starts that reached streaming: $starts; "
-	  . "batches committed: $batches; audit rows in the snapshot: $snap, streamed: $streamed");
+	  . "batches committed: $batches ($in_second in the second target session); "
+	  . "audit rows in the snapshot: $snap, streamed: $streamed");
 
 $src->stop;
 $dst->stop;
