@@ -235,6 +235,17 @@ ok(@second >= 5 && @first >= 5,
 	'two sessions: batches were applied in both target sessions (' . scalar(@first) . ' and ' . scalar(@second) . ')')
   or diag($err);
 unlike($err, qr/ ERROR: /, 'two sessions: no error on the way (no idle timeout ends a waiting session)');
+# and with --apply-sessions 1, every batch in the one session
+$c->safe_psql('postgres', "UPDATE orders SET qty = qty * 10 WHERE id = $_") for 115 .. 119;
+($rc, $err) = run_consumer(
+	consumer_cmd($c, $c, 'one', '--exit-when-caught-up', '--batch-size', 1, '--apply-sessions', 1, '-v'),
+	$one_log);
+is($rc, 0, 'one session: pipeline one applies 5 more transactions') or diag($err);
+@second = $err =~ /^.* batch: .*\(target session 2\)$/mg;
+@first = $err =~ /^.* batch: .*\(target session 1\)$/mg;
+ok(@first >= 5 && @second == 0,
+	'one session: every batch in the first session (' . scalar(@first) . ' and ' . scalar(@second) . ')')
+  or diag($err);
 $c->safe_psql('postgres', q{
 ALTER DATABASE postgres RESET idle_in_transaction_session_timeout;
 ALTER DATABASE postgres RESET idle_session_timeout;
