@@ -1,0 +1,85 @@
+/*
+ * batch_int.h
+ *		What the parts of a batch share: batch.c fills it, staging.c copies
+ *		it into a target session, target_sessions.c runs the apply threads
+ *		in the two target sessions.  Private to those three files.
+ */
+#ifndef PGCDC_BATCH_INT_H
+#define PGCDC_BATCH_INT_H
+
+#include <pthread.h>
+
+#include "consumer.h"
+
+/*
+ * A target session and the job it runs.  A job goes to the lane of the job
+ * before if that one has ended (its session is warm: its temp tables, plans
+ * and buffers), else to the other.  With one session (--apply-sessions 1,
+ * or the second could not be opened) both lanes use it, and a job starts
+ * only after the one before has ended.
+ */
+typedef struct Lane
+{
+	struct Batch *b;
+	int			job;			/* the jobs[] slot it runs */
+	PGconn	   *conn;
+	bool		tables_ready;	/* its session's temp tables exist */
+	bool		copying;		/* a COPY is open in it */
+	bool		has_origin;		/* its session uses the pipeline's replication origin */
+	bool	   *has_rules;		/* per map, as its job was staged */
+	bool		inflight;		/* a thread runs the job (main thread's view) */
+	bool		done;			/* ... and has ended (set by it) */
+	uint64_t	seq;			/* the job's number: it applies after job seq - 1 ended */
+	pthread_t	thread;
+} Lane;
+
+struct Batch
+{
+	Pipeline   *p;
+	bool		open;			/* a batch is filling */
+	bool		skipping;		/* current source transaction is at/before the checkpoint */
+	ApplyJob	jobs[2];		/* jobs[fill] fills; the other may be applying */
+	Lane		lanes[2];
+	Lane	   *lane_of[2];		/* the lane of jobs[k] */
+	Lane	   *last;			/* the lane of the last job */
+	int			fill;
+	int			done_pipe[2];	/* each apply thread writes a byte when it ends */
+	/* jobs end in the order they started (each waits for the one before) */
+	pthread_mutex_t mu;
+	pthread_cond_t ended_cv;
+	uint64_t	started;		/* jobs started */
+	uint64_t	ended;			/* jobs ended (under mu) */
+	bool		broken;			/* one of them failed: later ones apply nothing (under mu) */
+	/* per job, as jobs[]: */
+	FILE	   *spill[2];		/* its COPY rows, each after a SpillHeader */
+	char	   *buffers[4];		/* stdio buffers of spill[] and jobs[].raw */
+	Compactor  *compact[2];		/* its mirror keys */
+	PQExpBuffer line;			/* the COPY line being built */
+	PQExpBuffer tmp;			/* a field being built */
+	PQExpBuffer key;			/* a compaction key being built */
+};
+
+#define SPILL_BUFFER	(1024 * 1024)
+
+typedef struct SpillHeader
+{
+	uint32_t	len;
+	int32_t		map;
+	int64_t		raw_off;		/* the event's JSON in the job's raw file (not append) */
+	uint32_t	raw_len;
+} SpillHeader;
+
+/* A line held in memory while the lines a COPY refused are found. */
+typedef struct SpillRow
+{
+	SpillHeader h;
+	char	   *data;
+} SpillRow;
+
+/* batch.c */
+extern bool empty_file(FILE *f);
+
+/* staging.c */
+extern bool send_spill(Batch *b, int k);
+
+#endif							/* PGCDC_BATCH_INT_H */
