@@ -259,6 +259,48 @@ is($dst->safe_psql('postgres', "SELECT applied || '/' || failed FROM pgcdc.quara
 	'3/0', 'pipeline t: replayed after the target was widened and the constraint dropped');
 same_rows($src, 'tags', $dst, 'tags_mirror', 'id, code, score', 'id', 'pipeline t: mirror equals source');
 
+# Poison events while batches overlap in the two target sessions: one
+# source transaction per batch (--batch-size 1), and a statement trigger
+# that makes each apply of the mirror take 80 ms, so that every next batch
+# is staged in the other session meanwhile.  Rows 5, 10, 15, 20 fail the
+# rule (for all three targets), rows 7 and 14 the mirror's CHECK; each is
+# quarantined where it fails and everything else is applied.
+$src->safe_psql('postgres', 'CREATE TABLE widgets (id int PRIMARY KEY, qty int, amount numeric)');
+$dst->safe_psql('postgres', q{
+CREATE TABLE widgets_m (id int PRIMARY KEY, qty int, amount numeric CONSTRAINT amount_nonneg CHECK (amount >= 0));
+CREATE FUNCTION slow_apply() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.08); RETURN NULL; END $$;
+CREATE TRIGGER slow_apply AFTER INSERT OR UPDATE OR DELETE ON widgets_m FOR EACH STATEMENT EXECUTE FUNCTION slow_apply();
+SELECT pgcdc.create_pipeline('o');
+SELECT pgcdc.add_table('o', 'public.widgets', 'public.widgets_m', 'mirror');
+SELECT pgcdc.add_table('o', 'public.widgets', 'public.widgets_h', 'scd2');
+SELECT pgcdc.add_table('o', 'public.widgets', 'public.widgets_l', 'append');
+SELECT pgcdc.add_rule('o', 'public.widgets', 'qty_positive', 'qty > 0');
+});
+my $ocmd = consumer_cmd($src, $dst, 'o', '--exit-when-caught-up', '--batch-size', 1, '-v');
+($rc, $err) = run_consumer($ocmd, $log);
+is($rc, 0, 'pipeline o: snapshot') or diag($err);
+$src->safe_psql('postgres',
+	"INSERT INTO widgets VALUES ($_, " . ($_ % 5 == 0 ? 0 : 1) . ', ' . ($_ % 7 == 0 ? -1 : $_) . ')')
+  for 1 .. 20;
+($rc, $err) = run_consumer($ocmd, $log);
+is($rc, 0, 'pipeline o: streaming, one batch per source transaction') or diag($err);
+my $second = () = $err =~ /\(target session 2\)$/mg;
+cmp_ok($second, '>=', 3, "pipeline o: batches were applied in the second target session ($second)");
+is( $dst->safe_psql('postgres',
+		"SELECT string_agg(target || ' ' || (event->'new'->>'id') || ' ' || error_code, ', ' "
+		  . "ORDER BY target, (event->'new'->>'id')::int) FROM pgcdc.quarantine WHERE pipeline = 'o' AND status = 'open'"),
+	join(', ',
+		(map { "public.widgets_h $_ " . rule_code() } 5, 10, 15, 20),
+		(map { "public.widgets_l $_ " . rule_code() } 5, 10, 15, 20),
+		(map { "public.widgets_m $_ " . ($_ % 5 == 0 ? rule_code() : '23514') } 5, 7, 10, 14, 15, 20)),
+	'pipeline o: each poison event is quarantined where it fails, with its SQLSTATE');
+same_rows($src, 'widgets WHERE id NOT IN (5, 7, 10, 14, 15, 20)', $dst, 'widgets_m', 'id, qty, amount', 'id',
+	'pipeline o: the mirror has every other row');
+same_rows($src, 'widgets WHERE id % 5 <> 0', $dst, 'widgets_h WHERE _is_current', 'id, qty, amount', 'id',
+	'pipeline o: the history has a version of every row that passes the rule');
+is($dst->safe_psql('postgres', "SELECT string_agg(_new->>'id', ',' ORDER BY _source_lsn) FROM widgets_l WHERE _op = 'I'"),
+	join(',', grep { $_ % 5 != 0 } 1 .. 20), 'pipeline o: the log has every event that passes the rule, in order');
+
 # The SQLSTATE a rule violation is quarantined with (the extension's choice).
 sub rule_code
 {
