@@ -10,7 +10,7 @@
  *
  *		Everything here runs on the job's connection and touches no global
  *		state but the thread's own last_sql_error: the stream goes on
- *		meanwhile (batch.c).
+ *		meanwhile (target_sessions.c).
  */
 #include "postgres_fe.h"
 

@@ -77,7 +77,6 @@ batch_new(PGconn *target, PGconn *target2, Pipeline *p)
 	/* run_once set the origin up in the first session */
 	b->lanes[0].has_origin = p->origin != NULL;
 	b->lanes[1].has_origin = p->origin != NULL && target2 == NULL;
-	b->last = &b->lanes[0];
 	if (b->jobs[0].raw == NULL || b->jobs[1].raw == NULL || b->spill[0] == NULL || b->spill[1] == NULL ||
 		pipe(b->done_pipe) != 0)
 	{

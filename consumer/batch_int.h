@@ -41,7 +41,6 @@ struct Batch
 	ApplyJob	jobs[2];		/* jobs[fill] fills; the other may be applying */
 	Lane		lanes[2];
 	Lane	   *lane_of[2];		/* the lane of jobs[k] */
-	Lane	   *last;			/* the lane of the last job */
 	int			fill;
 	int			done_pipe[2];	/* each apply thread writes a byte when it ends */
 	/* jobs end in the order they started (each waits for the one before) */
@@ -75,6 +74,13 @@ typedef struct SpillRow
 	SpillHeader h;
 	char	   *data;
 } SpillRow;
+
+/* Both lanes in one session: --apply-sessions 1, or no second connection. */
+static inline bool
+one_session(const Batch *b)
+{
+	return b->lanes[0].conn == b->lanes[1].conn;
+}
 
 /* batch.c */
 extern bool empty_file(FILE *f);

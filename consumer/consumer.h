@@ -54,7 +54,7 @@ typedef struct ConsumerOptions
 	long		batch_size;		/* events */
 	int			batch_ms;
 	bool		idle_flush;		/* a batch also goes when the source pauses */
-	int			apply_sessions; /* target sessions batches alternate between (batch.c) */
+	int			apply_sessions; /* target sessions batches take turns in (target_sessions.c) */
 	int			status_interval;	/* seconds */
 	int			heartbeat;		/* seconds, 0 = off */
 	bool		exit_when_caught_up;

@@ -179,16 +179,14 @@ run_once(void)
 		goto done;
 	}
 	/*
-	 * The second apply session (batch.c), locked before the checkpoint is
+	 * The second apply session (target_sessions.c), locked before the checkpoint is
 	 * read and the replication origin taken: a killed consumer's second
 	 * session may still be committing, holding the origin.  Without it (a
 	 * connection limit, say) batches take turns in the first.
 	 */
-	if (opts.apply_sessions < 2)
-		;
-	else if ((target2 = target_connect(opts.target)) == NULL)
+	if (opts.apply_sessions > 1 && (target2 = target_connect(opts.target)) == NULL)
 		log_msg(LOG_INFO, "applying in one target session: each batch's COPY waits for the batch before");
-	else if (!target_lock_pipeline(target2, opts.pipeline, 2))
+	else if (target2 != NULL && !target_lock_pipeline(target2, opts.pipeline, 2))
 	{
 		/* (its session ends within a second of its client: try again) */
 		rc = stop_requested ? EXIT_DONE : RUN_RETRY;

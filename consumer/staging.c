@@ -201,7 +201,8 @@ copy_spill(Batch *b, int k, int i, PQExpBuffer row)
 	size_t		n = 0;
 	long		line = 0;
 	SpillHeader h;
-	bool		no_ts = strcmp(b->p->maps[i].mode, "mirror") == 0 && !b->lane_of[k]->has_rules[i];
+	bool		rules = b->lane_of[k]->has_rules[i];	/* every line goes: each is checked */
+	bool		no_ts = strcmp(b->p->maps[i].mode, "mirror") == 0 && !rules;
 
 	if (!start_copy(b, k, i))
 		return false;
@@ -211,7 +212,7 @@ copy_spill(Batch *b, int k, int i, PQExpBuffer row)
 		bool		send;
 
 		line++;					/* numbered across maps, as compact_line saw them */
-		send = h.map == i && (b->lane_of[k]->has_rules[i] || !compact_dead(b->compact[k], line));
+		send = h.map == i && (rules || !compact_dead(b->compact[k], line));
 		if (!send)
 		{
 			if (!skip_bytes(spill, h.len))
@@ -341,13 +342,14 @@ read_rows(Batch *b, int k, int i, long *n)
 	SpillRow   *v = pg_malloc(sizeof(SpillRow) * Max(b->jobs[k].per_map[i], 1));
 	SpillHeader h;
 	long		line = 0;
+	bool		rules = b->lane_of[k]->has_rules[i];
 
 	*n = 0;
 	rewind(spill);
 	while (fread(&h, sizeof(h), 1, spill) == 1)
 	{
 		line++;
-		if (h.map != i || (!b->lane_of[k]->has_rules[i] && compact_dead(b->compact[k], line)))
+		if (h.map != i || (!rules && compact_dead(b->compact[k], line)))
 		{
 			if (!skip_bytes(spill, h.len))
 				break;

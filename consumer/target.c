@@ -252,7 +252,7 @@ target_connect(const char *conninfo)
  * ends with it, and the lock with the session).  The server notices a
  * killed client only after a moment, so a restart waits a little for the
  * lock before it concludes that another consumer runs.  The second apply
- * session (batch.c) holds a lock of its own (session 2): a restart also
+ * session (target_sessions.c) holds a lock of its own (session 2): a restart also
  * waits for a killed consumer's second session, whose last COMMIT may
  * still be under way, before it reads the checkpoint.
  */
@@ -305,7 +305,7 @@ target_lock_pipeline(PGconn *conn, const char *pipeline, int session)
  * consumer works the same, its changes just carry no origin.  *origin is
  * the origin's name, or NULL without one.  (One session at a time may use
  * an origin: the second apply session takes it over for its batches,
- * batch.c.)
+ * target_sessions.c.)
  */
 bool
 target_setup_origin(PGconn *conn, const char *pipeline, char **origin)

@@ -41,7 +41,7 @@ give_origin(Batch *b, Lane *l)
 {
 	PGresult   *res;
 
-	if (!l->has_origin || b->lanes[0].conn == b->lanes[1].conn)
+	if (!l->has_origin || one_session(b))
 		return;
 	/* (a session that is gone has released it) */
 	quiet_sql_errors = true;
@@ -138,6 +138,13 @@ apply_thread(void *arg)
 	if (write(b->done_pipe[1], "x", 1) != 1)
 		log_msg(LOG_ERROR, "could not signal the end of a batch: %m");
 	return NULL;
+}
+
+/* The lane of the last job started (the first lane before any). */
+static Lane *
+latest(Batch *b)
+{
+	return b->lanes[1].seq > b->lanes[0].seq ? &b->lanes[1] : &b->lanes[0];
 }
 
 /* The lane of the job that started first, of those in flight, or NULL. */
@@ -238,7 +245,7 @@ batch_flush(Batch *b, Lsn *applied)
 	*applied = InvalidLsn;
 	if (!b->open)
 		return true;
-	if (b->lanes[0].conn == b->lanes[1].conn)
+	if (one_session(b))
 	{
 		/* one session: the batch before must be done with it */
 		if (busy != NULL && !collect(b, busy, applied))
@@ -261,8 +268,7 @@ batch_flush(Batch *b, Lsn *applied)
 		}
 	}
 	else
-		l = busy == NULL ? b->last : busy == &b->lanes[0] ? &b->lanes[1] : &b->lanes[0];
-	b->last = l;
+		l = busy == NULL ? latest(b) : busy == &b->lanes[0] ? &b->lanes[1] : &b->lanes[0];
 	b->lane_of[k] = l;
 	l->job = k;
 	b->jobs[k].conn = l->conn;

@@ -107,6 +107,7 @@ typedef struct Row
 	Datum	   *v;
 	bool	   *n;
 	int64		kno;			/* its key's number, from 1 */
+	char		op;				/* I, U or D; '?' for anything else */
 } Row;
 
 /* One change of the batch, as the read query gives it, once classified. */
@@ -169,6 +170,7 @@ typedef struct Writer
 	AttrNumber *trk_att;
 	TupleDesc	trk_desc;
 	int		   *trk_in;			/* tracked column t is data column trk_in[t] */
+	int		   *trk_slot;		/* ... and the history's column trk_slot[t] (0-based) */
 	FmgrInfo   *trk_send;		/* their send functions */
 	pg_cryptohash_ctx *sha;
 	StringInfoData image;		/* the record_send image being hashed */
@@ -524,6 +526,7 @@ prepare_keys(Writer *w, List *keys, List *track)
 	}
 	w->trk_desc = BlessTupleDesc(w->trk_desc);
 	w->trk_in = palloc(sizeof(int) * Max(w->ntrk, 1));
+	w->trk_slot = palloc(sizeof(int) * Max(w->ntrk, 1));
 	w->trk_send = palloc(sizeof(FmgrInfo) * Max(w->ntrk, 1));
 	for (i = 0; i < w->ntrk; i++)
 	{
@@ -535,6 +538,7 @@ prepare_keys(Writer *w, List *keys, List *track)
 		if (j == w->ndata)
 			return false;
 		w->trk_in[i] = j;
+		w->trk_slot[i] = w->trk_att[i] - 1;
 		getTypeBinaryOutputInfo(TupleDescAttr(w->trk_desc, i)->atttypid, &send, &varlena);
 		fmgr_info(send, &w->trk_send[i]);
 	}
@@ -547,15 +551,15 @@ prepare_keys(Writer *w, List *keys, List *track)
 
 /*
  * sha256(record_send(ROW(tracked columns)::record)), as pgcdc._hash_expr
- * computes it (v[t], n[t]: tracked column t), without forming the row: the
- * image record_send makes (the column count, then each column's type, and
- * its send function's output with its length, or -1 for NULL), hashed by a
- * context kept for the batch.  The send functions allocate: in a context
+ * computes it (tracked column t is v[at[t]], n[at[t]]), without forming the
+ * row: the image record_send makes (the column count, then each column's
+ * type, and its send function's output with its length, or -1 for NULL),
+ * hashed by a context kept for the batch.  The send functions allocate: in a context
  * of their own, emptied after each hash.  The read query used to compute
  * this; here it costs about half as much.
  */
 static Datum
-tracked_hash(Writer *w, const Datum *v, const bool *n)
+tracked_hash(Writer *w, const Datum *v, const bool *n, const int *at)
 {
 	MemoryContext old = MemoryContextSwitchTo(w->hash_cxt);
 	int			ncols = Max(w->ntrk, 1);	/* none: ROW(NULL::integer) */
@@ -569,12 +573,12 @@ tracked_hash(Writer *w, const Datum *v, const bool *n)
 		bytea	   *out;
 
 		pq_sendint32(&w->image, TupleDescAttr(w->trk_desc, i)->atttypid);
-		if (w->ntrk == 0 || n[i])
+		if (w->ntrk == 0 || n[at[i]])
 		{
 			pq_sendint32(&w->image, -1);
 			continue;
 		}
-		out = SendFunctionCall(&w->trk_send[i], v[i]);
+		out = SendFunctionCall(&w->trk_send[i], v[at[i]]);
 		pq_sendint32(&w->image, VARSIZE(out) - VARHDRSZ);
 		pq_sendbytes(&w->image, VARDATA(out), VARSIZE(out) - VARHDRSZ);
 	}
@@ -593,34 +597,14 @@ tracked_hash(Writer *w, const Datum *v, const bool *n)
 static Datum
 version_hash(Writer *w, TupleTableSlot *slot)
 {
-	Datum	   *v = palloc(sizeof(Datum) * Max(w->ntrk, 1));
-	bool	   *n = palloc(sizeof(bool) * Max(w->ntrk, 1));
-	Datum		hash;
-	int			i;
-
-	for (i = 0; i < w->ntrk; i++)
-	{
-		v[i] = slot->tts_values[w->trk_att[i] - 1];
-		n[i] = slot->tts_isnull[w->trk_att[i] - 1];
-	}
-	hash = tracked_hash(w, v, n);
-	pfree(v);
-	pfree(n);
-	return hash;
+	return tracked_hash(w, slot->tts_values, slot->tts_isnull, w->trk_slot);
 }
 
 /* The hash of a change row that is no delete, into its pgcdc_h. */
 static void
-change_hash(Writer *w, Row *r, Datum *v, bool *n)
+change_hash(Writer *w, Row *r)
 {
-	int			i;
-
-	for (i = 0; i < w->ntrk; i++)
-	{
-		v[i] = r->v[w->trk_in[i]];
-		n[i] = r->n[w->trk_in[i]];
-	}
-	r->v[w->col[R_H] - 1] = tracked_hash(w, v, n);
+	r->v[w->col[R_H] - 1] = tracked_hash(w, r->v, r->n, w->trk_in);
 	r->n[w->col[R_H] - 1] = false;
 }
 
@@ -843,11 +827,9 @@ read_key(Writer *w, Row **rows, int n, Change *ch, Latest *l)
 	{
 		Change	   *c = &ch[i];
 		TimestampTz vf;
-		text	   *op;
 
 		c->row = rows[i];
-		op = DatumGetTextPP(get(w, rows[i], R_OP, &isnull));
-		c->op = VARSIZE_ANY_EXHDR(op) == 1 ? *VARDATA_ANY(op) : '?';
+		c->op = rows[i]->op;
 		c->seq = get(w, rows[i], R_SEQ, &isnull);
 		if (isnull)
 			return false;
@@ -1027,8 +1009,6 @@ pgcdc_scd2_write(PG_FUNCTION_ARGS)
 	PreparedStatement *ps;
 	Writer		w = {0};
 	RowReceiver recv = {0};
-	Datum	   *trk_v;
-	bool	   *trk_n;
 	SPIExecuteOptions opts = {0};
 	uint64		nrows;
 	uint64		nkeys = 0;
@@ -1109,8 +1089,6 @@ pgcdc_scd2_write(PG_FUNCTION_ARGS)
 	/* Each row numbered by its key, and hashed unless a delete. */
 	fmgr_info(F_BTARRAYCMP, &w.seq_cmp);
 	groups = keys_create(CurrentMemoryContext, Max(nrows, 16), &w);
-	trk_v = palloc(sizeof(Datum) * Max(w.ntrk, 1));
-	trk_n = palloc(sizeof(bool) * Max(w.ntrk, 1));
 	for (i = 0; i < nrows; i++)
 	{
 		KeyEntry   *e;
@@ -1118,11 +1096,14 @@ pgcdc_scd2_write(PG_FUNCTION_ARGS)
 		int			j;
 		Datum		op = get(&w, &rows[i], R_OP, &isnull);
 
-		if (!isnull && VARSIZE_ANY_EXHDR(DatumGetTextPP(op)) == 1 &&
-			*VARDATA_ANY(DatumGetTextPP(op)) == 'D')
+		/* the op, read once here for every later look */
+		rows[i].op = '?';
+		if (!isnull && VARSIZE_ANY_EXHDR(DatumGetTextPP(op)) == 1)
+			rows[i].op = *VARDATA_ANY(DatumGetTextPP(op));
+		if (rows[i].op == 'D')
 			rows[i].n[w.col[R_H] - 1] = true;
 		else
-			change_hash(&w, &rows[i], trk_v, trk_n);
+			change_hash(&w, &rows[i]);
 
 		/* the position is compared often: its array untoasted once, not at each compare */
 		if (!rows[i].n[w.col[R_SEQ] - 1])
@@ -1184,11 +1165,7 @@ pgcdc_scd2_write(PG_FUNCTION_ARGS)
 		int			j;
 
 		for (j = 0; j < n && !has_iu; j++)
-		{
-			text	   *op = DatumGetTextPP(get(&w, ord[first[k] + j], R_OP, &isnull));
-
-			has_iu = VARSIZE_ANY_EXHDR(op) != 1 || *VARDATA_ANY(op) != 'D';
-		}
+			has_iu = ord[first[k] + j]->op != 'D';
 		find_latest(&w, ord[first[k]], has_iu, &latest[k]);
 		stage = !read_key(&w, &ord[first[k]], n, &ch[first[k]], &latest[k]);
 	}

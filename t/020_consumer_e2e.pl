@@ -216,10 +216,8 @@ is( $c->safe_psql('postgres',
 # its transaction, longer than the database's idle timeouts allow others.
 # Nothing fails, the mirror is exact, and what either session applied
 # carries the origin: pipeline "loop" captures none of it.
+slow_applies($c, 'orders_mirror');
 $c->safe_psql('postgres', q{
-CREATE FUNCTION slow_apply() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.08); RETURN NULL; END $$;
-CREATE TRIGGER slow_apply AFTER INSERT OR UPDATE OR DELETE ON orders_mirror
-  FOR EACH STATEMENT EXECUTE FUNCTION slow_apply();
 ALTER DATABASE postgres SET idle_in_transaction_session_timeout = '40ms';
 ALTER DATABASE postgres SET idle_session_timeout = '40ms';
 });
@@ -229,10 +227,9 @@ $c->safe_psql('postgres', "DELETE FROM orders WHERE id = $_") for 110 .. 114;
 my $one_log = "$PostgreSQL::Test::Utils::log_path/consumer_one_sessions.log";
 ($rc, $err) = run_consumer(consumer_cmd($c, $c, 'one', '--exit-when-caught-up', '--batch-size', 1, '-v'), $one_log);
 is($rc, 0, 'two sessions: pipeline one applies 35 transactions, one batch each') or diag($err);
-my @second = $err =~ /^.* batch: .*\(target session 2\)$/mg;
-my @first = $err =~ /^.* batch: .*\(target session 1\)$/mg;
-ok(@second >= 5 && @first >= 5,
-	'two sessions: batches were applied in both target sessions (' . scalar(@first) . ' and ' . scalar(@second) . ')')
+my ($first, $second) = session_batches($err);
+ok($second >= 5 && $first >= 5,
+	"two sessions: batches were applied in both target sessions ($first and $second)")
   or diag($err);
 unlike($err, qr/ ERROR: /, 'two sessions: no error on the way (no idle timeout ends a waiting session)');
 # and with --apply-sessions 1, every batch in the one session
@@ -241,10 +238,8 @@ $c->safe_psql('postgres', "UPDATE orders SET qty = qty * 10 WHERE id = $_") for 
 	consumer_cmd($c, $c, 'one', '--exit-when-caught-up', '--batch-size', 1, '--apply-sessions', 1, '-v'),
 	$one_log);
 is($rc, 0, 'one session: pipeline one applies 5 more transactions') or diag($err);
-@second = $err =~ /^.* batch: .*\(target session 2\)$/mg;
-@first = $err =~ /^.* batch: .*\(target session 1\)$/mg;
-ok(@first >= 5 && @second == 0,
-	'one session: every batch in the first session (' . scalar(@first) . ' and ' . scalar(@second) . ')')
+($first, $second) = session_batches($err);
+ok($first >= 5 && $second == 0, "one session: every batch in the first session ($first and $second)")
   or diag($err);
 $c->safe_psql('postgres', q{
 ALTER DATABASE postgres RESET idle_in_transaction_session_timeout;

@@ -58,7 +58,7 @@ my $snapshots = () = $all =~ /initial snapshot done/g;
 my $redone = () = $all =~ /has no checkpoint in the target: taking the snapshot again/g;
 my $starts = () = $all =~ /streaming from slot "pgcdc_p" at/g;
 my $batches = $dst->safe_psql('postgres', 'SELECT count(*) FROM pgcdc.batch');
-my $in_second = () = $all =~ /\(target session 2\)$/mg;
+my (undef, $in_second) = session_batches($all);
 # ("initial snapshot done" is logged after the snapshot's commit: a kill
 # between the two leaves a completed snapshot without its line)
 note("kills: $kills ($in_snapshot before the snapshot completed); 'initial snapshot done' logged: $snapshots, "

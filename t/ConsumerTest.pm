@@ -16,7 +16,31 @@ use Time::HiRes qw(usleep);
 our @EXPORT = qw(new_node consumer_cmd run_consumer start_consumer stop_consumer
   kill9_consumer slurp_log same_rows scd2_check append_check wait_for_row wait_for_log
   audit_sql versions_check workload_sql start_workload stop_workload acct_pipeline_sql acct_checks
-  http_get);
+  http_get slow_applies session_batches);
+
+# Make each statement that changes $table on $node take 80 ms (a statement
+# trigger): the next batch is complete while one is applied, and goes to
+# the consumer's other target session.
+sub slow_applies
+{
+	my ($node, $table) = @_;
+	$node->safe_psql('postgres', qq{
+CREATE FUNCTION slow_apply_$table() RETURNS trigger LANGUAGE plpgsql
+  AS \$\$ BEGIN PERFORM pg_sleep(0.08); RETURN NULL; END \$\$;
+CREATE TRIGGER slow_apply AFTER INSERT OR UPDATE OR DELETE ON $table
+  FOR EACH STATEMENT EXECUTE FUNCTION slow_apply_$table();
+});
+}
+
+# How many batches a -v consumer log says it applied in target session 1
+# and in session 2.
+sub session_batches
+{
+	my ($log) = @_;
+	my $first = () = $log =~ /^.* batch: .*\(target session 1\)$/mg;
+	my $second = () = $log =~ /^.* batch: .*\(target session 2\)$/mg;
+	return ($first, $second);
+}
 
 # A cluster that can be a source and a target: logical WAL, the plugin
 # whitelist, the extension installed in "postgres".
