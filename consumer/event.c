@@ -177,6 +177,13 @@ scan_string(Scan *s, char *out, size_t outlen, size_t *used)
 	return true;
 }
 
+/*
+ * Characters skip_value stops at inside a container: strings and nesting.
+ * Numbers, literals, separators and blanks between them pass in a tight
+ * loop (the row objects are most of every event).
+ */
+static const bool structural[256] = {['"'] = true, ['{'] = true, ['}'] = true, ['['] = true, [']'] = true};
+
 /* Skip any JSON value. */
 static bool
 skip_value(Scan *s)
@@ -212,7 +219,10 @@ skip_value(Scan *s)
 						s->p++;
 				}
 				else
-					s->p++;
+				{
+					while (s->p < s->end && !structural[(unsigned char) *s->p])
+						s->p++;
+				}
 				break;
 		}
 	} while (depth > 0);
@@ -230,6 +240,41 @@ scan_number(Scan *s)
 	return v;
 }
 
+/* The top-level keys event_parse reads (SPEC section 1); the rest are skipped. */
+typedef enum EventKey
+{
+	EK_OTHER, EK_OP, EK_COMMIT_LSN, EK_END_LSN, EK_SEQ, EK_SCHEMA, EK_TABLE, EK_TS,
+	EK_PREFIX, EK_NEW, EK_KEY, EK_OLD, EK_UNCHANGED_TOAST
+} EventKey;
+
+/* By first character, then the one name it can be: a dozen keys per event. */
+static EventKey
+event_key(const char *key)
+{
+	switch (key[0])
+	{
+		case 'o':
+			return strcmp(key, "op") == 0 ? EK_OP : strcmp(key, "old") == 0 ? EK_OLD : EK_OTHER;
+		case 'c':
+			return strcmp(key, "commit_lsn") == 0 ? EK_COMMIT_LSN : EK_OTHER;
+		case 'e':
+			return strcmp(key, "end_lsn") == 0 ? EK_END_LSN : EK_OTHER;
+		case 's':
+			return strcmp(key, "seq") == 0 ? EK_SEQ : strcmp(key, "schema") == 0 ? EK_SCHEMA : EK_OTHER;
+		case 't':
+			return strcmp(key, "table") == 0 ? EK_TABLE : strcmp(key, "ts") == 0 ? EK_TS : EK_OTHER;
+		case 'p':
+			return strcmp(key, "prefix") == 0 ? EK_PREFIX : EK_OTHER;
+		case 'n':
+			return strcmp(key, "new") == 0 ? EK_NEW : EK_OTHER;
+		case 'k':
+			return strcmp(key, "key") == 0 ? EK_KEY : EK_OTHER;
+		case 'u':
+			return strcmp(key, "unchanged_toast") == 0 ? EK_UNCHANGED_TOAST : EK_OTHER;
+	}
+	return EK_OTHER;
+}
+
 bool
 event_parse(const char *json, size_t len, EventInfo *ev, char *scratch, size_t scratchlen)
 {
@@ -237,6 +282,7 @@ event_parse(const char *json, size_t len, EventInfo *ev, char *scratch, size_t s
 	char		key[32];
 	char		val[64];
 	size_t		used = 0;
+	EventKey	k;
 
 	memset(ev, 0, sizeof(*ev));
 	skip_ws(&s);
@@ -253,50 +299,57 @@ event_parse(const char *json, size_t len, EventInfo *ev, char *scratch, size_t s
 		if (s.p >= s.end || *s.p++ != ':')
 			return false;
 		skip_ws(&s);
-		if (strcmp(key, "op") == 0)
+		k = event_key(key);
+		switch (k)
 		{
-			if (!scan_string(&s, val, sizeof(val), NULL))
-				return false;
-			ev->op = val[0];
-		}
-		else if (strcmp(key, "commit_lsn") == 0 || strcmp(key, "end_lsn") == 0)
-		{
-			if (!scan_string(&s, val, sizeof(val), NULL) ||
-				!parse_lsn(val, key[0] == 'c' ? &ev->commit_lsn : &ev->end_lsn))
-				return false;
-		}
-		else if (strcmp(key, "seq") == 0)
-			ev->seq = scan_number(&s);
-		else if ((strcmp(key, "schema") == 0 || strcmp(key, "table") == 0 ||
-				  strcmp(key, "prefix") == 0 || strcmp(key, "ts") == 0) &&
-				 s.p < s.end && *s.p == '"')
-		{
-			size_t		n;
-			const char **dst = strcmp(key, "schema") == 0 ? &ev->schema :
-			strcmp(key, "table") == 0 ? &ev->table :
-			strcmp(key, "ts") == 0 ? &ev->ts : &ev->prefix;
+			case EK_OP:
+				if (!scan_string(&s, val, sizeof(val), NULL))
+					return false;
+				ev->op = val[0];
+				break;
+			case EK_COMMIT_LSN:
+			case EK_END_LSN:
+				if (!scan_string(&s, val, sizeof(val), NULL) ||
+					!parse_lsn(val, key[0] == 'c' ? &ev->commit_lsn : &ev->end_lsn))
+					return false;
+				break;
+			case EK_SEQ:
+				ev->seq = scan_number(&s);
+				break;
+			case EK_SCHEMA:
+			case EK_TABLE:
+			case EK_TS:
+			case EK_PREFIX:
+				if (s.p < s.end && *s.p == '"')
+				{
+					size_t		n;
+					const char **dst = k == EK_SCHEMA ? &ev->schema : k == EK_TABLE ? &ev->table :
+					k == EK_TS ? &ev->ts : &ev->prefix;
 
-			if (used >= scratchlen || !scan_string(&s, scratch + used, scratchlen - used, &n))
-				return false;
-			*dst = scratch + used;
-			used += n;
-		}
-		else
-		{
-			/* the row objects are kept as spans for row_values */
-			JsonSpan   *span = strcmp(key, "new") == 0 ? &ev->new_row :
-			strcmp(key, "key") == 0 ? &ev->key :
-			strcmp(key, "old") == 0 ? &ev->old :
-			strcmp(key, "unchanged_toast") == 0 ? &ev->unchanged_toast : NULL;
-			const char *start = s.p;
+					if (used >= scratchlen || !scan_string(&s, scratch + used, scratchlen - used, &n))
+						return false;
+					*dst = scratch + used;
+					used += n;
+					break;
+				}
+				/* a null one is skipped as any other value */
+				/* FALLTHROUGH */
+			default:
+				{
+					/* the row objects are kept as spans for row_values */
+					JsonSpan   *span = k == EK_NEW ? &ev->new_row : k == EK_KEY ? &ev->key :
+					k == EK_OLD ? &ev->old : k == EK_UNCHANGED_TOAST ? &ev->unchanged_toast : NULL;
+					const char *start = s.p;
 
-			if (!skip_value(&s))
-				return false;
-			if (span && *start != 'n')	/* not null */
-			{
-				span->ptr = start;
-				span->len = s.p - start;
-			}
+					if (!skip_value(&s))
+						return false;
+					if (span && *start != 'n')	/* not null */
+					{
+						span->ptr = start;
+						span->len = s.p - start;
+					}
+				}
+				break;
 		}
 		skip_ws(&s);
 		if (s.p < s.end && *s.p == ',')
@@ -311,10 +364,12 @@ event_parse(const char *json, size_t len, EventInfo *ev, char *scratch, size_t s
  * batch's COPY (text format, \x1f between fields: backslash, newline,
  * carriage return and the delimiter).
  */
+static const bool special[256] = {['"'] = true, ['\\'] = true, ['\n'] = true, ['\r'] = true, ['\x1f'] = true};
+
 static inline bool
 special_char(char c)
 {
-	return c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\x1f';
+	return special[(unsigned char) c];
 }
 
 /* One character of a value, escaped as an array literal or a COPY field needs. */
