@@ -8,8 +8,9 @@
  *		fields and the map's columns, each value a field its column's input
  *		function parses, so the target parses no JSON per change;
  *		pgcdc_events_N, the event JSON, for append maps).  Rows are written
- *		to a spill file as events arrive: the consumer keeps no events in
- *		memory, so a huge source transaction costs it disk, not memory.
+ *		to a spool as events arrive (spool.c: memory up to a few megabytes,
+ *		then a file), so a huge source transaction costs the consumer disk,
+ *		not memory.
  *
  *		When the batch is full, an apply thread stages its rows with one
  *		COPY per map (staging.c) and applies them (apply.c) in one of two
@@ -18,7 +19,7 @@
  *		source order, and the source learns a position only after the batch
  *		holding it has committed.
  *
- *		The event JSON (for the quarantine) goes to a per-batch file, not to
+ *		The event JSON (for the quarantine) goes to a per-batch spool, not to
  *		the target, except for append maps whose rows are the JSON.
  */
 #include "postgres_fe.h"
@@ -27,27 +28,6 @@
 #include <unistd.h>
 
 #include "batch_int.h"
-
-/*
- * An anonymous file for a batch: in $TMPDIR (default /tmp), removed at once
- * so that nothing is left behind, whatever way the consumer ends.
- */
-static FILE *
-batch_file(void)
-{
-	const char *dir = getenv("TMPDIR");
-	char		path[MAXPGPATH];
-	int			fd;
-	FILE	   *f;
-
-	snprintf(path, sizeof(path), "%s/pgcdc_consumer.XXXXXX", dir && *dir ? dir : "/tmp");
-	if ((fd = mkstemp(path)) < 0)
-		return NULL;
-	unlink(path);
-	if ((f = fdopen(fd, "w+")) == NULL)
-		close(fd);
-	return f;
-}
 
 Batch *
 batch_new(PGconn *target, PGconn *target2, Pipeline *p)
@@ -62,14 +42,14 @@ batch_new(PGconn *target, PGconn *target2, Pipeline *p)
 	for (i = 0; i < 2; i++)
 	{
 		b->jobs[i].per_map = pg_malloc0(sizeof(long) * p->nmaps);
-		b->jobs[i].raw = batch_file();
+		b->jobs[i].raw = spool_new();
 		b->lanes[i].b = b;
 		b->lane_of[i] = &b->lanes[i];
 		b->lanes[i].has_rules = pg_malloc0(sizeof(bool) * Max(p->nmaps, 1));
 	}
 	for (i = 0; i < 2; i++)
 	{
-		b->spill[i] = batch_file();
+		b->spill[i] = spool_new();
 		b->compact[i] = compact_new();
 	}
 	b->lanes[0].conn = target;
@@ -77,24 +57,11 @@ batch_new(PGconn *target, PGconn *target2, Pipeline *p)
 	/* run_once set the origin up in the first session */
 	b->lanes[0].has_origin = p->origin != NULL;
 	b->lanes[1].has_origin = p->origin != NULL && target2 == NULL;
-	if (b->jobs[0].raw == NULL || b->jobs[1].raw == NULL || b->spill[0] == NULL || b->spill[1] == NULL ||
-		pipe(b->done_pipe) != 0)
+	if (pipe(b->done_pipe) != 0)
 	{
-		log_msg(LOG_ERROR, "could not create the batch's temporary files in $TMPDIR (default /tmp): %m");
+		log_msg(LOG_ERROR, "could not create a pipe: %m");
 		batch_free(b);
 		return NULL;
-	}
-	/*
-	 * Every event passes through these files: write and read them in large
-	 * pieces.  (glibc ignores the size of a buffer it is to allocate itself,
-	 * and uses 4 kB: a write() for every ten events.)
-	 */
-	for (i = 0; i < 2; i++)
-	{
-		b->buffers[2 * i] = pg_malloc(SPILL_BUFFER);
-		b->buffers[2 * i + 1] = pg_malloc(SPILL_BUFFER);
-		setvbuf(b->spill[i], b->buffers[2 * i], _IOFBF, SPILL_BUFFER);
-		setvbuf(b->jobs[i].raw, b->buffers[2 * i + 1], _IOFBF, SPILL_BUFFER);
 	}
 	fcntl(b->done_pipe[0], F_SETFL, O_NONBLOCK);
 	b->line = createPQExpBuffer();
@@ -118,17 +85,13 @@ batch_free(Batch *b)
 		free(b->lanes[i].has_rules);
 		free(b->jobs[i].per_map);
 		free(b->jobs[i].source_moves);
-		if (b->jobs[i].raw)
-			fclose(b->jobs[i].raw);
+		spool_free(b->jobs[i].raw);
 	}
 	for (i = 0; i < 2; i++)
 	{
-		if (b->spill[i])
-			fclose(b->spill[i]);
+		spool_free(b->spill[i]);
 		compact_free(b->compact[i]);
 	}
-	for (i = 0; i < 4; i++)
-		free(b->buffers[i]);	/* after fclose, which may still write from them */
 	for (i = 0; i < 2; i++)
 		if (b->done_pipe[i] >= 0)
 			close(b->done_pipe[i]);
@@ -180,14 +143,6 @@ batch_started_us(Batch *b)
 	return b->jobs[b->fill].started_us;
 }
 
-bool
-empty_file(FILE *f)
-{
-	fflush(f);
-	rewind(f);
-	return ftruncate(fileno(f), 0) == 0;
-}
-
 
 /* Start filling a new batch. */
 static bool
@@ -200,8 +155,7 @@ open_batch(Batch *b)
 	memset(j->per_map, 0, sizeof(long) * b->p->nmaps);
 	j->first_lsn = j->last_commit_lsn = j->last_end_lsn = InvalidLsn;
 	j->last_ts[0] = '\0';
-	j->raw_len = 0;
-	if (!empty_file(j->raw) || !empty_file(b->spill[b->fill]))
+	if (!spool_reset(j->raw) || !spool_reset(b->spill[b->fill]))
 	{
 		log_msg(LOG_ERROR, "could not empty the batch's files: %m");
 		return false;
@@ -303,13 +257,12 @@ event_line(Batch *b, int i, const EventInfo *ev, const char *json, size_t len, o
 		copy_field(line, NULL, 0);
 	if (*raw_off < 0)
 	{
-		if (fwrite(json, 1, len, j->raw) != len)
+		*raw_off = (off_t) spool_size(j->raw);
+		if (!spool_write(j->raw, json, len))
 		{
-			log_msg(LOG_ERROR, "could not write the batch's event file: %m");
+			log_msg(LOG_ERROR, "could not write the batch's event file in $TMPDIR (default /tmp): %m");
 			return false;
 		}
-		*raw_off = j->raw_len;
-		j->raw_len += len;
 	}
 	appendPQExpBufferChar(line, '\x1f');
 	append_number(line, (int64_t) *raw_off);
@@ -336,10 +289,10 @@ spill_line(Batch *b, int map, off_t raw_off, size_t raw_len)
 {
 	SpillHeader h = {(uint32_t) b->line->len, map, (int64_t) raw_off, (uint32_t) raw_len};
 
-	if (fwrite(&h, sizeof(h), 1, b->spill[b->fill]) != 1 ||
-		fwrite(b->line->data, 1, b->line->len, b->spill[b->fill]) != b->line->len)
+	if (!spool_write(b->spill[b->fill], &h, sizeof(h)) ||
+		!spool_write(b->spill[b->fill], b->line->data, b->line->len))
 	{
-		log_msg(LOG_ERROR, "could not write the batch's spill file: %m");
+		log_msg(LOG_ERROR, "could not write the batch's spill file in $TMPDIR (default /tmp): %m");
 		return false;
 	}
 	return true;

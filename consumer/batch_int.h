@@ -50,15 +50,12 @@ struct Batch
 	uint64_t	ended;			/* jobs ended (under mu) */
 	bool		broken;			/* one of them failed: later ones apply nothing (under mu) */
 	/* per job, as jobs[]: */
-	FILE	   *spill[2];		/* its COPY rows, each after a SpillHeader */
-	char	   *buffers[4];		/* stdio buffers of spill[] and jobs[].raw */
+	Spool	   *spill[2];		/* its COPY rows, each after a SpillHeader */
 	Compactor  *compact[2];		/* its mirror keys */
 	PQExpBuffer line;			/* the COPY line being built */
 	PQExpBuffer tmp;			/* a field being built */
 	PQExpBuffer key;			/* a compaction key being built */
 };
-
-#define SPILL_BUFFER	(1024 * 1024)
 
 typedef struct SpillHeader
 {
@@ -81,9 +78,6 @@ one_session(const Batch *b)
 {
 	return b->lanes[0].conn == b->lanes[1].conn;
 }
-
-/* batch.c */
-extern bool empty_file(FILE *f);
 
 /* staging.c */
 extern bool send_spill(Batch *b, int k);

@@ -55,6 +55,7 @@ typedef struct ConsumerOptions
 	int			batch_ms;
 	bool		idle_flush;		/* a batch also goes when the source pauses */
 	int			apply_sessions; /* target sessions batches take turns in (target_sessions.c) */
+	int			batch_memory_mb;	/* per spool (spool.c) */
 	int			status_interval;	/* seconds */
 	int			heartbeat;		/* seconds, 0 = off */
 	bool		exit_when_caught_up;
@@ -276,6 +277,19 @@ extern bool emit_marker(PGconn *source, const char *pipeline, const char *kind, 
 extern int	stream_run(Stream *s, PGconn *target, PGconn *target2, PGconn *source, Pipeline *p);
 extern void stream_close(Stream *s);
 
+/* spool.c */
+typedef struct Spool Spool;
+extern Spool *spool_new(void);
+extern void spool_free(Spool *s);
+extern bool spool_write(Spool *s, const void *data, size_t len);
+extern size_t spool_size(const Spool *s);
+extern bool spool_reset(Spool *s);
+extern const char *spool_get(Spool *s, size_t off, size_t len, char *buf);
+extern void spool_rewind(Spool *s);
+extern const char *spool_read(Spool *s, size_t len, char *buf);
+extern bool spool_skip(Spool *s, size_t len);
+extern bool spool_at_end(const Spool *s);
+
 /*
  * One batch as the apply thread sees it: whole source transactions staged
  * in the target session's pgcdc_events (its transaction open, the COPY
@@ -296,8 +310,7 @@ typedef struct ApplyJob
 	Lsn			last_end_lsn;
 	char		last_ts[64];
 	int64_t		started_us;
-	FILE	   *raw;			/* event JSON not kept in pgcdc_events (raw_off, raw_len) */
-	off_t		raw_len;
+	Spool	   *raw;			/* event JSON not kept in pgcdc_events (raw_off, raw_len) */
 	Lsn			source_lsn;		/* the source's position when the job started */
 	char	   *source_moves;	/* renames and drops being followed then (source_moves.c) */
 	long		moot;			/* rows not sent: a later event on the key replaced them */

@@ -23,6 +23,7 @@ ConsumerOptions opts = {
 	.batch_ms = 200,
 	.idle_flush = true,
 	.apply_sessions = 2,
+	.batch_memory_mb = 8,
 	.status_interval = 10,
 	.heartbeat = 0,
 	.max_backoff = 60,
@@ -49,6 +50,8 @@ usage(void)
 		   "                             after a tenth of --batch-ms (default: on)\n"
 		   "      --apply-sessions=N     target sessions batches alternate between: with 2, a batch's\n"
 		   "                             COPY runs while the one before is applied (default: 2)\n"
+		   "      --batch-memory=MB      memory for each of a batch's rows and its events' JSON; more goes\n"
+		   "                             to files in $TMPDIR (default: 8; at most 4 x MB in all)\n"
 		   "      --status-interval=S    feedback to the source at least this often (default: 10)\n"
 		   "      --heartbeat=S          when nothing is captured for S seconds, emit a message on the\n"
 		   "                             source so the slot advances (default: 0, off)\n"
@@ -414,6 +417,7 @@ main(int argc, char **argv)
 		{"max-backoff", required_argument, NULL, 9},
 		{"idle-flush", required_argument, NULL, 11},
 		{"apply-sessions", required_argument, NULL, 12},
+		{"batch-memory", required_argument, NULL, 13},
 		{"verbose", no_argument, NULL, 'v'},
 		{"version", no_argument, NULL, 'V'},
 		{"help", no_argument, NULL, 10},
@@ -475,6 +479,9 @@ main(int argc, char **argv)
 				break;
 			case 12:
 				opts.apply_sessions = parse_int_option("apply-sessions", optarg, 1, 2);
+				break;
+			case 13:
+				opts.batch_memory_mb = parse_int_option("batch-memory", optarg, 0, 4096);
 				break;
 			case 'v':
 				opts.verbose++;

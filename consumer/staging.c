@@ -141,109 +141,101 @@ end_copy(Batch *b, int k)
 }
 
 /*
- * Pass over n bytes of a spill file.  Read, not fseeko(): glibc's seek
- * drops the stream's buffer, and then a dead line costs an lseek() and the
- * next line a read() of a whole buffer.
+ * A change line less its commit time (the fifth field, NULL instead) into
+ * row.  Mirror maps without rules do not read it (scd2 versions and rule
+ * quarantines do), and parsing it as timestamptz was about a seventh of the
+ * COPY's time.
  */
-static bool
-skip_bytes(FILE *f, size_t n)
+static void
+drop_commit_ts(PQExpBuffer row, const char *line, size_t len)
 {
-	char		sink[4096];
+	const char *end = line + len;
+	const char *from = line;
+	const char *to = NULL;
 
-	while (n > 0)
+	resetPQExpBuffer(row);
+	for (int f = 0; f < 4 && from != NULL; f++)
 	{
-		size_t		part = Min(n, sizeof(sink));
-
-		if (fread(sink, 1, part, f) != part)
-			return false;
-		n -= part;
+		from = memchr(from, '\x1f', end - from);
+		if (from != NULL)
+			from++;
 	}
-	return true;
+	if (from != NULL)
+		to = memchr(from, '\x1f', end - from);
+	if (to == NULL)
+	{
+		appendBinaryPQExpBuffer(row, line, len);
+		return;
+	}
+	appendBinaryPQExpBuffer(row, line, from - line);
+	appendPQExpBufferStr(row, "\\N");
+	appendBinaryPQExpBuffer(row, to, end - to);
 }
 
 /*
- * Null a change line's commit time (the fifth field).  Mirror maps without
- * rules do not read it (scd2 versions and rule quarantines do), and parsing
- * it as timestamptz was about a seventh of the COPY's time.
+ * COPY map i's rows of job k to the target, less the moot ones (row and
+ * tsless: buffers for a line read from a file, and one less its commit
+ * time).
  */
-static void
-drop_commit_ts(PQExpBuffer row)
-{
-	char	   *end = row->data + row->len;
-	char	   *from = row->data;
-	char	   *to;
-
-	for (int f = 0; f < 4; f++)
-	{
-		from = memchr(from, '\x1f', end - from);
-		if (from == NULL)
-			return;
-		from++;
-	}
-	to = memchr(from, '\x1f', end - from);
-	if (to == NULL || to - from < 2)
-		return;
-	/* NULL (\N) in its place */
-	from[0] = '\\';
-	from[1] = 'N';
-	memmove(from + 2, to, end - to);
-	row->len -= to - from - 2;
-	row->data[row->len] = '\0';
-}
-
-/* COPY map i's rows of job k to the target, less the moot ones. */
 static bool
-copy_spill(Batch *b, int k, int i, PQExpBuffer row)
+copy_spill(Batch *b, int k, int i, PQExpBuffer row, PQExpBuffer tsless)
 {
 	PGconn	   *conn = b->lane_of[k]->conn;
 	char		chunk[65536];
-	FILE	   *spill = b->spill[k];
+	Spool	   *spill = b->spill[k];
 	size_t		n = 0;
 	long		line = 0;
 	SpillHeader h;
+	const char *p;
 	bool		rules = b->lane_of[k]->has_rules[i];	/* every line goes: each is checked */
 	bool		no_ts = strcmp(b->p->maps[i].mode, "mirror") == 0 && !rules;
 
 	if (!start_copy(b, k, i))
 		return false;
-	rewind(spill);
-	while (fread(&h, sizeof(h), 1, spill) == 1)
+	spool_rewind(spill);
+	while ((p = spool_read(spill, sizeof(h), (char *) &h)) != NULL)
 	{
-		bool		send;
+		const char *data;
+		size_t		len;
 
+		if (p != (char *) &h)
+			memcpy(&h, p, sizeof(h));
 		line++;					/* numbered across maps, as compact_line saw them */
-		send = h.map == i && (rules || !compact_dead(b->compact[k], line));
-		if (!send)
+		if (h.map != i || (!rules && compact_dead(b->compact[k], line)))
 		{
-			if (!skip_bytes(spill, h.len))
+			if (!spool_skip(spill, h.len))
 				break;
 			if (h.map == i)
 				b->jobs[k].moot++;
 			continue;
 		}
-		resetPQExpBuffer(row);
 		enlargePQExpBuffer(row, h.len);
-		if (fread(row->data, 1, h.len, spill) != h.len)
+		if ((data = spool_read(spill, h.len, row->data)) == NULL)
 			break;
-		row->len = h.len;
+		len = h.len;
 		if (no_ts)
-			drop_commit_ts(row);
-		if (n + row->len > sizeof(chunk))
+		{
+			/* (not in place: the line is read again if the COPY fails) */
+			drop_commit_ts(tsless, data, len);
+			data = tsless->data;
+			len = tsless->len;
+		}
+		if (n + len > sizeof(chunk))
 		{
 			if (PQputCopyData(conn, chunk, (int) n) != 1)
 				goto copy_failed;
 			n = 0;
 		}
-		if (row->len > sizeof(chunk))
+		if (len > sizeof(chunk))
 		{
-			if (PQputCopyData(conn, row->data, (int) row->len) != 1)
+			if (PQputCopyData(conn, data, (int) len) != 1)
 				goto copy_failed;
 			continue;
 		}
-		memcpy(chunk + n, row->data, row->len);
-		n += row->len;
+		memcpy(chunk + n, data, len);
+		n += len;
 	}
-	if (ferror(spill) || !feof(spill))
+	if (!spool_at_end(spill))
 	{
 		log_msg(LOG_ERROR, "could not read the batch's spill file: %m");
 		return false;
@@ -285,12 +277,14 @@ quarantine_row(Batch *b, int k, int i, const SpillRow *row, const SqlError *e)
 	const char *params[7] = {b->p->name, m->map_table, m->target, json, e->code, e->message,
 	e->detail[0] ? e->detail : NULL};
 	PGresult   *res = NULL;
+	const char *p = spool_get(j->raw, (size_t) row->h.raw_off, row->h.raw_len, json);
 
-	if (fseeko(j->raw, (off_t) row->h.raw_off, SEEK_SET) != 0 ||
-		fread(json, 1, row->h.raw_len, j->raw) != row->h.raw_len)
+	if (p == NULL)
 		log_msg(LOG_ERROR, "could not read an event back from the batch's file: %m");
 	else
 	{
+		if (p != json)
+			memcpy(json, p, row->h.raw_len);
 		json[row->h.raw_len] = '\0';
 		res = exec_ok(conn, "SELECT pgcdc.quarantine_event($1, $2, $3, $4::jsonb, $5, $6, $7)",
 					  7, params);
@@ -338,27 +332,35 @@ copy_or_split(Batch *b, int k, int i, SpillRow *v, long n)
 static SpillRow *
 read_rows(Batch *b, int k, int i, long *n)
 {
-	FILE	   *spill = b->spill[k];
+	Spool	   *spill = b->spill[k];
 	SpillRow   *v = pg_malloc(sizeof(SpillRow) * Max(b->jobs[k].per_map[i], 1));
 	SpillHeader h;
+	const char *p;
 	long		line = 0;
 	bool		rules = b->lane_of[k]->has_rules[i];
 
 	*n = 0;
-	rewind(spill);
-	while (fread(&h, sizeof(h), 1, spill) == 1)
+	spool_rewind(spill);
+	while ((p = spool_read(spill, sizeof(h), (char *) &h)) != NULL)
 	{
+		if (p != (char *) &h)
+			memcpy(&h, p, sizeof(h));
 		line++;
 		if (h.map != i || (!rules && compact_dead(b->compact[k], line)))
 		{
-			if (!skip_bytes(spill, h.len))
+			if (!spool_skip(spill, h.len))
 				break;
 			continue;
 		}
 		v[*n].h = h;
 		v[*n].data = pg_malloc(h.len);
-		if (fread(v[*n].data, 1, h.len, spill) != h.len)
+		if ((p = spool_read(spill, h.len, v[*n].data)) == NULL)
+		{
+			free(v[*n].data);
 			break;
+		}
+		if (p != v[*n].data)
+			memcpy(v[*n].data, p, h.len);
 		(*n)++;
 	}
 	return v;
@@ -371,7 +373,7 @@ read_rows(Batch *b, int k, int i, long *n)
  * text: nothing to refuse.)
  */
 static bool
-send_map(Batch *b, int k, int i, PQExpBuffer row)
+send_map(Batch *b, int k, int i, PQExpBuffer row, PQExpBuffer tsless)
 {
 	PGconn	   *conn = b->lane_of[k]->conn;
 	SpillRow   *v;
@@ -382,7 +384,7 @@ send_map(Batch *b, int k, int i, PQExpBuffer row)
 	if (!exec_cmd(conn, "SAVEPOINT pgcdc_copy"))
 		return false;
 	quiet_sql_errors = true;
-	ok = copy_spill(b, k, i, row);
+	ok = copy_spill(b, k, i, row, tsless);
 	quiet_sql_errors = false;
 	if (ok)
 		return exec_cmd(conn, "RELEASE SAVEPOINT pgcdc_copy");
@@ -414,7 +416,8 @@ bool
 send_spill(Batch *b, int k)
 {
 	PGconn	   *conn = b->lane_of[k]->conn;
-	PQExpBufferData row;
+	PQExpBufferData row,
+				tsless;
 	bool		ok;
 
 	b->jobs[k].moot = 0;
@@ -424,12 +427,13 @@ send_spill(Batch *b, int k)
 	/* (read committed whatever the default: it applies after the batch before commits) */
 	if (!load_rules(b, k) || !exec_cmd(conn, "BEGIN ISOLATION LEVEL READ COMMITTED"))
 		return false;
-	fflush(b->spill[k]);
 	initPQExpBuffer(&row);
+	initPQExpBuffer(&tsless);
 	ok = true;
 	for (int i = 0; i < b->p->nmaps && ok; i++)
 		if (b->jobs[k].per_map[i] > 0)
-			ok = send_map(b, k, i, &row);
+			ok = send_map(b, k, i, &row, &tsless);
 	termPQExpBuffer(&row);
-	return ok && empty_file(b->spill[k]);
+	termPQExpBuffer(&tsless);
+	return ok && spool_reset(b->spill[k]);
 }

@@ -165,12 +165,12 @@ SELECT pgcdc.add_rule('s', 'public.orders', 'hundred_per_qty', '100 / qty > 0');
 is($src->safe_psql('postgres', 'SELECT qty FROM orders WHERE id IN (3, 6) ORDER BY id'), "0\n-6",
 	'pipeline s: rows 3 and 6 will err and fail');
 my $n_src = $src->safe_psql('postgres', 'SELECT count(*) FROM orders');
-my $scmd = consumer_cmd($src, $dst, 's', '--exit-when-caught-up');
-($rc, $err) = run_consumer($scmd, $log);
+my $bcmd = consumer_cmd($src, $dst, 's', '--exit-when-caught-up');
+($rc, $err) = run_consumer($bcmd, $log);
 is($rc, 0, 'pipeline s: the initial copy') or diag($err);
 $src->safe_psql('postgres',
 	"BEGIN; INSERT INTO orders VALUES (7, 7, 5, 'good'), (8, 8, 0, 'errs'), (9, 9, -1, 'fails'); COMMIT;");
-($rc, $err) = run_consumer($scmd, $log);
+($rc, $err) = run_consumer($bcmd, $log);
 is($rc, 0, 'pipeline s: streaming') or diag($err);
 is( $dst->safe_psql('postgres',
 		"SELECT string_agg((event->'new'->>'id') || ' ' || error_code, ', ' ORDER BY (event->'new'->>'id')::int) "
@@ -299,6 +299,33 @@ same_rows($src, 'widgets WHERE id % 5 <> 0', $dst, 'widgets_h WHERE _is_current'
 	'pipeline o: the history has a version of every row that passes the rule');
 is($dst->safe_psql('postgres', "SELECT string_agg(_new->>'id', ',' ORDER BY _source_lsn) FROM widgets_l WHERE _op = 'I'"),
 	join(',', grep { $_ % 5 != 0 } 1 .. 20), 'pipeline o: the log has every event that passes the rule, in order');
+
+# A batch larger than --batch-memory: its rows and its events' JSON go on
+# in files in $TMPDIR.  A value refused at staging and an event failing at
+# apply, both past the first megabyte, are read back from there and
+# quarantined; everything else is applied.
+$src->safe_psql('postgres', 'CREATE TABLE bulk (id int PRIMARY KEY, code text, pad text)');
+$dst->safe_psql('postgres', q{
+CREATE TABLE bulk_mirror (id int PRIMARY KEY, code varchar(8), pad text CONSTRAINT not_19500 CHECK (pad <> 'x19500'));
+SELECT pgcdc.create_pipeline('big');
+SELECT pgcdc.add_table('big', 'public.bulk', 'public.bulk_mirror', 'mirror');
+});
+my $bcmd = consumer_cmd($src, $dst, 'big', '--exit-when-caught-up', '--batch-memory', '1');
+($rc, $err) = run_consumer($bcmd, $log);
+is($rc, 0, 'pipeline big: snapshot') or diag($err);
+$src->safe_psql('postgres', q{
+INSERT INTO bulk SELECT g, CASE WHEN g = 19000 THEN 'much too long' ELSE 'c' || g END,
+       CASE WHEN g = 19500 THEN 'x19500' ELSE repeat('x', 100) END
+  FROM generate_series(1, 20000) g;
+});
+($rc, $err) = run_consumer($bcmd, $log);
+is($rc, 0, 'pipeline big: a 20,000-row transaction with --batch-memory 1') or diag($err);
+is( $dst->safe_psql('postgres',
+		"SELECT string_agg(error_code || ':' || (event->'new'->>'id'), ',' ORDER BY error_code) "
+		  . "FROM pgcdc.quarantine WHERE pipeline = 'big'"),
+	'22001:19000,23514:19500', 'pipeline big: the refused and the failing event are quarantined, read back from the files');
+same_rows($src, 'bulk WHERE id NOT IN (19000, 19500)', $dst, 'bulk_mirror', 'id, code, pad', 'id',
+	'pipeline big: every other row is applied');
 
 # The SQLSTATE a rule violation is quarantined with (the extension's choice).
 sub rule_code
