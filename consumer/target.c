@@ -310,12 +310,12 @@ target_lock_pipeline(PGconn *conn, const char *pipeline, int session)
 bool
 target_setup_origin(PGconn *conn, const char *pipeline, char **origin)
 {
-	char		name[NAMEDATALEN * 2];
+	char	   *name = psprintf("pgcdc_%s", pipeline);	/* as pgcdc.drop_pipeline names it */
 	const char *params[1] = {name};
 	PGresult   *res;
+	bool		ok = true;
 
 	*origin = NULL;
-	snprintf(name, sizeof(name), "pgcdc_%s", pipeline);
 	quiet_sql_errors = true;
 	res = exec_ok(conn,
 				  "SELECT pg_catalog.pg_replication_origin_session_setup($1) "
@@ -327,18 +327,20 @@ target_setup_origin(PGconn *conn, const char *pipeline, char **origin)
 	{
 		PQclear(res);
 		log_msg(LOG_DEBUG, "changes applied in the target carry replication origin \"%s\"", name);
-		*origin = pg_strdup(name);
+		*origin = name;
 		return true;
 	}
 	if (strcmp(last_sql_error.code, "42501") == 0)
-	{
 		log_msg(LOG_DEBUG, "no replication origin (%s): changes applied in the target carry none",
 				last_sql_error.message);
-		return true;
+	else
+	{
+		log_msg(LOG_ERROR, "could not set up replication origin \"%s\": %s (SQLSTATE %s)",
+				name, last_sql_error.message, last_sql_error.code);
+		ok = false;
 	}
-	log_msg(LOG_ERROR, "could not set up replication origin \"%s\": %s (SQLSTATE %s)",
-			name, last_sql_error.message, last_sql_error.code);
-	return false;
+	free(name);
+	return ok;
 }
 
 /*

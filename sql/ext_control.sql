@@ -156,13 +156,25 @@ DELETE FROM pgcdc.quarantine WHERE pipeline = 'ops';
 SELECT pgcdc.remove_table('ops', '"New Schema"."New"');
 DROP TABLE "Renamed Target";
 
--- dropping a pipeline takes its maps, rules, checkpoint and batches
+-- dropping a pipeline takes its maps, rules, checkpoint and batches, and
+-- the consumer's replication origin (each origin holds a replication state
+-- slot until dropped)
+SELECT pg_replication_origin_create('pgcdc_shop') > 0 AS origin_created;
 SELECT pgcdc.drop_pipeline('shop');
 SELECT (SELECT count(*) FROM pgcdc.table_map WHERE pipeline = 'shop') AS maps,
 	   (SELECT count(*) FROM pgcdc.rule WHERE pipeline = 'shop') AS rules,
 	   (SELECT count(*) FROM pgcdc.checkpoint WHERE pipeline = 'shop') AS checkpoints,
 	   (SELECT count(*) FROM pgcdc.batch WHERE pipeline = 'shop') AS batches,
-	   (SELECT count(*) FROM pgcdc.quarantine WHERE pipeline = 'shop') AS quarantined;
+	   (SELECT count(*) FROM pgcdc.quarantine WHERE pipeline = 'shop') AS quarantined,
+	   pg_replication_origin_oid('pgcdc_shop') IS NULL AS origin_dropped;
+-- an origin a session (a running consumer) uses stays, with a warning
+SELECT name FROM pgcdc.create_pipeline('busy');
+SELECT pg_replication_origin_create('pgcdc_busy') > 0 AS origin_created;
+SELECT pg_replication_origin_session_setup('pgcdc_busy');
+SELECT pgcdc.drop_pipeline('busy');
+SELECT count(*) AS pipelines FROM pgcdc.pipeline WHERE name = 'busy';
+SELECT pg_replication_origin_session_reset();
+SELECT pg_replication_origin_drop('pgcdc_busy');
 
 DROP EXTENSION pgcdc;
 DROP SCHEMA "My Schema" CASCADE;

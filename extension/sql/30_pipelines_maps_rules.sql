@@ -56,11 +56,28 @@ CREATE FUNCTION pgcdc.drop_pipeline(name text)
 RETURNS void LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+	origin text := 'pgcdc_' || name;	-- the consumer's replication origin
 BEGIN
 	PERFORM pgcdc._pipeline_must_exist(name);
 	-- table maps, rules, checkpoint and batch log go with it (ON DELETE CASCADE);
 	-- quarantined events stay until discarded.
 	DELETE FROM pgcdc.pipeline p WHERE p.name = drop_pipeline.name;
+	-- So does the origin, for a caller who may manage origins: each keeps a
+	-- replication state slot (max_replication_slots of them) until dropped.
+	-- (nested: AND may evaluate its operands in any order)
+	IF has_function_privilege('pg_catalog.pg_replication_origin_oid(text)', 'EXECUTE')
+	   AND has_function_privilege('pg_catalog.pg_replication_origin_drop(text)', 'EXECUTE') THEN
+		IF pg_replication_origin_oid(origin) IS NOT NULL THEN
+			BEGIN
+				PERFORM pg_replication_origin_drop(origin);
+			EXCEPTION WHEN object_in_use THEN
+				RAISE WARNING 'replication origin "%" of pipeline "%" is in use: it was not dropped', origin, name
+					USING DETAIL = 'A consumer of the pipeline is still running.',
+						  HINT = format('Stop it, then run SELECT pg_replication_origin_drop(%L);', origin);
+			END;
+		END IF;
+	END IF;
 END
 $$;
 
