@@ -254,5 +254,41 @@ is( $c->safe_psql('postgres',
 		"SELECT string_agg(_op || ':' || (_new->>'id') || ':' || (_new->>'code'), ',') FROM loop_log WHERE _op <> 'R'"),
 	'U:1:by hand', 'two sessions: what either session applied carries the origin, so none of it is captured');
 
+# How a stream is cut into batches (--idle-flush on, the default): a burst
+# that fills batches faster than --batch-size per --batch-ms is not cut at
+# its pauses but at --batch-size (larger batches cost the target less per
+# event); a lone transaction goes after a tenth of --batch-ms.
+$a->safe_psql('postgres', q{
+CREATE TABLE burst (id int PRIMARY KEY, v text);
+CREATE PROCEDURE burst(n int) LANGUAGE plpgsql AS $$
+BEGIN
+	FOR k IN 0 .. n - 1 LOOP
+		INSERT INTO burst SELECT k * 500 + g, 'v' FROM generate_series(1, 500) g;
+		COMMIT;
+		PERFORM pg_sleep(0.05);
+	END LOOP;
+END $$;
+});
+$b->safe_psql('postgres', q{
+SELECT pgcdc.create_pipeline('rate');
+SELECT pgcdc.add_table('rate', 'public.burst', 'public.burst_mirror');
+});
+my $rate_log = "$PostgreSQL::Test::Utils::log_path/consumer_rate.log";
+my $rate = start_consumer(consumer_cmd($a, $b, 'rate', '--batch-size', 10000, '--batch-ms', 8000), $rate_log);
+ok(wait_for_log($rate_log, qr/streaming from slot/), 'batches: streaming');
+$a->safe_psql('postgres', 'CALL burst(30)');
+ok(wait_for_row($b, 'SELECT count(*) = 15000 FROM burst_mirror'),
+	'batches: a burst of 30 transactions of 500 inserts, 50 ms apart, is applied');
+is( $b->safe_psql('postgres',
+		"SELECT string_agg(transactions::text, ', ' ORDER BY first_lsn) FROM pgcdc.batch "
+		  . "WHERE pipeline = 'rate' AND inserts > 0"),
+	'20, 10', 'batches: it went in batches of --batch-size (20 transactions), not cut at its pauses');
+my $t0 = time;
+$a->safe_psql('postgres', "INSERT INTO burst VALUES (0, 'lone')");
+ok(wait_for_row($b, 'SELECT EXISTS (SELECT FROM burst_mirror WHERE id = 0)', 6),
+	'batches: a lone transaction is applied long before --batch-ms (8 s)');
+note sprintf('the lone transaction was applied after about %d s', time - $t0);
+is(stop_consumer($rate), 0, 'batches: stopped');
+
 $_->stop for ($a, $b, $c);
 done_testing();
