@@ -2,10 +2,11 @@
  * spool.c
  *		Append-only byte stores for a batch (its COPY lines, its events'
  *		JSON): in memory up to --batch-memory megabytes, past that in an
- *		anonymous file in $TMPDIR (default /tmp).  A default batch fits in memory and
- *		costs no system call; a huge source transaction costs disk, not
- *		memory.  A stored file went through the kernel twice (written, then
- *		read back for the COPY) and was a tenth of the consumer's CPU.
+ *		anonymous file in $TMPDIR (default /tmp).  A default batch fits in
+ *		memory and costs no system call; a huge source transaction costs
+ *		disk, not memory.  (Files alone went through the kernel twice,
+ *		written and then read back for the COPY: a tenth of the consumer's
+ *		CPU.)
  *
  *		Bytes are addressed by their offset since the last reset: the first
  *		ones are in memory, the rest in the file.  One thread uses a spool
@@ -199,7 +200,7 @@ spool_skip(Spool *s, size_t len)
 	return true;
 }
 
-/* Reading stopped before the end: the bytes did not read. */
+/* Has sequential reading reached the end?  (Not if a read failed.) */
 bool
 spool_at_end(const Spool *s)
 {

@@ -468,15 +468,16 @@ log_progress(Stream *s)
  * keep up), at batch-ms.  Else, so that the lag under a steady load is
  * about a tenth of batch-ms plus one apply, after that tenth; but a batch
  * filling at a rate that reaches batch-size within batch-ms waits until
- * that rate is no more (at events / batch-size of batch-ms): the source
- * only paused between the messages of a heavy load, and larger batches
- * cost the target less per event (fewer commits; for mirror maps, fewer
- * keys written in two batches that one batch writes once).  (Without the
- * tenth, a backlog read faster than the walsender sends it went out in
+ * that rate is no more (at events / batch-size of batch-ms), or until the
+ * source has sent nothing for a tenth of batch-ms (the load is over): the
+ * source only paused between the messages of a heavy load, and larger
+ * batches cost the target less per event (fewer commits; for mirror maps,
+ * fewer keys written in two batches that one batch writes once).  (Without
+ * the tenth, a backlog read faster than the walsender sends it went out in
  * slivers that cost the target more CPU per event.)
  */
 static int64_t
-batch_due_us(Batch *b)
+batch_due_us(Stream *s, Batch *b)
 {
 	int64_t		full = (int64_t) opts.batch_ms * 1000;
 	int64_t		early;
@@ -484,7 +485,8 @@ batch_due_us(Batch *b)
 	if (!opts.idle_flush || batch_applying(b))
 		return batch_started_us(b) + full;
 	early = Max(full / 10, (int64_t) ((double) batch_events(b) / opts.batch_size * full));
-	return batch_started_us(b) + Min(early, full);
+	return Min(batch_started_us(b) + Min(early, full),
+			   Max(batch_started_us(b), s->last_event_us) + full / 10);
 }
 
 /*
@@ -821,7 +823,7 @@ stream_run(Stream *s, PGconn *target, PGconn *target2, PGconn *source, Pipeline 
 		r = PQgetCopyData(s->conn, &buf, 1);
 		/* the source has sent all it has for now: the batch may go early */
 		if (r == 0 && opts.idle_flush && batch_open(b) && !s->in_xact && !batch_applying(b) &&
-			now >= batch_due_us(b))
+			now >= batch_due_us(s, b))
 		{
 			if (!sources_unchanged(s, source, p, true, &result) || !flush_batch(s, b))
 				goto done;
@@ -839,7 +841,7 @@ stream_run(Stream *s, PGconn *target, PGconn *target2, PGconn *source, Pipeline 
 
 			if (batch_open(b) && !s->in_xact)
 			{
-				int64_t		left = batch_due_us(b) - now;
+				int64_t		left = batch_due_us(s, b) - now;
 
 				if (left < wait_us)
 					wait_us = left > 0 ? left : 0;

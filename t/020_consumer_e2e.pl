@@ -9,6 +9,7 @@ use ConsumerTest;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use Time::HiRes qw(time);
 
 my $cols = 'id, code, qty, amount, big, f8, f4, flag, d, ts, tstz, iv, b, j, js, uid, arr, tags, ip, doc';
 
@@ -277,17 +278,21 @@ my $rate_log = "$PostgreSQL::Test::Utils::log_path/consumer_rate.log";
 my $rate = start_consumer(consumer_cmd($a, $b, 'rate', '--batch-size', 10000, '--batch-ms', 8000), $rate_log);
 ok(wait_for_log($rate_log, qr/streaming from slot/), 'batches: streaming');
 $a->safe_psql('postgres', 'CALL burst(30)');
+my $t0 = time;
 ok(wait_for_row($b, 'SELECT count(*) = 15000 FROM burst_mirror'),
 	'batches: a burst of 30 transactions of 500 inserts, 50 ms apart, is applied');
+# its last batch (10 transactions, half of --batch-size) goes when the source
+# has been silent for a tenth of --batch-ms, not after half of --batch-ms (4 s)
+cmp_ok(time - $t0, '<', 3.5, 'batches: the last one soon after the burst ends');
 is( $b->safe_psql('postgres',
 		"SELECT string_agg(transactions::text, ', ' ORDER BY first_lsn) FROM pgcdc.batch "
 		  . "WHERE pipeline = 'rate' AND inserts > 0"),
 	'20, 10', 'batches: it went in batches of --batch-size (20 transactions), not cut at its pauses');
-my $t0 = time;
+$t0 = time;
 $a->safe_psql('postgres', "INSERT INTO burst VALUES (0, 'lone')");
 ok(wait_for_row($b, 'SELECT EXISTS (SELECT FROM burst_mirror WHERE id = 0)', 6),
 	'batches: a lone transaction is applied long before --batch-ms (8 s)');
-note sprintf('the lone transaction was applied after about %d s', time - $t0);
+note sprintf('the lone transaction was applied after %.1f s', time - $t0);
 is(stop_consumer($rate), 0, 'batches: stopped');
 
 $_->stop for ($a, $b, $c);
