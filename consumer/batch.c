@@ -143,7 +143,6 @@ batch_started_us(Batch *b)
 	return b->jobs[b->fill].started_us;
 }
 
-
 /* Start filling a new batch. */
 static bool
 open_batch(Batch *b)
