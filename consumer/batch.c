@@ -274,7 +274,7 @@ event_line(Batch *b, int i, const EventInfo *ev, const char *json, size_t len, o
 		/* no row (a truncate; a delete without replica identity): every column empty */
 		if (row.ptr == NULL)
 			memset(m->values, 0, sizeof(JsonSpan) * m->ncols);
-		else if (!row_values(m, row, ev->op != 'D' && ev->unchanged_toast.ptr == NULL))
+		else if (!row_values(m, row, ev->fields, ev->op != 'D' && ev->unchanged_toast.ptr == NULL))
 			return false;
 		if (!row_fields(line, m))
 			return false;

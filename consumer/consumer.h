@@ -71,6 +71,25 @@ typedef struct JsonSpan
 	size_t		len;
 } JsonSpan;
 
+/*
+ * The fields of an event's row object, found as event_parse passes over it,
+ * so that row_values need not scan it again.
+ */
+#define ROW_FIELDS_MAX	128
+typedef struct RowFields
+{
+	const char *obj;			/* the object they are of */
+	bool		complete;		/* all of its fields are here */
+	int			n;
+	struct
+	{
+		const char *name;		/* between the quotes, as in the JSON */
+		uint32_t	namelen;
+		bool		escaped;	/* the name has a \ escape */
+		JsonSpan	value;
+	}			f[ROW_FIELDS_MAX];
+} RowFields;
+
 /* One row of pgcdc.table_map, with what the consumer derives from it. */
 typedef struct TableMap
 {
@@ -145,6 +164,7 @@ typedef struct EventInfo
 	JsonSpan	key;
 	JsonSpan	old;
 	JsonSpan	unchanged_toast;
+	const RowFields *fields;	/* of the row a change stages (new; D: old, else key) */
 } EventInfo;
 
 /* Counters shown by metrics and logs. */
@@ -181,8 +201,9 @@ extern bool parse_lsn(const char *s, Lsn *lsn);
 extern int64_t now_us(void);
 
 /* event.c */
-extern bool event_parse(const char *json, size_t len, EventInfo *ev, char *scratch, size_t scratchlen);
-extern bool row_values(TableMap *m, JsonSpan obj, bool whole);
+extern bool event_parse(const char *json, size_t len, EventInfo *ev, RowFields *fields,
+						char *scratch, size_t scratchlen);
+extern bool row_values(TableMap *m, JsonSpan obj, const RowFields *fields, bool whole);
 extern bool row_fields(PQExpBuffer out, TableMap *m);
 extern void copy_text(PQExpBuffer out, const char *v, size_t len);
 extern bool array_literal(PQExpBuffer out, JsonSpan arr);

@@ -240,6 +240,60 @@ scan_number(Scan *s)
 	return v;
 }
 
+/*
+ * Pass over a row object ({"col": value, ...}), noting its fields in *rf;
+ * anything else (null) is skipped.  Past ROW_FIELDS_MAX fields, rf is not
+ * complete and row_values scans the object itself.
+ */
+static bool
+index_object(Scan *s, RowFields *rf)
+{
+	rf->obj = s->p;
+	rf->n = 0;
+	rf->complete = false;
+	if (s->p >= s->end || *s->p != '{')
+		return skip_value(s);
+	s->p++;
+	for (;;)
+	{
+		const char *name;
+		uint32_t	namelen;
+		const char *value;
+
+		skip_ws(s);
+		if (s->p < s->end && *s->p == '}')
+		{
+			s->p++;
+			break;
+		}
+		name = s->p + 1;
+		if (!scan_string(s, NULL, 0, NULL))
+			return false;
+		namelen = (uint32_t) (s->p - 1 - name);
+		skip_ws(s);
+		if (s->p >= s->end || *s->p++ != ':')
+			return false;
+		skip_ws(s);
+		value = s->p;
+		if (!skip_value(s))
+			return false;
+		if (rf->n < ROW_FIELDS_MAX)
+		{
+			rf->f[rf->n].name = name;
+			rf->f[rf->n].namelen = namelen;
+			rf->f[rf->n].escaped = memchr(name, '\\', namelen) != NULL;
+			rf->f[rf->n].value.ptr = value;
+			rf->f[rf->n].value.len = s->p - value;
+		}
+		rf->n++;
+		skip_ws(s);
+		if (s->p < s->end && *s->p == ',')
+			s->p++;
+	}
+	rf->complete = rf->n <= ROW_FIELDS_MAX;
+	return true;
+}
+
 /* The top-level keys event_parse reads (SPEC section 1); the rest are skipped. */
 typedef enum EventKey
 {
@@ -276,7 +330,8 @@ event_key(const char *key)
 }
 
 bool
-event_parse(const char *json, size_t len, EventInfo *ev, char *scratch, size_t scratchlen)
+event_parse(const char *json, size_t len, EventInfo *ev, RowFields *fields,
+			char *scratch, size_t scratchlen)
 {
 	Scan		s = {json, json + len};
 	char		key[32];
@@ -341,7 +396,14 @@ event_parse(const char *json, size_t len, EventInfo *ev, char *scratch, size_t s
 					k == EK_OLD ? &ev->old : k == EK_UNCHANGED_TOAST ? &ev->unchanged_toast : NULL;
 					const char *start = s.p;
 
-					if (!skip_value(&s))
+					/* the row a change stages: its fields noted on the way (op comes first) */
+					if (k == EK_NEW || (ev->op == 'D' && (k == EK_KEY || k == EK_OLD)))
+					{
+						if (!index_object(&s, fields))
+							return false;
+						ev->fields = fields;
+					}
+					else if (!skip_value(&s))
 						return false;
 					if (span && *start != 'n')	/* not null */
 					{
@@ -491,73 +553,122 @@ copy_text(PQExpBuffer out, const char *v, size_t len)
 }
 
 /*
+ * A field of a row object (name unescaped): its value to its data column,
+ * or, not a data column (ignored, lacking in the target, or new at the
+ * source), noted if the source did not have it when the maps were loaded.
+ */
+static void
+take_field(TableMap *m, const char *name, JsonSpan value, int *next)
+{
+	int			k;
+	int			c;
+
+	for (k = 0; k < m->ncols; k++)
+	{
+		int			j = (*next + k) % m->ncols;
+
+		if (strcmp(m->colnames[j], name) == 0)
+		{
+			m->values[j] = value;
+			*next = j + 1;
+			return;
+		}
+	}
+	if (m->new_column)
+		return;
+	for (c = 0; c < m->nsrc && strcmp(m->srcnames[c], name) != 0; c++)
+		;
+	if (c == m->nsrc && m->nsrc > 0 && !target_column_noted(m->source_table, name))
+	{
+		m->new_column = true;
+		strlcpy(m->changed_column, name, sizeof(m->changed_column));
+	}
+}
+
+/*
  * Find the map's data columns in a row object of an event ({"col": value,
  * ...}): m->values[j] is column j's JSON value, or empty if absent.  A
  * column the source did not have when the maps were loaded sets
  * new_column, and so does (whole: every column is there) the absence of a
  * NOT NULL column of a target we made: the source changed, and the target
  * must follow (target.c).  A column noted once is not noted again: it may
- * be one added and dropped since, still in older events.
+ * be one added and dropped since, still in older events.  The fields
+ * event_parse noted (fields, when they are obj's) spare a second scan.
  */
 bool
-row_values(TableMap *m, JsonSpan obj, bool whole)
+row_values(TableMap *m, JsonSpan obj, const RowFields *fields, bool whole)
 {
-	Scan		s = {obj.ptr, obj.ptr + obj.len};
 	char		name[NAMEDATALEN * 2];
 	int			next = 0;		/* fields usually come in column order: try that first */
 
 	memset(m->values, 0, sizeof(JsonSpan) * m->ncols);
-	skip_ws(&s);
-	if (s.p >= s.end || *s.p++ != '{')
-		return false;
-	for (;;)
+	if (fields != NULL && fields->complete && fields->obj == obj.ptr)
 	{
-		const char *start;
-
-		skip_ws(&s);
-		if (s.p < s.end && *s.p == '}')
-			break;
-		if (!scan_string(&s, name, sizeof(name), NULL))
-			return false;
-		skip_ws(&s);
-		if (s.p >= s.end || *s.p++ != ':')
-			return false;
-		skip_ws(&s);
-		start = s.p;
-		if (!skip_value(&s))
-			return false;
+		for (int i = 0; i < fields->n; i++)
 		{
-			int			k;
+			const char *nm = fields->f[i].name;
+			uint32_t	len = fields->f[i].namelen;
 
-			for (k = 0; k < m->ncols; k++)
+			if (!fields->f[i].escaped)
 			{
-				int			j = (next + k) % m->ncols;
+				/* the usual name: compared where it is */
+				int			k;
 
-				if (strcmp(m->colnames[j], name) == 0)
+				for (k = 0; k < m->ncols; k++)
 				{
-					m->values[j].ptr = start;
-					m->values[j].len = s.p - start;
-					next = j + 1;
-					break;
+					int			j = (next + k) % m->ncols;
+
+					if (strncmp(m->colnames[j], nm, len) == 0 && m->colnames[j][len] == '\0')
+					{
+						m->values[j] = fields->f[i].value;
+						next = j + 1;
+						break;
+					}
 				}
+				if (k < m->ncols)
+					continue;
+				len = Min(len, sizeof(name) - 1);
+				memcpy(name, nm, len);
+				name[len] = '\0';
 			}
-			/* not a data column: ignored, lacking in the target, or new at the source */
-			if (k == m->ncols && !m->new_column)
+			else
 			{
-				int			c;
+				Scan		ns = {nm - 1, nm + len + 1};
 
-				for (c = 0; c < m->nsrc && strcmp(m->srcnames[c], name) != 0; c++)
-					;
-				if (c == m->nsrc && m->nsrc > 0 && !target_column_noted(m->source_table, name))
-				{
-					m->new_column = true;
-					strlcpy(m->changed_column, name, sizeof(m->changed_column));
-				}
+				if (!scan_string(&ns, name, sizeof(name), NULL))
+					return false;
 			}
+			take_field(m, name, fields->f[i].value, &next);
 		}
+	}
+	else
+	{
+		Scan		s = {obj.ptr, obj.ptr + obj.len};
+
 		skip_ws(&s);
-		if (s.p < s.end && *s.p == ',')
-			s.p++;
+		if (s.p >= s.end || *s.p++ != '{')
+			return false;
+		for (;;)
+		{
+			const char *start;
+
+			skip_ws(&s);
+			if (s.p < s.end && *s.p == '}')
+				break;
+			if (!scan_string(&s, name, sizeof(name), NULL))
+				return false;
+			skip_ws(&s);
+			if (s.p >= s.end || *s.p++ != ':')
+				return false;
+			skip_ws(&s);
+			start = s.p;
+			if (!skip_value(&s))
+				return false;
+			take_field(m, name, (JsonSpan) {start, s.p - start}, &next);
+			skip_ws(&s);
+			if (s.p < s.end && *s.p == ',')
+				s.p++;
+		}
 	}
 	if (whole && m->watch_any && !m->new_column)
 		for (int j = 0; j < m->ncols; j++)

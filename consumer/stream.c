@@ -23,6 +23,7 @@ struct Stream
 	int64_t		last_status_us;
 	int64_t		last_event_us;
 	bool		in_xact;
+	RowFields	fields;			/* of the event being taken */
 };
 
 /* Microseconds between the Unix and the PostgreSQL epoch (2000-01-01). */
@@ -499,7 +500,7 @@ take_event(Stream *s, Batch *b, const char *json, size_t len, int64_t now,
 {
 	EventInfo	ev;
 
-	if (!event_parse(json, len, &ev, scratch, scratchlen))
+	if (!event_parse(json, len, &ev, &s->fields, scratch, scratchlen))
 	{
 		log_msg(LOG_ERROR, "could not parse an event from the source: %.*s",
 				(int) Min(len, 200), json);
