@@ -73,9 +73,10 @@ typedef struct JsonSpan
 
 /*
  * The fields of an event's row object, found as event_parse passes over it,
- * so that row_values need not scan it again.
+ * so that row_values need not scan it again.  (A row has at most
+ * MaxTupleAttributeNumber columns.)
  */
-#define ROW_FIELDS_MAX	128
+#define ROW_FIELDS_MAX	1664
 typedef struct RowFields
 {
 	const char *obj;			/* the object they are of */

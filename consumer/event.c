@@ -242,8 +242,8 @@ scan_number(Scan *s)
 
 /*
  * Pass over a row object ({"col": value, ...}), noting its fields in *rf;
- * anything else (null) is skipped.  Past ROW_FIELDS_MAX fields, rf is not
- * complete and row_values scans the object itself.
+ * anything else (null) is skipped.  rf is complete if it was an object of
+ * at most ROW_FIELDS_MAX fields.
  */
 static bool
 index_object(Scan *s, RowFields *rf)
@@ -600,76 +600,64 @@ row_values(TableMap *m, JsonSpan obj, const RowFields *fields, bool whole)
 {
 	char		name[NAMEDATALEN * 2];
 	int			next = 0;		/* fields usually come in column order: try that first */
+	RowFields  *own = NULL;
 
 	memset(m->values, 0, sizeof(JsonSpan) * m->ncols);
-	if (fields != NULL && fields->complete && fields->obj == obj.ptr)
+	if (fields == NULL || fields->obj != obj.ptr)
 	{
-		for (int i = 0; i < fields->n; i++)
-		{
-			const char *nm = fields->f[i].name;
-			uint32_t	len = fields->f[i].namelen;
-
-			if (!fields->f[i].escaped)
-			{
-				/* the usual name: compared where it is */
-				int			k;
-
-				for (k = 0; k < m->ncols; k++)
-				{
-					int			j = (next + k) % m->ncols;
-
-					if (strncmp(m->colnames[j], nm, len) == 0 && m->colnames[j][len] == '\0')
-					{
-						m->values[j] = fields->f[i].value;
-						next = j + 1;
-						break;
-					}
-				}
-				if (k < m->ncols)
-					continue;
-				len = Min(len, sizeof(name) - 1);
-				memcpy(name, nm, len);
-				name[len] = '\0';
-			}
-			else
-			{
-				Scan		ns = {nm - 1, nm + len + 1};
-
-				if (!scan_string(&ns, name, sizeof(name), NULL))
-					return false;
-			}
-			take_field(m, name, fields->f[i].value, &next);
-		}
-	}
-	else
-	{
+		/* not the row event_parse noted (no caller does that now) */
 		Scan		s = {obj.ptr, obj.ptr + obj.len};
 
-		skip_ws(&s);
-		if (s.p >= s.end || *s.p++ != '{')
-			return false;
-		for (;;)
-		{
-			const char *start;
-
-			skip_ws(&s);
-			if (s.p < s.end && *s.p == '}')
-				break;
-			if (!scan_string(&s, name, sizeof(name), NULL))
-				return false;
-			skip_ws(&s);
-			if (s.p >= s.end || *s.p++ != ':')
-				return false;
-			skip_ws(&s);
-			start = s.p;
-			if (!skip_value(&s))
-				return false;
-			take_field(m, name, (JsonSpan) {start, s.p - start}, &next);
-			skip_ws(&s);
-			if (s.p < s.end && *s.p == ',')
-				s.p++;
-		}
+		own = pg_malloc(sizeof(RowFields));
+		if (!index_object(&s, own))
+			own->complete = false;
+		fields = own;
 	}
+	if (!fields->complete)
+	{
+		free(own);
+		return false;
+	}
+	for (int i = 0; i < fields->n; i++)
+	{
+		const char *nm = fields->f[i].name;
+		uint32_t	len = fields->f[i].namelen;
+
+		if (!fields->f[i].escaped)
+		{
+			/* the usual name: compared where it is */
+			int			k;
+
+			for (k = 0; k < m->ncols; k++)
+			{
+				int			j = (next + k) % m->ncols;
+
+				if (strncmp(m->colnames[j], nm, len) == 0 && m->colnames[j][len] == '\0')
+				{
+					m->values[j] = fields->f[i].value;
+					next = j + 1;
+					break;
+				}
+			}
+			if (k < m->ncols)
+				continue;
+			len = Min(len, sizeof(name) - 1);
+			memcpy(name, nm, len);
+			name[len] = '\0';
+		}
+		else
+		{
+			Scan		ns = {nm - 1, nm + len + 1};
+
+			if (!scan_string(&ns, name, sizeof(name), NULL))
+			{
+				free(own);
+				return false;
+			}
+		}
+		take_field(m, name, fields->f[i].value, &next);
+	}
+	free(own);
 	if (whole && m->watch_any && !m->new_column)
 		for (int j = 0; j < m->ncols; j++)
 			if (m->colwatch[j] && m->values[j].ptr == NULL &&
