@@ -308,11 +308,13 @@ DECLARE
 	plain boolean;
 	c bigint[];			-- inserted, updated, deleted, keys in the batch (MERGE: rows, keys)
 	before bigint[];
+	merge boolean;
 	by_index boolean;
 	tomb boolean;
 	shape text;
 	stmts text[];		-- prepared: is the batch plain, the one-statement apply, the MERGE
-						-- and its rows and keys (the apply and plain again without one)
+						-- and is it plain with its rows and keys (without a MERGE: the
+						-- apply and the plain query again)
 BEGIN
 	IF soft_delete IS NULL THEN
 		RAISE EXCEPTION 'soft_delete must not be null' USING ERRCODE = '22004';
@@ -333,7 +335,14 @@ BEGIN
 		END IF;
 	END IF;
 
-	EXECUTE 'EXECUTE ' || quote_ident(stmts[1]) INTO plain;
+	/* (with a MERGE, one query says whether the batch is plain and has one event per key) */
+	merge := stmts[3] <> stmts[2] AND current_setting('track_counts')::boolean;
+	IF merge THEN
+		EXECUTE 'EXECUTE ' || quote_ident(stmts[4]) INTO c;
+		plain := c[1] IS NOT NULL;
+	ELSE
+		EXECUTE 'EXECUTE ' || quote_ident(stmts[1]) INTO plain;
+	END IF;
 	IF NOT plain THEN
 		RETURN QUERY SELECT * FROM pgcdc._mirror_staged(target, changes, key_columns,
 														 soft_delete, op_column);
@@ -348,23 +357,20 @@ BEGIN
 	 * three (a third less time).  It returns no counts (PostgreSQL 15), so
 	 * they come from the table's statistics for this transaction.
 	 */
-	IF stmts[3] <> stmts[2] AND current_setting('track_counts')::boolean THEN
-		EXECUTE 'EXECUTE ' || quote_ident(stmts[4]) INTO c;
-		IF c[1] = c[2] THEN
-			before := ARRAY[pg_stat_get_xact_tuples_inserted(target), pg_stat_get_xact_tuples_updated(target),
-							pg_stat_get_xact_tuples_deleted(target)];
-			IF by_index THEN
-				PERFORM pgcdc._mirror_by_index(stmts[3], false);
-			ELSE
-				EXECUTE 'EXECUTE ' || quote_ident(stmts[3]);
-			END IF;
-			inserted := pg_stat_get_xact_tuples_inserted(target) - before[1];
-			updated := pg_stat_get_xact_tuples_updated(target) - before[2];
-			deleted := pg_stat_get_xact_tuples_deleted(target) - before[3];
-			skipped := c[2] - inserted - updated - deleted;
-			RETURN NEXT;
-			RETURN;
+	IF merge AND c[1] = c[2] THEN
+		before := ARRAY[pg_stat_get_xact_tuples_inserted(target), pg_stat_get_xact_tuples_updated(target),
+						pg_stat_get_xact_tuples_deleted(target)];
+		IF by_index THEN
+			PERFORM pgcdc._mirror_by_index(stmts[3], false);
+		ELSE
+			EXECUTE 'EXECUTE ' || quote_ident(stmts[3]);
 		END IF;
+		inserted := pg_stat_get_xact_tuples_inserted(target) - before[1];
+		updated := pg_stat_get_xact_tuples_updated(target) - before[2];
+		deleted := pg_stat_get_xact_tuples_deleted(target) - before[3];
+		skipped := c[2] - inserted - updated - deleted;
+		RETURN NEXT;
+		RETURN;
 	END IF;
 	IF by_index THEN
 		c := pgcdc._mirror_by_index(stmts[2]);
@@ -499,7 +505,8 @@ BEGIN
 
 	/*
 	 * The MERGE, for batches with one event per key, and the query that
-	 * says whether a batch has (its rows and its keys).  Only on a plain
+	 * says whether a batch is plain and has (its rows, NULL if not plain,
+	 * and its keys): it is run instead of the plain one.  Only on a plain
 	 * table without rules (MERGE refuses them) or row security (MERGE's
 	 * policies differ), without soft delete or tombstones: anything else
 	 * keeps the statement above (returned in its place).
@@ -522,9 +529,10 @@ BEGIN
 		(SELECT coalesce(string_agg(format('%I = m.%I, ', c, c), ''), '') FROM unnest(vals) c),
 		pgcdc._list(data_cols), pgcdc._list(data_cols, 'm'))),
 		pgcdc._prepared(format($f$
-		SELECT ARRAY[pg_catalog.count(*),
-					 (SELECT pg_catalog.count(*) FROM (SELECT 1 FROM %1$s c GROUP BY %2$s) g)]
-		  FROM %1$s c$f$,
-		pgcdc._qname(changes), pgcdc._list(key_columns, 'c')))];
+		SELECT ARRAY[x.n, CASE WHEN x.n IS NOT NULL
+						  THEN (SELECT pg_catalog.count(*) FROM (SELECT 1 FROM %1$s c GROUP BY %2$s) g) END]
+		  FROM (%3$s) x(n)$f$,
+		pgcdc._qname(changes), pgcdc._list(key_columns, 'c'),
+		pgcdc._plain_sql(changes, op_column, '{_source_lsn,_source_seq}', counted => true)))];
 END
 $$;
