@@ -21,7 +21,7 @@ static const char *
 staging_table(ApplyJob *b, int i, char *buf, size_t len)
 {
 	snprintf(buf, len, "pg_temp.pgcdc_%s_%d",
-			 strcmp(b->p->maps[i].mode, "append") == 0 ? "events" : "changes", i);
+			 b->p->maps[i].kind == MAP_APPEND ? "events" : "changes", i);
 	return buf;
 }
 
@@ -81,7 +81,7 @@ apply_map(ApplyJob *b, int i, const char *lo, const char *hi, long *quarantined)
 	char		changes[64];
 	long		by_rules = 0;	/* counted only if the map's apply commits */
 
-	if (strcmp(m->mode, "append") == 0)
+	if (m->kind == MAP_APPEND)
 	{
 		const char *params[2] = {lo, hi};
 
@@ -136,7 +136,7 @@ apply_map(ApplyJob *b, int i, const char *lo, const char *hi, long *quarantined)
 		PQclear(res);
 	}
 
-	if (strcmp(m->mode, "mirror") == 0)
+	if (m->kind == MAP_MIRROR)
 	{
 		const char *params[4] = {m->target, m->key_columns, m->soft_delete ? "true" : "false", changes};
 
@@ -200,7 +200,7 @@ quarantine_event(ApplyJob *b, int i, const char *ord, const char *code,
 
 	/* append maps keep the JSON in the row; the others, its place in the job's file */
 	snprintf(sql, sizeof(sql), "SELECT %s FROM %s WHERE pgcdc_ord = $1::bigint",
-			 strcmp(m->mode, "append") == 0 ? "raw, NULL, NULL" : "NULL, pgcdc_raw_off, pgcdc_raw_len",
+			 m->kind == MAP_APPEND ? "raw, NULL, NULL" : "NULL, pgcdc_raw_off, pgcdc_raw_len",
 			 staging_table(b, i, table, sizeof(table)));
 	res = exec_ok(b->conn, sql, 1, q);
 	json = res && PQntuples(res) == 1 ? event_json(b, res) : NULL;

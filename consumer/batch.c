@@ -232,7 +232,7 @@ event_line(Batch *b, int i, const EventInfo *ev, const char *json, size_t len, o
 	append_number(line, ev->seq);
 	appendPQExpBufferChar(line, '\x1f');
 	copy_field(line, ev->ts, ev->ts ? strlen(ev->ts) : 0);
-	if (strcmp(m->mode, "append") == 0)
+	if (m->kind == MAP_APPEND)
 	{
 		appendPQExpBufferChar(line, '\x1f');
 		copy_field(line, json, len);
@@ -307,7 +307,7 @@ note_key(Batch *b, int i, const EventInfo *ev, long line)
 {
 	TableMap   *m = &b->p->maps[i];
 
-	if (strcmp(m->mode, "mirror") != 0 || m->nkeys == 0)
+	if (m->kind != MAP_MIRROR || m->nkeys == 0)
 		return;
 	if (ev->op == 'T' || (ev->op == 'U' && ev->old.ptr))
 	{

@@ -92,6 +92,13 @@ typedef struct RowFields
 } RowFields;
 
 /* One row of pgcdc.table_map, with what the consumer derives from it. */
+typedef enum MapKind
+{
+	MAP_MIRROR,
+	MAP_SCD2,
+	MAP_APPEND
+} MapKind;
+
 typedef struct TableMap
 {
 	char	   *source_table;	/* canonical "schema"."table", as the source names it now */
@@ -107,6 +114,7 @@ typedef struct TableMap
 								 * up to it are applied, then the consumer stops */
 	char	   *target;			/* canonical quoted name */
 	char	   *mode;			/* mirror | scd2 | append */
+	MapKind		kind;			/* the mode, read once (compared per event) */
 	char	   *key_columns;	/* text[] literal, or NULL: the source's identity */
 	char	   *track_columns;	/* text[] literal or NULL */
 	char	   *ignore_columns; /* text[] literal or NULL */

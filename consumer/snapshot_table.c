@@ -233,14 +233,14 @@ apply_rows(Copy *c)
 {
 	TableMap   *m = c->m;
 	const char *params[3] = {m->target, m->key_columns,
-		strcmp(m->mode, "mirror") == 0 ? (m->soft_delete ? "true" : "false") : m->track_columns};
+		m->kind == MAP_MIRROR ? (m->soft_delete ? "true" : "false") : m->track_columns};
 	char	   *what;
 	PGresult   *res;
 
 	if (!snapshot_rules(c) || !snapshot_null_keys(c))
 		return false;
 	what = psprintf("snapshot of %s into %s: applying", m->source_table, m->target);
-	if (strcmp(m->mode, "mirror") == 0)
+	if (m->kind == MAP_MIRROR)
 		res = exec_ok_progress(c->dst, "SELECT pgcdc.apply_mirror($1::pg_catalog.regclass, "
 							   "'pg_temp.pgcdc_snapshot_changes', $2::text[], $3::boolean, 'op')",
 							   3, params, what);
@@ -347,7 +347,7 @@ static bool
 quarantine_row(Copy *c, const char *ord, const SqlError *e)
 {
 	/* an append log holds each row once, by position: its number tells them apart */
-	const char *seq = strcmp(c->m->mode, "append") == 0 ? ord : "0";
+	const char *seq = c->m->kind == MAP_APPEND ? ord : "0";
 	const char *params[13] = {c->p->name, c->m->map_table, c->m->target, c->lsn, c->ts,
 		c->m->source_schema, c->m->source_name, e->code, e->message, e->detail[0] ? e->detail : NULL, ord,
 	c->keys, seq};
@@ -571,7 +571,7 @@ snapshot_table(const char *source_conninfo, const char *target_conninfo, Pipelin
 	ok = exec_cmd(c.dst, sql);
 	free(sql);
 	if (ok)
-		ok = strcmp(m->mode, "append") == 0 ? copy_append(&c) : copy_changes(&c);
+		ok = m->kind == MAP_APPEND ? copy_append(&c) : copy_changes(&c);
 	/*
 	 * A target made for this copy is complete with it, and says where it
 	 * was taken; the initial snapshot clears such a mark left by an

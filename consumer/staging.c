@@ -25,7 +25,7 @@ create_session_tables(Batch *b, int k)
 		TableMap   *m = &b->p->maps[i];
 
 		/* an append map's rows are the events' JSON */
-		if (strcmp(m->mode, "append") == 0)
+		if (m->kind == MAP_APPEND)
 		{
 			appendPQExpBuffer(sql,
 							  "DROP TABLE IF EXISTS pg_temp.pgcdc_events_%d; "
@@ -74,7 +74,7 @@ start_copy(Batch *b, int k, int i)
 	bool		ok;
 
 	/* text format, \x1f between fields (copy_field): cheaper to parse than quoted CSV */
-	if (strcmp(m->mode, "append") == 0)
+	if (m->kind == MAP_APPEND)
 		appendPQExpBuffer(sql, "COPY pg_temp.pgcdc_events_%d (pgcdc_ord, op, _source_lsn, _source_seq, _commit_ts, raw) ", i);
 	else
 		appendPQExpBuffer(sql, "COPY pg_temp.pgcdc_changes_%d (pgcdc_ord, op, _source_lsn, _source_seq, "
@@ -188,7 +188,7 @@ copy_spill(Batch *b, int k, int i, PQExpBuffer row, PQExpBuffer tsless)
 	SpillHeader h;
 	const char *p;
 	bool		rules = b->lane_of[k]->has_rules[i];	/* every line goes: each is checked */
-	bool		no_ts = strcmp(b->p->maps[i].mode, "mirror") == 0 && !rules;
+	bool		no_ts = b->p->maps[i].kind == MAP_MIRROR && !rules;
 
 	if (!start_copy(b, k, i))
 		return false;
@@ -389,7 +389,7 @@ send_map(Batch *b, int k, int i, PQExpBuffer row, PQExpBuffer tsless)
 	if (ok)
 		return exec_cmd(conn, "RELEASE SAVEPOINT pgcdc_copy");
 	e = last_sql_error;
-	if (strcmp(b->p->maps[i].mode, "append") == 0 || sql_error_is_transient(&e) ||
+	if (b->p->maps[i].kind == MAP_APPEND || sql_error_is_transient(&e) ||
 		(strncmp(e.code, "22", 2) != 0 && strncmp(e.code, "23", 2) != 0))
 	{
 		log_msg(LOG_ERROR, "could not stage events of %s for %s: %s (SQLSTATE %s)",

@@ -532,6 +532,8 @@ target_load_pipeline(PGconn *conn, PGconn *source, Pipeline *p)
 		m->source_name = get_str(res, i, 2);
 		m->target = get_str(res, i, 3);
 		m->mode = get_str(res, i, 4);
+		m->kind = strcmp(m->mode, "mirror") == 0 ? MAP_MIRROR :
+			strcmp(m->mode, "append") == 0 ? MAP_APPEND : MAP_SCD2;
 		m->key_columns = get_str(res, i, 5);
 		m->track_columns = get_str(res, i, 6);
 		m->ignore_columns = get_str(res, i, 7);
@@ -609,7 +611,7 @@ target_load_pipeline(PGconn *conn, PGconn *source, Pipeline *p)
 	{
 		TableMap   *m = &p->maps[i];
 
-		if (m->key_columns == NULL && strcmp(m->mode, "append") != 0)
+		if (m->key_columns == NULL && m->kind != MAP_APPEND)
 		{
 			bool		failed;
 
@@ -750,7 +752,7 @@ create_target(PGconn *conn, PGconn *source, Pipeline *p, TableMap *m)
 	appendPQExpBufferStr(cols, PQgetvalue(res, 0, 0));
 	PQclear(res);
 
-	if (strcmp(m->mode, "mirror") == 0)
+	if (m->kind == MAP_MIRROR)
 	{
 		const char *kp[1] = {m->key_columns};
 
@@ -766,7 +768,7 @@ create_target(PGconn *conn, PGconn *source, Pipeline *p, TableMap *m)
 		PQclear(res);
 		ok = exec_cmd(conn, sql->data);
 	}
-	else if (strcmp(m->mode, "scd2") == 0)
+	else if (m->kind == MAP_SCD2)
 	{
 		/* the extension builds history tables: give it the source's shape */
 		const char *hp[2] = {m->target, m->key_columns};
@@ -901,10 +903,10 @@ complete_target(PGconn *conn, TableMap *m)
 	bool		added = false;
 	bool		ok;
 
-	if (strcmp(m->mode, "mirror") == 0)
+	if (m->kind == MAP_MIRROR)
 		ok = add_missing_columns(conn, m, mirror_columns, &added) &&
 			(!m->soft_delete || add_missing_columns(conn, m, soft_delete_columns, &added));
-	else if (strcmp(m->mode, "append") == 0)
+	else if (m->kind == MAP_APPEND)
 		ok = add_missing_columns(conn, m, append_columns, &added);
 	else
 	{
@@ -976,7 +978,7 @@ set_data_columns(TableMap *m, PGresult *res)
 		m->coljson[j] = strcmp(PQgetvalue(res, j, 3), "t") == 0;
 		if (strcmp(PQgetvalue(res, j, 4), "t") == 0)
 			m->keyidx[m->nkeys++] = j;
-		else if (m->created && strcmp(m->mode, "append") != 0 && strcmp(PQgetvalue(res, j, 6), "t") == 0)
+		else if (m->created && m->kind != MAP_APPEND && strcmp(PQgetvalue(res, j, 6), "t") == 0)
 			m->watch_any = m->colwatch[j] = true;
 		appendPQExpBuffer(cols, "%s%s", sep, PQgetvalue(res, j, 1));
 		appendPQExpBuffer(types, "%s%s %s", sep, PQgetvalue(res, j, 1), PQgetvalue(res, j, 2));
@@ -1070,7 +1072,7 @@ remember_source_columns(PGconn *conn, TableMap *m, const char *names, const char
 	 * values; rows written from now on have it NULL, so it cannot stay NOT
 	 * NULL (every one of them would go to the quarantine).
 	 */
-	if (m->created && strcmp(m->mode, "append") != 0)
+	if (m->created && m->kind != MAP_APPEND)
 	{
 		const char *dp[2] = {names, m->target};
 
@@ -1170,7 +1172,7 @@ align_types(PGconn *conn, TableMap *m, const char *names, const char *types)
 static bool
 follows_columns(const TableMap *m)
 {
-	return m->created && m->srccols != NULL && strcmp(m->mode, "append") != 0 &&
+	return m->created && m->srccols != NULL && m->kind != MAP_APPEND &&
 		m->dropped_until == InvalidLsn;
 }
 
@@ -1340,7 +1342,7 @@ target_prepare_tables(PGconn *conn, PGconn *source, Pipeline *p)
 		destroyPQExpBuffer(srccols);
 		if (res == NULL)
 			return false;
-		if (PQntuples(res) == 0 && strcmp(m->mode, "append") != 0)
+		if (PQntuples(res) == 0 && m->kind != MAP_APPEND)
 		{
 			log_msg(LOG_ERROR, "target %s has no column in common with source table %s",
 					m->target, m->source_table);
