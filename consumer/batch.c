@@ -333,7 +333,7 @@ note_key(Batch *b, int i, const EventInfo *ev, long line)
 	 * (the apply takes their values from it), nor before a soft delete (a
 	 * key the target lacks is inserted flagged, with that line's values).
 	 */
-	compact_line(b->compact[b->fill], i, b->key->data, b->key->len, line,
+	compact_line(b->compact[b->fill], i, b->key->data, b->key->len, line, ev->op,
 				 ev->unchanged_toast.ptr == NULL && !(ev->op == 'D' && m->soft_delete));
 }
 

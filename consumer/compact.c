@@ -5,6 +5,10 @@
  *		not reach the target at all.  The batch remembers, per (map, key),
  *		its latest line, and marks the line it replaces as dead.
  *
+ *		A key whose first event in the batch is an insert was not in the
+ *		source before the batch, so not in the mirror either: if the batch
+ *		ends it deleted, none of its events need reach the target.
+ *
  *		Keys are compared as the decoder wrote them (the key columns' JSON
  *		text): equal text is an equal key; two spellings of one value (1.0
  *		and 1.00) are just not compacted.  Memory is bounded: past
@@ -20,7 +24,9 @@ typedef struct Slot
 {
 	uint64_t	hash;
 	uint32_t	gen;			/* empty unless the compactor's generation */
-	long		line;
+	long		line;			/* the key's live line, -1 if none */
+	bool		born;			/* inserted in this generation, each later
+								 * line replacing the one before */
 	size_t		off;			/* key bytes in the arena */
 	size_t		len;
 	int			map;
@@ -148,20 +154,32 @@ set_dead(Compactor *c, long line)
 }
 
 /*
- * Line `line` of map `map` is the latest for key.  kills: it replaces the
- * key's previous line (not so for an event with unchanged TOAST columns,
- * whose values the apply takes from that line).
+ * Line `line` of map `map`, an event `op` on key, is the key's latest.
+ * kills: it replaces the key's previous line (not so for an event with
+ * unchanged TOAST columns, whose values the apply takes from that line, nor
+ * for a soft delete).
  */
 void
-compact_line(Compactor *c, int map, const char *key, size_t len, long line, bool kills)
+compact_line(Compactor *c, int map, const char *key, size_t len, long line, char op, bool kills)
 {
 	uint64_t	h = key_hash(map, key, len);
 	Slot	   *s = find(c, h, map, key, len);
 
 	if (s->gen == c->gen)
 	{
-		if (kills)
+		if (s->line < 0)
+			s->born = op == 'I';	/* deleted earlier in the batch */
+		else if (kills)
 			set_dead(c, s->line);
+		else
+			s->born = false;
+		if (op == 'D' && s->born && kills)
+		{
+			/* inserted and deleted within the batch: the target never had it */
+			set_dead(c, line);
+			s->line = -1;
+			return;
+		}
 		s->line = line;
 		return;
 	}
@@ -171,6 +189,7 @@ compact_line(Compactor *c, int map, const char *key, size_t len, long line, bool
 	s->gen = c->gen;
 	s->map = map;
 	s->line = line;
+	s->born = op == 'I';
 	s->off = c->arena->len;
 	s->len = len;
 	appendBinaryPQExpBuffer(c->arena, key, len);

@@ -343,7 +343,8 @@ typedef struct ApplyJob
 	Spool	   *raw;			/* event JSON not kept in pgcdc_events (raw_off, raw_len) */
 	Lsn			source_lsn;		/* the source's position when the job started */
 	char	   *source_moves;	/* renames and drops being followed then (source_moves.c) */
-	long		moot;			/* rows not sent: a later event on the key replaced them */
+	long		moot;			/* rows not sent: replaced by a later event on the key,
+								 * or a key inserted and deleted in the batch */
 	long		refused;		/* rows the staging COPY refused: quarantined */
 	/* results */
 	bool		ok;
@@ -363,7 +364,8 @@ typedef struct Compactor Compactor;
 extern Compactor *compact_new(void);
 extern void compact_reset(Compactor *c);
 extern void compact_barrier(Compactor *c);
-extern void compact_line(Compactor *c, int map, const char *key, size_t len, long line, bool kills);
+extern void compact_line(Compactor *c, int map, const char *key, size_t len, long line, char op,
+						 bool kills);
 extern bool compact_dead(Compactor *c, long line);
 extern void compact_free(Compactor *c);
 

@@ -132,5 +132,23 @@ check('around a truncate', $events);
 is( $dst->safe_psql('postgres', 'SELECT count(*) FILTER (WHERE _is_deleted) > 0 FROM acc_soft'),
 	't', 'soft delete: the truncate flagged the rows that were there');
 
+# Keys inserted and deleted within one batch: none of their events reaches
+# the mirror (both are skipped); the soft-delete mirror keeps them flagged.
+my $logged = $dst->safe_psql('postgres', 'SELECT coalesce(max(id), 0) FROM pgcdc.batch');
+$src->safe_psql('postgres', q{
+INSERT INTO acc SELECT g, 1, 'brief', NULL FROM generate_series(5001, 5100) g;
+UPDATE acc SET v = 2 WHERE id BETWEEN 5001 AND 5050;
+DELETE FROM acc WHERE id > 5000;
+});
+($rc, $err) = run_consumer($cmd, $log);
+is($rc, 0, 'brief keys run exits 0') or diag($err);
+$events = $src->safe_psql('postgres', 'SELECT count(*) FROM acc_audit');
+check('brief keys', $events);
+is( $dst->safe_psql('postgres', "SELECT sum(skipped) FROM pgcdc.batch WHERE id > $logged"),
+	'300', 'keys inserted and deleted in the batch: all 250 of their events left out of the mirror '
+	  . '(and the 50 updated inserts out of the soft-delete mirror)');
+is( $dst->safe_psql('postgres', "SELECT count(*) FROM acc_soft WHERE id > 5000 AND _is_deleted AND note = 'brief'"),
+	'100', 'the soft-delete mirror has them, flagged');
+
 $_->stop for ($src, $dst);
 done_testing();
