@@ -342,7 +342,7 @@ apply_batch(ApplyJob *b, int64_t started_us)
 		/* a failure is logged once, below, with what happens next */
 		quiet_sql_errors = true;
 		for (i = 0; i < b->p->nmaps && ok; i++)
-			if (b->per_map[i] > 0)
+			if (b->staged[i] > 0)
 				ok = apply_map(b, i, NULL, NULL, &quarantined);
 		quiet_sql_errors = false;
 		if (!ok && sql_error_is_transient(&last_sql_error))
@@ -360,7 +360,7 @@ apply_batch(ApplyJob *b, int64_t started_us)
 			quarantined = b->refused;
 			for (i = 0; i < b->p->nmaps; i++)
 			{
-				if (b->per_map[i] == 0)
+				if (b->staged[i] == 0)
 					continue;
 				if (!exec_savepoint(b->conn, "SAVEPOINT", "pgcdc_map"))
 					return false;

@@ -36,21 +36,26 @@ batch_new(PGconn *target, PGconn *target2, Pipeline *p)
 	int			i;
 
 	b->p = p;
+	b->nmaps = p->nmaps;
 	b->done_pipe[0] = b->done_pipe[1] = -1;
 	pthread_mutex_init(&b->mu, NULL);
 	pthread_cond_init(&b->ended_cv, NULL);
 	for (i = 0; i < 2; i++)
 	{
 		b->jobs[i].per_map = pg_malloc0(sizeof(long) * p->nmaps);
+		b->jobs[i].staged = pg_malloc0(sizeof(long) * Max(p->nmaps, 1));
 		b->jobs[i].raw = spool_new();
 		b->lanes[i].b = b;
 		b->lane_of[i] = &b->lanes[i];
 		b->lanes[i].has_rules = pg_malloc0(sizeof(bool) * Max(p->nmaps, 1));
+		b->lanes[i].born = pg_malloc0(sizeof(LineRefs) * Max(p->nmaps, 1));
+		b->lanes[i].row = createPQExpBuffer();
+		b->lanes[i].shaped = createPQExpBuffer();
 	}
 	for (i = 0; i < 2; i++)
 	{
 		b->spill[i] = spool_new();
-		b->compact[i] = compact_new();
+		b->compact[i] = compact_new(p->nmaps);
 	}
 	b->lanes[0].conn = target;
 	b->lanes[1].conn = target2 ? target2 : target;
@@ -83,7 +88,14 @@ batch_free(Batch *b)
 	for (i = 0; i < 2; i++)
 	{
 		free(b->lanes[i].has_rules);
+		for (int m = 0; m < b->nmaps; m++)
+			free(b->lanes[i].born[m].v);
+		free(b->lanes[i].born);
+		free(b->lanes[i].rest.v);
+		destroyPQExpBuffer(b->lanes[i].row);
+		destroyPQExpBuffer(b->lanes[i].shaped);
 		free(b->jobs[i].per_map);
+		free(b->jobs[i].staged);
 		free(b->jobs[i].source_moves);
 		spool_free(b->jobs[i].raw);
 	}

@@ -11,6 +11,36 @@
 
 #include "consumer.h"
 
+typedef struct SpillHeader
+{
+	uint32_t	len;
+	int32_t		map;
+	int64_t		raw_off;		/* the event's JSON in the job's raw file (not append) */
+	uint32_t	raw_len;
+} SpillHeader;
+
+/* Where a line of the batch's file is (after its header). */
+typedef struct LineRef
+{
+	SpillHeader h;
+	size_t		off;
+} LineRef;
+
+typedef struct LineRefs
+{
+	LineRef    *v;
+	long		n;
+	long		cap;
+} LineRefs;
+
+/* How copy_lines sends a line. */
+typedef enum LineShape
+{
+	LINE_AS_IS,
+	LINE_NO_TS,					/* less its commit time */
+	LINE_BORN					/* as a row of the mirror itself */
+} LineShape;
+
 /*
  * A target session and the job it runs.  A job goes to the lane of the job
  * before if that one has ended (its session is warm: its temp tables, plans
@@ -27,6 +57,10 @@ typedef struct Lane
 	bool		copying;		/* a COPY is open in it */
 	bool		has_origin;		/* its session uses the pipeline's replication origin */
 	bool	   *has_rules;		/* per map, as its job was staged */
+	LineRefs   *born;			/* per map, its born keys' lines (born.c) */
+	LineRefs	rest;			/* the lines of the map being staged */
+	PQExpBuffer row;			/* a line read back */
+	PQExpBuffer shaped;			/* ... as it is sent */
 	bool		inflight;		/* a thread runs the job (main thread's view) */
 	bool		done;			/* ... and has ended (set by it) */
 	uint64_t	seq;			/* the job's number: it applies after job seq - 1 ended */
@@ -36,6 +70,7 @@ typedef struct Lane
 struct Batch
 {
 	Pipeline   *p;
+	int			nmaps;			/* p's, when the batch was made */
 	bool		open;			/* a batch is filling */
 	bool		skipping;		/* current source transaction is at/before the checkpoint */
 	ApplyJob	jobs[2];		/* jobs[fill] fills; the other may be applying */
@@ -57,21 +92,6 @@ struct Batch
 	PQExpBuffer key;			/* a compaction key being built */
 };
 
-typedef struct SpillHeader
-{
-	uint32_t	len;
-	int32_t		map;
-	int64_t		raw_off;		/* the event's JSON in the job's raw file (not append) */
-	uint32_t	raw_len;
-} SpillHeader;
-
-/* A line held in memory while the lines a COPY refused are found. */
-typedef struct SpillRow
-{
-	SpillHeader h;
-	char	   *data;
-} SpillRow;
-
 /* Both lanes in one session: --apply-sessions 1, or no second connection. */
 static inline bool
 one_session(const Batch *b)
@@ -81,5 +101,13 @@ one_session(const Batch *b)
 
 /* staging.c */
 extern bool send_spill(Batch *b, int k);
+extern bool stage_lines(Batch *b, int k, int i, const LineRefs *refs);
+extern int	copy_in_savepoint(Batch *b, int k, const char *name, const char *sql, const LineRef *refs,
+							  long nrefs, LineShape shape, const char *now, SqlError *e);
+
+/* born.c */
+extern bool born_wanted(Batch *b, int k, int i);
+extern bool born_row(PQExpBuffer row, const char *line, size_t len, const char *now);
+extern bool send_born_lines(Batch *b, int k);
 
 #endif							/* PGCDC_BATCH_INT_H */

@@ -7,7 +7,9 @@
  *
  *		A key whose first event in the batch is an insert was not in the
  *		source before the batch, so not in the mirror either: if the batch
- *		ends it deleted, none of its events need reach the target.
+ *		ends it deleted, none of its events need reach the target; if not,
+ *		its last one is an insert into the mirror, nothing to merge (the
+ *		key is "born" in the batch: compact_seal, compact_born).
  *
  *		Keys are compared as the decoder wrote them (the key columns' JSON
  *		text): equal text is an equal key; two spellings of one value (1.0
@@ -41,12 +43,20 @@ struct Compactor
 	PQExpBuffer arena;
 	uint64_t   *dead;			/* one bit per line */
 	size_t		ndead;			/* words */
+	bool		barrier;		/* the batch had one: keys before it are forgotten */
+	uint64_t   *born;			/* one bit per line, set by compact_seal */
+	size_t		nborn;			/* words */
+	long	   *born_in;		/* lines set there, per map */
+	int			nmaps;
 };
 
 Compactor *
-compact_new(void)
+compact_new(int nmaps)
 {
 	Compactor  *c = pg_malloc0(sizeof(Compactor));
+
+	c->nmaps = nmaps;
+	c->born_in = pg_malloc0(sizeof(long) * Max(nmaps, 1));
 
 	c->nslots = 1024;
 	c->slots = pg_malloc0(sizeof(Slot) * c->nslots);
@@ -63,13 +73,14 @@ compact_free(Compactor *c)
 		return;
 	free(c->slots);
 	free(c->dead);
+	free(c->born);
+	free(c->born_in);
 	destroyPQExpBuffer(c->arena);
 	free(c);
 }
 
-/* Forget every key (a new batch, or a truncate or key change: a barrier). */
-void
-compact_barrier(Compactor *c)
+static void
+forget(Compactor *c)
 {
 	if (++c->gen == 0)
 	{
@@ -80,12 +91,25 @@ compact_barrier(Compactor *c)
 	resetPQExpBuffer(c->arena);
 }
 
+/* Forget every key: a truncate or a key change. */
+void
+compact_barrier(Compactor *c)
+{
+	forget(c);
+	c->barrier = true;
+}
+
+/* A new batch. */
 void
 compact_reset(Compactor *c)
 {
-	compact_barrier(c);
+	forget(c);
+	c->barrier = false;
 	if (c->dead)
 		memset(c->dead, 0, sizeof(uint64_t) * c->ndead);
+	if (c->born)
+		memset(c->born, 0, sizeof(uint64_t) * c->nborn);
+	memset(c->born_in, 0, sizeof(long) * Max(c->nmaps, 1));
 }
 
 /* FNV-1a, with the map mixed in */
@@ -137,20 +161,35 @@ grow(Compactor *c)
 	free(old);
 }
 
+/* Set bit `line` of *bits (*nwords words, grown as needed). */
 static void
-set_dead(Compactor *c, long line)
+set_bit(uint64_t **bits, size_t *nwords, long line)
 {
 	size_t		w = (size_t) line / 64;
 
-	if (w >= c->ndead)
+	if (w >= *nwords)
 	{
-		size_t		n = Max(w + 1, c->ndead * 2);
+		size_t		n = Max(w + 1, *nwords * 2);
 
-		c->dead = pg_realloc(c->dead, sizeof(uint64_t) * n);
-		memset(c->dead + c->ndead, 0, sizeof(uint64_t) * (n - c->ndead));
-		c->ndead = n;
+		*bits = pg_realloc(*bits, sizeof(uint64_t) * n);
+		memset(*bits + *nwords, 0, sizeof(uint64_t) * (n - *nwords));
+		*nwords = n;
 	}
-	c->dead[w] |= UINT64_C(1) << (line % 64);
+	(*bits)[w] |= UINT64_C(1) << (line % 64);
+}
+
+static bool
+bit_set(const uint64_t *bits, size_t nwords, long line)
+{
+	size_t		w = (size_t) line / 64;
+
+	return w < nwords && (bits[w] & (UINT64_C(1) << (line % 64))) != 0;
+}
+
+static void
+set_dead(Compactor *c, long line)
+{
+	set_bit(&c->dead, &c->ndead, line);
 }
 
 /*
@@ -200,7 +239,44 @@ compact_line(Compactor *c, int map, const char *key, size_t len, long line, char
 bool
 compact_dead(Compactor *c, long line)
 {
-	size_t		w = (size_t) line / 64;
+	return bit_set(c->dead, c->ndead, line);
+}
 
-	return w < c->ndead && (c->dead[w] & (UINT64_C(1) << (line % 64))) != 0;
+/*
+ * The batch is complete: note the lines of keys born in it.  None if it
+ * had a barrier: a truncate or key change applied after such a line could
+ * undo it, and keys before it are forgotten.
+ */
+void
+compact_seal(Compactor *c)
+{
+	if (c->born)
+		memset(c->born, 0, sizeof(uint64_t) * c->nborn);
+	memset(c->born_in, 0, sizeof(long) * Max(c->nmaps, 1));
+	if (c->barrier)
+		return;
+	for (size_t i = 0; i < c->nslots; i++)
+	{
+		Slot	   *s = &c->slots[i];
+
+		if (s->gen == c->gen && s->born && s->line >= 0 && s->map < c->nmaps)
+		{
+			set_bit(&c->born, &c->nborn, s->line);
+			c->born_in[s->map]++;
+		}
+	}
+}
+
+/* Line `line` is the last of a key born in the batch (after compact_seal). */
+bool
+compact_born(Compactor *c, long line)
+{
+	return bit_set(c->born, c->nborn, line);
+}
+
+/* How many such lines map `map` has. */
+long
+compact_born_in(Compactor *c, int map)
+{
+	return map >= 0 && map < c->nmaps ? c->born_in[map] : 0;
 }

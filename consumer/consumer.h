@@ -319,6 +319,7 @@ extern void spool_rewind(Spool *s);
 extern const char *spool_read(Spool *s, size_t len, char *buf);
 extern bool spool_skip(Spool *s, size_t len);
 extern bool spool_at_end(const Spool *s);
+extern size_t spool_tell(const Spool *s);
 
 /*
  * One batch as the apply thread sees it: whole source transactions staged
@@ -335,6 +336,7 @@ typedef struct ApplyJob
 	long		lines;			/* rows of pgcdc_events: an event feeds one per map */
 	long		per_op[4];		/* I U D T */
 	long	   *per_map;		/* events per table map */
+	long	   *staged;			/* rows per map in its staging table */
 	Lsn			first_lsn;
 	Lsn			last_commit_lsn;
 	Lsn			last_end_lsn;
@@ -361,12 +363,15 @@ extern void record_failed_batch(ApplyJob *job, const SqlError *e);
 
 /* compact.c */
 typedef struct Compactor Compactor;
-extern Compactor *compact_new(void);
+extern Compactor *compact_new(int nmaps);
 extern void compact_reset(Compactor *c);
 extern void compact_barrier(Compactor *c);
 extern void compact_line(Compactor *c, int map, const char *key, size_t len, long line, char op,
 						 bool kills);
 extern bool compact_dead(Compactor *c, long line);
+extern void compact_seal(Compactor *c);
+extern bool compact_born(Compactor *c, long line);
+extern long compact_born_in(Compactor *c, int map);
 extern void compact_free(Compactor *c);
 
 /* batch.c */

@@ -2,7 +2,8 @@
  * staging.c
  *		A batch's rows into its target session: the session's staging
  *		tables, one COPY per table map (for mirror maps, less the rows a
- *		later event on the same key makes moot: compact.c), rows the
+ *		later event on the same key makes moot: compact.c; the rows of keys
+ *		born in the batch go into the mirror itself: born.c), rows the
  *		target's types refuse found by halves and quarantined, and which
  *		maps have rules (read as the batch is staged).  Runs in the batch's
  *		apply thread (target_sessions.c), on its session's connection.
@@ -63,29 +64,31 @@ create_session_tables(Batch *b, int k)
 	return ok;
 }
 
-/* Start the COPY of map i's rows (in the batch's open target transaction). */
-static bool
-start_copy(Batch *b, int k, int i)
+/* The SQL of the COPY of map i's rows into its staging table. */
+static char *
+staging_copy_sql(Batch *b, int i)
 {
-	PGconn	   *conn = b->lane_of[k]->conn;
 	TableMap   *m = &b->p->maps[i];
-	PQExpBuffer sql = createPQExpBuffer();
-	PGresult   *res;
-	bool		ok;
 
 	/* text format, \x1f between fields (copy_field): cheaper to parse than quoted CSV */
 	if (m->kind == MAP_APPEND)
-		appendPQExpBuffer(sql, "COPY pg_temp.pgcdc_events_%d (pgcdc_ord, op, _source_lsn, _source_seq, _commit_ts, raw) ", i);
-	else
-		appendPQExpBuffer(sql, "COPY pg_temp.pgcdc_changes_%d (pgcdc_ord, op, _source_lsn, _source_seq, "
-						  "_commit_ts, unchanged_toast, _old_key, pgcdc_raw_off, pgcdc_raw_len, %s) ",
-						  i, m->data_columns);
-	appendPQExpBufferStr(sql, "FROM STDIN (FORMAT text, DELIMITER E'\\x1f')");
-	res = PQexec(conn, sql->data);
-	destroyPQExpBuffer(sql);
-	ok = PQresultStatus(res) == PGRES_COPY_IN;
+		return psprintf("COPY pg_temp.pgcdc_events_%d (pgcdc_ord, op, _source_lsn, _source_seq, _commit_ts, raw) "
+						"FROM STDIN (FORMAT text, DELIMITER E'\\x1f')", i);
+	return psprintf("COPY pg_temp.pgcdc_changes_%d (pgcdc_ord, op, _source_lsn, _source_seq, "
+					"_commit_ts, unchanged_toast, _old_key, pgcdc_raw_off, pgcdc_raw_len, %s) "
+					"FROM STDIN (FORMAT text, DELIMITER E'\\x1f')", i, m->data_columns);
+}
+
+/* Start a COPY (in the batch's open target transaction). */
+static bool
+start_copy(Batch *b, int k, const char *sql)
+{
+	PGconn	   *conn = b->lane_of[k]->conn;
+	PGresult   *res = PQexec(conn, sql);
+	bool		ok = PQresultStatus(res) == PGRES_COPY_IN;
+
 	if (!ok)
-		log_msg(LOG_ERROR, "could not stage events in the target: %s", conn_error(conn));
+		keep_sql_error(conn, res);
 	PQclear(res);
 	b->lane_of[k]->copying = ok;
 	return ok;
@@ -172,53 +175,102 @@ drop_commit_ts(PQExpBuffer row, const char *line, size_t len)
 	appendBinaryPQExpBuffer(row, to, end - to);
 }
 
+static void
+add_ref(LineRefs *refs, const SpillHeader *h, size_t off)
+{
+	if (refs->n == refs->cap)
+	{
+		refs->cap = Max(1024, refs->cap * 2);
+		refs->v = pg_realloc(refs->v, sizeof(LineRef) * refs->cap);
+	}
+	refs->v[refs->n].h = *h;
+	refs->v[refs->n].off = off;
+	refs->n++;
+}
+
 /*
- * COPY map i's rows of job k to the target, less the moot ones (row and
- * tsless: buffers for a line read from a file, and one less its commit
- * time).
+ * Map i's lines of job k, with one pass over the batch's file: those of
+ * keys born in the batch into l->born[i] if `born` (born.c sends them
+ * when the batch's turn has come), the others that go into the staging
+ * table into l->rest; the moot ones (a later event on the key replaced
+ * them) are counted.
  */
 static bool
-copy_spill(Batch *b, int k, int i, PQExpBuffer row, PQExpBuffer tsless)
+plan_lines(Batch *b, int k, int i, bool born)
 {
-	PGconn	   *conn = b->lane_of[k]->conn;
-	char		chunk[65536];
+	Lane	   *l = b->lane_of[k];
 	Spool	   *spill = b->spill[k];
-	size_t		n = 0;
-	long		line = 0;
+	Compactor  *c = b->compact[k];
+	bool		rules = l->has_rules[i];	/* every line goes: each is checked */
 	SpillHeader h;
 	const char *p;
-	bool		rules = b->lane_of[k]->has_rules[i];	/* every line goes: each is checked */
-	bool		no_ts = b->p->maps[i].kind == MAP_MIRROR && !rules;
+	long		line = 0;
 
-	if (!start_copy(b, k, i))
-		return false;
+	l->born[i].n = l->rest.n = 0;
 	spool_rewind(spill);
 	while ((p = spool_read(spill, sizeof(h), (char *) &h)) != NULL)
 	{
-		const char *data;
-		size_t		len;
-
 		if (p != (char *) &h)
 			memcpy(&h, p, sizeof(h));
 		line++;					/* numbered across maps, as compact_line saw them */
-		if (h.map != i || (!rules && compact_dead(b->compact[k], line)))
+		if (h.map == i)
 		{
-			if (!spool_skip(spill, h.len))
-				break;
-			if (h.map == i)
+			if (!rules && compact_dead(c, line))
 				b->jobs[k].moot++;
-			continue;
+			else
+				add_ref(born && compact_born(c, line) ? &l->born[i] : &l->rest, &h, spool_tell(spill));
 		}
-		enlargePQExpBuffer(row, h.len);
-		if ((data = spool_read(spill, h.len, row->data)) == NULL)
+		if (!spool_skip(spill, h.len))
 			break;
-		len = h.len;
-		if (no_ts)
+	}
+	if (!spool_at_end(spill))
+	{
+		log_msg(LOG_ERROR, "could not read the batch's spill file: %m");
+		return false;
+	}
+	return true;
+}
+
+/*
+ * COPY lines refs[0..nrefs) of job k with `sql`, each as `shape` gives it:
+ * as staged, less its commit time (mirror maps without rules do not read
+ * it, and parsing it was a seventh of the COPY's time), or as a row of the
+ * mirror itself (born.c; now: the sync time).
+ */
+static bool
+copy_lines(Batch *b, int k, const char *sql, const LineRef *refs, long nrefs, LineShape shape,
+		   const char *now)
+{
+	Lane	   *l = b->lane_of[k];
+	PGconn	   *conn = l->conn;
+	char		chunk[65536];
+	size_t		n = 0;
+
+	if (!start_copy(b, k, sql))
+		return false;
+	for (long r = 0; r < nrefs; r++)
+	{
+		const LineRef *ref = &refs[r];
+		const char *data;
+		size_t		len = ref->h.len;
+
+		enlargePQExpBuffer(l->row, len);
+		if ((data = spool_get(b->spill[k], ref->off, len, l->row->data)) == NULL)
 		{
-			/* (not in place: the line is read again if the COPY fails) */
-			drop_commit_ts(tsless, data, len);
-			data = tsless->data;
-			len = tsless->len;
+			log_msg(LOG_ERROR, "could not read the batch's spill file: %m");
+			return false;
+		}
+		if (shape == LINE_NO_TS)
+			drop_commit_ts(l->shaped, data, len);
+		else if (shape == LINE_BORN && !born_row(l->shaped, data, len, now))
+		{
+			log_msg(LOG_ERROR, "a change line lacks its fields");
+			return false;
+		}
+		if (shape != LINE_AS_IS)
+		{
+			data = l->shaped->data;
+			len = l->shaped->len;
 		}
 		if (n + len > sizeof(chunk))
 		{
@@ -235,11 +287,6 @@ copy_spill(Batch *b, int k, int i, PQExpBuffer row, PQExpBuffer tsless)
 		memcpy(chunk + n, data, len);
 		n += len;
 	}
-	if (!spool_at_end(spill))
-	{
-		log_msg(LOG_ERROR, "could not read the batch's spill file: %m");
-		return false;
-	}
 	if (n > 0 && PQputCopyData(conn, chunk, (int) n) != 1)
 		goto copy_failed;
 	return end_copy(b, k);
@@ -249,43 +296,55 @@ copy_failed:
 	return false;
 }
 
-/* COPY the rows v[0..n) of map i. */
-static bool
-copy_rows(Batch *b, int k, int i, SpillRow *v, long n)
+/*
+ * COPY lines refs[0..nrefs) of job k with `sql`, in savepoint `name`:
+ * 1 if they went in; 0 if the target refused them (rolled back, *e says
+ * why); -1 on a failure that the batch's retry must mend.
+ */
+int
+copy_in_savepoint(Batch *b, int k, const char *name, const char *sql, const LineRef *refs, long nrefs,
+				  LineShape shape, const char *now, SqlError *e)
 {
 	PGconn	   *conn = b->lane_of[k]->conn;
+	char		cmd[64];
+	bool		ok;
 
-	if (!start_copy(b, k, i))
-		return false;
-	for (long r = 0; r < n; r++)
-		if (PQputCopyData(conn, v[r].data, (int) v[r].h.len) != 1)
-		{
-			log_msg(LOG_ERROR, "could not stage events in the target: %s", conn_error(conn));
-			return false;
-		}
-	return end_copy(b, k);
+	snprintf(cmd, sizeof(cmd), "SAVEPOINT %s", name);
+	if (!exec_cmd(conn, cmd))
+		return -1;
+	quiet_sql_errors = true;
+	ok = copy_lines(b, k, sql, refs, nrefs, shape, now);
+	quiet_sql_errors = false;
+	snprintf(cmd, sizeof(cmd), "RELEASE SAVEPOINT %s", name);
+	if (ok)
+		return exec_cmd(conn, cmd) ? 1 : -1;
+	*e = last_sql_error;
+	if (sql_error_is_transient(e))
+		return -1;
+	snprintf(cmd, sizeof(cmd), "ROLLBACK TO SAVEPOINT %s; RELEASE SAVEPOINT %s", name, name);
+	return exec_cmd(conn, cmd) ? 0 : -1;
 }
 
-/* A refused row: its event goes to the quarantine with the COPY's error. */
+/* A refused line: its event goes to the quarantine with the COPY's error. */
 static bool
-quarantine_row(Batch *b, int k, int i, const SpillRow *row, const SqlError *e)
+quarantine_line(Batch *b, int k, int i, const LineRef *line, const SqlError *e)
 {
 	PGconn	   *conn = b->lane_of[k]->conn;
 	ApplyJob   *j = &b->jobs[k];
 	TableMap   *m = &b->p->maps[i];
-	char	   *json = pg_malloc(row->h.raw_len + 1);
+	char	   *json = pg_malloc(line->h.raw_len + 1);
 	const char *params[7] = {b->p->name, m->map_table, m->target, json, e->code, e->message,
 	e->detail[0] ? e->detail : NULL};
 	PGresult   *res = NULL;
-	const char *p = spool_get(j->raw, (size_t) row->h.raw_off, row->h.raw_len, json);
+	const char *p = spool_get(j->raw, (size_t) line->h.raw_off, line->h.raw_len, json);
 
 	if (p == NULL)
 		log_msg(LOG_ERROR, "could not read an event back from the batch's file: %m");
 	else
 	{
 		if (p != json)
-			memcpy(json, p, row->h.raw_len);
-		json[row->h.raw_len] = '\0';
+			memcpy(json, p, line->h.raw_len);
+		json[line->h.raw_len] = '\0';
 		res = exec_ok(conn, "SELECT pgcdc.quarantine_event($1, $2, $3, $4::jsonb, $5, $6, $7)",
 					  7, params);
 	}
@@ -301,139 +360,95 @@ quarantine_row(Batch *b, int k, int i, const SpillRow *row, const SqlError *e)
 }
 
 /*
- * COPY v[0..n); if the target's types refuse a row (a value too long, not
- * of its type, out of a domain), find it by halves, each half in a
- * savepoint, and quarantine it: the others are staged.
+ * Stage lines refs[0..n) of map i; if the target's types refuse a row (a
+ * value too long, not of its type, out of a domain), find it by halves,
+ * each half in a savepoint, and quarantine it: the others are staged.
  */
 static bool
-copy_or_split(Batch *b, int k, int i, SpillRow *v, long n)
+copy_or_split(Batch *b, int k, int i, const char *sql, LineShape shape, const LineRef *refs, long n)
 {
-	PGconn	   *conn = b->lane_of[k]->conn;
 	SqlError	e;
-	bool		ok;
 
-	if (!exec_cmd(conn, "SAVEPOINT pgcdc_part"))
-		return false;
-	quiet_sql_errors = true;
-	ok = copy_rows(b, k, i, v, n);
-	quiet_sql_errors = false;
-	if (ok)
-		return exec_cmd(conn, "RELEASE SAVEPOINT pgcdc_part");
-	e = last_sql_error;
-	if (sql_error_is_transient(&e) || !exec_cmd(conn, "ROLLBACK TO SAVEPOINT pgcdc_part") ||
-		!exec_cmd(conn, "RELEASE SAVEPOINT pgcdc_part"))
-		return false;
-	if (n == 1)
-		return quarantine_row(b, k, i, &v[0], &e);
-	return copy_or_split(b, k, i, v, n / 2) && copy_or_split(b, k, i, v + n / 2, n - n / 2);
-}
-
-/* The rows of map i that copy_spill sends, in memory. */
-static SpillRow *
-read_rows(Batch *b, int k, int i, long *n)
-{
-	Spool	   *spill = b->spill[k];
-	SpillRow   *v = pg_malloc(sizeof(SpillRow) * Max(b->jobs[k].per_map[i], 1));
-	SpillHeader h;
-	const char *p;
-	long		line = 0;
-	bool		rules = b->lane_of[k]->has_rules[i];
-
-	*n = 0;
-	spool_rewind(spill);
-	while ((p = spool_read(spill, sizeof(h), (char *) &h)) != NULL)
+	switch (copy_in_savepoint(b, k, "pgcdc_part", sql, refs, n, shape, NULL, &e))
 	{
-		if (p != (char *) &h)
-			memcpy(&h, p, sizeof(h));
-		line++;
-		if (h.map != i || (!rules && compact_dead(b->compact[k], line)))
-		{
-			if (!spool_skip(spill, h.len))
-				break;
-			continue;
-		}
-		v[*n].h = h;
-		v[*n].data = pg_malloc(h.len);
-		if ((p = spool_read(spill, h.len, v[*n].data)) == NULL)
-		{
-			free(v[*n].data);
+		case 1:
+			return true;
+		case 0:
 			break;
-		}
-		if (p != v[*n].data)
-			memcpy(v[*n].data, p, h.len);
-		(*n)++;
+		default:
+			return false;
 	}
-	return v;
+	if (n == 1)
+		return quarantine_line(b, k, i, &refs[0], &e);
+	return copy_or_split(b, k, i, sql, shape, refs, n / 2) &&
+		copy_or_split(b, k, i, sql, shape, refs + n / 2, n - n / 2);
 }
 
 /*
- * COPY map i's rows of job k, in a savepoint: if the target's types refuse
- * some of them (SQLSTATE class 22 or 23), they are found and quarantined,
- * and the others staged; the batch goes on.  (An append map's rows are
- * text: nothing to refuse.)
+ * COPY map i's lines refs of job k into its staging table, in a savepoint:
+ * if the target's types refuse some of them (SQLSTATE class 22 or 23),
+ * they are found and quarantined, and the others staged; the batch goes
+ * on.  (An append map's rows are text: nothing to refuse.)
  */
-static bool
-send_map(Batch *b, int k, int i, PQExpBuffer row, PQExpBuffer tsless)
+bool
+stage_lines(Batch *b, int k, int i, const LineRefs *refs)
 {
-	PGconn	   *conn = b->lane_of[k]->conn;
-	SpillRow   *v;
-	long		n;
-	bool		ok;
+	TableMap   *m = &b->p->maps[i];
+	LineShape	shape = m->kind == MAP_MIRROR && !b->lane_of[k]->has_rules[i] ? LINE_NO_TS : LINE_AS_IS;
 	SqlError	e;
+	char	   *sql;
+	int			r;
+	bool		ok = false;
 
-	if (!exec_cmd(conn, "SAVEPOINT pgcdc_copy"))
-		return false;
-	quiet_sql_errors = true;
-	ok = copy_spill(b, k, i, row, tsless);
-	quiet_sql_errors = false;
-	if (ok)
-		return exec_cmd(conn, "RELEASE SAVEPOINT pgcdc_copy");
-	e = last_sql_error;
-	if (b->p->maps[i].kind == MAP_APPEND || sql_error_is_transient(&e) ||
-		(strncmp(e.code, "22", 2) != 0 && strncmp(e.code, "23", 2) != 0))
+	if (refs->n == 0)
+		return true;
+	b->jobs[k].staged[i] += refs->n;
+	sql = staging_copy_sql(b, i);
+	e.code[0] = '\0';
+	r = copy_in_savepoint(b, k, "pgcdc_copy", sql, refs->v, refs->n, shape, NULL, &e);
+	if (r == 1)
+		ok = true;
+	else if (r == 0 && m->kind != MAP_APPEND &&
+			 (strncmp(e.code, "22", 2) == 0 || strncmp(e.code, "23", 2) == 0))
 	{
-		log_msg(LOG_ERROR, "could not stage events of %s for %s: %s (SQLSTATE %s)",
-				b->p->maps[i].source_table, b->p->maps[i].target, e.message, e.code);
-		return false;
+		log_msg(LOG_INFO, "%s refused events of %s (SQLSTATE %s: %s); finding them",
+				m->target, m->source_table, e.code, e.message);
+		ok = copy_or_split(b, k, i, sql, shape, refs->v, refs->n);
 	}
-	log_msg(LOG_INFO, "%s refused events of %s (SQLSTATE %s: %s); finding them",
-			b->p->maps[i].target, b->p->maps[i].source_table, e.code, e.message);
-	if (!exec_cmd(conn, "ROLLBACK TO SAVEPOINT pgcdc_copy"))
-		return false;
-	v = read_rows(b, k, i, &n);
-	ok = copy_or_split(b, k, i, v, n) && exec_cmd(conn, "RELEASE SAVEPOINT pgcdc_copy");
-	for (long r = 0; r < n; r++)
-		free(v[r].data);
-	free(v);
+	else if (e.code[0] != '\0')
+		log_msg(LOG_ERROR, "could not stage events of %s for %s: %s (SQLSTATE %s)",
+				m->source_table, m->target, e.message, e.code);
+	free(sql);
 	return ok;
 }
 
 /*
- * Open the target transaction of job k and COPY its rows there, one COPY
- * per table map (in the apply thread).
+ * Open the target transaction of job k and COPY its rows into the staging
+ * tables, one COPY per table map (in the apply thread, maybe while the
+ * batch before is applied).  The lines of keys born in the batch wait for
+ * its turn (send_born_lines).
  */
 bool
 send_spill(Batch *b, int k)
 {
-	PGconn	   *conn = b->lane_of[k]->conn;
-	PQExpBufferData row,
-				tsless;
+	Lane	   *l = b->lane_of[k];
 	bool		ok;
 
 	b->jobs[k].moot = 0;
 	b->jobs[k].refused = 0;
-	if (!b->lane_of[k]->tables_ready && !create_session_tables(b, k))
+	memset(b->jobs[k].staged, 0, sizeof(long) * Max(b->p->nmaps, 1));
+	compact_seal(b->compact[k]);
+	if (!l->tables_ready && !create_session_tables(b, k))
 		return false;
 	/* (read committed whatever the default: it applies after the batch before commits) */
-	if (!load_rules(b, k) || !exec_cmd(conn, "BEGIN ISOLATION LEVEL READ COMMITTED"))
+	if (!load_rules(b, k) || !exec_cmd(l->conn, "BEGIN ISOLATION LEVEL READ COMMITTED"))
 		return false;
-	initPQExpBuffer(&row);
-	initPQExpBuffer(&tsless);
 	ok = true;
 	for (int i = 0; i < b->p->nmaps && ok; i++)
+	{
+		l->born[i].n = 0;
 		if (b->jobs[k].per_map[i] > 0)
-			ok = send_map(b, k, i, &row, &tsless);
-	termPQExpBuffer(&row);
-	termPQExpBuffer(&tsless);
-	return ok && spool_reset(b->spill[k]);
+			ok = plan_lines(b, k, i, born_wanted(b, k, i)) && stage_lines(b, k, i, &l->rest);
+	}
+	return ok;
 }

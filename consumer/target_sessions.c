@@ -113,7 +113,7 @@ apply_thread(void *arg)
 	}
 	/* staged while the batch before was applied: apply it after that one committed */
 	turn = wait_turn(b, l->seq);
-	if (staged && turn && !take_origin(b, l))
+	if (staged && turn && (!take_origin(b, l) || !send_born_lines(b, l->job)))
 	{
 		j->error = last_sql_error;
 		staged = false;

@@ -310,15 +310,15 @@ CREATE TABLE bulk_mirror (id int PRIMARY KEY, code varchar(8), pad text CONSTRAI
 SELECT pgcdc.create_pipeline('big');
 SELECT pgcdc.add_table('big', 'public.bulk', 'public.bulk_mirror', 'mirror');
 });
-my $bcmd = consumer_cmd($src, $dst, 'big', '--exit-when-caught-up', '--batch-memory', '1');
-($rc, $err) = run_consumer($bcmd, $log);
+my $bigcmd = consumer_cmd($src, $dst, 'big', '--exit-when-caught-up', '--batch-memory', '1');
+($rc, $err) = run_consumer($bigcmd, $log);
 is($rc, 0, 'pipeline big: snapshot') or diag($err);
 $src->safe_psql('postgres', q{
 INSERT INTO bulk SELECT g, CASE WHEN g = 19000 THEN 'much too long' ELSE 'c' || g END,
        CASE WHEN g = 19500 THEN 'x19500' ELSE repeat('x', 100) END
   FROM generate_series(1, 20000) g;
 });
-($rc, $err) = run_consumer($bcmd, $log);
+($rc, $err) = run_consumer($bigcmd, $log);
 is($rc, 0, 'pipeline big: a 20,000-row transaction with --batch-memory 1') or diag($err);
 is( $dst->safe_psql('postgres',
 		"SELECT string_agg(error_code || ':' || (event->'new'->>'id'), ',' ORDER BY error_code) "

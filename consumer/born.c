@@ -1,0 +1,139 @@
+/*
+ * born.c
+ *		Keys born in a batch go straight into their mirror.  A key whose
+ *		first event in the batch is an insert was not in the source before
+ *		it, so a mirror the consumer keeps lacks it too (compact.c): its last
+ *		event is an insert for apply_mirror's MERGE, which looks the key up,
+ *		finds nothing and inserts.  One COPY of those lines into the mirror
+ *		itself, with the position and sync time the MERGE would write, does
+ *		the same without the staging table, in about half the time.  A key
+ *		the mirror has after all (a row written by hand) makes the target's
+ *		unique index refuse the COPY: it is undone, and the lines are staged
+ *		and merged with the others.
+ */
+#include "postgres_fe.h"
+
+#include "batch_int.h"
+
+/*
+ * Whether map i of job k has lines to send so: a mirror without soft
+ * delete (its deletes need the rows), without rules (every event is
+ * checked), not being copied from the source (the copy holds later keys),
+ * with born keys in the batch.
+ */
+bool
+born_wanted(Batch *b, int k, int i)
+{
+	TableMap   *m = &b->p->maps[i];
+
+	return m->kind == MAP_MIRROR && !m->soft_delete && !m->copy_now && !m->copy_pending &&
+		m->ncols > 0 && !b->lane_of[k]->has_rules[i] && compact_born_in(b->compact[k], i) > 0;
+}
+
+/*
+ * A change line as a row of the mirror: its position (fields 3 and 4),
+ * its data columns (from field 10) and the sync time, in the order of
+ * born_copy_sql's columns.
+ */
+bool
+born_row(PQExpBuffer row, const char *line, size_t len, const char *now)
+{
+	const char *end = line + len;
+	const char *field[11];		/* where fields 2 .. 10 start */
+	const char *p = line;
+
+	for (int f = 2; f <= 10; f++)
+	{
+		if ((p = memchr(p, '\x1f', end - p)) == NULL)
+			return false;
+		field[f] = ++p;
+	}
+	if (end > field[10] && end[-1] == '\n')
+		end--;
+	resetPQExpBuffer(row);
+	appendBinaryPQExpBuffer(row, field[3], field[5] - field[3]);
+	appendBinaryPQExpBuffer(row, field[10], end - field[10]);
+	appendPQExpBufferChar(row, '\x1f');
+	appendPQExpBufferStr(row, now);
+	appendPQExpBufferChar(row, '\n');
+	return true;
+}
+
+/*
+ * Map i's born keys' lines into the mirror, in a savepoint.  *sent: they
+ * are there; if not, they are to be staged.  Only into a plain table, as
+ * the MERGE (no rules, which a COPY would not run; no row security,
+ * inheritance or partitions), with a unique index on key columns that
+ * checks at once: else a key it had could be doubled.
+ */
+static bool
+send_born(Batch *b, int k, int i, bool *sent)
+{
+	PGconn	   *conn = b->lane_of[k]->conn;
+	TableMap   *m = &b->p->maps[i];
+	const char *params[2] = {m->target, m->key_columns};
+	PGresult   *res;
+	SqlError	e;
+	char	   *sql;
+	char		now[64];
+	bool		ok;
+	int			r;
+
+	*sent = false;
+	/* now(): the MERGE's sync time, this transaction's start */
+	res = exec_ok(conn,
+				  "SELECT pg_catalog.now()::text FROM pg_catalog.pg_class r "
+				  "WHERE r.oid = $1::pg_catalog.regclass AND r.relkind = 'r' AND NOT r.relhasrules "
+				  "  AND NOT r.relhassubclass AND NOT r.relrowsecurity "
+				  "  AND EXISTS (SELECT FROM pg_catalog.pg_index i "
+				  "              WHERE i.indrelid = r.oid AND i.indisunique AND i.indimmediate "
+				  "                AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL "
+				  "                AND (SELECT pg_catalog.bool_and(a.attname = ANY ($2::text[])) "
+				  "                       FROM pg_catalog.pg_attribute a WHERE a.attrelid = r.oid "
+				  "                        AND a.attnum = ANY ((i.indkey::pg_catalog.int2[])[0:i.indnkeyatts - 1])))",
+				  2, params);
+	if (res == NULL)
+		return false;
+	ok = PQntuples(res) == 1;
+	if (ok)
+		strlcpy(now, PQgetvalue(res, 0, 0), sizeof(now));
+	PQclear(res);
+	if (!ok)
+		return true;
+
+	sql = psprintf("COPY %s (_source_lsn, _source_seq, %s, _synced_at) FROM STDIN (FORMAT text, DELIMITER E'\\x1f')",
+				   m->target, m->data_columns);
+	r = copy_in_savepoint(b, k, "pgcdc_born", sql, b->lane_of[k]->born[i].v, b->lane_of[k]->born[i].n,
+						  LINE_BORN, now, &e);
+	free(sql);
+	*sent = r == 1;
+	if (r != 0)
+		return r == 1;
+	log_msg(LOG_INFO, "%s refused the rows of keys new in the batch (SQLSTATE %s: %s); merging them with the others",
+			m->target, e.code, e.message);
+	return true;
+}
+
+/*
+ * Send job k's born keys' lines (planned by send_spill) into their
+ * mirrors, or else into the staging tables.  Only now that the batch
+ * before has committed (its deletes free the keys), with the pipeline's
+ * replication origin taken (what the batch writes is marked): before,
+ * the COPY would wait on that batch's locks, or write unmarked rows.
+ */
+bool
+send_born_lines(Batch *b, int k)
+{
+	Lane	   *l = b->lane_of[k];
+	bool		ok = true;
+
+	for (int i = 0; i < b->p->nmaps && ok; i++)
+	{
+		bool		sent;
+
+		if (l->born[i].n == 0)
+			continue;
+		ok = send_born(b, k, i, &sent) && (sent || stage_lines(b, k, i, &l->born[i]));
+	}
+	return ok;
+}
