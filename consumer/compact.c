@@ -9,7 +9,7 @@
  *		source before the batch, so not in the mirror either: if the batch
  *		ends it deleted, none of its events need reach the target; if not,
  *		its last one is an insert into the mirror, nothing to merge (the
- *		key is "born" in the batch: compact_seal, compact_born).
+ *		key is "born" in the batch: compact_born).
  *
  *		Keys are compared as the decoder wrote them (the key columns' JSON
  *		text): equal text is an equal key; two spellings of one value (1.0
@@ -44,7 +44,7 @@ struct Compactor
 	uint64_t   *dead;			/* one bit per line */
 	size_t		ndead;			/* words */
 	bool		barrier;		/* the batch had one: keys before it are forgotten */
-	uint64_t   *born;			/* one bit per line, set by compact_seal */
+	uint64_t   *born;			/* one bit per line: the last of a born key */
 	size_t		nborn;			/* words */
 	long	   *born_in;		/* lines set there, per map */
 	int			nmaps;
@@ -192,6 +192,24 @@ set_dead(Compactor *c, long line)
 	set_bit(&c->dead, &c->ndead, line);
 }
 
+/* Slot s's line is (on) or is no longer (!on) a born key's last. */
+static void
+note_born(Compactor *c, const Slot *s, bool on)
+{
+	if (s->map < 0 || s->map >= c->nmaps)
+		return;
+	if (on)
+	{
+		set_bit(&c->born, &c->nborn, s->line);
+		c->born_in[s->map]++;
+	}
+	else
+	{
+		c->born[s->line / 64] &= ~(UINT64_C(1) << (s->line % 64));
+		c->born_in[s->map]--;
+	}
+}
+
 /*
  * Line `line` of map `map`, an event `op` on key, is the key's latest.
  * kills: it replaces the key's previous line (not so for an event with
@@ -206,6 +224,8 @@ compact_line(Compactor *c, int map, const char *key, size_t len, long line, char
 
 	if (s->gen == c->gen)
 	{
+		if (s->born && s->line >= 0)
+			note_born(c, s, false);
 		if (s->line < 0)
 			s->born = op == 'I';	/* deleted earlier in the batch */
 		else if (kills)
@@ -220,6 +240,8 @@ compact_line(Compactor *c, int map, const char *key, size_t len, long line, char
 			return;
 		}
 		s->line = line;
+		if (s->born)
+			note_born(c, s, true);
 		return;
 	}
 	if (c->used >= COMPACT_MAX_KEYS)
@@ -232,6 +254,8 @@ compact_line(Compactor *c, int map, const char *key, size_t len, long line, char
 	s->off = c->arena->len;
 	s->len = len;
 	appendBinaryPQExpBuffer(c->arena, key, len);
+	if (s->born)
+		note_born(c, s, true);
 	if (++c->used * 2 > c->nslots)
 		grow(c);
 }
@@ -243,40 +267,19 @@ compact_dead(Compactor *c, long line)
 }
 
 /*
- * The batch is complete: note the lines of keys born in it.  None if it
- * had a barrier: a truncate or key change applied after such a line could
- * undo it, and keys before it are forgotten.
+ * Line `line` is the last of a key born in the batch.  None is after a
+ * barrier: a truncate or key change applied after such a line could undo
+ * it, and keys before it are forgotten.
  */
-void
-compact_seal(Compactor *c)
-{
-	if (c->born)
-		memset(c->born, 0, sizeof(uint64_t) * c->nborn);
-	memset(c->born_in, 0, sizeof(long) * Max(c->nmaps, 1));
-	if (c->barrier)
-		return;
-	for (size_t i = 0; i < c->nslots; i++)
-	{
-		Slot	   *s = &c->slots[i];
-
-		if (s->gen == c->gen && s->born && s->line >= 0 && s->map < c->nmaps)
-		{
-			set_bit(&c->born, &c->nborn, s->line);
-			c->born_in[s->map]++;
-		}
-	}
-}
-
-/* Line `line` is the last of a key born in the batch (after compact_seal). */
 bool
 compact_born(Compactor *c, long line)
 {
-	return bit_set(c->born, c->nborn, line);
+	return !c->barrier && bit_set(c->born, c->nborn, line);
 }
 
 /* How many such lines map `map` has. */
 long
 compact_born_in(Compactor *c, int map)
 {
-	return map >= 0 && map < c->nmaps ? c->born_in[map] : 0;
+	return !c->barrier && map >= 0 && map < c->nmaps ? c->born_in[map] : 0;
 }

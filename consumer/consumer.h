@@ -369,7 +369,6 @@ extern void compact_barrier(Compactor *c);
 extern void compact_line(Compactor *c, int map, const char *key, size_t len, long line, char op,
 						 bool kills);
 extern bool compact_dead(Compactor *c, long line);
-extern void compact_seal(Compactor *c);
 extern bool compact_born(Compactor *c, long line);
 extern long compact_born_in(Compactor *c, int map);
 extern void compact_free(Compactor *c);

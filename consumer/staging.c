@@ -437,7 +437,6 @@ send_spill(Batch *b, int k)
 	b->jobs[k].moot = 0;
 	b->jobs[k].refused = 0;
 	memset(b->jobs[k].staged, 0, sizeof(long) * Max(b->p->nmaps, 1));
-	compact_seal(b->compact[k]);
 	if (!l->tables_ready && !create_session_tables(b, k))
 		return false;
 	/* (read committed whatever the default: it applies after the batch before commits) */
