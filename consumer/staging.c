@@ -306,15 +306,14 @@ copy_in_savepoint(Batch *b, int k, const char *name, const char *sql, const Line
 				  LineShape shape, const char *now, SqlError *e)
 {
 	PGconn	   *conn = b->lane_of[k]->conn;
+	char	   *start = psprintf("SAVEPOINT %s; %s", name, sql);	/* one round trip */
 	char		cmd[64];
 	bool		ok;
 
-	snprintf(cmd, sizeof(cmd), "SAVEPOINT %s", name);
-	if (!exec_cmd(conn, cmd))
-		return -1;
 	quiet_sql_errors = true;
-	ok = copy_lines(b, k, sql, refs, nrefs, shape, now);
+	ok = copy_lines(b, k, start, refs, nrefs, shape, now);
 	quiet_sql_errors = false;
+	free(start);
 	snprintf(cmd, sizeof(cmd), "RELEASE SAVEPOINT %s", name);
 	if (ok)
 		return exec_cmd(conn, cmd) ? 1 : -1;

@@ -356,6 +356,31 @@ SELECT * FROM pgcdc.apply_mirror('keyed', 'keyed_changes', '{id}');
 SELECT id, v, big FROM keyed;
 DROP TABLE keyed, keyed_changes;
 
+-- where the consumer may COPY a batch's new keys straight into a mirror
+-- (consumer/born.c): a table MERGE may write, with a unique index on key
+-- columns that checks at once; the answer is the transaction's now()
+CREATE TABLE born_ok (id int PRIMARY KEY, code text, v int);
+CREATE TABLE born_wide (a int, b int, v int, UNIQUE (a));
+CREATE TABLE born_none (id int, v int);
+CREATE TABLE born_other (id int, code text UNIQUE, v int);
+CREATE TABLE born_partial (id int, v int);
+CREATE UNIQUE INDEX ON born_partial (id) WHERE v > 0;
+CREATE TABLE born_deferred (id int PRIMARY KEY DEFERRABLE INITIALLY DEFERRED, v int);
+CREATE TABLE born_ruled (id int PRIMARY KEY, v int);
+CREATE RULE born_ruled_r AS ON INSERT TO born_ruled WHERE new.v < 0 DO INSTEAD NOTHING;
+CREATE TABLE born_secure (id int PRIMARY KEY, v int);
+ALTER TABLE born_secure ENABLE ROW LEVEL SECURITY;
+CREATE TABLE born_parent (id int PRIMARY KEY, v int) PARTITION BY RANGE (id);
+BEGIN;
+SELECT t, k, coalesce(pgcdc._mirror_copy_ok(t, k) = now(), false) AS copy_ok
+  FROM (VALUES ('born_ok'::regclass, '{id}'::text[]), ('born_ok', '{code}'), ('born_ok', '{id,code}'),
+			   ('born_wide', '{a,b}'), ('born_wide', '{b}'), ('born_none', '{id}'), ('born_other', '{id}'),
+			   ('born_partial', '{id}'), ('born_deferred', '{id}'), ('born_ruled', '{id}'),
+			   ('born_secure', '{id}'), ('born_parent', '{id}')) x(t, k);
+COMMIT;
+DROP TABLE born_ok, born_wide, born_none, born_other, born_partial, born_deferred, born_ruled,
+	born_secure, born_parent;
+
 DROP EXTENSION pgcdc;
 DROP VIEW m;
 DROP TABLE orders, orders_soft, staging, bare, short_names, canary;

@@ -36,6 +36,45 @@ END
 $$;
 
 /*
+ * A plain table, which apply_mirror may MERGE into: no rules (MERGE
+ * refuses them), no row security (MERGE's policies differ), no
+ * inheritance or partitions.
+ */
+CREATE FUNCTION pgcdc._mergeable(target regclass)
+RETURNS boolean LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT EXISTS (SELECT 1 FROM pg_class r WHERE r.oid = target AND r.relkind = 'r'
+					  AND NOT r.relhasrules AND NOT r.relhassubclass AND NOT r.relrowsecurity)
+$$;
+
+/*
+ * May the consumer COPY the rows of keys new in a batch straight into
+ * mirror target, instead of merging them (consumer/born.c)?  A mergeable
+ * table (a COPY would not run rules) with a unique index on key columns
+ * that checks at once, so that a key the mirror has after all is refused,
+ * not doubled.  Returns the transaction's now(), the sync time apply_mirror
+ * writes, or NULL if not.  (PL/pgSQL keeps the plan: it runs per batch.)
+ */
+CREATE FUNCTION pgcdc._mirror_copy_ok(target regclass, key_columns text[])
+RETURNS timestamptz LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF pgcdc._mergeable(target) AND EXISTS (
+		SELECT 1 FROM pg_index i
+		 WHERE i.indrelid = target AND i.indisunique AND i.indimmediate AND i.indisvalid
+		   AND i.indpred IS NULL AND i.indexprs IS NULL
+		   AND (SELECT bool_and(a.attname = ANY (key_columns)) FROM pg_attribute a
+				 WHERE a.attrelid = target
+				   AND a.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1]))) THEN
+		RETURN now();
+	END IF;
+	RETURN NULL;
+END
+$$;
+
+/*
  * Should apply_mirror keep tombstones for what it hard-deletes from target?
  * Only while the target has open quarantined events (what a replay could
  * bring back), and only for a caller who may read the quarantine and write
@@ -511,9 +550,7 @@ BEGIN
 	 * policies differ), without soft delete or tombstones: anything else
 	 * keeps the statement above (returned in its place).
 	 */
-	IF soft_delete OR tomb OR NOT EXISTS (
-		SELECT 1 FROM pg_class r WHERE r.oid = target AND r.relkind = 'r'
-		   AND NOT r.relhasrules AND NOT r.relhassubclass AND NOT r.relrowsecurity) THEN
+	IF soft_delete OR tomb OR NOT pgcdc._mergeable(target) THEN
 		RETURN ARRAY[plain, main, main, plain];
 	END IF;
 	RETURN ARRAY[plain, main, pgcdc._prepared(format($f$
