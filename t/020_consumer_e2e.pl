@@ -200,11 +200,11 @@ my ($rc, $err) = run_consumer($loop, $loop_log);
 is($rc, 0, 'origin: the second pipeline starts') or diag($err);
 is($c->safe_psql('postgres', "SELECT count(*) FROM pg_replication_origin WHERE roname = 'pgcdc_one'"), '1',
 	'origin: the consumer created its replication origin');
-# (with a hundred more rows in one transaction: they go into the mirror by
+# (with 300 more rows in one transaction: they go into the mirror by
 # COPY, consumer/born.c, and carry the origin as well)
 $c->safe_psql('postgres',
 	"INSERT INTO orders (id, code) SELECT g, 'via the consumer' FROM generate_series(30, 30) g "
-	  . "UNION ALL SELECT g, 'via the consumer' FROM generate_series(1001, 1100) g");
+	  . "UNION ALL SELECT g, 'via the consumer' FROM generate_series(1001, 1300) g");
 ($rc, $err) = run_consumer($one, $loop_log);
 is($rc, 0, 'origin: pipeline one applies the insert') or diag($err);
 $c->safe_psql('postgres', "UPDATE orders_mirror SET code = 'by hand' WHERE id = 1");
@@ -226,11 +226,11 @@ $c->safe_psql('postgres', q{
 ALTER DATABASE postgres SET idle_in_transaction_session_timeout = '40ms';
 ALTER DATABASE postgres SET idle_session_timeout = '40ms';
 });
-# (each insert with 70 more rows: a batch's new keys go into the mirror by
+# (each insert with 300 more rows: a batch's new keys go into the mirror by
 # COPY, consumer/born.c, in whichever session applies it)
 $c->safe_psql('postgres',
 	"INSERT INTO orders (id, code, qty) SELECT $_, 'two sessions', $_ UNION ALL "
-	  . "SELECT 10000 + $_ * 100 + g, 'two sessions', $_ FROM generate_series(1, 70) g")
+	  . "SELECT 10000 + $_ * 1000 + g, 'two sessions', $_ FROM generate_series(1, 300) g")
   for 100 .. 119;
 $c->safe_psql('postgres', "UPDATE orders SET qty = qty + 1 WHERE id = $_") for 100 .. 109;
 $c->safe_psql('postgres', "DELETE FROM orders WHERE id = $_") for 110 .. 114;

@@ -150,15 +150,15 @@ is( $dst->safe_psql('postgres', "SELECT sum(skipped) FROM pgcdc.batch WHERE id >
 is( $dst->safe_psql('postgres', "SELECT count(*) FROM acc_soft WHERE id > 5000 AND _is_deleted AND note = 'brief'"),
 	'100', 'the soft-delete mirror has them, flagged');
 
-# Keys born in a batch (first event an insert) go into the mirror by one
-# COPY, not through the staging table: their rows carry the positions the
-# merge writes (the soft-delete mirror's, which merges everything) and the
-# batch's one sync time.  A row written into the mirror by hand under such a
+# Keys born in a batch (first event an insert; 256 or more) go into the
+# mirror by one COPY, not through the staging table: their rows carry the
+# positions the merge writes (the soft-delete mirror's, which merges
+# everything) and the batch's one sync time.  A row written into the mirror by hand under such a
 # key makes that COPY fail: the batch merges them instead, over that row.
 $logged = $dst->safe_psql('postgres', 'SELECT max(id) FROM pgcdc.batch');
 $dst->safe_psql('postgres', "INSERT INTO acc_mirror (id, v, note) VALUES (6001, -1, 'by hand')");
 $src->safe_psql('postgres', q{
-INSERT INTO acc SELECT g, 3, 'born', NULL FROM generate_series(6001, 6100) g;
+INSERT INTO acc SELECT g, 3, 'born', NULL FROM generate_series(6001, 6300) g;
 UPDATE acc SET v = 4 WHERE id BETWEEN 6001 AND 6010;
 UPDATE acc SET v = 5 WHERE id = 1;
 });
@@ -169,8 +169,8 @@ like($err, qr/public.acc_mirror refused the rows of keys new in the batch \(SQLS
 $events = $src->safe_psql('postgres', 'SELECT count(*) FROM acc_audit');
 check('born keys over a row written by hand', $events);
 $src->safe_psql('postgres', q{
-INSERT INTO acc SELECT g, 6, 'born', NULL FROM generate_series(6101, 6200) g;
-UPDATE acc SET v = 7 WHERE id BETWEEN 6101 AND 6110;
+INSERT INTO acc SELECT g, 6, 'born', NULL FROM generate_series(6301, 6600) g;
+UPDATE acc SET v = 7 WHERE id BETWEEN 6301 AND 6310;
 UPDATE acc SET v = 8 WHERE id IN (1, 6001);
 });
 ($rc, $err) = run_consumer($cmd, $log);
@@ -181,8 +181,8 @@ check('born keys', $events);
 same_rows($dst, 'acc_soft WHERE NOT _is_deleted', $dst, 'acc_mirror', 'id, _source_lsn, _source_seq', 'id',
 	'born and merged rows carry the same source positions as in the merged soft-delete mirror');
 is( $dst->safe_psql('postgres',
-		'SELECT count(DISTINCT _synced_at) || ' . "' '" . ' || count(*) FROM acc_mirror WHERE id IN (1, 6001) OR id > 6100'),
-	'1 102', 'born and merged rows of the batch have its one sync time');
+		'SELECT count(DISTINCT _synced_at) || ' . "' '" . ' || count(*) FROM acc_mirror WHERE id IN (1, 6001) OR id > 6300'),
+	'1 302', 'born and merged rows of the batch have its one sync time');
 is($dst->safe_psql('postgres', "SELECT count(*) FROM pgcdc.batch WHERE id > $logged AND status <> 'ok'"),
 	'0', 'the batches committed whole');
 
