@@ -48,12 +48,13 @@ batch_new(PGconn *target, PGconn *target2, Pipeline *p)
 		b->lanes[i].b = b;
 		b->lane_of[i] = &b->lanes[i];
 		b->lanes[i].has_rules = pg_malloc0(sizeof(bool) * Max(p->nmaps, 1));
-		b->lanes[i].born = pg_malloc0(sizeof(LineRefs) * Max(p->nmaps, 1));
+		b->lanes[i].born_later = pg_malloc0(sizeof(bool) * Max(p->nmaps, 1));
 		b->lanes[i].row = createPQExpBuffer();
 		b->lanes[i].shaped = createPQExpBuffer();
 	}
 	for (i = 0; i < 2; i++)
 	{
+		b->heads[i] = spool_new();
 		b->spill[i] = spool_new();
 		b->compact[i] = compact_new(p->nmaps);
 	}
@@ -88,10 +89,7 @@ batch_free(Batch *b)
 	for (i = 0; i < 2; i++)
 	{
 		free(b->lanes[i].has_rules);
-		for (int m = 0; m < b->nmaps; m++)
-			free(b->lanes[i].born[m].v);
-		free(b->lanes[i].born);
-		free(b->lanes[i].rest.v);
+		free(b->lanes[i].born_later);
 		destroyPQExpBuffer(b->lanes[i].row);
 		destroyPQExpBuffer(b->lanes[i].shaped);
 		free(b->jobs[i].per_map);
@@ -101,6 +99,7 @@ batch_free(Batch *b)
 	}
 	for (i = 0; i < 2; i++)
 	{
+		spool_free(b->heads[i]);
 		spool_free(b->spill[i]);
 		compact_free(b->compact[i]);
 	}
@@ -166,7 +165,7 @@ open_batch(Batch *b)
 	memset(j->per_map, 0, sizeof(long) * b->p->nmaps);
 	j->first_lsn = j->last_commit_lsn = j->last_end_lsn = InvalidLsn;
 	j->last_ts[0] = '\0';
-	if (!spool_reset(j->raw) || !spool_reset(b->spill[b->fill]))
+	if (!spool_reset(j->raw) || !spool_reset(b->heads[b->fill]) || !spool_reset(b->spill[b->fill]))
 	{
 		log_msg(LOG_ERROR, "could not empty the batch's files: %m");
 		return false;
@@ -298,9 +297,10 @@ event_line(Batch *b, int i, const EventInfo *ev, const char *json, size_t len, o
 static bool
 spill_line(Batch *b, int map, off_t raw_off, size_t raw_len)
 {
-	SpillHeader h = {(uint32_t) b->line->len, map, (int64_t) raw_off, (uint32_t) raw_len};
+	SpillHeader h = {(uint32_t) b->line->len, map, (int64_t) spool_size(b->spill[b->fill]), (int64_t) raw_off,
+	(uint32_t) raw_len};
 
-	if (!spool_write(b->spill[b->fill], &h, sizeof(h)) ||
+	if (!spool_write(b->heads[b->fill], &h, sizeof(h)) ||
 		!spool_write(b->spill[b->fill], b->line->data, b->line->len))
 	{
 		log_msg(LOG_ERROR, "could not write the batch's spill file in $TMPDIR (default /tmp): %m");

@@ -11,27 +11,32 @@
 
 #include "consumer.h"
 
+/* A line of a batch: its header in the batch's header file, its text in the line file. */
 typedef struct SpillHeader
 {
 	uint32_t	len;
 	int32_t		map;
+	int64_t		off;			/* where its text is in the line file */
 	int64_t		raw_off;		/* the event's JSON in the job's raw file (not append) */
 	uint32_t	raw_len;
 } SpillHeader;
 
-/* Where a line of the batch's file is (after its header). */
-typedef struct LineRef
+/* Which of a map's lines a COPY sends. */
+typedef enum LineSelect
 {
-	SpillHeader h;
-	size_t		off;
-} LineRef;
+	LINES_LIVE,					/* all but the moot ones (a map with rules: all) */
+	LINES_NOT_BORN,				/* those less the born keys' (born.c sends them) */
+	LINES_BORN					/* the born keys' */
+} LineSelect;
 
-typedef struct LineRefs
+/* Lines of map `map` to COPY: those `which` selects, or if v, v[0..n). */
+typedef struct LineSet
 {
-	LineRef    *v;
+	int			map;
+	LineSelect	which;
+	const SpillHeader *v;
 	long		n;
-	long		cap;
-} LineRefs;
+} LineSet;
 
 /* How copy_lines sends a line. */
 typedef enum LineShape
@@ -57,8 +62,7 @@ typedef struct Lane
 	bool		copying;		/* a COPY is open in it */
 	bool		has_origin;		/* its session uses the pipeline's replication origin */
 	bool	   *has_rules;		/* per map, as its job was staged */
-	LineRefs   *born;			/* per map, its born keys' lines (born.c) */
-	LineRefs	rest;			/* the lines of the map being staged */
+	bool	   *born_later;		/* per map, its born keys' lines wait for born.c */
 	PQExpBuffer row;			/* a line read back */
 	PQExpBuffer shaped;			/* ... as it is sent */
 	bool		inflight;		/* a thread runs the job (main thread's view) */
@@ -85,7 +89,8 @@ struct Batch
 	uint64_t	ended;			/* jobs ended (under mu) */
 	bool		broken;			/* one of them failed: later ones apply nothing (under mu) */
 	/* per job, as jobs[]: */
-	Spool	   *spill[2];		/* its COPY rows, each after a SpillHeader */
+	Spool	   *heads[2];		/* its lines' headers */
+	Spool	   *spill[2];		/* its lines: COPY rows */
 	Compactor  *compact[2];		/* its mirror keys */
 	PQExpBuffer line;			/* the COPY line being built */
 	PQExpBuffer tmp;			/* a field being built */
@@ -101,9 +106,9 @@ one_session(const Batch *b)
 
 /* staging.c */
 extern bool send_spill(Batch *b, int k);
-extern bool stage_lines(Batch *b, int k, int i, const LineRefs *refs);
-extern int	copy_in_savepoint(Batch *b, int k, const char *name, const char *sql, const LineRef *refs,
-							  long nrefs, LineShape shape, const char *now, SqlError *e);
+extern bool stage_lines(Batch *b, int k, const LineSet *set);
+extern int	copy_in_savepoint(Batch *b, int k, const char *name, const char *sql, const LineSet *set,
+							  LineShape shape, const char *now, SqlError *e);
 
 /* born.c */
 extern bool born_wanted(Batch *b, int k, int i);

@@ -80,6 +80,7 @@ send_born(Batch *b, int k, int i, bool *sent)
 	PGconn	   *conn = b->lane_of[k]->conn;
 	TableMap   *m = &b->p->maps[i];
 	const char *params[2] = {m->target, m->key_columns};
+	LineSet		set = {i, LINES_BORN, NULL, 0};
 	PGresult   *res;
 	SqlError	e;
 	char	   *sql;
@@ -101,13 +102,12 @@ send_born(Batch *b, int k, int i, bool *sent)
 
 	sql = psprintf("COPY %s (_source_lsn, _source_seq, %s, _synced_at) FROM STDIN (FORMAT text, DELIMITER E'\\x1f')",
 				   m->target, m->data_columns);
-	r = copy_in_savepoint(b, k, "pgcdc_born", sql, b->lane_of[k]->born[i].v, b->lane_of[k]->born[i].n,
-						  LINE_BORN, now, &e);
+	r = copy_in_savepoint(b, k, "pgcdc_born", sql, &set, LINE_BORN, now, &e);
 	free(sql);
 	*sent = r == 1;
 	if (r == 1)
-		log_msg(LOG_DEBUG, "copied the rows of %ld keys new in the batch into %s", b->lane_of[k]->born[i].n,
-				m->target);
+		log_msg(LOG_DEBUG, "copied the rows of %ld keys new in the batch into %s",
+				compact_born_in(b->compact[k], i), m->target);
 	if (r != 0)
 		return r == 1;
 	log_msg(LOG_INFO, "%s refused the rows of keys new in the batch (SQLSTATE %s: %s); merging them with the others",
@@ -131,11 +131,11 @@ send_born_lines(Batch *b, int k)
 
 	for (int i = 0; i < b->p->nmaps && ok; i++)
 	{
+		LineSet		set = {i, LINES_BORN, NULL, 0};
 		bool		sent;
 
-		if (l->born[i].n == 0)
-			continue;
-		ok = send_born(b, k, i, &sent) && (sent || stage_lines(b, k, i, &l->born[i]));
+		if (l->born_later[i])
+			ok = send_born(b, k, i, &sent) && (sent || stage_lines(b, k, &set));
 	}
 	return ok;
 }

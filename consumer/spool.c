@@ -207,9 +207,3 @@ spool_at_end(const Spool *s)
 	return s->rpos == spool_size(s);
 }
 
-/* Where spool_read goes on. */
-size_t
-spool_tell(const Spool *s)
-{
-	return s->rpos;
-}

@@ -175,91 +175,74 @@ drop_commit_ts(PQExpBuffer row, const char *line, size_t len)
 	appendBinaryPQExpBuffer(row, to, end - to);
 }
 
-static void
-add_ref(LineRefs *refs, const SpillHeader *h, size_t off)
-{
-	if (refs->n == refs->cap)
-	{
-		refs->cap = Max(1024, refs->cap * 2);
-		refs->v = pg_realloc(refs->v, sizeof(LineRef) * refs->cap);
-	}
-	refs->v[refs->n].h = *h;
-	refs->v[refs->n].off = off;
-	refs->n++;
-}
-
 /*
- * Map i's lines of job k, with one pass over the batch's file: those of
- * keys born in the batch into l->born[i] if `born` (born.c sends them
- * when the batch's turn has come), the others that go into the staging
- * table into l->rest; the moot ones (a later event on the key replaced
- * them) are counted.
+ * The next of set's lines, from the batch's header file or set->v (*r:
+ * where; start at 0); NULL at the end.  *moot counts those left out as
+ * moot (a later event on the key replaced them), if not NULL.
  */
-static bool
-plan_lines(Batch *b, int k, int i, bool born)
+static const SpillHeader *
+next_line(Batch *b, int k, const LineSet *set, long *r, SpillHeader *h, long *moot)
 {
-	Lane	   *l = b->lane_of[k];
-	Spool	   *spill = b->spill[k];
 	Compactor  *c = b->compact[k];
-	bool		rules = l->has_rules[i];	/* every line goes: each is checked */
-	SpillHeader h;
+	bool		rules = b->lane_of[k]->has_rules[set->map];	/* every line goes: each is checked */
 	const char *p;
-	long		line = 0;
 
-	l->born[i].n = l->rest.n = 0;
-	spool_rewind(spill);
-	while ((p = spool_read(spill, sizeof(h), (char *) &h)) != NULL)
+	if (set->v != NULL)
+		return *r < set->n ? &set->v[(*r)++] : NULL;
+	if (*r == 0)
+		spool_rewind(b->heads[k]);
+	while ((p = spool_read(b->heads[k], sizeof(*h), (char *) h)) != NULL)
 	{
-		if (p != (char *) &h)
-			memcpy(&h, p, sizeof(h));
-		line++;					/* numbered across maps, as compact_line saw them */
-		if (h.map == i)
+		long		line = ++(*r);	/* numbered across maps, as compact_line saw them */
+
+		if (p != (char *) h)
+			memcpy(h, p, sizeof(*h));
+		if (h->map != set->map)
+			continue;
+		if (rules)
+			return h;
+		if (compact_dead(c, line))
 		{
-			if (!rules && compact_dead(c, line))
-				b->jobs[k].moot++;
-			else
-				add_ref(born && compact_born(c, line) ? &l->born[i] : &l->rest, &h, spool_tell(spill));
+			if (moot)
+				(*moot)++;
+			continue;
 		}
-		if (!spool_skip(spill, h.len))
-			break;
+		if (set->which == LINES_LIVE || compact_born(c, line) == (set->which == LINES_BORN))
+			return h;
 	}
-	if (!spool_at_end(spill))
-	{
-		log_msg(LOG_ERROR, "could not read the batch's spill file: %m");
-		return false;
-	}
-	return true;
+	return NULL;
 }
 
 /*
- * COPY lines refs[0..nrefs) of job k with `sql`, each as `shape` gives it:
- * as staged, less its commit time (mirror maps without rules do not read
- * it, and parsing it was a seventh of the COPY's time), or as a row of the
- * mirror itself (born.c; now: the sync time).
+ * COPY set's lines of job k with `sql`, each as `shape` gives it: as
+ * staged, less its commit time (mirror maps without rules do not read it,
+ * and parsing it was a seventh of the COPY's time), or as a row of the
+ * mirror itself (born.c; now: the sync time).  *sent: how many; *moot:
+ * see next_line.
  */
 static bool
-copy_lines(Batch *b, int k, const char *sql, const LineRef *refs, long nrefs, LineShape shape,
-		   const char *now)
+copy_lines(Batch *b, int k, const char *sql, const LineSet *set, LineShape shape, const char *now,
+		   long *sent, long *moot)
 {
 	Lane	   *l = b->lane_of[k];
 	PGconn	   *conn = l->conn;
 	char		chunk[65536];
 	size_t		n = 0;
+	const SpillHeader *h;
+	SpillHeader hbuf;
+	long		r = 0;
 
 	if (!start_copy(b, k, sql))
 		return false;
-	for (long r = 0; r < nrefs; r++)
+	while ((h = next_line(b, k, set, &r, &hbuf, moot)) != NULL)
 	{
-		const LineRef *ref = &refs[r];
 		const char *data;
-		size_t		len = ref->h.len;
+		size_t		len = h->len;
 
 		enlargePQExpBuffer(l->row, len);
-		if ((data = spool_get(b->spill[k], ref->off, len, l->row->data)) == NULL)
-		{
-			log_msg(LOG_ERROR, "could not read the batch's spill file: %m");
-			return false;
-		}
+		if ((data = spool_get(b->spill[k], (size_t) h->off, len, l->row->data)) == NULL)
+			break;
+		(*sent)++;
 		if (shape == LINE_NO_TS)
 			drop_commit_ts(l->shaped, data, len);
 		else if (shape == LINE_BORN && !born_row(l->shaped, data, len, now))
@@ -287,6 +270,16 @@ copy_lines(Batch *b, int k, const char *sql, const LineRef *refs, long nrefs, Li
 		memcpy(chunk + n, data, len);
 		n += len;
 	}
+	if (set->v == NULL && !spool_at_end(b->heads[k]))
+	{
+		log_msg(LOG_ERROR, "could not read the batch's spill file: %m");
+		return false;
+	}
+	if (h != NULL)
+	{
+		log_msg(LOG_ERROR, "could not read the batch's spill file: %m");
+		return false;
+	}
 	if (n > 0 && PQputCopyData(conn, chunk, (int) n) != 1)
 		goto copy_failed;
 	return end_copy(b, k);
@@ -297,26 +290,37 @@ copy_failed:
 }
 
 /*
- * COPY lines refs[0..nrefs) of job k with `sql`, in savepoint `name`:
- * 1 if they went in; 0 if the target refused them (rolled back, *e says
- * why); -1 on a failure that the batch's retry must mend.
+ * COPY set's lines of job k with `sql`, in savepoint `name`: 1 if they
+ * went in; 0 if the target refused them (rolled back, *e says why); -1 on a
+ * failure that the batch's retry must mend.  Lines sent to the staging
+ * table are counted in the job, and so are the moot ones of a whole map.
  */
 int
-copy_in_savepoint(Batch *b, int k, const char *name, const char *sql, const LineRef *refs, long nrefs,
+copy_in_savepoint(Batch *b, int k, const char *name, const char *sql, const LineSet *set,
 				  LineShape shape, const char *now, SqlError *e)
 {
 	PGconn	   *conn = b->lane_of[k]->conn;
 	char	   *start = psprintf("SAVEPOINT %s; %s", name, sql);	/* one round trip */
-	char		cmd[64];
+	char		cmd[96];
+	long		sent = 0;
+	long		moot = 0;
 	bool		ok;
 
 	quiet_sql_errors = true;
-	ok = copy_lines(b, k, start, refs, nrefs, shape, now);
+	ok = copy_lines(b, k, start, set, shape, now, &sent, &moot);
 	quiet_sql_errors = false;
 	free(start);
 	snprintf(cmd, sizeof(cmd), "RELEASE SAVEPOINT %s", name);
+	if (ok && !exec_cmd(conn, cmd))
+		return -1;
 	if (ok)
-		return exec_cmd(conn, cmd) ? 1 : -1;
+	{
+		if (shape != LINE_BORN)
+			b->jobs[k].staged[set->map] += sent;
+		if (set->v == NULL && set->which != LINES_BORN)
+			b->jobs[k].moot += moot;
+		return 1;
+	}
 	*e = last_sql_error;
 	if (sql_error_is_transient(e))
 		return -1;
@@ -326,24 +330,24 @@ copy_in_savepoint(Batch *b, int k, const char *name, const char *sql, const Line
 
 /* A refused line: its event goes to the quarantine with the COPY's error. */
 static bool
-quarantine_line(Batch *b, int k, int i, const LineRef *line, const SqlError *e)
+quarantine_line(Batch *b, int k, int i, const SpillHeader *line, const SqlError *e)
 {
 	PGconn	   *conn = b->lane_of[k]->conn;
 	ApplyJob   *j = &b->jobs[k];
 	TableMap   *m = &b->p->maps[i];
-	char	   *json = pg_malloc(line->h.raw_len + 1);
+	char	   *json = pg_malloc(line->raw_len + 1);
 	const char *params[7] = {b->p->name, m->map_table, m->target, json, e->code, e->message,
 	e->detail[0] ? e->detail : NULL};
 	PGresult   *res = NULL;
-	const char *p = spool_get(j->raw, (size_t) line->h.raw_off, line->h.raw_len, json);
+	const char *p = spool_get(j->raw, (size_t) line->raw_off, line->raw_len, json);
 
 	if (p == NULL)
 		log_msg(LOG_ERROR, "could not read an event back from the batch's file: %m");
 	else
 	{
 		if (p != json)
-			memcpy(json, p, line->h.raw_len);
-		json[line->h.raw_len] = '\0';
+			memcpy(json, p, line->raw_len);
+		json[line->raw_len] = '\0';
 		res = exec_ok(conn, "SELECT pgcdc.quarantine_event($1, $2, $3, $4::jsonb, $5, $6, $7)",
 					  7, params);
 	}
@@ -359,16 +363,17 @@ quarantine_line(Batch *b, int k, int i, const LineRef *line, const SqlError *e)
 }
 
 /*
- * Stage lines refs[0..n) of map i; if the target's types refuse a row (a
+ * Stage lines v[0..n) of map i; if the target's types refuse a row (a
  * value too long, not of its type, out of a domain), find it by halves,
  * each half in a savepoint, and quarantine it: the others are staged.
  */
 static bool
-copy_or_split(Batch *b, int k, int i, const char *sql, LineShape shape, const LineRef *refs, long n)
+copy_or_split(Batch *b, int k, int i, const char *sql, LineShape shape, const SpillHeader *v, long n)
 {
+	LineSet		part = {i, LINES_LIVE, v, n};
 	SqlError	e;
 
-	switch (copy_in_savepoint(b, k, "pgcdc_part", sql, refs, n, shape, NULL, &e))
+	switch (copy_in_savepoint(b, k, "pgcdc_part", sql, &part, shape, NULL, &e))
 	{
 		case 1:
 			return true;
@@ -378,33 +383,59 @@ copy_or_split(Batch *b, int k, int i, const char *sql, LineShape shape, const Li
 			return false;
 	}
 	if (n == 1)
-		return quarantine_line(b, k, i, &refs[0], &e);
-	return copy_or_split(b, k, i, sql, shape, refs, n / 2) &&
-		copy_or_split(b, k, i, sql, shape, refs + n / 2, n - n / 2);
+		return quarantine_line(b, k, i, &v[0], &e);
+	return copy_or_split(b, k, i, sql, shape, v, n / 2) &&
+		copy_or_split(b, k, i, sql, shape, v + n / 2, n - n / 2);
+}
+
+/* The headers of set's lines, in memory (*n of them), to find refused ones among. */
+static SpillHeader *
+read_lines(Batch *b, int k, const LineSet *set, long *n, long *moot)
+{
+	long		cap = 1024;
+	SpillHeader *v = pg_malloc(sizeof(SpillHeader) * cap);
+	const SpillHeader *h;
+	SpillHeader hbuf;
+	long		r = 0;
+
+	*n = 0;
+	while ((h = next_line(b, k, set, &r, &hbuf, moot)) != NULL)
+	{
+		if (*n == cap)
+			v = pg_realloc(v, sizeof(SpillHeader) * (cap *= 2));
+		v[(*n)++] = *h;
+	}
+	if (!spool_at_end(b->heads[k]))
+	{
+		log_msg(LOG_ERROR, "could not read the batch's spill file: %m");
+		free(v);
+		return NULL;
+	}
+	return v;
 }
 
 /*
- * COPY map i's lines refs of job k into its staging table, in a savepoint:
- * if the target's types refuse some of them (SQLSTATE class 22 or 23),
- * they are found and quarantined, and the others staged; the batch goes
- * on.  (An append map's rows are text: nothing to refuse.)
+ * COPY set's lines of job k into the staging table of its map, in a
+ * savepoint: if the target's types refuse some of them (SQLSTATE class 22
+ * or 23), they are found and quarantined, and the others staged; the batch
+ * goes on.  (An append map's rows are text: nothing to refuse.)
  */
 bool
-stage_lines(Batch *b, int k, int i, const LineRefs *refs)
+stage_lines(Batch *b, int k, const LineSet *set)
 {
+	int			i = set->map;
 	TableMap   *m = &b->p->maps[i];
 	LineShape	shape = m->kind == MAP_MIRROR && !b->lane_of[k]->has_rules[i] ? LINE_NO_TS : LINE_AS_IS;
 	SqlError	e;
 	char	   *sql;
+	SpillHeader *v;
+	long		n;
 	int			r;
 	bool		ok = false;
 
-	if (refs->n == 0)
-		return true;
-	b->jobs[k].staged[i] += refs->n;
 	sql = staging_copy_sql(b, i);
 	e.code[0] = '\0';
-	r = copy_in_savepoint(b, k, "pgcdc_copy", sql, refs->v, refs->n, shape, NULL, &e);
+	r = copy_in_savepoint(b, k, "pgcdc_copy", sql, set, shape, NULL, &e);
 	if (r == 1)
 		ok = true;
 	else if (r == 0 && m->kind != MAP_APPEND &&
@@ -412,7 +443,11 @@ stage_lines(Batch *b, int k, int i, const LineRefs *refs)
 	{
 		log_msg(LOG_INFO, "%s refused events of %s (SQLSTATE %s: %s); finding them",
 				m->target, m->source_table, e.code, e.message);
-		ok = copy_or_split(b, k, i, sql, shape, refs->v, refs->n);
+		if ((v = read_lines(b, k, set, &n, set->which == LINES_BORN ? NULL : &b->jobs[k].moot)) != NULL)
+		{
+			ok = copy_or_split(b, k, i, sql, shape, v, n);
+			free(v);
+		}
 	}
 	else if (e.code[0] != '\0')
 		log_msg(LOG_ERROR, "could not stage events of %s for %s: %s (SQLSTATE %s)",
@@ -444,9 +479,17 @@ send_spill(Batch *b, int k)
 	ok = true;
 	for (int i = 0; i < b->p->nmaps && ok; i++)
 	{
-		l->born[i].n = 0;
-		if (b->jobs[k].per_map[i] > 0)
-			ok = plan_lines(b, k, i, born_wanted(b, k, i)) && stage_lines(b, k, i, &l->rest);
+		LineSet		set = {i, LINES_LIVE, NULL, 0};
+
+		l->born_later[i] = false;
+		if (b->jobs[k].per_map[i] == 0)
+			continue;
+		if (born_wanted(b, k, i))
+		{
+			l->born_later[i] = true;
+			set.which = LINES_NOT_BORN;
+		}
+		ok = stage_lines(b, k, &set);
 	}
 	return ok;
 }
