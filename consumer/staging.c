@@ -270,14 +270,13 @@ copy_lines(Batch *b, int k, const char *sql, const LineSet *set, LineShape shape
 		memcpy(chunk + n, data, len);
 		n += len;
 	}
-	if (set->v == NULL && !spool_at_end(b->heads[k]))
+	if (h != NULL || (set->v == NULL && !spool_at_end(b->heads[k])))
 	{
+		/* (the COPY stays open: the batch is retried, batch_abort ends it) */
 		log_msg(LOG_ERROR, "could not read the batch's spill file: %m");
-		return false;
-	}
-	if (h != NULL)
-	{
-		log_msg(LOG_ERROR, "could not read the batch's spill file: %m");
+		strcpy(last_sql_error.code, "58030");
+		strcpy(last_sql_error.message, "could not read the batch's spill file");
+		last_sql_error.detail[0] = '\0';
 		return false;
 	}
 	if (n > 0 && PQputCopyData(conn, chunk, (int) n) != 1)
@@ -322,7 +321,7 @@ copy_in_savepoint(Batch *b, int k, const char *name, const char *sql, const Line
 		return 1;
 	}
 	*e = last_sql_error;
-	if (sql_error_is_transient(e))
+	if (sql_error_is_transient(e) || b->lane_of[k]->copying)	/* (a local failure) */
 		return -1;
 	snprintf(cmd, sizeof(cmd), "ROLLBACK TO SAVEPOINT %s; RELEASE SAVEPOINT %s", name, name);
 	return exec_cmd(conn, cmd) ? 0 : -1;
