@@ -163,25 +163,13 @@ apply_map(ApplyJob *b, int i, const char *lo, const char *hi, long *quarantined)
 static char *
 event_json(ApplyJob *b, PGresult *row)
 {
-	size_t		off;
-	size_t		len;
 	char	   *json;
-	const char *p;
 
 	if (!PQgetisnull(row, 0, 0))
 		return pg_strdup(PQgetvalue(row, 0, 0));
-	off = (size_t) atoll(PQgetvalue(row, 0, 1));
-	len = (size_t) atol(PQgetvalue(row, 0, 2));
-	json = pg_malloc(len + 1);
-	if ((p = spool_get(b->raw, off, len, json)) != NULL && p != json)
-		memcpy(json, p, len);
-	if (p == NULL)
-	{
+	json = spool_copy(b->raw, (size_t) atoll(PQgetvalue(row, 0, 1)), (size_t) atol(PQgetvalue(row, 0, 2)));
+	if (json == NULL)
 		log_msg(LOG_ERROR, "could not read an event back from the batch's file: %m");
-		free(json);
-		return NULL;
-	}
-	json[len] = '\0';
 	return json;
 }
 

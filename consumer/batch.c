@@ -36,7 +36,6 @@ batch_new(PGconn *target, PGconn *target2, Pipeline *p)
 	int			i;
 
 	b->p = p;
-	b->nmaps = p->nmaps;
 	b->done_pipe[0] = b->done_pipe[1] = -1;
 	pthread_mutex_init(&b->mu, NULL);
 	pthread_cond_init(&b->ended_cv, NULL);

@@ -74,7 +74,6 @@ typedef struct Lane
 struct Batch
 {
 	Pipeline   *p;
-	int			nmaps;			/* p's, when the batch was made */
 	bool		open;			/* a batch is filling */
 	bool		skipping;		/* current source transaction is at/before the checkpoint */
 	ApplyJob	jobs[2];		/* jobs[fill] fills; the other may be applying */

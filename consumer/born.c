@@ -40,8 +40,8 @@ born_wanted(Batch *b, int k, int i)
 
 /*
  * A change line as a row of the mirror: its position (fields 3 and 4),
- * its data columns (from field 10) and the sync time, in the order of
- * born_copy_sql's columns.
+ * its data columns (from field 10) and the sync time, in the order of the
+ * columns of send_born's COPY.
  */
 bool
 born_row(PQExpBuffer row, const char *line, size_t len, const char *now)

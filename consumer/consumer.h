@@ -319,6 +319,7 @@ extern void spool_rewind(Spool *s);
 extern const char *spool_read(Spool *s, size_t len, char *buf);
 extern bool spool_skip(Spool *s, size_t len);
 extern bool spool_at_end(const Spool *s);
+extern char *spool_copy(Spool *s, size_t off, size_t len);
 
 /*
  * One batch as the apply thread sees it: whole source transactions staged

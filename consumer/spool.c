@@ -207,3 +207,20 @@ spool_at_end(const Spool *s)
 	return s->rpos == spool_size(s);
 }
 
+/* Bytes [off, off + len) as a string of their own (malloc'd), or NULL. */
+char *
+spool_copy(Spool *s, size_t off, size_t len)
+{
+	char	   *buf = pg_malloc(len + 1);
+	const char *p = spool_get(s, off, len, buf);
+
+	if (p == NULL)
+	{
+		free(buf);
+		return NULL;
+	}
+	if (p != buf)
+		memcpy(buf, p, len);
+	buf[len] = '\0';
+	return buf;
+}

@@ -334,22 +334,16 @@ quarantine_line(Batch *b, int k, int i, const SpillHeader *line, const SqlError 
 	PGconn	   *conn = b->lane_of[k]->conn;
 	ApplyJob   *j = &b->jobs[k];
 	TableMap   *m = &b->p->maps[i];
-	char	   *json = pg_malloc(line->raw_len + 1);
+	char	   *json = spool_copy(j->raw, (size_t) line->raw_off, line->raw_len);
 	const char *params[7] = {b->p->name, m->map_table, m->target, json, e->code, e->message,
 	e->detail[0] ? e->detail : NULL};
 	PGresult   *res = NULL;
-	const char *p = spool_get(j->raw, (size_t) line->raw_off, line->raw_len, json);
 
-	if (p == NULL)
+	if (json == NULL)
 		log_msg(LOG_ERROR, "could not read an event back from the batch's file: %m");
 	else
-	{
-		if (p != json)
-			memcpy(json, p, line->raw_len);
-		json[line->raw_len] = '\0';
 		res = exec_ok(conn, "SELECT pgcdc.quarantine_event($1, $2, $3, $4::jsonb, $5, $6, $7)",
 					  7, params);
-	}
 	if (res != NULL)
 	{
 		log_msg(LOG_INFO, "quarantined an event of %s for %s: the target's types refuse it: %s (SQLSTATE %s)",

@@ -93,6 +93,22 @@ AS $$
 	SELECT pgcdc._create_history_table(pg_catalog.current_schema(), $1, $2, $3)
 $$;
 
+-- Does rel have a valid, non-partial unique index on columns all among cols
+-- (one that checks at once, if immediate)?  Two rows with equal cols are
+-- then refused.
+CREATE FUNCTION pgcdc._unique_index_on(rel regclass, cols text[], immediate boolean)
+RETURNS boolean LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT EXISTS (SELECT 1 FROM pg_index i
+					WHERE i.indrelid = rel AND i.indisunique AND i.indisvalid
+					  AND (i.indimmediate OR NOT immediate)
+					  AND i.indpred IS NULL AND i.indexprs IS NULL
+					  AND (SELECT bool_and(a.attname::text = ANY (cols))
+							 FROM unnest(i.indkey::int2[]) k(attnum)
+							 JOIN pg_attribute a ON a.attrelid = rel AND a.attnum = k.attnum))
+$$;
+
 -- Does rel have a unique, non-partial index on a subset of cols, all NOT NULL?
 -- Then cols identify rows and need no duplicate check.
 CREATE FUNCTION pgcdc._unique_key(rel regclass, cols text[])
@@ -101,12 +117,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT NOT EXISTS (SELECT 1 FROM pgcdc._columns(rel) c
 						WHERE c.attname = ANY (cols) AND NOT c.notnull)
-	   AND EXISTS (SELECT 1 FROM pg_index i
-					WHERE i.indrelid = rel AND i.indisunique AND i.indisvalid
-					  AND i.indpred IS NULL AND i.indexprs IS NULL
-					  AND (SELECT bool_and(a.attname::text = ANY (cols))
-							 FROM unnest(i.indkey::int2[]) k(attnum)
-							 JOIN pg_attribute a ON a.attrelid = rel AND a.attnum = k.attnum))
+	   AND pgcdc._unique_index_on(rel, cols, false)
 $$;
 
 -- Error unless every row of rel (as sql, a FROM item aliased s) has a

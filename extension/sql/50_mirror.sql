@@ -61,13 +61,7 @@ RETURNS timestamptz LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	IF pgcdc._mergeable(target) AND EXISTS (
-		SELECT 1 FROM pg_index i
-		 WHERE i.indrelid = target AND i.indisunique AND i.indimmediate AND i.indisvalid
-		   AND i.indpred IS NULL AND i.indexprs IS NULL
-		   AND (SELECT bool_and(a.attname = ANY (key_columns)) FROM pg_attribute a
-				 WHERE a.attrelid = target
-				   AND a.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1]))) THEN
+	IF pgcdc._mergeable(target) AND pgcdc._unique_index_on(target, key_columns, true) THEN
 		RETURN now();
 	END IF;
 	RETURN NULL;
